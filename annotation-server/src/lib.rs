@@ -1,0 +1,2 @@
+//! Annotation server: labeler UI, researcher REST API, assignment, export.
+pub mod cli;
