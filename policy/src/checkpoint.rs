@@ -1,0 +1,96 @@
+//! Checkpoints are Hugging Face model directories: `config.json`,
+//! `generation_config.json`, `model.safetensors` (or shards + index) and the
+//! tokenizer files, loaded and saved exactly.
+use crate::config::{DType, LlamaConfig};
+use crate::model::{Dev, Llama};
+use crate::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors};
+use anyhow::{Context, Result};
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Files copied unchanged from a checkpoint to the next one.
+pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
+
+/// Largest shard written before splitting, as transformers' `max_shard_size`.
+pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
+
+/// A loaded checkpoint: the model plus the files that travel with it.
+pub struct Checkpoint<D: Dev> {
+    pub model: Llama<D>,
+    /// `generation_config.json`, if the checkpoint has one.
+    pub generation_config: Option<Value>,
+    /// Tokenizer files by name, copied verbatim on save.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+impl<D: Dev> Checkpoint<D> {
+    /// Loads a HF Llama directory onto `dev`.
+    pub fn load(dir: &Path, dev: &D) -> Result<Self> {
+        if !dir.is_dir() {
+            anyhow::bail!("{} is not a directory", dir.display());
+        }
+        let cfg = LlamaConfig::load(dir)?;
+        let tensors = read_dir_tensors(dir)?;
+        let model = Llama::from_tensors(cfg, tensors, dev).with_context(|| format!("cannot load weights from {}", dir.display()))?;
+        let gen_path = dir.join("generation_config.json");
+        let generation_config = if gen_path.exists() {
+            let text = std::fs::read_to_string(&gen_path)?;
+            Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", gen_path.display()))?)
+        } else {
+            None
+        };
+        let mut files = BTreeMap::new();
+        for f in TOKENIZER_FILES {
+            let p = dir.join(f);
+            if p.exists() {
+                files.insert(f.to_string(), std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
+            }
+        }
+        Ok(Checkpoint { model, generation_config, files })
+    }
+
+    /// Saves atomically as a HF directory with weights in `dtype`.
+    pub fn save(&self, dir: &Path, dtype: DType) -> Result<()> {
+        save_model(&self.model, self.generation_config.as_ref(), &self.files, dir, dtype)
+    }
+
+    /// End-of-sequence ids: generation_config's, else config's.
+    pub fn eos_ids(&self) -> Vec<u32> {
+        let from_gen: Vec<u32> = match self.generation_config.as_ref().and_then(|g| g.get("eos_token_id")) {
+            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|x| x as u32)).collect(),
+            Some(v) => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
+            None => vec![],
+        };
+        if from_gen.is_empty() {
+            self.model.cfg.eos_token_ids.clone()
+        } else {
+            from_gen
+        }
+    }
+}
+
+/// Saves a model as a HF directory, atomically.
+pub fn save_model<D: Dev>(
+    model: &Llama<D>,
+    generation_config: Option<&Value>,
+    files: &BTreeMap<String, Vec<u8>>,
+    dir: &Path,
+    dtype: DType,
+) -> Result<()> {
+    let mut cfg = model.cfg.clone();
+    cfg.dtype = dtype;
+    let tensors = model.to_host_tensors();
+    write_dir_atomic(dir, |tmp| {
+        write_file_synced(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
+        let gen = generation_config.cloned().unwrap_or_else(|| {
+            json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "pad_token_id": cfg.pad_token_id})
+        });
+        write_file_synced(&tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
+        for (name, bytes) in files {
+            write_file_synced(&tmp.join(name), bytes)?;
+        }
+        write_tensors(tmp, &tensors, dtype, DEFAULT_MAX_SHARD_BYTES)
+    })
+    .with_context(|| format!("cannot save checkpoint to {}", dir.display()))
+}

@@ -1,0 +1,512 @@
+//! The Llama model on dfdx with runtime shapes, generic over the device.
+//!
+//! Weights keep HF's layout (`[out, in]`, rotate-half RoPE), so loading and
+//! saving are plain copies. One forward serves training (with a tape),
+//! scoring and KV-cache decoding.
+use crate::config::LlamaConfig;
+use crate::safetensors_io::HostTensor;
+use anyhow::{bail, Context, Result};
+use dfdx::prelude::*;
+use std::collections::BTreeMap;
+
+/// A 1-D f32 tensor on device `D` with tape `T`.
+pub type T1<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
+/// A 2-D f32 tensor on device `D` with tape `T`.
+pub type T2<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
+type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
+
+/// The devices the model runs on.
+pub trait Dev: Device<f32> + Clone {}
+impl<D: Device<f32> + Clone> Dev for D {}
+
+/// Weights of one decoder layer.
+#[derive(Clone, Debug)]
+pub struct Layer<D: Dev> {
+    pub input_layernorm: T1<D>,
+    pub q_proj: T2<D>,
+    pub k_proj: T2<D>,
+    pub v_proj: T2<D>,
+    pub o_proj: T2<D>,
+    pub post_attention_layernorm: T1<D>,
+    pub gate_proj: T2<D>,
+    pub up_proj: T2<D>,
+    pub down_proj: T2<D>,
+}
+
+/// A Llama causal language model.
+#[derive(Clone, Debug)]
+pub struct Llama<D: Dev> {
+    pub cfg: LlamaConfig,
+    pub embed_tokens: T2<D>,
+    pub layers: Vec<Layer<D>>,
+    pub norm: T1<D>,
+    /// `None` when the head is tied to `embed_tokens`.
+    pub lm_head: Option<T2<D>>,
+    pub dev: D,
+    /// `x @ rot` = rotate_half(x) for one head; a constant.
+    rot: T2<D>,
+}
+
+/// A borrowed parameter, 1-D or 2-D.
+pub enum ParamRef<'a, D: Dev> {
+    Vector(&'a T1<D>),
+    Matrix(&'a T2<D>),
+}
+
+/// A mutably borrowed parameter, 1-D or 2-D.
+pub enum ParamMut<'a, D: Dev> {
+    Vector(&'a mut T1<D>),
+    Matrix(&'a mut T2<D>),
+}
+
+/// Which tokens the forward pass sees: a `batch × seq` grid of ids with
+/// per-token RoPE positions and a key mask over past + current tokens.
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub batch: usize,
+    pub seq: usize,
+    /// Row-major `batch × seq` token ids.
+    pub tokens: Vec<u32>,
+    /// Row-major `batch × seq` RoPE positions.
+    pub positions: Vec<usize>,
+    /// Row-major `batch × (past + seq)`: whether each key position is a real token.
+    pub key_mask: Vec<bool>,
+}
+
+impl Batch {
+    /// A right-padded training batch: each row is a sequence, padded with
+    /// `pad` to the longest; padding is masked and positions count real tokens.
+    pub fn right_padded(rows: &[Vec<u32>], pad: u32) -> Result<Batch> {
+        let seq = rows.iter().map(Vec::len).max().unwrap_or(0);
+        if rows.is_empty() || seq == 0 {
+            bail!("empty input: at least one non-empty sequence is needed");
+        }
+        let mut b = Batch { batch: rows.len(), seq, tokens: vec![], positions: vec![], key_mask: vec![] };
+        for r in rows {
+            for i in 0..seq {
+                let real = i < r.len();
+                b.tokens.push(if real { r[i] } else { pad });
+                b.positions.push(i.min(r.len().saturating_sub(1)));
+                b.key_mask.push(real);
+            }
+        }
+        Ok(b)
+    }
+}
+
+/// Per-layer keys and values of the tokens seen so far, `(batch, kv_heads, len, head_dim)`.
+#[derive(Clone, Debug)]
+pub struct KvCache<D: Dev> {
+    pub k: Vec<T4<D>>,
+    pub v: Vec<T4<D>>,
+    pub len: usize,
+}
+
+impl<D: Dev> KvCache<D> {
+    /// An empty cache.
+    pub fn new() -> Self {
+        KvCache { k: vec![], v: vec![], len: 0 }
+    }
+}
+
+impl<D: Dev> Default for KvCache<D> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Constants one forward pass shares across layers.
+struct Ctx<D: Dev> {
+    cos_q: T2<D>,
+    sin_q: T2<D>,
+    cos_k: T2<D>,
+    sin_k: T2<D>,
+    mask: T4<D>,
+}
+
+fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
+    x.matmul(w.clone().permute::<(usize, usize), Axes2<1, 0>>())
+}
+
+fn rms_norm<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, eps: f64) -> T2<D, T> {
+    let shape = *x.shape();
+    let var = x.with_empty_tape().square().mean::<(usize,), Axis<1>>();
+    let inv = (var + eps as f32).sqrt().recip();
+    let xn = x * inv.broadcast_like::<(usize, usize), Axis<1>>(&shape);
+    xn * w.clone().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+}
+
+impl<D: Dev> Llama<D> {
+    /// Builds a model from HF-named host tensors, checking every name and shape.
+    pub fn from_tensors(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+        cfg.validate()?;
+        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+        let q_out = cfg.num_attention_heads * cfg.head_dim;
+        let kv_out = cfg.num_key_value_heads * cfg.head_dim;
+        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+            let t = tensors.remove(name).with_context(|| format!("checkpoint is missing tensor `{name}`"))?;
+            if t.shape != shape {
+                bail!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, shape);
+            }
+            if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
+                bail!("tensor `{name}` contains a non-finite value ({bad})");
+            }
+            Ok(t.data)
+        };
+        let mat = |data: Vec<f32>, r: usize, c: usize| dev.tensor_from_vec(data, (r, c));
+        let vec1 = |data: Vec<f32>, n: usize| dev.tensor_from_vec(data, (n,));
+        let embed_tokens = mat(take("model.embed_tokens.weight", &[v, d])?, v, d);
+        let mut layers = vec![];
+        for i in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{i}");
+            layers.push(Layer {
+                input_layernorm: vec1(take(&format!("{p}.input_layernorm.weight"), &[d])?, d),
+                q_proj: mat(take(&format!("{p}.self_attn.q_proj.weight"), &[q_out, d])?, q_out, d),
+                k_proj: mat(take(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, d])?, kv_out, d),
+                v_proj: mat(take(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, d])?, kv_out, d),
+                o_proj: mat(take(&format!("{p}.self_attn.o_proj.weight"), &[d, q_out])?, d, q_out),
+                post_attention_layernorm: vec1(take(&format!("{p}.post_attention_layernorm.weight"), &[d])?, d),
+                gate_proj: mat(take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?, f, d),
+                up_proj: mat(take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?, f, d),
+                down_proj: mat(take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?, d, f),
+            });
+        }
+        let norm = vec1(take("model.norm.weight", &[d])?, d);
+        let lm_head = if cfg.tie_word_embeddings {
+            // Some tied checkpoints still store a copy of the head; it must equal the embedding.
+            tensors.remove("lm_head.weight");
+            None
+        } else {
+            Some(mat(take("lm_head.weight", &[v, d])?, v, d))
+        };
+        // Rotary buffers that some exporters store are recomputed from the config.
+        tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
+        if let Some(extra) = tensors.keys().next() {
+            bail!("checkpoint has an unexpected tensor `{extra}` (is this a Llama causal LM?)");
+        }
+        Ok(Self::assemble(cfg, embed_tokens, layers, norm, lm_head, dev))
+    }
+
+    fn assemble(cfg: LlamaConfig, embed_tokens: T2<D>, layers: Vec<Layer<D>>, norm: T1<D>, lm_head: Option<T2<D>>, dev: &D) -> Self {
+        let hd = cfg.head_dim;
+        let half = hd / 2;
+        let mut rot = vec![0f32; hd * hd];
+        // rotate_half(x) = cat(-x[half..], x[..half]): out[j] = -x[j+half] for j < half, x[j-half] otherwise.
+        for j in 0..half {
+            rot[(j + half) * hd + j] = -1.0;
+            rot[j * hd + j + half] = 1.0;
+        }
+        let rot = dev.tensor_from_vec(rot, (hd, hd));
+        Llama { cfg, embed_tokens, layers, norm, lm_head, dev: dev.clone(), rot }
+    }
+
+    /// A model with random weights (normal, std `init_std`; norms at 1), as HF initializes.
+    pub fn random(cfg: LlamaConfig, dev: &D, seed: u64, init_std: f32) -> Result<Self> {
+        use rand::{rngs::StdRng, SeedableRng};
+        use rand_distr::{Distribution, Normal};
+        let mut rng = StdRng::seed_from_u64(seed);
+        let normal = Normal::new(0.0f32, init_std).context("invalid init std")?;
+        let mut tensors = BTreeMap::new();
+        for (name, shape) in cfg_param_shapes(&cfg) {
+            let n: usize = shape.iter().product();
+            let data = if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| normal.sample(&mut rng)).collect() };
+            tensors.insert(name, HostTensor { shape, data });
+        }
+        Self::from_tensors(cfg, tensors, dev)
+    }
+
+    /// Every parameter with its HF name, in a fixed order.
+    pub fn params(&self) -> Vec<(String, ParamRef<'_, D>)> {
+        let mut out = vec![("model.embed_tokens.weight".to_string(), ParamRef::Matrix(&self.embed_tokens))];
+        for (i, l) in self.layers.iter().enumerate() {
+            let p = format!("model.layers.{i}");
+            out.push((format!("{p}.input_layernorm.weight"), ParamRef::Vector(&l.input_layernorm)));
+            out.push((format!("{p}.self_attn.q_proj.weight"), ParamRef::Matrix(&l.q_proj)));
+            out.push((format!("{p}.self_attn.k_proj.weight"), ParamRef::Matrix(&l.k_proj)));
+            out.push((format!("{p}.self_attn.v_proj.weight"), ParamRef::Matrix(&l.v_proj)));
+            out.push((format!("{p}.self_attn.o_proj.weight"), ParamRef::Matrix(&l.o_proj)));
+            out.push((format!("{p}.post_attention_layernorm.weight"), ParamRef::Vector(&l.post_attention_layernorm)));
+            out.push((format!("{p}.mlp.gate_proj.weight"), ParamRef::Matrix(&l.gate_proj)));
+            out.push((format!("{p}.mlp.up_proj.weight"), ParamRef::Matrix(&l.up_proj)));
+            out.push((format!("{p}.mlp.down_proj.weight"), ParamRef::Matrix(&l.down_proj)));
+        }
+        out.push(("model.norm.weight".to_string(), ParamRef::Vector(&self.norm)));
+        if let Some(h) = &self.lm_head {
+            out.push(("lm_head.weight".to_string(), ParamRef::Matrix(h)));
+        }
+        out
+    }
+
+    /// Every parameter, mutably, in the order of [`Llama::params`].
+    pub fn params_mut(&mut self) -> Vec<ParamMut<'_, D>> {
+        let mut out = vec![ParamMut::Matrix(&mut self.embed_tokens)];
+        for l in self.layers.iter_mut() {
+            out.push(ParamMut::Vector(&mut l.input_layernorm));
+            out.push(ParamMut::Matrix(&mut l.q_proj));
+            out.push(ParamMut::Matrix(&mut l.k_proj));
+            out.push(ParamMut::Matrix(&mut l.v_proj));
+            out.push(ParamMut::Matrix(&mut l.o_proj));
+            out.push(ParamMut::Vector(&mut l.post_attention_layernorm));
+            out.push(ParamMut::Matrix(&mut l.gate_proj));
+            out.push(ParamMut::Matrix(&mut l.up_proj));
+            out.push(ParamMut::Matrix(&mut l.down_proj));
+        }
+        out.push(ParamMut::Vector(&mut self.norm));
+        if let Some(h) = &mut self.lm_head {
+            out.push(ParamMut::Matrix(h));
+        }
+        out
+    }
+
+    /// Copies the weights to host tensors under their HF names.
+    pub fn to_host_tensors(&self) -> BTreeMap<String, HostTensor> {
+        self.params()
+            .into_iter()
+            .map(|(name, p)| {
+                let t = match p {
+                    ParamRef::Vector(t) => HostTensor { shape: vec![t.shape().0], data: t.as_vec() },
+                    ParamRef::Matrix(t) => HostTensor { shape: vec![t.shape().0, t.shape().1], data: t.as_vec() },
+                };
+                (name, t)
+            })
+            .collect()
+    }
+
+    /// The LM head weight (`embed_tokens` when tied).
+    pub fn head_weight(&self) -> &T2<D> {
+        self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
+    }
+
+    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+        if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
+            bail!("token id {t} is out of range for a vocabulary of {}", self.cfg.vocab_size);
+        }
+        Ok(())
+    }
+
+    fn context(&self, b: &Batch, past: usize) -> Ctx<D> {
+        let cfg = &self.cfg;
+        let (hd, nh, nkv, g) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.group_size());
+        let inv = cfg.inv_freq();
+        let rows = b.batch * b.seq;
+        // One cos/sin row per token, then repeated per head.
+        let mut cos_tok = Vec::with_capacity(rows * hd);
+        let mut sin_tok = Vec::with_capacity(rows * hd);
+        for &p in &b.positions {
+            for j in 0..hd {
+                let a = p as f32 * inv[j % (hd / 2)];
+                cos_tok.push(a.cos());
+                sin_tok.push(a.sin());
+            }
+        }
+        let per_head = |src: &[f32], heads: usize| -> Vec<f32> {
+            let mut out = Vec::with_capacity(rows * heads * hd);
+            for r in 0..rows {
+                for _ in 0..heads {
+                    out.extend_from_slice(&src[r * hd..(r + 1) * hd]);
+                }
+            }
+            out
+        };
+        let total = past + b.seq;
+        // Additive mask, query rows in (group, position) order to match the folded GQA layout.
+        let mut mask = Vec::with_capacity(b.batch * nkv * g * b.seq * total);
+        for bi in 0..b.batch {
+            let mut one = Vec::with_capacity(g * b.seq * total);
+            for _ in 0..g {
+                for qi in 0..b.seq {
+                    for kj in 0..total {
+                        let ok = b.key_mask[bi * total + kj] && kj <= past + qi;
+                        one.push(if ok { 0.0 } else { -1e9 });
+                    }
+                }
+            }
+            for _ in 0..nkv {
+                mask.extend_from_slice(&one);
+            }
+        }
+        let dev = &self.dev;
+        Ctx {
+            cos_q: dev.tensor_from_vec(per_head(&cos_tok, nh), (rows * nh, hd)),
+            sin_q: dev.tensor_from_vec(per_head(&sin_tok, nh), (rows * nh, hd)),
+            cos_k: dev.tensor_from_vec(per_head(&cos_tok, nkv), (rows * nkv, hd)),
+            sin_k: dev.tensor_from_vec(per_head(&sin_tok, nkv), (rows * nkv, hd)),
+            mask: dev.tensor_from_vec(mask, (b.batch, nkv, g * b.seq, total)),
+        }
+    }
+
+    fn rope<T: Tape<f32, D> + Merge<NoneTape>>(&self, x: T2<D, T>, cos: &T2<D>, sin: &T2<D>) -> T2<D, T> {
+        let rotated = x.with_empty_tape().matmul(self.rot.clone()) * sin.clone();
+        x * cos.clone() + rotated
+    }
+
+    fn attention<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        li: usize,
+        x: T2<D, T>,
+        b: &Batch,
+        ctx: &Ctx<D>,
+        cache: Option<&mut KvCache<D>>,
+    ) -> T2<D, T> {
+        let cfg = &self.cfg;
+        let l = &self.layers[li];
+        let (bs, t) = (b.batch, b.seq);
+        let (hd, nh, nkv, g) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.group_size());
+        let n = bs * t;
+        let q = linear(x.with_empty_tape(), &l.q_proj).reshape_like(&(n * nh, hd));
+        let k = linear(x.with_empty_tape(), &l.k_proj).reshape_like(&(n * nkv, hd));
+        let v = linear(x, &l.v_proj);
+        let q = self.rope(q, &ctx.cos_q, &ctx.sin_q);
+        let k = self.rope(k, &ctx.cos_k, &ctx.sin_k);
+        // Fold the query heads sharing a KV head into the row dimension: (b, kv, g*t, hd).
+        let q = q
+            .reshape_like(&(bs, t, nkv, g, hd))
+            .permute::<(usize, usize, usize, usize, usize), Axes5<0, 2, 3, 1, 4>>()
+            .reshape_like(&(bs, nkv, g * t, hd));
+        let k = k.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+        let v = v.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+        let (k, v) = match cache {
+            Some(c) => {
+                let (k, v) = if c.k.len() > li {
+                    (
+                        (c.k[li].clone().retaped::<T>(), k).concat_along(Axis::<2>),
+                        (c.v[li].clone().retaped::<T>(), v).concat_along(Axis::<2>),
+                    )
+                } else {
+                    // Contiguous copies, so the next concat is cheap.
+                    (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)))
+                };
+                if c.k.len() > li {
+                    c.k[li] = k.retaped::<NoneTape>();
+                    c.v[li] = v.retaped::<NoneTape>();
+                } else {
+                    c.k.push(k.retaped::<NoneTape>());
+                    c.v.push(v.retaped::<NoneTape>());
+                }
+                (k, v)
+            }
+            None => (k, v),
+        };
+        let total = k.shape().2;
+        let kt = k.permute::<(usize, usize, usize, usize), Axes4<0, 1, 3, 2>>();
+        let scores = q.matmul(kt) * (1.0 / (hd as f32).sqrt()) + ctx.mask.clone();
+        let probs = scores.softmax::<Axis<3>>();
+        let out = probs.matmul(v); // (b, kv, g*t, hd)
+        debug_assert_eq!(out.shape().2, g * t);
+        let _ = total;
+        let out = out
+            .reshape_like(&(bs, nkv, g, t, hd))
+            .permute::<(usize, usize, usize, usize, usize), Axes5<0, 3, 1, 2, 4>>()
+            .reshape_like(&(n, nh * hd));
+        linear(out, &l.o_proj)
+    }
+
+    /// The final-normed hidden states `(batch*seq, hidden)` of a batch.
+    ///
+    /// `embed` is `embed_tokens` carrying the tape to use: pass
+    /// `model.embed_tokens.clone()` for inference, or
+    /// `model.embed_tokens.trace(grads)` to record gradients.
+    pub fn hidden<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        embed: T2<D, T>,
+        b: &Batch,
+        mut cache: Option<&mut KvCache<D>>,
+    ) -> Result<T2<D, T>> {
+        self.check_tokens(&b.tokens)?;
+        let past = cache.as_ref().map_or(0, |c| c.len);
+        if b.tokens.len() != b.batch * b.seq || b.positions.len() != b.batch * b.seq || b.key_mask.len() != b.batch * (past + b.seq) {
+            bail!("inconsistent batch: {} tokens, {} positions, {} mask entries for {}x{} (+{past} cached)", b.tokens.len(), b.positions.len(), b.key_mask.len(), b.batch, b.seq);
+        }
+        if b.batch == 0 || b.seq == 0 {
+            bail!("empty input");
+        }
+        let ctx = self.context(b, past);
+        let idx = self.dev.tensor_from_vec(b.tokens.iter().map(|&t| t as usize).collect(), (b.batch * b.seq,));
+        let mut h: T2<D, T> = embed.gather(idx);
+        let eps = self.cfg.rms_norm_eps;
+        for (li, l) in self.layers.iter().enumerate() {
+            let residual = h.with_empty_tape();
+            let a = self.attention(li, rms_norm(h, &l.input_layernorm, eps), b, &ctx, cache.as_deref_mut());
+            h = a + residual;
+            let residual = h.with_empty_tape();
+            let x = rms_norm(h, &l.post_attention_layernorm, eps);
+            let gate = linear(x.with_empty_tape(), &l.gate_proj);
+            let up = linear(x, &l.up_proj);
+            // silu(g) = g * sigmoid(g)
+            let act = gate.with_empty_tape().sigmoid() * gate;
+            h = linear(act * up, &l.down_proj) + residual;
+        }
+        if let Some(c) = cache {
+            c.len += b.seq;
+        }
+        Ok(rms_norm(h, &self.norm, eps))
+    }
+
+    /// Logits `(rows, vocab)` from hidden states.
+    pub fn logits<T: Tape<f32, D> + Merge<NoneTape>>(&self, hidden: T2<D, T>) -> T2<D, T> {
+        linear(hidden, self.head_weight())
+    }
+
+    /// Log-probabilities `(rows,)` of `targets` (one per row) under
+    /// `softmax(logits / temperature)`.
+    pub fn target_logprobs<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        hidden: T2<D, T>,
+        targets: &[u32],
+        temperature: f32,
+    ) -> Result<T1<D, T>> {
+        self.check_tokens(targets)?;
+        if targets.len() != hidden.shape().0 {
+            bail!("{} targets for {} rows", targets.len(), hidden.shape().0);
+        }
+        let mut logits = self.logits(hidden);
+        if temperature != 1.0 {
+            logits = logits * (1.0 / temperature);
+        }
+        let idx = self.dev.tensor_from_vec(targets.iter().map(|&t| t as usize).collect(), (targets.len(),));
+        Ok(logits.log_softmax::<Axis<1>>().select(idx))
+    }
+
+    /// log p(t_i | t_<i) for i = 1..n-1 of each sequence (inference, no tape).
+    pub fn sequence_logprobs(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
+        if let Some(i) = seqs.iter().position(|s| s.len() < 2) {
+            bail!("sequence {i} has fewer than 2 tokens; log-probs need a context and a target");
+        }
+        let pad = self.cfg.pad_token_id.unwrap_or(0);
+        let b = Batch::right_padded(seqs, pad)?;
+        let h = self.hidden(self.embed_tokens.clone(), &b, None)?;
+        let mut targets = Vec::with_capacity(b.batch * b.seq);
+        for r in 0..b.batch {
+            for i in 0..b.seq {
+                targets.push(if i + 1 < b.seq { b.tokens[r * b.seq + i + 1] } else { pad });
+            }
+        }
+        let lp = self.target_logprobs(h, &targets, 1.0)?.as_vec();
+        Ok(seqs.iter().enumerate().map(|(r, s)| lp[r * b.seq..r * b.seq + s.len() - 1].to_vec()).collect())
+    }
+}
+
+/// HF parameter names and shapes for a config.
+pub fn cfg_param_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
+    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
+    let q = cfg.num_attention_heads * cfg.head_dim;
+    let kv = cfg.num_key_value_heads * cfg.head_dim;
+    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
+    for i in 0..cfg.num_hidden_layers {
+        let p = format!("model.layers.{i}");
+        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
+        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
+        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
+        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
+        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
+        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
+        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
+    }
+    out.push(("model.norm.weight".to_string(), vec![d]));
+    if !cfg.tie_word_embeddings {
+        out.push(("lm_head.weight".to_string(), vec![v, d]));
+    }
+    out
+}
