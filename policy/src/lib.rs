@@ -1,1 +1,11 @@
-//! Llama policy.
+//! The Llama policy: HF config and checkpoints, the model on dfdx (CPU, and
+//! CUDA behind the `cuda` feature), generation, tokenizer and chat templates.
+pub mod checkpoint;
+pub mod config;
+pub mod model;
+pub mod safetensors_io;
+pub mod tokenizer;
+pub mod chat;
+pub mod bpe;
+pub mod generate;
+pub mod train;
