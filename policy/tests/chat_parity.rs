@@ -123,8 +123,10 @@ fn chat_templates_match_transformers() {
             failures.push(format!("{name}: ids differ\n ours: {our_ids:?}\n hf:   {expected_ids:?}"));
             continue;
         }
-        // Role boundaries for the templates that are prefix-stable by construction.
-        if !template.starts_with("inline:features") {
+        // Role boundaries, for the templates that are prefix-stable (the feature grab bag
+        // prints whole-conversation summaries, and Llama-3.1 with tools moves the first
+        // user message into its tool preamble).
+        if template != "inline:features" && case["tools_json"].is_null() {
             match format.tokenize_conversation_with(tok, &msgs, &opts) {
                 Ok(chat) => {
                     if chat.ids != expected_ids || chat.text != expected_text {
