@@ -1,1 +1,19 @@
-//! Database schema migrations (sea-orm-migration).
+//! Database schema migrations (sea-orm-migration) for the annotation server.
+//!
+//! This crate is the only place the schema is defined; the entities in
+//! `annotation-server` mirror it. Every migration runs unchanged on SQLite and
+//! PostgreSQL, so only portable column types are used: timestamps are Unix
+//! milliseconds (`BIGINT`), structured values are JSON stored as `TEXT`.
+pub use sea_orm_migration::prelude::*;
+
+mod m20250101_000001_initial;
+
+/// All migrations, in order.
+pub struct Migrator;
+
+#[async_trait::async_trait]
+impl MigratorTrait for Migrator {
+    fn migrations() -> Vec<Box<dyn MigrationTrait>> {
+        vec![Box::new(m20250101_000001_initial::Migration)]
+    }
+}

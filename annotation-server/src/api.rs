@@ -1,0 +1,656 @@
+//! Request and response types of the REST API, shared by the server and its
+//! clients (the trainer) so that the two cannot drift.
+//!
+//! These are plain serde structs: using them needs neither the database nor the
+//! HTTP server. Timestamps are RFC 3339 strings in UTC.
+use serde::{Deserialize, Serialize};
+
+#[cfg(feature = "client")]
+pub mod client;
+
+/// What an account may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Labels comparisons (UI and task API); nothing else.
+    Labeler,
+    /// Imports prompts, creates comparisons, reads progress, exports data.
+    Researcher,
+    /// Everything a researcher may do, plus user management and the audit log.
+    Admin,
+}
+
+impl Role {
+    /// The name stored in the database and used on the command line.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Labeler => "labeler",
+            Role::Researcher => "researcher",
+            Role::Admin => "admin",
+        }
+    }
+
+    /// Parses a role name (`labeler`, `researcher`, `admin`).
+    pub fn parse(s: &str) -> Option<Role> {
+        match s {
+            "labeler" => Some(Role::Labeler),
+            "researcher" => Some(Role::Researcher),
+            "admin" => Some(Role::Admin),
+            _ => None,
+        }
+    }
+
+    /// Researchers and admins may manage data and read results.
+    pub fn is_researcher(self) -> bool {
+        matches!(self, Role::Researcher | Role::Admin)
+    }
+}
+
+impl std::fmt::Display for Role {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One chat message (`role` is e.g. `system`, `user`, `assistant`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChatMessage {
+    /// Who speaks: `system`, `user` or `assistant`.
+    pub role: String,
+    /// The text.
+    pub content: String,
+}
+
+/// One line of a prompt import (JSONL). Give either `prompt` (plain text,
+/// stored as one user message) or `messages` (a whole chat history).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptImport {
+    /// The importer's own id for the prompt; unique when given.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub id: Option<String>,
+    /// Plain-text prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt: Option<String>,
+    /// Chat history; must end with a user message.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages: Option<Vec<ChatMessage>>,
+    /// Tags such as `safety`.
+    #[serde(default)]
+    pub tags: Vec<String>,
+    /// Where the prompt comes from (data set name, ...).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+/// Result of `POST /api/prompts/import`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ImportResult {
+    /// Number of prompts created.
+    pub imported: usize,
+    /// Their ids, in input order.
+    pub prompt_ids: Vec<i64>,
+}
+
+/// A stored prompt.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prompt {
+    /// Server id.
+    pub id: i64,
+    /// The importer's id, if any.
+    pub external_id: Option<String>,
+    /// The chat history (a plain prompt is one user message).
+    pub messages: Vec<ChatMessage>,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Source.
+    pub source: Option<String>,
+    /// When it was imported.
+    pub created_at: String,
+}
+
+/// A generated response to be compared.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewResponse {
+    /// The model output.
+    pub text: String,
+    /// The checkpoint that generated it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// The round it was generated in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_id: Option<i64>,
+    /// Sampling settings (temperature, top_p, ...), free-form.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sampling: Option<serde_json::Value>,
+}
+
+/// One comparison to create: a prompt (by server id or external id) and 2..=16 responses.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewComparison {
+    /// Server id of the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_id: Option<i64>,
+    /// Or the importer's id of the prompt.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub prompt_external_id: Option<String>,
+    /// The responses, in display order.
+    pub responses: Vec<NewResponse>,
+}
+
+/// Body of `POST /api/comparisons`: comparisons created in bulk into a batch.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateComparisons {
+    /// Batch name; created if it does not exist.
+    pub batch: String,
+    /// Distinct labelers wanted per comparison (new batches only; default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub labels_wanted: Option<u32>,
+    /// Round the batch belongs to (new batches only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_id: Option<i64>,
+    /// The comparisons.
+    pub comparisons: Vec<NewComparison>,
+}
+
+/// Result of `POST /api/comparisons`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CreatedComparisons {
+    /// The batch they were added to.
+    pub batch_id: i64,
+    /// Ids of the new comparisons, in input order.
+    pub comparison_ids: Vec<i64>,
+}
+
+/// Progress of one batch.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchProgress {
+    /// Batch id.
+    pub batch_id: i64,
+    /// Batch name.
+    pub name: String,
+    /// Round, if any.
+    pub round_id: Option<i64>,
+    /// Labels wanted per comparison.
+    pub labels_wanted: i32,
+    /// Comparisons in the batch.
+    pub comparisons: i64,
+    /// Comparisons with all their labels.
+    pub complete: i64,
+    /// Labels submitted.
+    pub labels: i64,
+    /// Labels still wanted.
+    pub remaining_labels: i64,
+    /// Per-labeler counts.
+    pub labelers: Vec<LabelerProgress>,
+    /// When the batch was created.
+    pub created_at: String,
+}
+
+/// What one labeler has done (in a batch, or overall).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelerProgress {
+    /// User id.
+    pub labeler_id: i64,
+    /// User name.
+    pub username: String,
+    /// Labels submitted.
+    pub labels: i64,
+    /// Comparisons skipped.
+    pub skips: i64,
+}
+
+/// A comparison handed to a labeler under a lease.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Task {
+    /// The comparison to label.
+    pub comparison_id: i64,
+    /// Its batch.
+    pub batch_id: i64,
+    /// The prompt's chat history.
+    pub prompt: Vec<ChatMessage>,
+    /// Prompt tags (e.g. `safety`).
+    pub tags: Vec<String>,
+    /// The responses, in display order.
+    pub responses: Vec<TaskResponse>,
+    /// When the lease ends and the task may go to someone else.
+    pub lease_expires_at: String,
+}
+
+/// A response as shown to a labeler (no model name: labeling is blind).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TaskResponse {
+    /// 0-based display position; `ranking` refers to it.
+    pub position: usize,
+    /// The model output (untrusted text).
+    pub text: String,
+}
+
+/// How much better the top response is than the next (Llama-2's 4 levels).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Strength {
+    /// Significantly better.
+    SignificantlyBetter,
+    /// Better.
+    Better,
+    /// Slightly better.
+    SlightlyBetter,
+    /// Negligibly better, or unsure.
+    NegligiblyBetter,
+}
+
+impl Strength {
+    /// All levels, strongest first.
+    pub const ALL: [Strength; 4] = [
+        Strength::SignificantlyBetter,
+        Strength::Better,
+        Strength::SlightlyBetter,
+        Strength::NegligiblyBetter,
+    ];
+
+    /// Llama-2's reward-model margin for this level (3, 2, 1, 0).
+    pub fn margin(self) -> f64 {
+        match self {
+            Strength::SignificantlyBetter => 3.0,
+            Strength::Better => 2.0,
+            Strength::SlightlyBetter => 1.0,
+            Strength::NegligiblyBetter => 0.0,
+        }
+    }
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Strength::SignificantlyBetter => "significantly_better",
+            Strength::Better => "better",
+            Strength::SlightlyBetter => "slightly_better",
+            Strength::NegligiblyBetter => "negligibly_better",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Strength> {
+        Strength::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Text shown to labelers.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Strength::SignificantlyBetter => "significantly better",
+            Strength::Better => "better",
+            Strength::SlightlyBetter => "slightly better",
+            Strength::NegligiblyBetter => "negligibly better / unsure",
+        }
+    }
+}
+
+/// Llama-2's three safety classes for a compared pair.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Safety {
+    /// The preferred response is safe and the other is not.
+    PreferredSafeOnly,
+    /// Both responses are safe.
+    BothSafe,
+    /// Both responses are unsafe.
+    BothUnsafe,
+}
+
+impl Safety {
+    /// All classes.
+    pub const ALL: [Safety; 3] = [Safety::PreferredSafeOnly, Safety::BothSafe, Safety::BothUnsafe];
+
+    /// The stored name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Safety::PreferredSafeOnly => "preferred_safe_only",
+            Safety::BothSafe => "both_safe",
+            Safety::BothUnsafe => "both_unsafe",
+        }
+    }
+
+    /// Parses a stored name.
+    pub fn parse(s: &str) -> Option<Safety> {
+        Safety::ALL.into_iter().find(|x| x.as_str() == s)
+    }
+
+    /// Text shown to labelers.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Safety::PreferredSafeOnly => "preferred is safe, other is not",
+            Safety::BothSafe => "both safe",
+            Safety::BothUnsafe => "both unsafe",
+        }
+    }
+}
+
+/// Body of `POST /api/tasks/{comparison_id}/label`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SubmitLabel {
+    /// Rank of each response by display position: 1 = best; ties share a rank.
+    /// E.g. `[2, 1]` prefers the second response.
+    pub ranking: Vec<u32>,
+    /// Strength of the preference of the best response over the next.
+    pub strength: Strength,
+    /// Optional safety class.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub safety: Option<Safety>,
+    /// Optional improved version of the best response.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub edited_response: Option<String>,
+    /// Free-form note.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
+    /// Time the labeler spent, as measured by the client.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub time_spent_ms: Option<u64>,
+}
+
+/// Result of submitting a label.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelReceipt {
+    /// The stored label.
+    pub label_id: i64,
+    /// The comparison.
+    pub comparison_id: i64,
+    /// Whether the comparison now has all the labels it wants.
+    pub comparison_complete: bool,
+}
+
+/// A stored label, as researchers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelView {
+    /// Label id.
+    pub id: i64,
+    /// Who labeled.
+    pub labeler_id: i64,
+    /// Their user name.
+    pub username: String,
+    /// Ranks by position.
+    pub ranking: Vec<u32>,
+    /// Strength.
+    pub strength: Strength,
+    /// Safety class.
+    pub safety: Option<Safety>,
+    /// Edited better response.
+    pub edited_response: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+    /// Time spent.
+    pub time_spent_ms: Option<i64>,
+    /// When it was submitted.
+    pub created_at: String,
+}
+
+/// A response as researchers see it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResponseView {
+    /// Response id.
+    pub id: i64,
+    /// Display position.
+    pub position: usize,
+    /// Text.
+    pub text: String,
+    /// Generating checkpoint.
+    pub model: Option<String>,
+    /// Round.
+    pub round_id: Option<i64>,
+    /// Sampling settings.
+    pub sampling: Option<serde_json::Value>,
+}
+
+/// Consensus ranking of one comparison, derived from its labels.
+///
+/// Rule (Borda count): each response's score is its mean rank over the labels;
+/// the consensus ranks responses by mean rank, equal means tie (competition
+/// ranking: 1, 1, 3). `agreement` is the fraction of (labeler, pair) choices
+/// that match the consensus's choice on that pair (better/tie/worse).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Consensus {
+    /// Consensus rank per position.
+    pub ranking: Vec<u32>,
+    /// Mean rank per position.
+    pub mean_ranks: Vec<f64>,
+    /// Labels aggregated.
+    pub labels: usize,
+    /// Mean strength margin (3/2/1/0) over the labels.
+    pub mean_margin: f64,
+    /// Fraction of labelers' pairwise choices matching the consensus.
+    pub agreement: f64,
+}
+
+/// A comparison with its responses, labels and consensus.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ComparisonDetail {
+    /// Comparison id.
+    pub id: i64,
+    /// Batch.
+    pub batch_id: i64,
+    /// `open` or `complete`.
+    pub state: String,
+    /// Labels wanted.
+    pub labels_wanted: i32,
+    /// Labels submitted.
+    pub labels_done: i32,
+    /// Prompt id.
+    pub prompt_id: i64,
+    /// Prompt history.
+    pub prompt: Vec<ChatMessage>,
+    /// Responses by position.
+    pub responses: Vec<ResponseView>,
+    /// All labels.
+    pub labels: Vec<LabelView>,
+    /// Consensus, when there is at least one label.
+    pub consensus: Option<Consensus>,
+}
+
+/// Inter-annotator agreement of one batch.
+///
+/// Units are (comparison, response pair) with at least two labels; each
+/// labeler's value on a unit is nominal: first better, tie, second better.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct BatchAgreement {
+    /// Batch id.
+    pub batch_id: i64,
+    /// Krippendorff's α (nominal) over pairwise choices; `None` when undefined
+    /// (fewer than two labels on every unit, or no variation at all).
+    pub krippendorff_alpha: Option<f64>,
+    /// Number of pairable units.
+    pub units: usize,
+    /// Each labeler's agreement with the consensus.
+    pub labelers: Vec<LabelerAgreement>,
+}
+
+/// One labeler's agreement with the consensus on multiply-labeled comparisons.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct LabelerAgreement {
+    /// User id.
+    pub labeler_id: i64,
+    /// User name.
+    pub username: String,
+    /// Pairwise choices compared with the consensus.
+    pub pairs: usize,
+    /// Of those, how many matched.
+    pub agreed: usize,
+    /// `agreed / pairs` (0 when `pairs` is 0).
+    pub agreement: f64,
+}
+
+/// Export format of `GET /api/export`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ExportFormat {
+    /// TRL preference rows: conversational `prompt`, `chosen`, `rejected`, `margin`.
+    Trl,
+    /// Anthropic HH-RLHF rows: `chosen` / `rejected` transcripts.
+    Hh,
+    /// Every label with its comparison, one per line.
+    Raw,
+}
+
+impl ExportFormat {
+    /// The query-string name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ExportFormat::Trl => "trl",
+            ExportFormat::Hh => "hh",
+            ExportFormat::Raw => "raw",
+        }
+    }
+}
+
+/// Filters of `GET /api/export` (query string).
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct ExportQuery {
+    /// Output format (default `trl`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<ExportFormat>,
+    /// Only this batch (id).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub batch_id: Option<i64>,
+    /// Only batches of this round.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub round_id: Option<i64>,
+    /// Only labels submitted at or after this time (RFC 3339 or `YYYY-MM-DD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub since: Option<String>,
+    /// Only labels submitted before this time (RFC 3339 or `YYYY-MM-DD`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+}
+
+/// One TRL preference row (conversational form).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TrlRow {
+    /// The prompt's chat history.
+    pub prompt: Vec<ChatMessage>,
+    /// The preferred assistant turn.
+    pub chosen: Vec<ChatMessage>,
+    /// The other assistant turn.
+    pub rejected: Vec<ChatMessage>,
+    /// Mean strength margin of the labels behind this pair (Llama-2: 3/2/1/0).
+    pub margin: f64,
+}
+
+/// One HH-RLHF row: whole transcripts `\n\nHuman: ...\n\nAssistant: ...`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HhRow {
+    /// Transcript ending in the preferred response.
+    pub chosen: String,
+    /// Transcript ending in the other response.
+    pub rejected: String,
+}
+
+/// One raw judgment: a label with everything needed to interpret it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct RawRow {
+    /// Label id.
+    pub label_id: i64,
+    /// Comparison id.
+    pub comparison_id: i64,
+    /// Batch id.
+    pub batch_id: i64,
+    /// Round id of the batch.
+    pub round_id: Option<i64>,
+    /// Prompt id.
+    pub prompt_id: i64,
+    /// Prompt history.
+    pub prompt: Vec<ChatMessage>,
+    /// Prompt tags.
+    pub tags: Vec<String>,
+    /// Responses by position.
+    pub responses: Vec<ResponseView>,
+    /// Labeler id.
+    pub labeler_id: i64,
+    /// Labeler name.
+    pub labeler: String,
+    /// Ranks by position.
+    pub ranking: Vec<u32>,
+    /// Strength.
+    pub strength: Strength,
+    /// Safety class.
+    pub safety: Option<Safety>,
+    /// Edited better response.
+    pub edited_response: Option<String>,
+    /// Note.
+    pub note: Option<String>,
+    /// Time spent.
+    pub time_spent_ms: Option<i64>,
+    /// When it was submitted.
+    pub created_at: String,
+}
+
+/// An account as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct UserInfo {
+    /// User id.
+    pub id: i64,
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+    /// Disabled accounts cannot log in or use tokens.
+    pub disabled: bool,
+    /// When it was created.
+    pub created_at: String,
+}
+
+/// Body of `POST /api/users` (admin).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewUser {
+    /// 1–64 characters of `[A-Za-z0-9_.-]`.
+    pub username: String,
+    /// At least 8 characters.
+    pub password: String,
+    /// Role.
+    pub role: Role,
+}
+
+/// Body of `POST /api/users/{username}/tokens` (admin) and `POST /api/me/tokens`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    /// A label for the token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+}
+
+/// A newly created API token: shown once, stored only hashed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenCreated {
+    /// Whose token it is.
+    pub username: String,
+    /// The bearer token.
+    pub token: String,
+}
+
+/// One audit-log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    /// Entry id.
+    pub id: i64,
+    /// Acting user, if known.
+    pub user_id: Option<i64>,
+    /// What was done, e.g. `user.create`.
+    pub action: String,
+    /// Details.
+    pub detail: serde_json::Value,
+    /// When.
+    pub created_at: String,
+}
+
+/// Every error the API returns has this body, with a 4xx or 5xx status.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ErrorBody {
+    /// Machine-readable code, e.g. `bad_request`, `forbidden`.
+    pub error: String,
+    /// Human-readable explanation.
+    pub message: String,
+}

@@ -1,0 +1,152 @@
+//! A small blocking HTTP client for the REST API, for the trainer and scripts.
+//!
+//! ```no_run
+//! use annotation_server::api::client::Client;
+//! let c = Client::new("http://127.0.0.1:8080", "rlhf_...")?;
+//! let progress = c.batches()?;
+//! # Ok::<(), anyhow::Error>(())
+//! ```
+use super::*;
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+
+/// Talks to one annotation server with one bearer token.
+#[derive(Clone)]
+pub struct Client {
+    base: String,
+    token: String,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// A client for the server at `base_url` (e.g. `http://127.0.0.1:8080`).
+    pub fn new(base_url: &str, token: &str) -> anyhow::Result<Client> {
+        let http = reqwest::blocking::Client::builder()
+            // exports can run long; individual reads are bounded instead
+            .timeout(None)
+            .connect_timeout(std::time::Duration::from_secs(10))
+            .build()?;
+        Ok(Client { base: base_url.trim_end_matches('/').to_string(), token: token.to_string(), http })
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn check(resp: reqwest::blocking::Response) -> anyhow::Result<reqwest::blocking::Response> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let text = resp.text().unwrap_or_default();
+        match serde_json::from_str::<ErrorBody>(&text) {
+            Ok(e) => bail!("{} {}: {}", status.as_u16(), e.error, e.message),
+            Err(_) => bail!("{}: {}", status, text),
+        }
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let resp = self.http.get(self.url(path)).bearer_auth(&self.token).send().with_context(|| format!("GET {path}"))?;
+        Ok(Self::check(resp)?.json()?)
+    }
+
+    fn post<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
+        let resp =
+            self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().with_context(|| format!("POST {path}"))?;
+        Ok(Self::check(resp)?.json()?)
+    }
+
+    /// Imports prompts (sent as JSONL).
+    pub fn import_prompts(&self, prompts: &[PromptImport]) -> anyhow::Result<ImportResult> {
+        let mut body = String::new();
+        for p in prompts {
+            body.push_str(&serde_json::to_string(p)?);
+            body.push('\n');
+        }
+        let resp = self
+            .http
+            .post(self.url("/api/prompts/import"))
+            .bearer_auth(&self.token)
+            .header(reqwest::header::CONTENT_TYPE, "application/x-ndjson")
+            .body(body)
+            .send()?;
+        Ok(Self::check(resp)?.json()?)
+    }
+
+    /// Creates comparisons in bulk.
+    pub fn create_comparisons(&self, req: &CreateComparisons) -> anyhow::Result<CreatedComparisons> {
+        self.post("/api/comparisons", req)
+    }
+
+    /// Progress of every batch.
+    pub fn batches(&self) -> anyhow::Result<Vec<BatchProgress>> {
+        self.get("/api/batches")
+    }
+
+    /// Progress of one batch.
+    pub fn batch(&self, id: i64) -> anyhow::Result<BatchProgress> {
+        self.get(&format!("/api/batches/{id}"))
+    }
+
+    /// A comparison with labels and consensus.
+    pub fn comparison(&self, id: i64) -> anyhow::Result<ComparisonDetail> {
+        self.get(&format!("/api/comparisons/{id}"))
+    }
+
+    /// The caller's next task (`None`: nothing to do now).
+    pub fn next_task(&self) -> anyhow::Result<Option<Task>> {
+        let resp = self.http.get(self.url("/api/tasks/next")).bearer_auth(&self.token).send()?;
+        let resp = Self::check(resp)?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        Ok(Some(resp.json()?))
+    }
+
+    /// Submits a label (simulated labelers).
+    pub fn submit_label(&self, comparison_id: i64, label: &SubmitLabel) -> anyhow::Result<LabelReceipt> {
+        self.post(&format!("/api/tasks/{comparison_id}/label"), label)
+    }
+
+    /// Skips a task.
+    pub fn skip(&self, comparison_id: i64) -> anyhow::Result<()> {
+        let resp = self.http.post(self.url(&format!("/api/tasks/{comparison_id}/skip"))).bearer_auth(&self.token).send()?;
+        Self::check(resp)?;
+        Ok(())
+    }
+
+    /// Streams an export, calling `each` with every JSONL line (without the newline).
+    pub fn export_lines(&self, query: &ExportQuery, mut each: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
+        let resp = self.http.get(self.url("/api/export")).bearer_auth(&self.token).query(query).send()?;
+        let reader = BufReader::new(Self::check(resp)?);
+        for line in reader.lines() {
+            let line = line.context("reading export")?;
+            if !line.is_empty() {
+                each(&line)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// TRL preference rows, collected.
+    pub fn export_trl(&self, mut query: ExportQuery) -> anyhow::Result<Vec<TrlRow>> {
+        query.format = Some(ExportFormat::Trl);
+        let mut rows = vec![];
+        self.export_lines(&query, |l| {
+            rows.push(serde_json::from_str(l)?);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+
+    /// Raw judgments, collected.
+    pub fn export_raw(&self, mut query: ExportQuery) -> anyhow::Result<Vec<RawRow>> {
+        query.format = Some(ExportFormat::Raw);
+        let mut rows = vec![];
+        self.export_lines(&query, |l| {
+            rows.push(serde_json::from_str(l)?);
+            Ok(())
+        })?;
+        Ok(rows)
+    }
+}

@@ -1,0 +1,272 @@
+//! Credentials: argon2 password hashes, hashed API tokens and browser
+//! sessions, and the extractors that authenticate requests.
+use crate::api::Role;
+use crate::entities::{api_tokens, sessions, users};
+use crate::error::{AppError, AppResult};
+use crate::state::AppState;
+use crate::time::now_ms;
+use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
+use argon2::{Argon2, PasswordHasher, PasswordVerifier};
+use axum::extract::FromRequestParts;
+use axum::http::request::Parts;
+use axum::http::{header, HeaderMap};
+use rand::RngCore;
+use sea_orm::{ActiveModelTrait, ColumnTrait, EntityTrait, QueryFilter, Set};
+use sha2::{Digest, Sha256};
+
+/// Name of the session cookie.
+pub const SESSION_COOKIE: &str = "rlhf_session";
+/// Name of the cookie that carries the login form's CSRF token before a session exists.
+pub const LOGIN_CSRF_COOKIE: &str = "rlhf_login_csrf";
+/// Prefix of API tokens, so that leaked tokens are recognizable.
+pub const TOKEN_PREFIX: &str = "rlhf_";
+
+/// Hashes a password with argon2id (random salt, PHC string).
+pub fn hash_password(password: &str) -> anyhow::Result<String> {
+    let salt = SaltString::generate(&mut OsRng);
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| anyhow::anyhow!("hashing password: {e}"))
+}
+
+/// Checks a password against a stored hash; any malformed hash is a mismatch.
+pub fn verify_password(password: &str, hash: &str) -> bool {
+    PasswordHash::new(hash)
+        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .unwrap_or(false)
+}
+
+/// A fresh 256-bit random value, hex-encoded.
+pub fn random_hex() -> String {
+    let mut bytes = [0u8; 32];
+    rand::thread_rng().fill_bytes(&mut bytes);
+    hex(&bytes)
+}
+
+/// A new API token (`rlhf_` + 64 hex digits).
+pub fn new_token() -> String {
+    format!("{TOKEN_PREFIX}{}", random_hex())
+}
+
+/// SHA-256 (hex) of a token or session id. These are 256-bit random values,
+/// so a fast hash suffices: only the hash is stored, never the secret.
+pub fn sha256_hex(s: &str) -> String {
+    hex(&Sha256::digest(s.as_bytes()))
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Compares two secrets in time independent of where they differ.
+pub fn constant_time_eq(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The user behind a request.
+#[derive(Clone, Debug)]
+pub struct CurrentUser {
+    /// User id.
+    pub id: i64,
+    /// Name.
+    pub username: String,
+    /// Role.
+    pub role: Role,
+}
+
+impl CurrentUser {
+    fn from_model(u: users::Model) -> AppResult<CurrentUser> {
+        let role = Role::parse(&u.role)
+            .ok_or_else(|| AppError::Internal(format!("user {} has unknown role", u.id)))?;
+        Ok(CurrentUser { id: u.id, username: u.username, role })
+    }
+
+    /// Fails with 403 unless the user is a researcher or admin.
+    pub fn require_researcher(&self) -> AppResult<()> {
+        if self.role.is_researcher() {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("this needs the researcher or admin role".into()))
+        }
+    }
+
+    /// Fails with 403 unless the user is an admin.
+    pub fn require_admin(&self) -> AppResult<()> {
+        if self.role == Role::Admin {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("this needs the admin role".into()))
+        }
+    }
+
+    /// Fails with 403 unless the user may label (labelers; researchers and admins may too).
+    pub fn require_labeler(&self) -> AppResult<()> {
+        Ok(())
+    }
+}
+
+/// A request authenticated with `Authorization: Bearer <token>`.
+#[derive(Clone, Debug)]
+pub struct ApiUser(pub CurrentUser);
+
+impl FromRequestParts<AppState> for ApiUser {
+    type Rejection = AppError;
+
+    async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<ApiUser> {
+        if let Some(token) = bearer_token(&parts.headers) {
+            return user_for_token(state, token).await.map(ApiUser);
+        }
+        // Read-only requests may also use the browser session, so that the
+        // dashboard's export links work. Writes need a token: no CSRF exposure.
+        if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
+            if let Some(sess) = session_from_headers(state, &parts.headers).await? {
+                return Ok(ApiUser(sess.user));
+            }
+        }
+        Err(AppError::Unauthorized)
+    }
+}
+
+fn bearer_token(headers: &HeaderMap) -> Option<&str> {
+    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = value.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+}
+
+/// Looks up the (enabled) owner of an API token.
+pub async fn user_for_token(state: &AppState, token: &str) -> AppResult<CurrentUser> {
+    let hash = sha256_hex(token);
+    if let Some(u) = state.token_cache.get(&hash) {
+        return Ok(u);
+    }
+    let found = api_tokens::Entity::find()
+        .filter(api_tokens::Column::TokenHash.eq(hash.clone()))
+        .find_also_related(users::Entity)
+        .one(&state.db)
+        .await?;
+    match found {
+        Some((_, Some(u))) if !u.disabled => {
+            let user = CurrentUser::from_model(u)?;
+            state.token_cache.put(hash, user.clone());
+            Ok(user)
+        }
+        _ => Err(AppError::Unauthorized),
+    }
+}
+
+/// Reads one cookie from the request headers.
+pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|kv| kv.trim().split_once('='))
+        .find(|(k, _)| *k == name)
+        .map(|(_, v)| v)
+}
+
+/// A `Set-Cookie` value: HttpOnly, SameSite=Lax (so the top-level GET after a
+/// redirect carries it; forms are CSRF-protected), Secure when configured.
+pub fn set_cookie(name: &str, value: &str, max_age_s: i64, secure: bool) -> String {
+    let secure = if secure { "; Secure" } else { "" };
+    format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax; Max-Age={max_age_s}{secure}")
+}
+
+/// A browser session: the user and the CSRF token their forms must carry.
+#[derive(Clone, Debug)]
+pub struct Session {
+    /// Who is logged in.
+    pub user: CurrentUser,
+    /// The session's CSRF token.
+    pub csrf: String,
+    /// Hash of the session cookie (its row key).
+    pub token_hash: String,
+}
+
+impl Session {
+    /// Fails with 403 unless `submitted` is this session's CSRF token.
+    pub fn check_csrf(&self, submitted: &str) -> AppResult<()> {
+        if constant_time_eq(&self.csrf, submitted) {
+            Ok(())
+        } else {
+            Err(AppError::Forbidden("invalid or missing CSRF token; reload the page".into()))
+        }
+    }
+}
+
+/// Looks up the session a request's cookie names, if it is valid.
+pub async fn session_from_headers(state: &AppState, headers: &HeaderMap) -> AppResult<Option<Session>> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+    let token_hash = sha256_hex(token);
+    let found = sessions::Entity::find()
+        .filter(sessions::Column::TokenHash.eq(token_hash.clone()))
+        .filter(sessions::Column::ExpiresAt.gt(now_ms()))
+        .find_also_related(users::Entity)
+        .one(&state.db)
+        .await?;
+    match found {
+        Some((s, Some(u))) if !u.disabled => {
+            Ok(Some(Session { user: CurrentUser::from_model(u)?, csrf: s.csrf_token, token_hash }))
+        }
+        _ => Ok(None),
+    }
+}
+
+/// Creates a session for a user; returns the cookie value (the secret).
+pub async fn create_session(state: &AppState, user_id: i64) -> AppResult<String> {
+    let token = random_hex();
+    let now = now_ms();
+    sessions::ActiveModel {
+        token_hash: Set(sha256_hex(&token)),
+        user_id: Set(user_id),
+        csrf_token: Set(random_hex()),
+        expires_at: Set(now + state.config.session_ttl.as_millis() as i64),
+        created_at: Set(now),
+        ..Default::default()
+    }
+    .insert(&state.db)
+    .await?;
+    Ok(token)
+}
+
+/// Deletes a session (logout).
+pub async fn delete_session(state: &AppState, token_hash: &str) -> AppResult<()> {
+    sessions::Entity::delete_many()
+        .filter(sessions::Column::TokenHash.eq(token_hash))
+        .exec(&state.db)
+        .await?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passwords_hash_and_verify() {
+        let h = hash_password("correct horse").unwrap();
+        assert!(h.starts_with("$argon2id$"));
+        assert!(verify_password("correct horse", &h));
+        assert!(!verify_password("wrong horse", &h));
+        assert!(!verify_password("x", "not a hash"));
+    }
+
+    #[test]
+    fn tokens_are_random_and_hashed() {
+        let a = new_token();
+        assert!(a.starts_with(TOKEN_PREFIX) && a.len() == TOKEN_PREFIX.len() + 64);
+        assert_ne!(a, new_token());
+        assert_eq!(sha256_hex("abc").len(), 64);
+        assert!(constant_time_eq("abc", "abc") && !constant_time_eq("abc", "abd"));
+    }
+
+    #[test]
+    fn cookies_are_parsed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, "a=1; rlhf_session=xyz; b=2".parse().unwrap());
+        assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
+        assert_eq!(cookie(&h, "c"), None);
+    }
+}

@@ -1,0 +1,78 @@
+//! Connecting to the database (SQLite or PostgreSQL) and migrating it.
+use migrations::{Migrator, MigratorTrait};
+use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
+use sea_orm::{
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode,
+    TransactionOptions, TransactionTrait,
+};
+use std::time::Duration;
+
+/// The default database: a SQLite file in the working directory.
+pub const DEFAULT_DATABASE_URL: &str = "sqlite://rlhf.sqlite";
+
+/// Normalizes a database URL: a bare path or a `sqlite:` URL gets `mode=rwc`
+/// so the file is created on first use.
+pub fn normalize_url(url: &str) -> String {
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return url.to_string();
+    }
+    let url = if url.starts_with("sqlite:") { url.to_string() } else { format!("sqlite://{url}") };
+    if url.contains("mode=") || url.contains(":memory:") {
+        url
+    } else if url.contains('?') {
+        format!("{url}&mode=rwc")
+    } else {
+        format!("{url}?mode=rwc")
+    }
+}
+
+/// Opens a connection pool. SQLite gets WAL mode, a busy timeout and a small
+/// pool: writers are serialized by SQLite anyway, while WAL lets readers (e.g.
+/// a long export) run beside them.
+pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let url = normalize_url(url);
+    let mut opts = ConnectOptions::new(url.clone());
+    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
+    if url.starts_with("sqlite:") {
+        opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
+            o.journal_mode(SqliteJournalMode::Wal)
+                .synchronous(SqliteSynchronous::Normal)
+                .busy_timeout(Duration::from_secs(30))
+                .foreign_keys(true)
+        });
+    } else {
+        opts.max_connections(32).min_connections(1);
+    }
+    Database::connect(opts).await
+}
+
+/// Connects and applies all pending migrations.
+pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, DbErr> {
+    let db = connect(url).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`,
+/// taking the write lock up front: a deferred transaction that reads first and
+/// writes later can fail with SQLITE_BUSY instead of waiting its turn.
+pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
+    db.begin_with_options(TransactionOptions {
+        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+        ..Default::default()
+    })
+    .await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::normalize_url;
+
+    #[test]
+    fn urls_are_normalized() {
+        assert_eq!(normalize_url("rlhf.sqlite"), "sqlite://rlhf.sqlite?mode=rwc");
+        assert_eq!(normalize_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db?mode=rwc");
+        assert_eq!(normalize_url("sqlite://x.db?mode=ro"), "sqlite://x.db?mode=ro");
+        assert_eq!(normalize_url("postgres://u@h/d"), "postgres://u@h/d");
+    }
+}

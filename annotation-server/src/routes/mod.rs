@@ -1,0 +1,127 @@
+//! The HTTP router: API, UI, operations endpoints, and the middleware for
+//! metrics, logging, security headers and body limits.
+pub mod api;
+pub mod extract;
+
+use crate::error::AppError;
+use crate::openapi;
+use crate::progress;
+use crate::state::AppState;
+use crate::ui;
+use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use std::time::Instant;
+
+/// Builds the whole application.
+pub fn router(state: AppState) -> Router {
+    let import_limit = DefaultBodyLimit::max(state.config.import_body_limit);
+    let api = Router::new()
+        .route("/me", get(api::me))
+        .route("/users", get(api::list_users).post(api::create_user))
+        .route("/users/{username}/disable", post(api::disable_user))
+        .route("/users/{username}/tokens", post(api::create_token))
+        .route("/audit", get(api::audit_log))
+        .route("/prompts/import", post(api::import_prompts).layer(import_limit))
+        .route("/prompts", get(api::list_prompts))
+        .route("/comparisons", post(api::create_comparisons).layer(import_limit))
+        .route("/comparisons/{id}", get(api::comparison))
+        .route("/batches", get(api::batches))
+        .route("/batches/{id}", get(api::batch))
+        .route("/batches/{id}/agreement", get(api::agreement))
+        .route("/labelers", get(api::labelers))
+        .route("/export", get(api::export))
+        .route("/tasks/next", get(api::next_task))
+        .route("/tasks/{id}/label", post(api::submit_label))
+        .route("/tasks/{id}/skip", post(api::skip))
+        .route("/openapi.json", get(openapi_json))
+        .fallback(api_not_found);
+    Router::new()
+        .nest("/api", api)
+        .route("/", get(ui::index))
+        .route("/login", get(ui::login_form).post(ui::login))
+        .route("/logout", post(ui::logout))
+        .route("/label", get(ui::label_page))
+        .route("/label/{id}", post(ui::submit))
+        .route("/label/{id}/skip", post(ui::skip))
+        .route("/dashboard", get(ui::dashboard))
+        .route("/static/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], ui::APP_CSS) }))
+        .route("/static/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], ui::APP_JS) }))
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(page_not_found)
+        .layer(DefaultBodyLimit::max(state.config.body_limit))
+        .layer(middleware::from_fn_with_state(state.clone(), observe))
+        .with_state(state)
+}
+
+async fn openapi_json() -> Json<serde_json::Value> {
+    Json(openapi::document())
+}
+
+async fn api_not_found() -> AppError {
+    AppError::NotFound("no such API route; see /api/openapi.json".into())
+}
+
+async fn page_not_found() -> Response {
+    (StatusCode::NOT_FOUND, axum::response::Html("<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>"))
+        .into_response()
+}
+
+/// `GET /healthz`: 200 when the database answers.
+async fn healthz(State(s): State<AppState>) -> Response {
+    match s.db.ping().await {
+        Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
+        Err(e) => {
+            tracing::error!(error = %e, "health check failed");
+            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "database unavailable"})))
+                .into_response()
+        }
+    }
+}
+
+/// `GET /metrics`: Prometheus text format.
+async fn metrics(State(s): State<AppState>) -> Result<Response, AppError> {
+    let (depth, leases) = progress::queue_depth(&s.db).await?;
+    Ok((
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        s.metrics.render(depth, leases),
+    )
+        .into_response())
+}
+
+/// Records metrics, logs the request, and adds security headers.
+async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    // the route template, not the raw path, keeps metric cardinality bounded
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let path = req.uri().path().to_string();
+    let mut resp = next.run(req).await;
+    let elapsed = start.elapsed();
+    let status = resp.status().as_u16();
+    s.metrics.observe_request(method.as_str(), &route, status, elapsed);
+    tracing::info!(%method, path, status, ms = elapsed.as_secs_f64() * 1e3, "request");
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_SECURITY_POLICY,
+        HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self'; \
+             form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
+        ),
+    );
+    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    if !h.contains_key(header::CACHE_CONTROL) {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    }
+    resp
+}
