@@ -946,7 +946,7 @@ mod tests {
             (123456789012345.0, "123456789012345.0"),
             (0.0, "0.0"),
             (1e300, "1e+300"),
-            (3.14159, "3.14159"),
+            (2.71, "2.71"),
         ] {
             assert_eq!(py_float_repr(f, false), s, "{f}");
         }
@@ -1040,6 +1040,21 @@ mod tests {
         let m = [Message::user("{{ raise_exception('x') }} {% if %} <|eot_id|>")];
         let out = render(LLAMA3_TEMPLATE, &m, false).unwrap();
         assert!(out.contains("{{ raise_exception('x') }} {% if %} <|eot_id|>"));
+    }
+
+    #[test]
+    fn chat_unstable_template_gives_a_clear_role_error() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tokenizers/llama3");
+        if !dir.is_dir() {
+            return;
+        }
+        let tok = Tokenizer::load(&dir).unwrap();
+        // Prints the number of messages first: no prefix of the conversation renders as a prefix.
+        let f = ChatFormat::with_template("{{ messages|length }}{% for m in messages %}{{ m.content }}{% endfor %}", &tok).unwrap();
+        let err = f.tokenize_conversation(&tok, &[Message::user("a"), Message::assistant("b")], false).unwrap_err();
+        assert!(format!("{err:#}").contains("not prefix-stable"), "{err:#}");
+        // Plain rendering still works.
+        assert_eq!(f.render(&[Message::user("a"), Message::assistant("b")], false).unwrap(), "2ab");
     }
 
     #[test]

@@ -278,22 +278,34 @@ impl Tokenizer {
             bail!("{} must hold a JSON object, found {}", cfg_path.display(), json_kind(config));
         }
         let raw = fs::read_to_string(tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?;
-        let mut tok_json: Json = serde_json::from_str(&raw)
-            .with_context(|| format!("{} is not valid JSON", tok_path.display()))?;
-        let model_type = tok_json.pointer("/model/type").and_then(Json::as_str).map(str::to_owned);
         let tokenizer_class = config.get("tokenizer_class").and_then(Json::as_str).map(str::to_owned);
         let is_llama_class = tokenizer_class
             .as_deref()
             .map(|c| c.strip_suffix("Fast").unwrap_or(c) == "LlamaTokenizer")
             .unwrap_or(false);
-        // Same test transformers uses to route byte-level files away from LlamaTokenizer.
-        if is_llama_class && model_type.as_deref() == Some("BPE") && !raw.contains("\"ByteLevel\"") {
-            apply_llama_tokenizer_pipeline(&mut tok_json, config);
-        }
-        drop(raw);
-        let mut inner: tokenizers::Tokenizer = serde_json::from_value(tok_json).map_err(|e| {
+        let invalid = |e: &dyn std::fmt::Display| {
             anyhow!("{} is not a valid Hugging Face tokenizer file: {e}", tok_path.display())
-        })?;
+        };
+        // Same test transformers uses to route byte-level files away from LlamaTokenizer.
+        let mut inner: tokenizers::Tokenizer = if is_llama_class && !raw.contains("\"ByteLevel\"") {
+            let mut tok_json: Json = serde_json::from_str(&raw)
+                .with_context(|| format!("{} is not valid JSON", tok_path.display()))?;
+            if tok_json.pointer("/model/type").and_then(Json::as_str) == Some("BPE") {
+                apply_llama_tokenizer_pipeline(&mut tok_json, config);
+            }
+            serde_json::from_value(tok_json).map_err(|e| invalid(&e))?
+        } else {
+            // Straight from the text: parsing a 9 MB vocabulary twice would double load time.
+            match serde_json::from_str(&raw) {
+                Ok(t) => t,
+                Err(e) if e.is_syntax() || e.is_eof() => {
+                    return Err(anyhow!(e)).with_context(|| format!("{} is not valid JSON", tok_path.display()))
+                }
+                Err(e) => return Err(invalid(&e)),
+            }
+        };
+        drop(raw);
+        let is_bpe = matches!(inner.get_model(), tokenizers::ModelWrapper::BPE(_));
         // transformers turns stored padding/truncation off unless a call asks for them.
         inner
             .with_truncation(None)
@@ -314,7 +326,7 @@ impl Tokenizer {
             None | Some(Json::Null) => None,
             Some(Json::Number(n)) => {
                 let v = n.as_f64().unwrap_or(f64::INFINITY);
-                if !(v >= 0.0) {
+                if v.is_nan() || v < 0.0 {
                     bail!("{}: model_max_length must not be negative", cfg_path.display());
                 }
                 (v < NO_LIMIT_THRESHOLD).then_some(v as usize)
@@ -394,7 +406,7 @@ impl Tokenizer {
             add_bos_token,
             add_eos_token,
             clean_up_tokenization_spaces,
-            is_bpe: model_type.as_deref() == Some("BPE"),
+            is_bpe,
             chat_templates,
             model_max_length,
             tokenizer_class,
@@ -419,6 +431,11 @@ impl Tokenizer {
             .encode(text, add_special_tokens)
             .map_err(|e| anyhow!("tokenizing failed ({}): {e}", self.source.display()))?;
         Ok(enc.get_ids().to_vec())
+    }
+
+    /// [`Self::encode`] for many texts.
+    pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
+        texts.iter().map(|t| self.encode(t.as_ref(), add_special_tokens)).collect()
     }
 
     /// Token ids plus per-token character offsets into `text`.
