@@ -58,7 +58,11 @@ pub struct BpeOptions {
 
 impl Default for BpeOptions {
     fn default() -> Self {
-        Self { vocab_size: 512, min_frequency: 0, model_max_length: None }
+        Self {
+            vocab_size: 512,
+            min_frequency: 0,
+            model_max_length: None,
+        }
     }
 }
 
@@ -158,10 +162,16 @@ where
         );
     }
     if opts.vocab_size > u32::MAX as usize {
-        bail!("vocab_size {} does not fit 32-bit token ids", opts.vocab_size);
+        bail!(
+            "vocab_size {} does not fit 32-bit token ids",
+            opts.vocab_size
+        );
     }
     let mut tokenizer = empty_pipeline()?;
-    let specials: Vec<AddedToken> = SPECIAL_TOKENS.iter().map(|t| AddedToken::from(*t, true)).collect();
+    let specials: Vec<AddedToken> = SPECIAL_TOKENS
+        .iter()
+        .map(|t| AddedToken::from(*t, true))
+        .collect();
     // Every byte is in the base alphabet so that any text can be encoded.
     let alphabet: HashSet<char> = ByteLevel::alphabet().into_iter().collect();
     let trainer = BpeTrainerBuilder::new()
@@ -173,13 +183,19 @@ where
         .build();
     let mut trainer = TrainerWrapper::BpeTrainer(trainer);
     let mut seen_text = false;
-    let texts = texts.into_iter().inspect(|t| seen_text |= !t.as_ref().trim().is_empty());
-    tokenizer.train(&mut trainer, texts).map_err(|e| anyhow!("BPE training failed: {e}"))?;
+    let texts = texts
+        .into_iter()
+        .inspect(|t| seen_text |= !t.as_ref().trim().is_empty());
+    tokenizer
+        .train(&mut trainer, texts)
+        .map_err(|e| anyhow!("BPE training failed: {e}"))?;
     if !seen_text {
         bail!("the training corpus is empty");
     }
     let id = |t: &str| {
-        tokenizer.token_to_id(t).ok_or_else(|| anyhow!("special token {t} missing after training"))
+        tokenizer
+            .token_to_id(t)
+            .ok_or_else(|| anyhow!("special token {t} missing after training"))
     };
     let special = SpecialIds {
         bos: id(SPECIAL_TOKENS[0])?,
@@ -190,24 +206,38 @@ where
         pad: id(SPECIAL_TOKENS[5])?,
     };
     if special.bos != 0 {
-        bail!("expected {} to get id 0, got {}", SPECIAL_TOKENS[0], special.bos);
+        bail!(
+            "expected {} to get id 0, got {}",
+            SPECIAL_TOKENS[0],
+            special.bos
+        );
     }
     let vocab_size = tokenizer.get_vocab_size(true);
-    Ok(TrainedBpe { tokenizer, special, vocab_size, model_max_length: opts.model_max_length })
+    Ok(TrainedBpe {
+        tokenizer,
+        special,
+        vocab_size,
+        model_max_length: opts.model_max_length,
+    })
 }
 
 /// Trains on a text file (one training sequence per line), or on
 /// [`BUILTIN_CORPUS`] when `corpus` is `None`.
 pub fn train_from_corpus(corpus: Option<&Path>, opts: &BpeOptions) -> Result<TrainedBpe> {
     let text = match corpus {
-        Some(p) => fs::read_to_string(p).with_context(|| format!("cannot read corpus {}", p.display()))?,
+        Some(p) => {
+            fs::read_to_string(p).with_context(|| format!("cannot read corpus {}", p.display()))?
+        }
         None => BUILTIN_CORPUS.to_owned(),
     };
-    train(text.lines().map(|l| format!("{l}\n")).collect::<Vec<_>>(), opts)
-        .with_context(|| match corpus {
-            Some(p) => format!("training a tokenizer on {}", p.display()),
-            None => "training a tokenizer on the built-in corpus".to_owned(),
-        })
+    train(
+        text.lines().map(|l| format!("{l}\n")).collect::<Vec<_>>(),
+        opts,
+    )
+    .with_context(|| match corpus {
+        Some(p) => format!("training a tokenizer on {}", p.display()),
+        None => "training a tokenizer on the built-in corpus".to_owned(),
+    })
 }
 
 impl TrainedBpe {
@@ -253,17 +283,23 @@ impl TrainedBpe {
             .tokenizer
             .to_string(false)
             .map_err(|e| anyhow!("serializing the tokenizer failed: {e}"))?;
-        fs::write(&tok_path, json).with_context(|| format!("cannot write {}", tok_path.display()))?;
+        fs::write(&tok_path, json)
+            .with_context(|| format!("cannot write {}", tok_path.display()))?;
         let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
         let cfg = serde_json::to_string_pretty(&self.tokenizer_config())?;
-        fs::write(&cfg_path, cfg).with_context(|| format!("cannot write {}", cfg_path.display()))?;
+        fs::write(&cfg_path, cfg)
+            .with_context(|| format!("cannot write {}", cfg_path.display()))?;
         Ok(())
     }
 }
 
 /// Trains (on `corpus`, or the built-in text) and writes the tokenizer files into
 /// `dir`; returns the special ids and the actual vocabulary size.
-pub fn train_and_save(dir: &Path, corpus: Option<&Path>, opts: &BpeOptions) -> Result<(SpecialIds, usize)> {
+pub fn train_and_save(
+    dir: &Path,
+    corpus: Option<&Path>,
+    opts: &BpeOptions,
+) -> Result<(SpecialIds, usize)> {
     let trained = train_from_corpus(corpus, opts)?;
     trained.save(dir)?;
     Ok((trained.special, trained.vocab_size))
@@ -278,12 +314,23 @@ mod tests {
     #[test]
     fn bpe_trains_saves_and_round_trips() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = BpeOptions { vocab_size: 512, model_max_length: Some(256), ..Default::default() };
+        let opts = BpeOptions {
+            vocab_size: 512,
+            model_max_length: Some(256),
+            ..Default::default()
+        };
         let (ids, vocab) = train_and_save(dir.path(), None, &opts).unwrap();
         assert_eq!(vocab, 512);
         assert_eq!(
             ids,
-            SpecialIds { bos: 0, end_of_text: 1, start_header: 2, end_header: 3, eot: 4, pad: 5 }
+            SpecialIds {
+                bos: 0,
+                end_of_text: 1,
+                start_header: 2,
+                end_header: 3,
+                eot: 4,
+                pad: 5
+            }
         );
         let tok = Tokenizer::load(dir.path()).unwrap();
         assert_eq!(tok.vocab_size(), 512);
@@ -332,15 +379,37 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let corpus = dir.path().join("corpus.txt");
         fs::write(&corpus, BUILTIN_CORPUS.repeat(2)).unwrap();
-        let trained = train_from_corpus(Some(&corpus), &BpeOptions { vocab_size: 2048, ..Default::default() }).unwrap();
-        assert!(trained.vocab_size > 1000 && trained.vocab_size <= 2048, "{}", trained.vocab_size);
+        let trained = train_from_corpus(
+            Some(&corpus),
+            &BpeOptions {
+                vocab_size: 2048,
+                ..Default::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            trained.vocab_size > 1000 && trained.vocab_size <= 2048,
+            "{}",
+            trained.vocab_size
+        );
     }
 
     #[test]
     fn bpe_bad_input_is_an_error() {
-        assert!(train(["abc"], &BpeOptions { vocab_size: 100, ..Default::default() }).is_err());
+        assert!(train(
+            ["abc"],
+            &BpeOptions {
+                vocab_size: 100,
+                ..Default::default()
+            }
+        )
+        .is_err());
         assert!(train(Vec::<String>::new(), &BpeOptions::default()).is_err());
-        let err = train_from_corpus(Some(Path::new("/nonexistent/corpus.txt")), &BpeOptions::default()).unwrap_err();
+        let err = train_from_corpus(
+            Some(Path::new("/nonexistent/corpus.txt")),
+            &BpeOptions::default(),
+        )
+        .unwrap_err();
         assert!(format!("{err:#}").contains("/nonexistent/corpus.txt"));
     }
 }

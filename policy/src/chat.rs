@@ -56,7 +56,11 @@ pub struct Message {
 impl Message {
     /// A message with the given role and content.
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> Self {
-        Self { role: role.into(), content: content.into(), extra: Default::default() }
+        Self {
+            role: role.into(),
+            content: content.into(),
+            extra: Default::default(),
+        }
     }
     /// A `system` message.
     pub fn system(content: impl Into<String>) -> Self {
@@ -75,7 +79,8 @@ impl Message {
 /// Reads messages from a JSON file holding either a list of messages or an object
 /// with a `"messages"` list.
 pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_messages(&text).with_context(|| format!("{} does not hold chat messages", path.display()))
 }
 
@@ -83,9 +88,9 @@ pub fn load_messages(path: &Path) -> Result<Vec<Message>> {
 pub fn parse_messages(text: &str) -> Result<Vec<Message>> {
     let value: serde_json::Value = serde_json::from_str(text).context("invalid JSON")?;
     let list = match value {
-        serde_json::Value::Object(mut m) => m
-            .remove("messages")
-            .ok_or_else(|| anyhow!("expected a list of messages or an object with a \"messages\" list"))?,
+        serde_json::Value::Object(mut m) => m.remove("messages").ok_or_else(|| {
+            anyhow!("expected a list of messages or an object with a \"messages\" list")
+        })?,
         other => other,
     };
     let messages: Vec<Message> = serde_json::from_value(list)
@@ -141,7 +146,10 @@ pub struct RenderOptions {
 impl RenderOptions {
     /// Options with only `add_generation_prompt` set.
     pub fn generation_prompt(add_generation_prompt: bool) -> Self {
-        Self { add_generation_prompt, ..Default::default() }
+        Self {
+            add_generation_prompt,
+            ..Default::default()
+        }
     }
 }
 
@@ -167,7 +175,9 @@ pub struct ChatFormat {
 
 impl std::fmt::Debug for ChatFormat {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatFormat").field("source", &self.source).finish()
+        f.debug_struct("ChatFormat")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -195,7 +205,11 @@ pub struct TokenizedChat {
 impl TokenizedChat {
     /// Role of the message token `i` belongs to.
     pub fn token_role(&self, i: usize) -> Option<&str> {
-        self.message_index.get(i).copied().flatten().map(|m| self.roles[m].as_str())
+        self.message_index
+            .get(i)
+            .copied()
+            .flatten()
+            .map(|m| self.roles[m].as_str())
     }
 
     /// Token index range of message `m` (empty when it owns no token).
@@ -204,7 +218,10 @@ impl TokenizedChat {
         match first {
             None => 0..0,
             Some(s) => {
-                let len = self.message_index[s..].iter().take_while(|&&x| x == Some(m)).count();
+                let len = self.message_index[s..]
+                    .iter()
+                    .take_while(|&&x| x == Some(m))
+                    .count();
                 s..s + len
             }
         }
@@ -241,7 +258,10 @@ impl ChatFormat {
         }
         if let Some(n) = name {
             let names: Vec<&String> = tok.chat_templates().named.keys().collect();
-            bail!("{} has no chat template named {n:?} (it has {names:?})", tok.source().display());
+            bail!(
+                "{} has no chat template named {n:?} (it has {names:?})",
+                tok.source().display()
+            );
         }
         if !tok.chat_templates().named.is_empty() {
             let names: Vec<&String> = tok.chat_templates().named.keys().collect();
@@ -266,19 +286,35 @@ impl ChatFormat {
     /// A template with explicit special-token strings (`bos_token` → `<s>`, ...),
     /// for rendering without a tokenizer.
     pub fn from_source(template: &str, special_tokens: &[(&str, &str)]) -> Result<Self> {
-        let special = special_tokens.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        let special = special_tokens
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
         Self::compile(template, TemplateSource::Custom, special)
     }
 
     fn build(template: &str, source: TemplateSource, tok: &Tokenizer) -> Result<Self> {
-        let special =
-            tok.special_tokens_map().iter().map(|(k, v)| (k.clone(), v.content.clone())).collect();
+        let special = tok
+            .special_tokens_map()
+            .iter()
+            .map(|(k, v)| (k.clone(), v.content.clone()))
+            .collect();
         Self::compile(template, source, special)
     }
 
-    fn compile(template: &str, source: TemplateSource, special_tokens: Vec<(String, String)>) -> Result<Self> {
-        let env = pyjinja::environment(template).map_err(|e| anyhow!("invalid chat template: {}", describe(&e)))?;
-        Ok(Self { env: Arc::new(env), source, template: template.to_owned(), special_tokens })
+    fn compile(
+        template: &str,
+        source: TemplateSource,
+        special_tokens: Vec<(String, String)>,
+    ) -> Result<Self> {
+        let env = pyjinja::environment(template)
+            .map_err(|e| anyhow!("invalid chat template: {}", describe(&e)))?;
+        Ok(Self {
+            env: Arc::new(env),
+            source,
+            template: template.to_owned(),
+            special_tokens,
+        })
     }
 
     /// Where the template came from.
@@ -294,7 +330,10 @@ impl ChatFormat {
     /// Renders `messages` like `apply_chat_template(messages, tokenize=False,
     /// add_generation_prompt=...)`.
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        self.render_with(messages, &RenderOptions::generation_prompt(add_generation_prompt))
+        self.render_with(
+            messages,
+            &RenderOptions::generation_prompt(add_generation_prompt),
+        )
     }
 
     /// Renders with full options (tools, documents, extra variables, fixed clock).
@@ -307,26 +346,49 @@ impl ChatFormat {
     }
 
     fn render_raw(&self, messages: &[Message], opts: &RenderOptions) -> Result<String> {
-        let tmpl = self.env.get_template(TEMPLATE_NAME).map_err(|e| anyhow!("{}", describe(&e)))?;
-        let now = opts.now.unwrap_or_else(|| chrono::Local::now().naive_local());
+        let tmpl = self
+            .env
+            .get_template(TEMPLATE_NAME)
+            .map_err(|e| anyhow!("{}", describe(&e)))?;
+        let now = opts
+            .now
+            .unwrap_or_else(|| chrono::Local::now().naive_local());
         let mut ctx: BTreeMap<String, TemplateValue> = BTreeMap::new();
         for (k, v) in &self.special_tokens {
             ctx.insert(k.clone(), TemplateValue::from(v.as_str()));
         }
-        ctx.insert("messages".into(), TemplateValue::from_serialize(messages));
-        ctx.insert("tools".into(), opts.tools.clone().unwrap_or(TemplateValue::from(())));
-        ctx.insert("documents".into(), opts.documents.clone().unwrap_or(TemplateValue::from(())));
-        ctx.insert("add_generation_prompt".into(), TemplateValue::from(opts.add_generation_prompt));
+        ctx.insert(
+            "messages".into(),
+            messages.iter().map(message_value).collect(),
+        );
+        ctx.insert(
+            "tools".into(),
+            opts.tools.clone().unwrap_or(TemplateValue::from(())),
+        );
+        ctx.insert(
+            "documents".into(),
+            opts.documents.clone().unwrap_or(TemplateValue::from(())),
+        );
+        ctx.insert(
+            "add_generation_prompt".into(),
+            TemplateValue::from(opts.add_generation_prompt),
+        );
         ctx.insert("strftime_now".into(), pyjinja::strftime_now(now));
         for (k, v) in &opts.extra {
             ctx.insert(k.clone(), v.clone());
         }
-        tmpl.render(ctx).map_err(|e| anyhow!("rendering the chat template failed: {}", describe(&e)))
+        tmpl.render(ctx)
+            .map_err(|e| anyhow!("rendering the chat template failed: {}", describe(&e)))
     }
 
     /// Rendered text and its ids, like `apply_chat_template(tokenize=True)`
     /// (the text is tokenized without adding special tokens).
-    pub fn encode(&self, tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<(String, Vec<u32>)> {
+    pub fn encode(
+        &self,
+        tok: &Tokenizer,
+        messages: &[Message],
+        add_generation_prompt: bool,
+    ) -> Result<(String, Vec<u32>)> {
         let text = self.render(messages, add_generation_prompt)?;
         let ids = tok.encode(&text, false)?;
         Ok((text, ids))
@@ -393,7 +455,10 @@ impl ChatFormat {
         full: &str,
         opts: &RenderOptions,
     ) -> Result<(Vec<Range<usize>>, Vec<usize>)> {
-        let with_gen = |gen: bool| RenderOptions { add_generation_prompt: gen, ..opts.clone() };
+        let with_gen = |gen: bool| RenderOptions {
+            add_generation_prompt: gen,
+            ..opts.clone()
+        };
         let (no_gen, yes_gen) = (with_gen(false), with_gen(true));
         // Text the template emits after the messages even without a generation prompt.
         let trailer = self.render_raw(&[], &no_gen).ok().filter(|t| !t.is_empty());
@@ -417,7 +482,11 @@ impl ChatFormat {
             };
             let last = ends.last().copied().unwrap_or(0);
             if end < last {
-                bail!("the chat template rendered message {} before message {}", k - 1, k - 2);
+                bail!(
+                    "the chat template rendered message {} before message {}",
+                    k - 1,
+                    k - 2
+                );
             }
             ends.push(end);
         }
@@ -460,16 +529,31 @@ impl ChatFormat {
         let chat = self.tokenize_conversation(tok, &messages, false)?;
         let last = messages.len() - 1;
         let span = chat.message_spans[last].clone();
-        let mask_positions: Vec<usize> = (0..chat.ids.len()).filter(|&i| chat.assistant_mask[i] && chat.message_index[i] == Some(last)).collect();
-        let end_tok = chat.message_index.iter().rposition(|&m| m == Some(last)).map(|i| i + 1).unwrap_or(0);
+        let mask_positions: Vec<usize> = (0..chat.ids.len())
+            .filter(|&i| chat.assistant_mask[i] && chat.message_index[i] == Some(last))
+            .collect();
+        let end_tok = chat
+            .message_index
+            .iter()
+            .rposition(|&m| m == Some(last))
+            .map(|i| i + 1)
+            .unwrap_or(0);
         let split = match mask_positions.first() {
             Some(&i) => i,
             None => end_tok,
         };
-        if mask_positions.iter().enumerate().any(|(j, &i)| i != split + j) {
+        if mask_positions
+            .iter()
+            .enumerate()
+            .any(|(j, &i)| i != split + j)
+        {
             bail!("the completion's tokens are not contiguous in the rendered conversation");
         }
-        let split_byte = chat.byte_offsets.get(split).map(|o| o.0).unwrap_or(span.end);
+        let split_byte = chat
+            .byte_offsets
+            .get(split)
+            .map(|o| o.0)
+            .unwrap_or(span.end);
         Ok(PromptCompletion {
             prompt_ids: chat.ids[..split].to_vec(),
             completion_ids: chat.ids[split..end_tok.max(split)].to_vec(),
@@ -481,27 +565,58 @@ impl ChatFormat {
 
 /// Renders with the tokenizer's template (or the built-in fallback) and tokenizes:
 /// `(text, ids)` exactly as `apply_chat_template` gives them.
-pub fn apply_chat_template(tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<(String, Vec<u32>)> {
+pub fn apply_chat_template(
+    tok: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<(String, Vec<u32>)> {
     ChatFormat::from_tokenizer(tok)?.encode(tok, messages, add_generation_prompt)
 }
 
 /// [`ChatFormat::tokenize_conversation`] with the tokenizer's template.
-pub fn tokenize_conversation(tok: &Tokenizer, messages: &[Message], add_generation_prompt: bool) -> Result<TokenizedChat> {
+pub fn tokenize_conversation(
+    tok: &Tokenizer,
+    messages: &[Message],
+    add_generation_prompt: bool,
+) -> Result<TokenizedChat> {
     ChatFormat::from_tokenizer(tok)?.tokenize_conversation(tok, messages, add_generation_prompt)
 }
 
 /// [`ChatFormat::split_prompt_completion`] with the tokenizer's template.
-pub fn split_prompt_completion(tok: &Tokenizer, prompt: &[Message], completion: &str) -> Result<PromptCompletion> {
+pub fn split_prompt_completion(
+    tok: &Tokenizer,
+    prompt: &[Message],
+    completion: &str,
+) -> Result<PromptCompletion> {
     ChatFormat::from_tokenizer(tok)?.split_prompt_completion(tok, prompt, completion)
 }
 
 /// `rlhf policy render`: what the model sees for a conversation, as
 /// `{"text": ..., "ids": [...]}`. Needs only the tokenizer files in `dir`.
-pub fn render_command(dir: &Path, messages_json: &Path, add_generation_prompt: bool) -> Result<serde_json::Value> {
+pub fn render_command(
+    dir: &Path,
+    messages_json: &Path,
+    add_generation_prompt: bool,
+) -> Result<serde_json::Value> {
     let tok = Tokenizer::load(dir)?;
     let messages = load_messages(messages_json)?;
     let (text, ids) = apply_chat_template(&tok, &messages, add_generation_prompt)?;
     Ok(serde_json::json!({ "text": text, "ids": ids }))
+}
+
+/// A message as the template sees it: `role`, `content`, then the extra fields, with
+/// `null` fields dropped (transformers drops them so `'tool_calls' in message` is false).
+fn message_value(m: &Message) -> TemplateValue {
+    let mut fields: Vec<(String, TemplateValue)> = vec![
+        ("role".into(), TemplateValue::from(m.role.as_str())),
+        ("content".into(), TemplateValue::from(m.content.as_str())),
+    ];
+    for (k, v) in &m.extra {
+        if !v.is_null() && k != "role" && k != "content" {
+            fields.push((k.clone(), TemplateValue::from_serialize(v)));
+        }
+    }
+    fields.into_iter().collect()
 }
 
 /// minijinja errors with their template location and cause chain.
@@ -541,7 +656,10 @@ mod pyjinja {
     /// `raise_exception(msg)`: the template rejects its input.
     fn raise_exception(msg: Rest<TemplateValue>) -> Result<TemplateValue, Error> {
         let text: Vec<String> = msg.iter().map(py_str).collect();
-        Err(Error::new(ErrorKind::InvalidOperation, format!("template raised an exception: {}", text.join(" "))))
+        Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!("template raised an exception: {}", text.join(" ")),
+        ))
     }
 
     /// `strftime_now(fmt)` bound to a fixed clock.
@@ -550,7 +668,10 @@ mod pyjinja {
             let mut out = String::new();
             // `write!` reports a bad format spec as an error where `to_string()` would panic.
             write!(out, "{}", now.format(fmt)).map_err(|_| {
-                Error::new(ErrorKind::InvalidOperation, format!("strftime_now: bad format {fmt:?}"))
+                Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("strftime_now: bad format {fmt:?}"),
+                )
             })?;
             Ok(out)
         })
@@ -594,7 +715,12 @@ mod pyjinja {
         c.is_whitespace() || ('\u{1c}'..='\u{1f}').contains(&c)
     }
 
-    pub(super) fn py_strip<'a>(s: &'a str, chars: Option<&str>, left: bool, right: bool) -> &'a str {
+    pub(super) fn py_strip<'a>(
+        s: &'a str,
+        chars: Option<&str>,
+        left: bool,
+        right: bool,
+    ) -> &'a str {
         let matches = |c: char| match chars {
             Some(set) => set.contains(c),
             None => py_isspace(c),
@@ -617,7 +743,12 @@ mod pyjinja {
 
     /// Python methods on values; a few are re-done here where minijinja-contrib's
     /// version differs from Python (whitespace set, character vs byte indices).
-    fn unknown_method(state: &State, value: &TemplateValue, method: &str, args: &[TemplateValue]) -> Result<TemplateValue, Error> {
+    fn unknown_method(
+        state: &State,
+        value: &TemplateValue,
+        method: &str,
+        args: &[TemplateValue],
+    ) -> Result<TemplateValue, Error> {
         if let Some(s) = value.as_str() {
             let strip = |left: bool, right: bool| -> Result<TemplateValue, Error> {
                 let (chars,): (Option<&str>,) = minijinja::value::from_args(args)?;
@@ -629,15 +760,24 @@ mod pyjinja {
                 "rstrip" => return strip(false, true),
                 "isspace" => {
                     let () = minijinja::value::from_args(args)?;
-                    return Ok(TemplateValue::from(!s.is_empty() && s.chars().all(py_isspace)));
+                    return Ok(TemplateValue::from(
+                        !s.is_empty() && s.chars().all(py_isspace),
+                    ));
                 }
                 "find" | "rfind" | "index" | "rindex" => {
                     let (needle,): (&str,) = minijinja::value::from_args(args)?;
-                    let found = if method.starts_with('r') { s.rfind(needle) } else { s.find(needle) };
+                    let found = if method.starts_with('r') {
+                        s.rfind(needle)
+                    } else {
+                        s.find(needle)
+                    };
                     return match found {
                         Some(b) => Ok(TemplateValue::from(s[..b].chars().count() as i64)),
                         None if method.ends_with("find") => Ok(TemplateValue::from(-1i64)),
-                        None => Err(Error::new(ErrorKind::InvalidOperation, "substring not found")),
+                        None => Err(Error::new(
+                            ErrorKind::InvalidOperation,
+                            "substring not found",
+                        )),
                     };
                 }
                 _ => {}
@@ -647,7 +787,11 @@ mod pyjinja {
     }
 
     /// Prints values the way Python's `str()` does (`True`, `None`, `1.0`, `['a']`).
-    fn formatter(out: &mut minijinja::Output, _state: &State, value: &TemplateValue) -> Result<(), Error> {
+    fn formatter(
+        out: &mut minijinja::Output,
+        _state: &State,
+        value: &TemplateValue,
+    ) -> Result<(), Error> {
         if value.is_undefined() {
             return Ok(());
         }
@@ -675,7 +819,10 @@ mod pyjinja {
             ValueKind::Number => number_repr(value, false),
             ValueKind::String => py_str_repr(value.as_str().unwrap_or_default()),
             ValueKind::Seq | ValueKind::Iterable => match value.try_iter() {
-                Ok(it) => format!("[{}]", it.map(|v| py_repr(&v)).collect::<Vec<_>>().join(", ")),
+                Ok(it) => format!(
+                    "[{}]",
+                    it.map(|v| py_repr(&v)).collect::<Vec<_>>().join(", ")
+                ),
                 Err(_) => value.to_string(),
             },
             ValueKind::Map => match value.try_iter() {
@@ -695,7 +842,11 @@ mod pyjinja {
     }
 
     fn py_str_repr(s: &str) -> String {
-        let quote = if s.contains('\'') && !s.contains('"') { '"' } else { '\'' };
+        let quote = if s.contains('\'') && !s.contains('"') {
+            '"'
+        } else {
+            '\''
+        };
         let mut out = String::with_capacity(s.len() + 2);
         out.push(quote);
         for c in s.chars() {
@@ -750,17 +901,38 @@ mod pyjinja {
         if (-4..16).contains(&exp) {
             let point = exp + 1; // digits before the decimal point
             let (int_part, frac_part) = if point <= 0 {
-                ("0".to_string(), format!("{}{}", "0".repeat((-point) as usize), digits))
+                (
+                    "0".to_string(),
+                    format!("{}{}", "0".repeat((-point) as usize), digits),
+                )
             } else if point as usize >= digits.len() {
-                (format!("{}{}", digits, "0".repeat(point as usize - digits.len())), String::new())
+                (
+                    format!("{}{}", digits, "0".repeat(point as usize - digits.len())),
+                    String::new(),
+                )
             } else {
-                (digits[..point as usize].to_string(), digits[point as usize..].to_string())
+                (
+                    digits[..point as usize].to_string(),
+                    digits[point as usize..].to_string(),
+                )
             };
-            let frac = if frac_part.is_empty() { "0".to_string() } else { frac_part };
+            let frac = if frac_part.is_empty() {
+                "0".to_string()
+            } else {
+                frac_part
+            };
             format!("{sign}{int_part}.{frac}")
         } else {
-            let m = if digits.len() > 1 { format!("{}.{}", &digits[..1], &digits[1..]) } else { digits };
-            format!("{sign}{m}e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.abs())
+            let m = if digits.len() > 1 {
+                format!("{}.{}", &digits[..1], &digits[1..])
+            } else {
+                digits
+            };
+            format!(
+                "{sign}{m}e{}{:02}",
+                if exp < 0 { '-' } else { '+' },
+                exp.abs()
+            )
         }
     }
 
@@ -776,22 +948,39 @@ mod pyjinja {
             _ => Kwargs::from_value(None)?,
         };
         if positional.len() > 4 {
-            return Err(Error::new(ErrorKind::TooManyArguments, "tojson takes at most 4 arguments"));
+            return Err(Error::new(
+                ErrorKind::TooManyArguments,
+                "tojson takes at most 4 arguments",
+            ));
         }
         let pick = |i: usize, name: &str| -> Result<Option<TemplateValue>, Error> {
             let kw: Option<TemplateValue> = kwargs.get(name)?;
             if kw.is_some() && positional.len() > i {
-                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson got multiple values for {name}")));
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson got multiple values for {name}"),
+                ));
             }
-            Ok(kw.or_else(|| positional.get(i).cloned()).filter(|v| !v.is_none() && !v.is_undefined()))
+            Ok(kw
+                .or_else(|| positional.get(i).cloned())
+                .filter(|v| !v.is_none() && !v.is_undefined()))
         };
-        let ensure_ascii = pick(0, "ensure_ascii")?.map(|v| v.is_true()).unwrap_or(false);
+        let ensure_ascii = pick(0, "ensure_ascii")?
+            .map(|v| v.is_true())
+            .unwrap_or(false);
         let indent = match pick(1, "indent")? {
             None => None,
-            Some(v) if v.kind() == ValueKind::String => Some(v.as_str().unwrap_or_default().to_owned()),
+            Some(v) if v.kind() == ValueKind::String => {
+                Some(v.as_str().unwrap_or_default().to_owned())
+            }
             Some(v) => match i64::try_from(v.clone()) {
                 Ok(n) => Some(" ".repeat(n.max(0) as usize)),
-                Err(_) => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: indent must be an int or a string")),
+                Err(_) => {
+                    return Err(Error::new(
+                        ErrorKind::InvalidOperation,
+                        "tojson: indent must be an int or a string",
+                    ))
+                }
             },
         };
         let separators = match pick(2, "separators")? {
@@ -800,16 +989,30 @@ mod pyjinja {
                 let parts: Vec<TemplateValue> = v.try_iter()?.collect();
                 match parts.as_slice() {
                     [a, b] => Some((py_str(a), py_str(b))),
-                    _ => return Err(Error::new(ErrorKind::InvalidOperation, "tojson: separators must be a pair")),
+                    _ => {
+                        return Err(Error::new(
+                            ErrorKind::InvalidOperation,
+                            "tojson: separators must be a pair",
+                        ))
+                    }
                 }
             }
         };
         let sort_keys = pick(3, "sort_keys")?.map(|v| v.is_true()).unwrap_or(false);
         kwargs.assert_all_used()?;
         let (item_sep, key_sep) = separators.unwrap_or_else(|| {
-            (if indent.is_some() { "," } else { ", " }.to_owned(), ": ".to_owned())
+            (
+                if indent.is_some() { "," } else { ", " }.to_owned(),
+                ": ".to_owned(),
+            )
         });
-        let opts = JsonOpts { ensure_ascii, indent, item_sep, key_sep, sort_keys };
+        let opts = JsonOpts {
+            ensure_ascii,
+            indent,
+            item_sep,
+            key_sep,
+            sort_keys,
+        };
         let mut out = String::new();
         json_dump(value, &opts, 0, &mut out)?;
         Ok(out)
@@ -823,7 +1026,12 @@ mod pyjinja {
         sort_keys: bool,
     }
 
-    fn json_dump(value: &TemplateValue, o: &JsonOpts, depth: usize, out: &mut String) -> Result<(), Error> {
+    fn json_dump(
+        value: &TemplateValue,
+        o: &JsonOpts,
+        depth: usize,
+        out: &mut String,
+    ) -> Result<(), Error> {
         match value.kind() {
             ValueKind::None => out.push_str("null"),
             ValueKind::Bool => out.push_str(if value.is_true() { "true" } else { "false" }),
@@ -831,7 +1039,9 @@ mod pyjinja {
             ValueKind::String => json_str(value.as_str().unwrap_or_default(), o.ensure_ascii, out),
             ValueKind::Seq | ValueKind::Iterable => {
                 let items: Vec<TemplateValue> = value.try_iter()?.collect();
-                json_container(out, o, depth, '[', ']', items.len(), |i, out| json_dump(&items[i], o, depth + 1, out))?;
+                json_container(out, o, depth, '[', ']', items.len(), |i, out| {
+                    json_dump(&items[i], o, depth + 1, out)
+                })?;
             }
             ValueKind::Map => {
                 let mut keys: Vec<TemplateValue> = value.try_iter()?.collect();
@@ -845,10 +1055,16 @@ mod pyjinja {
                 })?;
             }
             ValueKind::Undefined => {
-                return Err(Error::new(ErrorKind::InvalidOperation, "tojson: value is undefined"))
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    "tojson: value is undefined",
+                ))
             }
             other => {
-                return Err(Error::new(ErrorKind::InvalidOperation, format!("tojson: cannot serialize a {other} value")))
+                return Err(Error::new(
+                    ErrorKind::InvalidOperation,
+                    format!("tojson: cannot serialize a {other} value"),
+                ))
             }
         }
         Ok(())
@@ -930,7 +1146,8 @@ mod tests {
     use super::*;
 
     fn render(template: &str, messages: &[Message], gen: bool) -> Result<String> {
-        ChatFormat::from_source(template, &[("bos_token", "<s>"), ("eos_token", "</s>")])?.render(messages, gen)
+        ChatFormat::from_source(template, &[("bos_token", "<s>"), ("eos_token", "</s>")])?
+            .render(messages, gen)
     }
 
     #[test]
@@ -962,7 +1179,10 @@ mod tests {
             true,
         )
         .unwrap();
-        assert_eq!(out, "Hi There|Hi There|True|None|[1, 'a', True, 2.0]|{'k': None}|2|['x', 'y']|HI");
+        assert_eq!(
+            out,
+            "Hi There|Hi There|True|None|[1, 'a', True, 2.0]|{'k': None}|2|['x', 'y']|HI"
+        );
     }
 
     #[test]
@@ -970,7 +1190,10 @@ mod tests {
         let opts = RenderOptions {
             extra: [(
                 "x".to_string(),
-                serde_json::from_str::<TemplateValue>(r#"{"b": 1, "a": [1.5, "é<>&", null, true], "c": {}}"#).unwrap(),
+                serde_json::from_str::<TemplateValue>(
+                    r#"{"b": 1, "a": [1.5, "é<>&", null, true], "c": {}}"#,
+                )
+                .unwrap(),
             )]
             .into_iter()
             .collect(),
@@ -1010,17 +1233,34 @@ mod tests {
         let t = "{% for m in messages %}{% if m.role == 'assistant' %}{%- generation -%} {{ m.content }} {%- endgeneration -%}{% else %}U:{{ m.content }}|{% endif %}{% endfor %}";
         let out = render(t, &[Message::user("a"), Message::assistant("b")], false).unwrap();
         assert_eq!(out, "U:a|b");
-        assert_eq!(strip_generation_tags("{%generation%}x{%+ endgeneration +%}"), "{% if true %}x{%+ endif +%}");
+        assert_eq!(
+            strip_generation_tags("{%generation%}x{%+ endgeneration +%}"),
+            "{% if true %}x{%+ endif +%}"
+        );
     }
 
     #[test]
     fn chat_raise_exception_and_bad_templates_are_errors() {
         let err = render(LLAMA2_TEMPLATE, &[Message::assistant("a")], false).unwrap_err();
-        assert!(format!("{err:#}").contains("Conversation roles must alternate"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("Conversation roles must alternate"),
+            "{err:#}"
+        );
         let err = ChatFormat::from_source("{% for %}", &[]).unwrap_err();
-        assert!(format!("{err:#}").contains("invalid chat template"), "{err:#}");
-        let err = render("{{ messages[0].content + 1 }}", &[Message::user("a")], false).unwrap_err();
-        assert!(format!("{err:#}").contains("rendering the chat template failed"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("invalid chat template"),
+            "{err:#}"
+        );
+        let err = render(
+            "{{ messages[0].content + 1 }}",
+            &[Message::user("a")],
+            false,
+        )
+        .unwrap_err();
+        assert!(
+            format!("{err:#}").contains("rendering the chat template failed"),
+            "{err:#}"
+        );
         assert!(render(LLAMA3_TEMPLATE, &[], false).is_err());
         assert!(render("{{ strftime_now('%Q') }}", &[Message::user("a")], false).is_err());
     }
@@ -1028,16 +1268,27 @@ mod tests {
     #[test]
     fn chat_strftime_now_uses_given_clock() {
         let f = ChatFormat::from_source("{{ strftime_now('%d %b %Y') }}", &[]).unwrap();
-        let now = chrono::NaiveDate::from_ymd_opt(2024, 7, 26).unwrap().and_hms_opt(0, 0, 0).unwrap();
+        let now = chrono::NaiveDate::from_ymd_opt(2024, 7, 26)
+            .unwrap()
+            .and_hms_opt(0, 0, 0)
+            .unwrap();
         let out = f
-            .render_with(&[Message::user("a")], &RenderOptions { now: Some(now), ..Default::default() })
+            .render_with(
+                &[Message::user("a")],
+                &RenderOptions {
+                    now: Some(now),
+                    ..Default::default()
+                },
+            )
             .unwrap();
         assert_eq!(out, "26 Jul 2024");
     }
 
     #[test]
     fn chat_hostile_content_is_data() {
-        let m = [Message::user("{{ raise_exception('x') }} {% if %} <|eot_id|>")];
+        let m = [Message::user(
+            "{{ raise_exception('x') }} {% if %} <|eot_id|>",
+        )];
         let out = render(LLAMA3_TEMPLATE, &m, false).unwrap();
         assert!(out.contains("{{ raise_exception('x') }} {% if %} <|eot_id|>"));
     }
@@ -1050,17 +1301,37 @@ mod tests {
         }
         let tok = Tokenizer::load(&dir).unwrap();
         // Prints the number of messages first: no prefix of the conversation renders as a prefix.
-        let f = ChatFormat::with_template("{{ messages|length }}{% for m in messages %}{{ m.content }}{% endfor %}", &tok).unwrap();
-        let err = f.tokenize_conversation(&tok, &[Message::user("a"), Message::assistant("b")], false).unwrap_err();
+        let f = ChatFormat::with_template(
+            "{{ messages|length }}{% for m in messages %}{{ m.content }}{% endfor %}",
+            &tok,
+        )
+        .unwrap();
+        let err = f
+            .tokenize_conversation(&tok, &[Message::user("a"), Message::assistant("b")], false)
+            .unwrap_err();
         assert!(format!("{err:#}").contains("not prefix-stable"), "{err:#}");
         // Plain rendering still works.
-        assert_eq!(f.render(&[Message::user("a"), Message::assistant("b")], false).unwrap(), "2ab");
+        assert_eq!(
+            f.render(&[Message::user("a"), Message::assistant("b")], false)
+                .unwrap(),
+            "2ab"
+        );
     }
 
     #[test]
     fn chat_messages_parse() {
-        let m = parse_messages(r#"{"messages": [{"role": "user", "content": "hi", "name": "bob"}]}"#).unwrap();
+        let m = parse_messages(r#"{"messages": [{"role": "user", "content": "hi", "name": "bob", "tool_calls": null}]}"#).unwrap();
         assert_eq!(m[0].extra["name"], "bob");
+        let out = render(
+            "{{ messages[0] }}|{{ 'tool_calls' in messages[0] }}|{{ messages|tojson }}",
+            &m,
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            out,
+            r#"{'role': 'user', 'content': 'hi', 'name': 'bob'}|False|[{"role": "user", "content": "hi", "name": "bob"}]"#
+        );
         assert!(parse_messages(r#"[{"role": "user"}]"#).is_err());
         assert!(parse_messages("{}").is_err());
         assert!(parse_messages("nope").is_err());

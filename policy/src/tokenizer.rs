@@ -130,7 +130,8 @@ impl std::fmt::Debug for Tokenizer {
 }
 
 fn read_json(path: &Path) -> Result<Json> {
-    let text = fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", path.display()))
 }
 
@@ -191,20 +192,27 @@ fn read_template_files(dir: &Path) -> Result<Option<ChatTemplates>> {
     let mut found = false;
     let file = dir.join(CHAT_TEMPLATE_FILE);
     if file.is_file() {
-        out.default =
-            Some(fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?);
+        out.default = Some(
+            fs::read_to_string(&file).with_context(|| format!("cannot read {}", file.display()))?,
+        );
         found = true;
     }
     let extra = dir.join(CHAT_TEMPLATE_DIR);
     if extra.is_dir() {
-        let entries = fs::read_dir(&extra).with_context(|| format!("cannot list {}", extra.display()))?;
+        let entries =
+            fs::read_dir(&extra).with_context(|| format!("cannot list {}", extra.display()))?;
         for entry in entries {
-            let path = entry.with_context(|| format!("cannot list {}", extra.display()))?.path();
+            let path = entry
+                .with_context(|| format!("cannot list {}", extra.display()))?
+                .path();
             if path.extension().and_then(|e| e.to_str()) != Some("jinja") {
                 continue;
             }
-            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else { continue };
-            let text = fs::read_to_string(&path).with_context(|| format!("cannot read {}", path.display()))?;
+            let Some(name) = path.file_stem().and_then(|s| s.to_str()) else {
+                continue;
+            };
+            let text = fs::read_to_string(&path)
+                .with_context(|| format!("cannot read {}", path.display()))?;
             if name == "default" {
                 out.default = Some(text);
             } else {
@@ -220,14 +228,22 @@ fn read_template_files(dir: &Path) -> Result<Option<ChatTemplates>> {
 /// pre-tokenizer and decoder and installs its own (see module docs). Mirror that so
 /// ids match what `AutoTokenizer` produces for the same directory.
 fn apply_llama_tokenizer_pipeline(tok_json: &mut Json, config: &Json) {
-    let legacy = config.get("legacy").and_then(Json::as_bool).unwrap_or(false);
-    let add_prefix_space = config.get("add_prefix_space").and_then(Json::as_bool).unwrap_or(true);
+    let legacy = config
+        .get("legacy")
+        .and_then(Json::as_bool)
+        .unwrap_or(false);
+    let add_prefix_space = config
+        .get("add_prefix_space")
+        .and_then(Json::as_bool)
+        .unwrap_or(true);
     let prepend_scheme = match (add_prefix_space, legacy) {
         (false, _) => "never",
         (true, true) => "always",
         (true, false) => "first",
     };
-    let Some(obj) = tok_json.as_object_mut() else { return };
+    let Some(obj) = tok_json.as_object_mut() else {
+        return;
+    };
     obj.insert("normalizer".into(), Json::Null);
     obj.insert(
         "pre_tokenizer".into(),
@@ -241,7 +257,10 @@ fn apply_llama_tokenizer_pipeline(tok_json: &mut Json, config: &Json) {
     if add_prefix_space {
         decoders.push(serde_json::json!({"type": "Strip", "content": " ", "start": 1, "stop": 0}));
     }
-    obj.insert("decoder".into(), serde_json::json!({"type": "Sequence", "decoders": decoders}));
+    obj.insert(
+        "decoder".into(),
+        serde_json::json!({"type": "Sequence", "decoders": decoders}),
+    );
 }
 
 impl Tokenizer {
@@ -250,7 +269,10 @@ impl Tokenizer {
     /// `additional_chat_templates/*.jinja`.
     pub fn load(dir: &Path) -> Result<Self> {
         if !dir.is_dir() {
-            bail!("tokenizer directory {} does not exist or is not a directory", dir.display());
+            bail!(
+                "tokenizer directory {} does not exist or is not a directory",
+                dir.display()
+            );
         }
         let tok_path = dir.join(TOKENIZER_FILE);
         if !tok_path.is_file() {
@@ -260,7 +282,11 @@ impl Tokenizer {
             );
         }
         let cfg_path = dir.join(TOKENIZER_CONFIG_FILE);
-        let config = if cfg_path.is_file() { Some(read_json(&cfg_path)?) } else { None };
+        let config = if cfg_path.is_file() {
+            Some(read_json(&cfg_path)?)
+        } else {
+            None
+        };
         let mut tok = Self::from_parts(&tok_path, config.as_ref(), &cfg_path)?;
         if let Some(files) = read_template_files(dir)? {
             tok.chat_templates = files;
@@ -275,16 +301,27 @@ impl Tokenizer {
         let empty = Json::Object(Default::default());
         let config = config.unwrap_or(&empty);
         if !config.is_object() {
-            bail!("{} must hold a JSON object, found {}", cfg_path.display(), json_kind(config));
+            bail!(
+                "{} must hold a JSON object, found {}",
+                cfg_path.display(),
+                json_kind(config)
+            );
         }
-        let raw = fs::read_to_string(tok_path).with_context(|| format!("cannot read {}", tok_path.display()))?;
-        let tokenizer_class = config.get("tokenizer_class").and_then(Json::as_str).map(str::to_owned);
+        let raw = fs::read_to_string(tok_path)
+            .with_context(|| format!("cannot read {}", tok_path.display()))?;
+        let tokenizer_class = config
+            .get("tokenizer_class")
+            .and_then(Json::as_str)
+            .map(str::to_owned);
         let is_llama_class = tokenizer_class
             .as_deref()
             .map(|c| c.strip_suffix("Fast").unwrap_or(c) == "LlamaTokenizer")
             .unwrap_or(false);
         let invalid = |e: &dyn std::fmt::Display| {
-            anyhow!("{} is not a valid Hugging Face tokenizer file: {e}", tok_path.display())
+            anyhow!(
+                "{} is not a valid Hugging Face tokenizer file: {e}",
+                tok_path.display()
+            )
         };
         // Same test transformers uses to route byte-level files away from LlamaTokenizer.
         let mut inner: tokenizers::Tokenizer = if is_llama_class && !raw.contains("\"ByteLevel\"") {
@@ -299,7 +336,8 @@ impl Tokenizer {
             match serde_json::from_str(&raw) {
                 Ok(t) => t,
                 Err(e) if e.is_syntax() || e.is_eof() => {
-                    return Err(anyhow!(e)).with_context(|| format!("{} is not valid JSON", tok_path.display()))
+                    return Err(anyhow!(e))
+                        .with_context(|| format!("{} is not valid JSON", tok_path.display()))
                 }
                 Err(e) => return Err(invalid(&e)),
             }
@@ -316,7 +354,11 @@ impl Tokenizer {
             match config.get(key) {
                 None | Some(Json::Null) => Ok(default),
                 Some(Json::Bool(b)) => Ok(*b),
-                Some(other) => bail!("{}: {key} must be a boolean, found {}", cfg_path.display(), json_kind(other)),
+                Some(other) => bail!(
+                    "{}: {key} must be a boolean, found {}",
+                    cfg_path.display(),
+                    json_kind(other)
+                ),
             }
         };
         let add_bos_token = get_bool("add_bos_token", false)?;
@@ -327,7 +369,10 @@ impl Tokenizer {
             Some(Json::Number(n)) => {
                 let v = n.as_f64().unwrap_or(f64::INFINITY);
                 if v.is_nan() || v < 0.0 {
-                    bail!("{}: model_max_length must not be negative", cfg_path.display());
+                    bail!(
+                        "{}: model_max_length must not be negative",
+                        cfg_path.display()
+                    );
                 }
                 (v < NO_LIMIT_THRESHOLD).then_some(v as usize)
             }
@@ -381,15 +426,24 @@ impl Tokenizer {
         }
         let lookup = |content: &str| -> Result<SpecialToken> {
             let id = inner.token_to_id(content).ok_or_else(|| {
-                anyhow!("special token {content:?} from {} is not in the vocabulary", cfg_path.display())
+                anyhow!(
+                    "special token {content:?} from {} is not in the vocabulary",
+                    cfg_path.display()
+                )
             })?;
-            Ok(SpecialToken { content: content.to_owned(), id })
+            Ok(SpecialToken {
+                content: content.to_owned(),
+                id,
+            })
         };
         let mut special_map = BTreeMap::new();
         for (attr, content) in &names {
             special_map.insert(attr.clone(), lookup(content)?);
         }
-        let extra_special = extra_names.iter().map(|c| lookup(c)).collect::<Result<Vec<_>>>()?;
+        let extra_special = extra_names
+            .iter()
+            .map(|c| lookup(c))
+            .collect::<Result<Vec<_>>>()?;
         let special_ids = inner
             .get_added_tokens_decoder()
             .iter()
@@ -434,8 +488,15 @@ impl Tokenizer {
     }
 
     /// [`Self::encode`] for many texts.
-    pub fn encode_batch<S: AsRef<str>>(&self, texts: &[S], add_special_tokens: bool) -> Result<Vec<Vec<u32>>> {
-        texts.iter().map(|t| self.encode(t.as_ref(), add_special_tokens)).collect()
+    pub fn encode_batch<S: AsRef<str>>(
+        &self,
+        texts: &[S],
+        add_special_tokens: bool,
+    ) -> Result<Vec<Vec<u32>>> {
+        texts
+            .iter()
+            .map(|t| self.encode(t.as_ref(), add_special_tokens))
+            .collect()
     }
 
     /// Token ids plus per-token character offsets into `text`.
@@ -444,16 +505,26 @@ impl Tokenizer {
             .inner
             .encode_char_offsets(text, add_special_tokens)
             .map_err(|e| anyhow!("tokenizing failed ({}): {e}", self.source.display()))?;
-        Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+        })
     }
 
     /// Token ids plus per-token *byte* offsets into `text` (for slicing Rust strings).
-    pub fn encode_with_byte_offsets(&self, text: &str, add_special_tokens: bool) -> Result<Encoded> {
+    pub fn encode_with_byte_offsets(
+        &self,
+        text: &str,
+        add_special_tokens: bool,
+    ) -> Result<Encoded> {
         let enc = self
             .inner
             .encode(text, add_special_tokens)
             .map_err(|e| anyhow!("tokenizing failed ({}): {e}", self.source.display()))?;
-        Ok(Encoded { ids: enc.get_ids().to_vec(), offsets: enc.get_offsets().to_vec() })
+        Ok(Encoded {
+            ids: enc.get_ids().to_vec(),
+            offsets: enc.get_offsets().to_vec(),
+        })
     }
 
     /// Text of `ids`. Ids outside the vocabulary are skipped (as transformers does).
@@ -484,7 +555,13 @@ impl Tokenizer {
     /// the smallest embedding size that covers every id this tokenizer produces.
     pub fn vocab_size(&self) -> usize {
         // Added tokens may sit anywhere (even past the model vocab), so take the max id.
-        let max_added = self.inner.get_added_tokens_decoder().keys().map(|&i| i as usize + 1).max().unwrap_or(0);
+        let max_added = self
+            .inner
+            .get_added_tokens_decoder()
+            .keys()
+            .map(|&i| i as usize + 1)
+            .max()
+            .unwrap_or(0);
         self.inner.get_vocab_size(true).max(max_added)
     }
 
@@ -602,7 +679,9 @@ mod tests {
     use super::*;
 
     fn shared(name: &str) -> PathBuf {
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data/tokenizers").join(name)
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../../shared/data/tokenizers")
+            .join(name)
     }
 
     #[test]
@@ -623,7 +702,10 @@ mod tests {
 
         fs::write(dir.path().join(TOKENIZER_FILE), r#"{"model": 3}"#).unwrap();
         let err = Tokenizer::load(dir.path()).unwrap_err();
-        assert!(format!("{err:#}").contains("not a valid Hugging Face tokenizer"), "{err:#}");
+        assert!(
+            format!("{err:#}").contains("not a valid Hugging Face tokenizer"),
+            "{err:#}"
+        );
     }
 
     #[test]
@@ -636,8 +718,15 @@ mod tests {
         fs::copy(src.join(TOKENIZER_FILE), dir.path().join(TOKENIZER_FILE)).unwrap();
         fs::write(dir.path().join(TOKENIZER_CONFIG_FILE), "[1,2]").unwrap();
         let err = Tokenizer::load(dir.path()).unwrap_err();
-        assert!(format!("{err:#}").contains(TOKENIZER_CONFIG_FILE), "{err:#}");
-        fs::write(dir.path().join(TOKENIZER_CONFIG_FILE), r#"{"chat_template": 5}"#).unwrap();
+        assert!(
+            format!("{err:#}").contains(TOKENIZER_CONFIG_FILE),
+            "{err:#}"
+        );
+        fs::write(
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+            r#"{"chat_template": 5}"#,
+        )
+        .unwrap();
         let err = Tokenizer::load(dir.path()).unwrap_err();
         assert!(format!("{err:#}").contains("chat_template"), "{err:#}");
         // Without a config the tokenizer still loads.
@@ -678,10 +767,22 @@ mod tests {
         }
         let dir = tempfile::tempdir().unwrap();
         fs::copy(src.join(TOKENIZER_FILE), dir.path().join(TOKENIZER_FILE)).unwrap();
-        fs::copy(src.join(TOKENIZER_CONFIG_FILE), dir.path().join(TOKENIZER_CONFIG_FILE)).unwrap();
-        fs::write(dir.path().join(CHAT_TEMPLATE_FILE), "X{{ messages|length }}").unwrap();
+        fs::copy(
+            src.join(TOKENIZER_CONFIG_FILE),
+            dir.path().join(TOKENIZER_CONFIG_FILE),
+        )
+        .unwrap();
+        fs::write(
+            dir.path().join(CHAT_TEMPLATE_FILE),
+            "X{{ messages|length }}",
+        )
+        .unwrap();
         fs::create_dir(dir.path().join(CHAT_TEMPLATE_DIR)).unwrap();
-        fs::write(dir.path().join(CHAT_TEMPLATE_DIR).join("tool_use.jinja"), "T").unwrap();
+        fs::write(
+            dir.path().join(CHAT_TEMPLATE_DIR).join("tool_use.jinja"),
+            "T",
+        )
+        .unwrap();
         let tok = Tokenizer::load(dir.path()).unwrap();
         assert_eq!(tok.chat_template(None), Some("X{{ messages|length }}"));
         assert_eq!(tok.chat_template(Some("tool_use")), Some("T"));

@@ -11,8 +11,8 @@ use std::path::{Path, PathBuf};
 
 use policy::bpe::{self, BpeOptions};
 use policy::chat::{
-    render_command, split_prompt_completion, tokenize_conversation, BuiltinTemplate, ChatFormat, Message,
-    RenderOptions, TemplateSource, TemplateValue,
+    render_command, split_prompt_completion, tokenize_conversation, BuiltinTemplate, ChatFormat,
+    Message, RenderOptions, TemplateSource, TemplateValue,
 };
 use policy::tokenizer::Tokenizer;
 use serde_json::Value;
@@ -27,13 +27,18 @@ fn fixtures() -> PathBuf {
 
 fn shared_tokenizers() -> PathBuf {
     let dir = manifest().join("../../shared/data/tokenizers");
-    assert!(dir.is_dir(), "reference tokenizers not found at {} (the shared data folder)", dir.display());
+    assert!(
+        dir.is_dir(),
+        "reference tokenizers not found at {} (the shared data folder)",
+        dir.display()
+    );
     dir
 }
 
 fn read_fixture(name: &str) -> Value {
     let path = fixtures().join(name);
-    let text = fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
+    let text =
+        fs::read_to_string(&path).unwrap_or_else(|e| panic!("cannot read {}: {e}", path.display()));
     serde_json::from_str(&text).unwrap_or_else(|e| panic!("{} is not JSON: {e}", path.display()))
 }
 
@@ -41,15 +46,25 @@ fn load_tokenizers(fx: &Value) -> HashMap<String, Tokenizer> {
     let dirs = fx["tokenizers_dir"].as_object().expect("tokenizers_dir");
     dirs.iter()
         .map(|(k, v)| {
-            let folder = Path::new(v.as_str().unwrap()).file_name().unwrap().to_owned();
+            let folder = Path::new(v.as_str().unwrap())
+                .file_name()
+                .unwrap()
+                .to_owned();
             let dir = shared_tokenizers().join(folder);
-            (k.clone(), Tokenizer::load(&dir).unwrap_or_else(|e| panic!("{e:#}")))
+            (
+                k.clone(),
+                Tokenizer::load(&dir).unwrap_or_else(|e| panic!("{e:#}")),
+            )
         })
         .collect()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().expect("id list").iter().map(|x| x.as_u64().expect("id") as u32).collect()
+    v.as_array()
+        .expect("id list")
+        .iter()
+        .map(|x| x.as_u64().expect("id") as u32)
+        .collect()
 }
 
 fn messages(v: &Value) -> Vec<Message> {
@@ -62,7 +77,9 @@ fn format_for(tok: &Tokenizer, template: &str, inline: &Value) -> ChatFormat {
         "builtin:llama2" => ChatFormat::builtin(BuiltinTemplate::Llama2, tok).unwrap(),
         "builtin:llama3" => ChatFormat::builtin(BuiltinTemplate::Llama3, tok).unwrap(),
         t if t.starts_with("inline:") => {
-            let src = inline[&t["inline:".len()..]].as_str().expect("inline template");
+            let src = inline[&t["inline:".len()..]]
+                .as_str()
+                .expect("inline template");
             ChatFormat::with_template(src, tok).unwrap()
         }
         other => panic!("unknown template kind {other}"),
@@ -87,20 +104,26 @@ fn chat_templates_match_transformers() {
             .entry((tok_name.clone(), template.clone()))
             .or_insert_with(|| format_for(tok, &template, &fx["inline_templates"]));
         let msgs = messages(&conversations[case["conversation"].as_str().unwrap()]);
-        let mut opts = RenderOptions::generation_prompt(case["add_generation_prompt"].as_bool().unwrap());
+        let mut opts =
+            RenderOptions::generation_prompt(case["add_generation_prompt"].as_bool().unwrap());
         if let Some(tools) = case["tools_json"].as_str() {
             opts.tools = Some(serde_json::from_str::<TemplateValue>(tools).unwrap());
         }
         let extra: BTreeMap<String, Value> = serde_json::from_value(case["extra"].clone()).unwrap();
-        opts.extra = extra.into_iter().map(|(k, v)| (k, TemplateValue::from_serialize(v))).collect();
+        opts.extra = extra
+            .into_iter()
+            .map(|(k, v)| (k, TemplateValue::from_serialize(v)))
+            .collect();
 
         let rendered = format.render_with(&msgs, &opts);
         if let Some(expected_err) = case["error"].as_str() {
             match rendered {
-                Ok(text) => failures.push(format!("{name}: expected error {expected_err:?}, rendered {text:?}")),
-                Err(e) if !format!("{e:#}").contains(expected_err) => {
-                    failures.push(format!("{name}: error {e:#} does not mention {expected_err:?}"))
-                }
+                Ok(text) => failures.push(format!(
+                    "{name}: expected error {expected_err:?}, rendered {text:?}"
+                )),
+                Err(e) if !format!("{e:#}").contains(expected_err) => failures.push(format!(
+                    "{name}: error {e:#} does not mention {expected_err:?}"
+                )),
                 Err(_) => {}
             }
             continue;
@@ -114,13 +137,17 @@ fn chat_templates_match_transformers() {
         };
         let expected_text = case["text"].as_str().unwrap();
         if text != expected_text {
-            failures.push(format!("{name}: text differs\n ours: {text:?}\n hf:   {expected_text:?}"));
+            failures.push(format!(
+                "{name}: text differs\n ours: {text:?}\n hf:   {expected_text:?}"
+            ));
             continue;
         }
         let our_ids = tok.encode(&text, false).unwrap();
         let expected_ids = ids(&case["ids"]);
         if our_ids != expected_ids {
-            failures.push(format!("{name}: ids differ\n ours: {our_ids:?}\n hf:   {expected_ids:?}"));
+            failures.push(format!(
+                "{name}: ids differ\n ours: {our_ids:?}\n hf:   {expected_ids:?}"
+            ));
             continue;
         }
         // Role boundaries, for the templates that are prefix-stable (the feature grab bag
@@ -144,7 +171,9 @@ fn chat_templates_match_transformers() {
                     // Masked tokens always belong to assistant messages.
                     for (i, &m) in chat.assistant_mask.iter().enumerate() {
                         if m && chat.token_role(i) != Some("assistant") {
-                            failures.push(format!("{name}: masked token {i} is not in an assistant message"));
+                            failures.push(format!(
+                                "{name}: masked token {i} is not in an assistant message"
+                            ));
                         }
                     }
                 }
@@ -152,7 +181,13 @@ fn chat_templates_match_transformers() {
             }
         }
     }
-    assert!(failures.is_empty(), "{} of {} cases differ:\n{}", failures.len(), cases.len(), failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "{} of {} cases differ:\n{}",
+        failures.len(),
+        cases.len(),
+        failures.join("\n")
+    );
 }
 
 /// The tokenizer's own template is used when present, the built-in fallback otherwise.
@@ -161,12 +196,18 @@ fn chat_template_selection() {
     let shared = shared_tokenizers();
     let llama3 = Tokenizer::load(&shared.join("llama3")).unwrap();
     let sp = Tokenizer::load(&shared.join("sentencepiece-bpe-32k")).unwrap();
-    assert_eq!(ChatFormat::from_tokenizer(&llama3).unwrap().source(), &TemplateSource::Checkpoint(None));
+    assert_eq!(
+        ChatFormat::from_tokenizer(&llama3).unwrap().source(),
+        &TemplateSource::Checkpoint(None)
+    );
     assert_eq!(
         ChatFormat::from_tokenizer(&sp).unwrap().source(),
         &TemplateSource::Builtin(BuiltinTemplate::Llama2)
     );
-    assert_eq!(BuiltinTemplate::for_tokenizer(&llama3), BuiltinTemplate::Llama3);
+    assert_eq!(
+        BuiltinTemplate::for_tokenizer(&llama3),
+        BuiltinTemplate::Llama3
+    );
     let err = ChatFormat::from_tokenizer_named(&llama3, Some("tool_use")).unwrap_err();
     assert!(format!("{err:#}").contains("tool_use"));
 }
@@ -192,28 +233,49 @@ fn prompt_completion_split_matches_transformers() {
                 continue;
             }
         };
-        let (want_p, want_c, full) = (ids(&case["prompt_ids"]), ids(&case["completion_ids"]), ids(&case["full_ids"]));
+        let (want_p, want_c, full) = (
+            ids(&case["prompt_ids"]),
+            ids(&case["completion_ids"]),
+            ids(&case["full_ids"]),
+        );
         if split.prompt_ids != want_p || split.completion_ids != want_c {
             failures.push(format!(
                 "{label}:\n ours {:?} + {:?}\n hf   {want_p:?} + {want_c:?}",
                 split.prompt_ids, split.completion_ids
             ));
         }
-        let joined: Vec<u32> = split.prompt_ids.iter().chain(&split.completion_ids).copied().collect();
+        let joined: Vec<u32> = split
+            .prompt_ids
+            .iter()
+            .chain(&split.completion_ids)
+            .copied()
+            .collect();
         if !full.starts_with(&joined) {
-            failures.push(format!("{label}: prompt + completion is not a prefix of the full conversation"));
+            failures.push(format!(
+                "{label}: prompt + completion is not a prefix of the full conversation"
+            ));
         }
         // (SentencePiece decoding drops a leading space, so check text only for byte-level BPE.)
-        if case["tokenizer"] == "llama3" && tok.decode(&split.completion_ids, false).unwrap() != split.completion_text {
-            failures.push(format!("{label}: completion ids do not decode to completion_text"));
+        if case["tokenizer"] == "llama3"
+            && tok.decode(&split.completion_ids, false).unwrap() != split.completion_text
+        {
+            failures.push(format!(
+                "{label}: completion ids do not decode to completion_text"
+            ));
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
     // The free function uses the checkpoint template.
     let llama3 = &toks["llama3"];
     let s = split_prompt_completion(llama3, &[Message::user("Hi")], "Hello.").unwrap();
-    assert_eq!(llama3.decode(&s.completion_ids, false).unwrap(), "Hello.<|eot_id|>");
-    assert!(llama3.decode(&s.prompt_ids, false).unwrap().ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
+    assert_eq!(
+        llama3.decode(&s.completion_ids, false).unwrap(),
+        "Hello.<|eot_id|>"
+    );
+    assert!(llama3
+        .decode(&s.prompt_ids, false)
+        .unwrap()
+        .ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"));
 }
 
 /// Token roles on the shared Llama-3 template (which appends an assistant header even
@@ -230,8 +292,17 @@ fn token_roles_on_llama3_conversation() {
     ];
     let chat = tokenize_conversation(&tok, &msgs, false).unwrap();
     assert_eq!(chat.ids.len(), chat.message_index.len());
-    let masked: Vec<u32> = chat.ids.iter().zip(&chat.assistant_mask).filter(|(_, &m)| m).map(|(&i, _)| i).collect();
-    assert_eq!(tok.decode(&masked, false).unwrap(), "Hello there.<|eot_id|>Goodbye!<|eot_id|>");
+    let masked: Vec<u32> = chat
+        .ids
+        .iter()
+        .zip(&chat.assistant_mask)
+        .filter(|(_, &m)| m)
+        .map(|(&i, _)| i)
+        .collect();
+    assert_eq!(
+        tok.decode(&masked, false).unwrap(),
+        "Hello there.<|eot_id|>Goodbye!<|eot_id|>"
+    );
     // Trailer: `<|start_header_id|>assistant<|end_header_id|>\n\n` after the last turn.
     let tail: Vec<Option<usize>> = chat.message_index[chat.ids.len() - 4..].to_vec();
     assert_eq!(tail, vec![None; 4]);
@@ -265,11 +336,22 @@ fn encode_decode_match_transformers() {
 
 fn check_encode_fixture(name: &str, tok: &Tokenizer, fx: &Value, failures: &mut Vec<String>) {
     if tok.vocab_size() as u64 != fx["vocab_size"].as_u64().unwrap() {
-        failures.push(format!("{name}: vocab_size {} != {}", tok.vocab_size(), fx["vocab_size"]));
+        failures.push(format!(
+            "{name}: vocab_size {} != {}",
+            tok.vocab_size(),
+            fx["vocab_size"]
+        ));
     }
-    for (attr, key) in [("bos_token", "bos"), ("eos_token", "eos"), ("pad_token", "pad"), ("unk_token", "unk")] {
+    for (attr, key) in [
+        ("bos_token", "bos"),
+        ("eos_token", "eos"),
+        ("pad_token", "pad"),
+        ("unk_token", "unk"),
+    ] {
         let ours = tok.special_token(attr).map(|t| (t.content.clone(), t.id));
-        let theirs = fx[key][0].as_str().map(|c| (c.to_owned(), fx[key][1].as_u64().unwrap() as u32));
+        let theirs = fx[key][0]
+            .as_str()
+            .map(|c| (c.to_owned(), fx[key][1].as_u64().unwrap() as u32));
         if ours != theirs {
             failures.push(format!("{name}: {attr} {ours:?} != {theirs:?}"));
         }
@@ -277,28 +359,45 @@ fn check_encode_fixture(name: &str, tok: &Tokenizer, fx: &Value, failures: &mut 
     for (token, id) in fx["token_to_id"].as_object().unwrap() {
         let theirs = id.as_u64().map(|i| i as u32);
         if tok.token_to_id(token) != theirs {
-            failures.push(format!("{name}: token_to_id({token:?}) {:?} != {theirs:?}", tok.token_to_id(token)));
+            failures.push(format!(
+                "{name}: token_to_id({token:?}) {:?} != {theirs:?}",
+                tok.token_to_id(token)
+            ));
         }
     }
     for case in fx["cases"].as_array().unwrap() {
         let text = case["text"].as_str().unwrap();
         let enc = tok.encode_with_offsets(text, false).unwrap();
-        let want_offsets: Vec<(usize, usize)> = serde_json::from_value(case["offsets"].clone()).unwrap();
+        let want_offsets: Vec<(usize, usize)> =
+            serde_json::from_value(case["offsets"].clone()).unwrap();
         if enc.ids != ids(&case["ids"]) {
-            failures.push(format!("{name}: encode({text:?})\n ours {:?}\n hf   {:?}", enc.ids, ids(&case["ids"])));
+            failures.push(format!(
+                "{name}: encode({text:?})\n ours {:?}\n hf   {:?}",
+                enc.ids,
+                ids(&case["ids"])
+            ));
             continue;
         }
         if enc.offsets != want_offsets {
-            failures.push(format!("{name}: offsets({text:?})\n ours {:?}\n hf   {want_offsets:?}", enc.offsets));
+            failures.push(format!(
+                "{name}: offsets({text:?})\n ours {:?}\n hf   {want_offsets:?}",
+                enc.offsets
+            ));
         }
         let with_special = tok.encode(text, true).unwrap();
         if with_special != ids(&case["ids_with_special"]) {
-            failures.push(format!("{name}: encode({text:?}, specials) {with_special:?} != {:?}", case["ids_with_special"]));
+            failures.push(format!(
+                "{name}: encode({text:?}, specials) {with_special:?} != {:?}",
+                case["ids_with_special"]
+            ));
         }
         for (skip, key) in [(false, "decoded"), (true, "decoded_skip_special")] {
             let ours = tok.decode(&with_special, skip).unwrap();
             if ours != case[key].as_str().unwrap() {
-                failures.push(format!("{name}: decode({with_special:?}, skip={skip}) {ours:?} != {:?}", case[key]));
+                failures.push(format!(
+                    "{name}: decode({with_special:?}, skip={skip}) {ours:?} != {:?}",
+                    case[key]
+                ));
             }
         }
     }
@@ -307,7 +406,10 @@ fn check_encode_fixture(name: &str, tok: &Tokenizer, fx: &Value, failures: &mut 
         let skip = case["skip_special_tokens"].as_bool().unwrap();
         let ours = tok.decode(&list, skip).unwrap();
         if ours != case["text"].as_str().unwrap() {
-            failures.push(format!("{name}: decode({list:?}, skip={skip}) {ours:?} != {:?}", case["text"]));
+            failures.push(format!(
+                "{name}: decode({list:?}, skip={skip}) {ours:?} != {:?}",
+                case["text"]
+            ));
         }
     }
 }
@@ -332,7 +434,11 @@ fn trained_bpe_matches_transformers() {
     }
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 
-    let opts = BpeOptions { vocab_size: 512, model_max_length: Some(256), ..Default::default() };
+    let opts = BpeOptions {
+        vocab_size: 512,
+        model_max_length: Some(256),
+        ..Default::default()
+    };
     let retrained = bpe::train_from_corpus(None, &opts).unwrap();
     let committed = fs::read_to_string(dir.join("tokenizer.json")).unwrap();
     assert!(
@@ -366,8 +472,15 @@ fn render_command_on_tokenizer_only_dir() {
     assert_eq!(out["ids"], case["ids"]);
 
     // Object form with "messages", and clear errors for bad input.
-    fs::write(&chat_path, serde_json::json!({ "messages": conv }).to_string()).unwrap();
-    assert_eq!(render_command(dir.path(), &chat_path, true).unwrap()["text"], case["text"]);
+    fs::write(
+        &chat_path,
+        serde_json::json!({ "messages": conv }).to_string(),
+    )
+    .unwrap();
+    assert_eq!(
+        render_command(dir.path(), &chat_path, true).unwrap()["text"],
+        case["text"]
+    );
     fs::write(&chat_path, "[]").unwrap();
     let err = render_command(dir.path(), &chat_path, true).unwrap_err();
     assert!(format!("{err:#}").contains("empty conversation"), "{err:#}");
