@@ -28,8 +28,9 @@ transformers, round-trips text, and records its encodings for the Rust test.
 
 import json
 import logging
-import os
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 
 import transformers
@@ -487,6 +488,14 @@ def main():
         "splits": split_cases(toks),
     }
     encode = {**meta, "tokenizers": {k: encode_fixture(t, ENCODE_STRINGS) for k, t in toks.items()}}
+    # The SentencePiece-style tokenizer with `legacy: false` (as Meta's Llama-2 files
+    # have): transformers' LlamaTokenizer then only prefixes "▁" at the very start.
+    with tempfile.TemporaryDirectory() as tmp:
+        shutil.copy(SHARED / TOKENIZERS["sp32k"] / "tokenizer.json", tmp)
+        shutil.copy(OUT / "sp32k_legacy_false" / "tokenizer_config.json", tmp)
+        tok = AutoTokenizer.from_pretrained(tmp, local_files_only=True)
+        assert tok.legacy is False
+        encode["tokenizers"]["sp32k_legacy_false"] = encode_fixture(tok, ENCODE_STRINGS)
     trained = trained_bpe_fixture()
     for name, data in [("chat.json", chat), ("encode.json", encode), ("trained_bpe.json", trained)]:
         if data is None:
