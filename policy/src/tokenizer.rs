@@ -660,6 +660,57 @@ impl Tokenizer {
     }
 }
 
+/// Tokenizer-related files a checkpoint directory may hold (besides the template folder).
+pub const TOKENIZER_FILES: [&str; 5] = [
+    TOKENIZER_FILE,
+    TOKENIZER_CONFIG_FILE,
+    CHAT_TEMPLATE_FILE,
+    "special_tokens_map.json",
+    "tokenizer.model",
+];
+
+/// Copies the tokenizer files of checkpoint `from` into `to` (which must exist), byte
+/// for byte — so a saved checkpoint keeps exactly the tokenizer it was loaded with.
+/// Returns the paths written. `tokenizer.json` is required; the others are copied
+/// when present.
+pub fn copy_tokenizer_files(from: &Path, to: &Path) -> Result<Vec<PathBuf>> {
+    if !from.join(TOKENIZER_FILE).is_file() {
+        bail!("{} has no {TOKENIZER_FILE} to copy", from.display());
+    }
+    let mut written = Vec::new();
+    let copy = |src: &Path, dst: &Path, written: &mut Vec<PathBuf>| -> Result<()> {
+        fs::copy(src, dst)
+            .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))?;
+        written.push(dst.to_path_buf());
+        Ok(())
+    };
+    for name in TOKENIZER_FILES {
+        let src = from.join(name);
+        if src.is_file() {
+            copy(&src, &to.join(name), &mut written)?;
+        }
+    }
+    let extra = from.join(CHAT_TEMPLATE_DIR);
+    if extra.is_dir() {
+        let dst_dir = to.join(CHAT_TEMPLATE_DIR);
+        fs::create_dir_all(&dst_dir)
+            .with_context(|| format!("cannot create {}", dst_dir.display()))?;
+        for entry in
+            fs::read_dir(&extra).with_context(|| format!("cannot list {}", extra.display()))?
+        {
+            let src = entry
+                .with_context(|| format!("cannot list {}", extra.display()))?
+                .path();
+            if src.is_file() {
+                if let Some(name) = src.file_name() {
+                    copy(&src, &dst_dir.join(name), &mut written)?;
+                }
+            }
+        }
+    }
+    Ok(written)
+}
+
 /// transformers' `clean_up_tokenization` (only applied to non-BPE models).
 fn clean_up_tokenization(s: &str) -> String {
     s.replace(" .", ".")
@@ -757,6 +808,24 @@ mod tests {
         assert_eq!(text, "Hello world");
         // Out-of-range ids are skipped, not a panic.
         assert_eq!(tok.decode(&[9906, 999_999], false).unwrap(), "Hello");
+    }
+
+    #[test]
+    fn tokenizer_files_copy() {
+        let src = shared("sentencepiece-bpe-32k");
+        if !src.is_dir() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let written = copy_tokenizer_files(&src, dir.path()).unwrap();
+        assert_eq!(written.len(), 2);
+        let a = Tokenizer::load(&src).unwrap();
+        let b = Tokenizer::load(dir.path()).unwrap();
+        assert_eq!(
+            a.encode(" x  <s>y", true).unwrap(),
+            b.encode(" x  <s>y", true).unwrap()
+        );
+        assert!(copy_tokenizer_files(dir.path().join("nope").as_path(), dir.path()).is_err());
     }
 
     #[test]
