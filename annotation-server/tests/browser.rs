@@ -107,7 +107,13 @@ impl Driver {
 
     async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), Some(json!({"text": text}))).await;
+        let r = self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), Some(json!({"text": text}))).await;
+        assert!(r.is_null(), "typing into {css}: {r}");
+    }
+
+    async fn click(&self, css: &str) {
+        let el = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
+        self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), Some(json!({}))).await;
     }
 
     async fn attr(&self, css: &str, name: &str) -> Option<String> {
@@ -152,11 +158,23 @@ where
     F: Fn() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = Instant::now() + Duration::from_secs(60);
+    assert!(poll(f).await, "gave up waiting for {what}");
+}
+
+/// Polls until `f` is true; false after a generous deadline.
+async fn poll<F, Fut>(f: F) -> bool
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + Duration::from_secs(30);
     while !f().await {
-        assert!(Instant::now() < deadline, "gave up waiting for {what}");
+        if Instant::now() > deadline {
+            return false;
+        }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    true
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -186,8 +204,12 @@ async fn label_with_the_keyboard_in_chromium() {
     d.goto(&format!("{}/login", s.url)).await;
     d.type_into("#username", "lab").await;
     d.type_into("#password", "password123").await;
-    d.type_into("#password", ENTER).await;
-    wait_for(|| async { d.url().await.ends_with("/label") }, "the task page").await;
+    d.click("button[type=submit]").await;
+    if !poll(|| async { d.url().await.ends_with("/label") }).await {
+        let source = d.cmd(reqwest::Method::GET, "/source", None).await;
+        let user = d.cmd(reqwest::Method::GET, &format!("/element/{}/property/value", d.find("#username").await.unwrap_or_default()), None).await;
+        panic!("no task page after login; at {} (username field {user}) showing {source}", d.url().await);
+    }
 
     let mut seen = vec![];
     for _ in 0..3 {

@@ -19,7 +19,7 @@ use crate::time::{now_ms, start_of_today_ms};
 use axum::extract::rejection::FormRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::{Html, IntoResponse, Redirect, Response};
+use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::Form;
 use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use std::collections::HashMap;
@@ -163,10 +163,11 @@ pub async fn login(
     let to = if Role::parse(&user.role).is_some_and(Role::is_researcher) { "/dashboard" } else { "/label" };
     let max_age = s.config.session_ttl.as_secs() as i64;
     Ok((
-        [
+        // AppendHeaders: a plain header array would keep only the last Set-Cookie
+        AppendHeaders([
             (header::SET_COOKIE, set_cookie(SESSION_COOKIE, &token, max_age, s.config.secure_cookies)),
             (header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, "", 0, s.config.secure_cookies)),
-        ],
+        ]),
         Redirect::to(to),
     )
         .into_response())
