@@ -2,7 +2,7 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rlhf", version, about = "RLHF alignment pipeline for Llama models")]
+#[command(name = "rlhf", version, about = "RLHF alignment pipeline for Llama models: annotation server, policy, reward model, trainer")]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -10,13 +10,24 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Commands {
+    /// Create, inspect and run Llama checkpoints (Hugging Face directories).
+    Policy(policy::cli::PolicyArgs),
     #[command(flatten)]
     Server(annotation_server::cli::Commands),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() {
     let cli = Cli::parse();
-    match cli.command {
+    let result = match cli.command {
+        Commands::Policy(c) => policy::cli::run(c),
         Commands::Server(c) => annotation_server::cli::run(c),
+    };
+    if let Err(e) = result {
+        // `rlhf … | head` closing the pipe early is not a failure.
+        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+            return;
+        }
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
     }
 }

@@ -9,3 +9,4 @@ pub mod chat;
 pub mod bpe;
 pub mod generate;
 pub mod train;
+pub mod cli;
