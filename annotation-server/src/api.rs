@@ -654,3 +654,45 @@ pub struct ErrorBody {
     /// Human-readable explanation.
     pub message: String,
 }
+
+/// Body of `POST /api/rounds`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRound {
+    /// A name, e.g. `round-3`.
+    pub name: String,
+    /// The round's configuration (free-form JSON object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<serde_json::Value>,
+}
+
+/// Body of `PATCH /api/rounds/{id}`: fields to change.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundUpdate {
+    /// New status: 1-32 characters of `[a-z_]`, e.g. `queued`, `running`, `done`, `failed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// New metrics (replaces the old object).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
+}
+
+/// An alignment round: configuration, status and metrics (filled by the trainer).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Round {
+    /// Round id.
+    pub id: i64,
+    /// Name.
+    pub name: String,
+    /// Configuration.
+    pub config: serde_json::Value,
+    /// Status (`created` when new).
+    pub status: String,
+    /// Metrics.
+    pub metrics: serde_json::Value,
+    /// Created.
+    pub created_at: String,
+    /// Last changed.
+    pub updated_at: String,
+}

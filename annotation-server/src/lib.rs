@@ -5,6 +5,8 @@
 //! [`api`] (the shared request/response types, and with `client` the HTTP
 //! client) is compiled, for crates that talk to the server over HTTP.
 #![warn(missing_docs)]
+// the hand-written OpenAPI document is one large `json!` literal
+#![recursion_limit = "512"]
 
 pub mod api;
 
@@ -40,6 +42,8 @@ pub mod progress;
 pub mod prompts;
 #[cfg(feature = "server")]
 pub mod ratelimit;
+#[cfg(feature = "server")]
+pub mod rounds;
 #[cfg(feature = "server")]
 pub mod routes;
 #[cfg(feature = "server")]

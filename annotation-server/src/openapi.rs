@@ -120,6 +120,9 @@ fn schemas() -> Value {
             "properties": {"username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "password": {"type": "string", "minLength": 8}, "role": r("Role")}},
         "NewToken": {"type": "object", "additionalProperties": false, "properties": {"name": s}},
         "TokenCreated": obj(&["username", "token"], json!({"username": s, "token": s})),
+        "NewRound": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": s, "config": {"type": "object"}}},
+        "RoundUpdate": {"type": "object", "additionalProperties": false, "properties": {"status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "metrics": {"type": "object"}}},
+        "Round": obj(&["id", "name", "config", "status", "metrics", "created_at", "updated_at"], json!({"id": int, "name": s, "config": {"type": "object"}, "status": s, "metrics": {"type": "object"}, "created_at": time, "updated_at": time})),
         "AuditEntry": obj(&["id", "action", "detail", "created_at"], json!({"id": int, "user_id": nint, "action": s, "detail": {}, "created_at": time}))
     })
 }
@@ -169,9 +172,17 @@ pub fn document() -> Value {
                     query("since", json!({"type": "string"}), "labels at or after (RFC 3339 or YYYY-MM-DD)"),
                     query("until", json!({"type": "string"}), "labels before (RFC 3339 or YYYY-MM-DD)")
                 ]), None, json!({"200": {"description": "JSONL rows (TrlRow, HhRow or RawRow)", "content": {"application/x-ndjson": {"schema": {"oneOf": [r("TrlRow"), r("HhRow"), r("RawRow")]}}}}}))},
-            "/api/tasks/next": {"get": op("Lease the caller's next task", "any (labeler)", none, None, json!({"200": ok("a task", r("Task")), "204": {"description": "nothing to label now"}}))},
+            "/api/tasks/next": {"get": op("Lease the caller's next task", "any (labeler)", none.clone(), None, json!({"200": ok("a task", r("Task")), "204": {"description": "nothing to label now"}}))},
             "/api/tasks/{id}/label": {"post": op("Submit a label for a leased comparison", "any (labeler)", id.clone(), json_body(r("SubmitLabel")), json!({"201": ok("stored", r("LabelReceipt"))}))},
             "/api/tasks/{id}/skip": {"post": op("Skip a comparison (never offered again)", "any (labeler)", id, None, json!({"204": {"description": "skipped"}}))},
+            "/api/rounds": {
+                "get": op("List rounds", "researcher", none.clone(), None, json!({"200": ok("rounds", arr(r("Round")))})),
+                "post": op("Create a round", "researcher", none.clone(), json_body(r("NewRound")), json!({"201": ok("created", r("Round"))}))
+            },
+            "/api/rounds/{id}": {
+                "get": op("A round", "researcher", json!([path_id("id", "integer")]), None, json!({"200": ok("round", r("Round"))})),
+                "patch": op("Update a round's status and metrics", "researcher", json!([path_id("id", "integer")]), json_body(r("RoundUpdate")), json!({"200": ok("updated", r("Round"))}))
+            },
             "/api/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Health check (database ping)", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "database unavailable"}}}},
             "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition format"}}}}

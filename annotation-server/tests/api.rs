@@ -5,7 +5,7 @@ use annotation_server::api::Role;
 use common::{assert_error, TestDb, TestServer};
 use serde_json::json;
 
-on_both_databases!(researcher_flow, roles_are_enforced, assignment_rules, lease_expiry_returns_tasks, admin_api);
+on_both_databases!(researcher_flow, roles_are_enforced, assignment_rules, lease_expiry_returns_tasks, admin_api, rounds_and_round_filter);
 
 const PROMPTS: &str = r#"{"id": "p1", "prompt": "What is 2+2?", "tags": ["math"], "source": "unit"}
 {"id": "p2", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}], "tags": ["safety"]}
@@ -292,5 +292,45 @@ async fn admin_api(db: TestDb) {
     let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
     assert!(actions.contains(&"user.create") && actions.contains(&"user.disable") && actions.contains(&"token.create"), "{actions:?}");
     assert_error(admin.get("/api/audit?limit=0").await, 400).await;
+    s.stop().await;
+}
+
+async fn rounds_and_round_filter(db: TestDb) {
+    let s = TestServer::start(db).await;
+    let r = s.api(&s.token("res", Role::Researcher).await);
+    let lab = s.api(&s.token("lab", Role::Labeler).await);
+    let created = r.post("/api/rounds", json!({"name": "round-1", "config": {"algo": "dpo", "beta": 0.1}})).await;
+    assert_eq!(created.status(), 201);
+    let round: serde_json::Value = created.json().await.unwrap();
+    let rid = round["id"].as_i64().unwrap();
+    assert_eq!(round["status"], "created");
+    assert_eq!(round["config"]["beta"], 0.1);
+    assert_error(r.post("/api/rounds", json!({"name": "x", "config": [1, 2]})).await, 422).await;
+    assert_error(lab.post("/api/rounds", json!({"name": "x"})).await, 403).await;
+    let upd = r.http.patch(format!("{}/api/rounds/{rid}", s.url)).bearer_auth(&r.token).json(&json!({"status": "running", "metrics": {"win_rate": 0.6}})).send().await.unwrap();
+    assert_eq!(upd.status(), 200);
+    let bad = r.http.patch(format!("{}/api/rounds/{rid}", s.url)).bearer_auth(&r.token).json(&json!({"status": "<b>"})).send().await.unwrap();
+    assert_error(bad, 422).await;
+    let got = r.json(&format!("/api/rounds/{rid}")).await;
+    assert_eq!(got["status"], "running");
+    assert_eq!(got["metrics"]["win_rate"], 0.6);
+    assert_eq!(r.json("/api/rounds").await.as_array().unwrap().len(), 1);
+    assert_error(r.get("/api/rounds/777").await, 404).await;
+
+    // a batch in the round, and one outside it
+    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"p\"}").await;
+    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    let pair = json!([{"prompt_id": pid, "responses": [{"text": "a", "round_id": rid}, {"text": "b"}]}]);
+    assert_eq!(r.post("/api/comparisons", json!({"batch": "in", "round_id": rid, "comparisons": pair})).await.status(), 201);
+    assert_eq!(r.post("/api/comparisons", json!({"batch": "out", "comparisons": pair})).await.status(), 201);
+    assert_error(r.post("/api/comparisons", json!({"batch": "bad", "round_id": 999, "comparisons": pair})).await, 422).await;
+    while let Some(id) = next_id(&lab).await {
+        assert_eq!(lab.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better")).await.status(), 201);
+    }
+    let rows = r.jsonl(&format!("/api/export?format=raw&round_id={rid}")).await;
+    assert_eq!(rows.len(), 1);
+    assert_eq!(rows[0]["round_id"], rid);
+    assert_eq!(rows[0]["responses"][0]["round_id"], rid);
+    assert_eq!(r.jsonl("/api/export?format=raw").await.len(), 2);
     s.stop().await;
 }

@@ -22,7 +22,7 @@ async fn health_metrics_and_openapi(db: TestDb) {
         "/api/me", "/api/users", "/api/users/{username}/disable", "/api/users/{username}/tokens", "/api/audit",
         "/api/prompts/import", "/api/prompts", "/api/comparisons", "/api/comparisons/{id}", "/api/batches",
         "/api/batches/{id}", "/api/batches/{id}/agreement", "/api/labelers", "/api/export", "/api/tasks/next",
-        "/api/tasks/{id}/label", "/api/tasks/{id}/skip", "/healthz", "/metrics",
+        "/api/tasks/{id}/label", "/api/tasks/{id}/skip", "/api/rounds", "/api/rounds/{id}", "/healthz", "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} undocumented");
     }

@@ -149,4 +149,20 @@ impl Client {
         })?;
         Ok(rows)
     }
+
+    /// Creates a round.
+    pub fn create_round(&self, req: &NewRound) -> anyhow::Result<Round> {
+        self.post("/api/rounds", req)
+    }
+
+    /// Updates a round's status and/or metrics.
+    pub fn update_round(&self, id: i64, req: &RoundUpdate) -> anyhow::Result<Round> {
+        let resp = self.http.patch(self.url(&format!("/api/rounds/{id}"))).bearer_auth(&self.token).json(req).send()?;
+        Ok(Self::check(resp)?.json()?)
+    }
+
+    /// One round.
+    pub fn round(&self, id: i64) -> anyhow::Result<Round> {
+        self.get(&format!("/api/rounds/{id}"))
+    }
 }

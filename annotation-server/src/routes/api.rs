@@ -3,8 +3,8 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, RawBody};
 use crate::accounts;
 use crate::api::{
     AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons, CreatedComparisons,
-    ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress, NewToken, NewUser, Prompt,
-    SubmitLabel, Task, TokenCreated, UserInfo,
+    ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress, NewRound, NewToken, NewUser, Prompt,
+    Round, RoundUpdate, SubmitLabel, Task, TokenCreated, UserInfo,
 };
 use crate::assign;
 use crate::audit;
@@ -15,6 +15,7 @@ use crate::error::{AppError, AppResult};
 use crate::export;
 use crate::progress;
 use crate::prompts;
+use crate::rounds;
 use crate::state::AppState;
 use crate::time::rfc3339;
 use axum::extract::State;
@@ -239,4 +240,37 @@ pub async fn skip(State(s): State<AppState>, ApiUser(u): ApiUser, ApiPath(id): A
     u.require_labeler()?;
     assign::skip(&s, u.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
+}
+
+/// `GET /api/rounds` (researcher)
+pub async fn list_rounds(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Json<Vec<Round>>> {
+    u.require_researcher()?;
+    Ok(Json(rounds::list(&s.db).await?))
+}
+
+/// `POST /api/rounds` (researcher)
+pub async fn create_round(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiJson(body): ApiJson<NewRound>,
+) -> AppResult<(StatusCode, Json<Round>)> {
+    u.require_researcher()?;
+    Ok((StatusCode::CREATED, Json(rounds::create(&s.db, body, u.id).await?)))
+}
+
+/// `GET /api/rounds/{id}` (researcher)
+pub async fn round(State(s): State<AppState>, ApiUser(u): ApiUser, ApiPath(id): ApiPath<i64>) -> AppResult<Json<Round>> {
+    u.require_researcher()?;
+    Ok(Json(rounds::get(&s.db, id).await?))
+}
+
+/// `PATCH /api/rounds/{id}` (researcher)
+pub async fn update_round(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<RoundUpdate>,
+) -> AppResult<Json<Round>> {
+    u.require_researcher()?;
+    Ok(Json(rounds::update(&s.db, id, body, u.id).await?))
 }

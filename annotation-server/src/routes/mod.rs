@@ -37,6 +37,8 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/next", get(api::next_task))
         .route("/tasks/{id}/label", post(api::submit_label))
         .route("/tasks/{id}/skip", post(api::skip))
+        .route("/rounds", get(api::list_rounds).post(api::create_round))
+        .route("/rounds/{id}", get(api::round).patch(api::update_round))
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found);
     Router::new()

@@ -178,6 +178,7 @@ pub async fn assert_error(r: reqwest::Response, status: u16) -> String {
 
 /// Runs an async test body on SQLite and on PostgreSQL (when configured).
 #[macro_export]
+#[allow(clippy::crate_in_macro_def)] // the tests' own `common` module, on purpose
 macro_rules! on_both_databases {
     ($($name:ident),* $(,)?) => {
         $(
