@@ -28,7 +28,7 @@ pub const COMPLETE: &str = "complete";
 
 /// How many candidate comparisons one assignment attempt looks at. Concurrent
 /// labelers start at random places in this window so they rarely collide.
-const CANDIDATES: u64 = 64;
+const CANDIDATES: u64 = 256;
 
 /// Longest accepted edited response / note (characters).
 const MAX_EDIT_CHARS: usize = 100_000;
@@ -140,7 +140,7 @@ enum Claim {
 
 /// Takes a slot of comparison `id` for `labeler` if one is free.
 async fn try_claim(db: &DatabaseConnection, id: i64, labeler: i64, expires: i64) -> AppResult<Claim> {
-    let txn = begin_write(db).await?;
+    let (_writer, txn) = begin_write(db).await?;
     if !take_slot(&txn, id).await? {
         return Ok(Claim::Full);
     }
@@ -217,7 +217,7 @@ pub async fn reap_expired(state: &AppState) -> AppResult<u64> {
         .await?;
     let mut reaped = 0;
     for (lease_id, comparison_id) in expired {
-        let txn = begin_write(db).await?;
+        let (_writer, txn) = begin_write(db).await?;
         let r = leases::Entity::delete_many()
             .filter(leases::Column::Id.eq(lease_id))
             .filter(leases::Column::ExpiresAt.lt(now))
@@ -284,7 +284,7 @@ pub async fn submit_label(
     validate_label(&body, k)?;
     let ranking = serde_json::to_string(&body.ranking).map_err(|e| AppError::Internal(e.to_string()))?;
 
-    let txn = begin_write(db).await?;
+    let (_writer, txn) = begin_write(db).await?;
     if !drop_lease(&txn, id, labeler).await? && !take_slot(&txn, id).await? {
         drop(txn);
         return Err(why_no_slot(db, id, labeler).await);
@@ -349,7 +349,7 @@ async fn why_no_slot(db: &DatabaseConnection, id: i64, labeler: i64) -> AppError
 pub async fn skip(state: &AppState, labeler: i64, id: i64) -> AppResult<()> {
     let db = &state.db;
     response_count(db, id).await?;
-    let txn = begin_write(db).await?;
+    let (_writer, txn) = begin_write(db).await?;
     if drop_lease(&txn, id, labeler).await? {
         release_slot(&txn, id).await?;
     }

@@ -64,7 +64,7 @@ async fn check_round<C: ConnectionTrait>(db: &C, round_id: Option<i64>, what: &s
 /// Creates the comparisons (and their responses) in a batch, all or nothing.
 pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64) -> AppResult<CreatedComparisons> {
     check(&req)?;
-    let txn = begin_write(db).await?;
+    let (_writer, txn) = begin_write(db).await?;
     let now = now_ms();
     let batch = match batches::Entity::find().filter(batches::Column::Name.eq(req.batch.clone())).one(&txn).await? {
         Some(b) => {

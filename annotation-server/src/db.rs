@@ -2,7 +2,7 @@
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode,
+    ConnectOptions, ConnectionTrait, DbBackend, Database, DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode,
     TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
@@ -53,15 +53,33 @@ pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, DbErr>
     Ok(db)
 }
 
+/// Serializes this process's SQLite write transactions. SQLite allows one
+/// writer at a time, and a writer that finds the database locked sleeps in
+/// SQLite's polling busy handler (milliseconds at a time); queueing writers
+/// here instead hands the lock over at once. Other processes (the CLI) are
+/// still covered by the busy timeout.
+static SQLITE_WRITER: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Holds the writer slot (SQLite only) for as long as it lives.
+pub type WriteGuard = Option<tokio::sync::MutexGuard<'static, ()>>;
+
 /// Begins a transaction that will write. On SQLite it is `BEGIN IMMEDIATE`,
 /// taking the write lock up front: a deferred transaction that reads first and
-/// writes later can fail with SQLITE_BUSY instead of waiting its turn.
-pub async fn begin_write(db: &DatabaseConnection) -> Result<DatabaseTransaction, DbErr> {
-    db.begin_with_options(TransactionOptions {
-        sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
-        ..Default::default()
-    })
-    .await
+/// writes later can fail with SQLITE_BUSY instead of waiting its turn. Keep the
+/// guard alive until after commit: `let (_w, txn) = begin_write(db).await?;`
+/// (the transaction, declared later, is dropped first).
+pub async fn begin_write(db: &DatabaseConnection) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+    let guard = match db.get_database_backend() {
+        DbBackend::Sqlite => Some(SQLITE_WRITER.lock().await),
+        _ => None,
+    };
+    let txn = db
+        .begin_with_options(TransactionOptions {
+            sqlite_transaction_mode: Some(SqliteTransactionMode::Immediate),
+            ..Default::default()
+        })
+        .await?;
+    Ok((guard, txn))
 }
 
 #[cfg(test)]

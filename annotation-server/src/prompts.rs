@@ -78,7 +78,7 @@ pub async fn import_jsonl(db: &DatabaseConnection, body: &[u8], actor: i64) -> A
     if parsed.is_empty() {
         return Err(AppError::BadRequest("no prompts in the body (expected JSONL)".into()));
     }
-    let txn = begin_write(db).await?;
+    let (_writer, txn) = begin_write(db).await?;
     let now = now_ms();
     let mut ids = Vec::with_capacity(parsed.len());
     for (what, p, msgs) in &parsed {

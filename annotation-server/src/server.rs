@@ -1,10 +1,12 @@
 //! Running the server: bind, serve with graceful shutdown, background reaper.
 use crate::assign;
+use crate::entities::sessions;
 use crate::routes::router;
 use crate::state::AppState;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -28,6 +30,14 @@ async fn reap_loop(state: AppState) {
         tick.tick().await;
         if let Err(e) = assign::reap_expired(&state).await {
             tracing::warn!(error = %e, "reaping expired leases failed");
+        }
+        // expired sessions are useless; drop them so the table stays small
+        let expired = sessions::Entity::delete_many()
+            .filter(sessions::Column::ExpiresAt.lt(crate::time::now_ms()))
+            .exec(&state.db)
+            .await;
+        if let Err(e) = expired {
+            tracing::warn!(error = %e, "deleting expired sessions failed");
         }
     }
 }

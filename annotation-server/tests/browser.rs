@@ -46,7 +46,7 @@ struct Driver {
 impl Driver {
     async fn start(chromedriver: &PathBuf) -> Driver {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = Command::new(chromedriver)
+        let mut child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -69,16 +69,21 @@ impl Driver {
         if let Some(bin) = find_chromium() {
             options["binary"] = json!(bin);
         }
-        let resp: Value = http
+        let resp: Option<Value> = match http
             .post(format!("{root}/session"))
             .json(&json!({"capabilities": {"alwaysMatch": {"browserName": "chrome", "goog:chromeOptions": options}}}))
             .send()
             .await
-            .expect("new session")
-            .json()
-            .await
-            .unwrap();
-        let id = resp["value"]["sessionId"].as_str().unwrap_or_else(|| panic!("no session: {resp}")).to_string();
+        {
+            Ok(r) => r.json().await.ok(),
+            Err(_) => None,
+        };
+        let id = resp.as_ref().and_then(|r| r["value"]["sessionId"].as_str()).map(str::to_string);
+        let Some(id) = id else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromedriver gave no session: {resp:?}");
+        };
         Driver { child, http, base: format!("{root}/session/{id}"), _profile: profile }
     }
 
@@ -145,8 +150,17 @@ impl Driver {
         .await;
     }
 
-    async fn quit(mut self) {
-        self.cmd(reqwest::Method::DELETE, "", None).await;
+    async fn quit(self) {
+        drop(self);
+    }
+}
+
+impl Drop for Driver {
+    /// Closes the browser and chromedriver even when the test failed half way.
+    fn drop(&mut self) {
+        let base = self.base.clone();
+        // blocking client on its own thread: Drop may run inside the async runtime
+        let _ = std::thread::spawn(move || reqwest::blocking::Client::new().delete(base).send()).join();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
