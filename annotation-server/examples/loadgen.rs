@@ -20,15 +20,28 @@ use std::time::{Duration, Instant};
 async fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().collect();
     let dir = tempfile::tempdir()?;
-    let url = args.get(1).filter(|s| !s.is_empty()).cloned().unwrap_or_else(|| format!("sqlite://{}", dir.path().join("load.sqlite").display()));
+    let url = args
+        .get(1)
+        .filter(|s| !s.is_empty())
+        .cloned()
+        .unwrap_or_else(|| format!("sqlite://{}", dir.path().join("load.sqlite").display()));
     let labelers: usize = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(64);
-    let comparisons: usize = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(20_000);
+    let comparisons: usize = args
+        .get(3)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(20_000);
 
     let db = connect_and_migrate(&url).await?;
-    let server = RunningServer::start(AppState::new(db.clone(), Config::default()), "127.0.0.1:0").await?;
+    let server =
+        RunningServer::start(AppState::new(db.clone(), Config::default()), "127.0.0.1:0").await?;
     let base = server.url();
-    accounts::create_user(&db, "loadres", "password123", Role::Researcher, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-    let rt = accounts::create_token(&db, "loadres", None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
+    accounts::create_user(&db, "loadres", "password123", Role::Researcher, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let rt = accounts::create_token(&db, "loadres", None, None)
+        .await
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let http = reqwest::Client::new();
     let p: serde_json::Value = http
         .post(format!("{base}/api/prompts/import"))
@@ -43,17 +56,35 @@ async fn main() -> anyhow::Result<()> {
         let n = (comparisons - chunk * 5000).min(5000);
         let comps: Vec<_> =
             (0..n).map(|i| json!({"prompt_id": pid, "responses": [{"text": format!("a{i}")}, {"text": format!("b{i}")}]})).collect();
-        let r = http.post(format!("{base}/api/comparisons")).bearer_auth(&rt).json(&json!({"batch": "load", "comparisons": comps})).send().await?;
+        let r = http
+            .post(format!("{base}/api/comparisons"))
+            .bearer_auth(&rt)
+            .json(&json!({"batch": "load", "comparisons": comps}))
+            .send()
+            .await?;
         anyhow::ensure!(r.status() == 201, "create comparisons: {}", r.status());
     }
     let mut tokens = vec![];
     for i in 0..labelers {
         let name = format!("loadlab{i}");
-        accounts::create_user(&db, &name, "password123", Role::Labeler, None).await.map_err(|e| anyhow::anyhow!("{e}"))?;
-        tokens.push(accounts::create_token(&db, &name, None, None).await.map_err(|e| anyhow::anyhow!("{e}"))?);
+        accounts::create_user(&db, &name, "password123", Role::Labeler, None)
+            .await
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+        tokens.push(
+            accounts::create_token(&db, &name, None, None)
+                .await
+                .map_err(|e| anyhow::anyhow!("{e}"))?,
+        );
     }
 
-    println!("{labelers} labelers, {comparisons} comparisons, {}", if url.starts_with("sqlite") { "SQLite" } else { "PostgreSQL" });
+    println!(
+        "{labelers} labelers, {comparisons} comparisons, {}",
+        if url.starts_with("sqlite") {
+            "SQLite"
+        } else {
+            "PostgreSQL"
+        }
+    );
     let start = Instant::now();
     let mut handles = vec![];
     for token in tokens {
@@ -64,8 +95,15 @@ async fn main() -> anyhow::Result<()> {
             let mut errors = 0usize;
             loop {
                 let t0 = Instant::now();
-                let r = http.get(format!("{base}/api/tasks/next")).bearer_auth(&token).send().await;
-                let Ok(r) = r else { errors += 1; continue };
+                let r = http
+                    .get(format!("{base}/api/tasks/next"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                let Ok(r) = r else {
+                    errors += 1;
+                    continue;
+                };
                 if r.status() == 204 {
                     break;
                 }
@@ -100,10 +138,18 @@ async fn main() -> anyhow::Result<()> {
     }
     let secs = start.elapsed().as_secs_f64();
     lat.sort();
-    let pct = |p: f64| lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1))).copied().unwrap_or_default();
+    let pct = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or_default()
+    };
     let backend = db.get_database_backend();
     let q = |sql: &str| Statement::from_string(backend, sql.to_string());
-    let labels: i64 = db.query_one_raw(q("SELECT COUNT(*) FROM labels")).await?.unwrap().try_get_by_index(0)?;
+    let labels: i64 = db
+        .query_one_raw(q("SELECT COUNT(*) FROM labels"))
+        .await?
+        .unwrap()
+        .try_get_by_index(0)?;
     let dups: i64 = db
         .query_one_raw(q("SELECT COUNT(*) FROM (SELECT comparison_id FROM labels GROUP BY comparison_id HAVING COUNT(*) > 1) d"))
         .await?

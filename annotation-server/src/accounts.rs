@@ -7,15 +7,17 @@ use crate::entities::{api_tokens, users};
 use crate::error::{is_unique_violation, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait,
-    QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 
 /// Checks a user name: 1–64 characters of `[A-Za-z0-9_.-]`.
 pub fn validate_username(name: &str) -> AppResult<()> {
     let ok = !name.is_empty()
         && name.len() <= 64
-        && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'));
     if ok {
         Ok(())
     } else {
@@ -28,10 +30,14 @@ pub fn validate_username(name: &str) -> AppResult<()> {
 /// Checks a password: 8–1024 characters.
 pub fn validate_password(pw: &str) -> AppResult<()> {
     if pw.chars().count() < 8 {
-        return Err(AppError::BadRequest("password must have at least 8 characters".into()));
+        return Err(AppError::BadRequest(
+            "password must have at least 8 characters".into(),
+        ));
     }
     if pw.len() > 1024 {
-        return Err(AppError::BadRequest("password must have at most 1024 bytes".into()));
+        return Err(AppError::BadRequest(
+            "password must have at most 1024 bytes".into(),
+        ));
     }
     Ok(())
 }
@@ -80,7 +86,13 @@ pub async fn create_user(
             e.into()
         }
     })?;
-    audit::record(db, actor, "user.create", serde_json::json!({"username": username, "role": role})).await?;
+    audit::record(
+        db,
+        actor,
+        "user.create",
+        serde_json::json!({"username": username, "role": role}),
+    )
+    .await?;
     Ok(user_info(&model))
 }
 
@@ -95,17 +107,30 @@ pub async fn find_user<C: ConnectionTrait>(db: &C, username: &str) -> AppResult<
 
 /// All users, by id.
 pub async fn list_users(db: &DatabaseConnection) -> AppResult<Vec<UserInfo>> {
-    let all = users::Entity::find().order_by_asc(users::Column::Id).all(db).await?;
+    let all = users::Entity::find()
+        .order_by_asc(users::Column::Id)
+        .all(db)
+        .await?;
     Ok(all.iter().map(user_info).collect())
 }
 
 /// Disables a user: they can no longer log in, and their sessions and tokens stop working.
-pub async fn disable_user(db: &DatabaseConnection, username: &str, actor: Option<i64>) -> AppResult<UserInfo> {
+pub async fn disable_user(
+    db: &DatabaseConnection,
+    username: &str,
+    actor: Option<i64>,
+) -> AppResult<UserInfo> {
     let u = find_user(db, username).await?;
     let mut am: users::ActiveModel = u.into();
     am.disabled = Set(true);
     let u = am.update(db).await?;
-    audit::record(db, actor, "user.disable", serde_json::json!({"username": username})).await?;
+    audit::record(
+        db,
+        actor,
+        "user.disable",
+        serde_json::json!({"username": username}),
+    )
+    .await?;
     Ok(user_info(&u))
 }
 
@@ -122,7 +147,9 @@ pub async fn create_token(
     }
     let name = name.unwrap_or("api");
     if name.len() > 200 {
-        return Err(AppError::BadRequest("token name must have at most 200 bytes".into()));
+        return Err(AppError::BadRequest(
+            "token name must have at most 200 bytes".into(),
+        ));
     }
     let token = new_token();
     api_tokens::ActiveModel {
@@ -135,7 +162,13 @@ pub async fn create_token(
     }
     .insert(db)
     .await?;
-    audit::record(db, actor, "token.create", serde_json::json!({"username": username, "name": name})).await?;
+    audit::record(
+        db,
+        actor,
+        "token.create",
+        serde_json::json!({"username": username, "name": name}),
+    )
+    .await?;
     Ok(token)
 }
 

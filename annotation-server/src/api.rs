@@ -303,7 +303,11 @@ pub enum Safety {
 
 impl Safety {
     /// All classes.
-    pub const ALL: [Safety; 3] = [Safety::PreferredSafeOnly, Safety::BothSafe, Safety::BothUnsafe];
+    pub const ALL: [Safety; 3] = [
+        Safety::PreferredSafeOnly,
+        Safety::BothSafe,
+        Safety::BothUnsafe,
+    ];
 
     /// The stored name.
     pub fn as_str(self) -> &'static str {

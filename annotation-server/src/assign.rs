@@ -9,15 +9,17 @@
 //! comparison can never collect more labels than it wants.
 use crate::api::{ChatMessage, LabelReceipt, SubmitLabel, Task, TaskResponse};
 use crate::db::begin_write;
-use crate::entities::{comparison_responses, comparisons, labels, leases, prompts, responses, skips};
+use crate::entities::{
+    comparison_responses, comparisons, labels, leases, prompts, responses, skips,
+};
 use crate::error::{is_unique_violation, AppError, AppResult};
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 use rand::Rng;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
-    PaginatorTrait, QueryOrder, QuerySelect, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -75,7 +77,11 @@ pub async fn next_task(state: &AppState, labeler: i64) -> AppResult<Option<Task>
 }
 
 /// The labeler's current lease, renewed, as a task.
-async fn renew_held(db: &DatabaseConnection, labeler: i64, lease_ms: i64) -> AppResult<Option<Task>> {
+async fn renew_held(
+    db: &DatabaseConnection,
+    labeler: i64,
+    lease_ms: i64,
+) -> AppResult<Option<Task>> {
     let held = leases::Entity::find()
         .filter(leases::Column::LabelerId.eq(labeler))
         .order_by_asc(leases::Column::Id)
@@ -139,7 +145,12 @@ enum Claim {
 }
 
 /// Takes a slot of comparison `id` for `labeler` if one is free.
-async fn try_claim(db: &DatabaseConnection, id: i64, labeler: i64, expires: i64) -> AppResult<Claim> {
+async fn try_claim(
+    db: &DatabaseConnection,
+    id: i64,
+    labeler: i64,
+    expires: i64,
+) -> AppResult<Claim> {
     let (_writer, txn) = begin_write(db).await?;
     if !take_slot(&txn, id).await? {
         return Ok(Claim::Full);
@@ -167,7 +178,10 @@ async fn try_claim(db: &DatabaseConnection, id: i64, labeler: i64, expires: i64)
 /// Atomically increments `leased` if the comparison is open and has a free slot.
 async fn take_slot<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<bool> {
     let r = comparisons::Entity::update_many()
-        .col_expr(comparisons::Column::Leased, Expr::col(comparisons::Column::Leased).add(1))
+        .col_expr(
+            comparisons::Column::Leased,
+            Expr::col(comparisons::Column::Leased).add(1),
+        )
         .filter(comparisons::Column::Id.eq(id))
         .filter(comparisons::Column::State.eq(OPEN))
         .filter(
@@ -183,7 +197,10 @@ async fn take_slot<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<bool> {
 /// Gives back the slot of a lease row that was just deleted.
 async fn release_slot<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<()> {
     comparisons::Entity::update_many()
-        .col_expr(comparisons::Column::Leased, Expr::col(comparisons::Column::Leased).sub(1))
+        .col_expr(
+            comparisons::Column::Leased,
+            Expr::col(comparisons::Column::Leased).sub(1),
+        )
         .filter(comparisons::Column::Id.eq(id))
         .exec(db)
         .await?;
@@ -229,7 +246,10 @@ pub async fn reap_expired(state: &AppState) -> AppResult<u64> {
         }
         txn.commit().await?;
     }
-    state.metrics.leases_expired.fetch_add(reaped, Ordering::Relaxed);
+    state
+        .metrics
+        .leases_expired
+        .fetch_add(reaped, Ordering::Relaxed);
     Ok(reaped)
 }
 
@@ -254,19 +274,37 @@ pub fn validate_label(body: &SubmitLabel, k: usize) -> AppResult<()> {
         )));
     }
     if body.ranking.iter().any(|&r| r < 1 || r as usize > k) {
-        return Err(AppError::Unprocessable(format!("ranks must be between 1 and {k}")));
+        return Err(AppError::Unprocessable(format!(
+            "ranks must be between 1 and {k}"
+        )));
     }
     if !body.ranking.contains(&1) {
-        return Err(AppError::Unprocessable("some response must have rank 1 (the best)".into()));
+        return Err(AppError::Unprocessable(
+            "some response must have rank 1 (the best)".into(),
+        ));
     }
-    if body.edited_response.as_ref().is_some_and(|s| s.chars().count() > MAX_EDIT_CHARS) {
-        return Err(AppError::Unprocessable(format!("edited_response is over {MAX_EDIT_CHARS} characters")));
+    if body
+        .edited_response
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > MAX_EDIT_CHARS)
+    {
+        return Err(AppError::Unprocessable(format!(
+            "edited_response is over {MAX_EDIT_CHARS} characters"
+        )));
     }
-    if body.note.as_ref().is_some_and(|s| s.chars().count() > MAX_NOTE_CHARS) {
-        return Err(AppError::Unprocessable(format!("note is over {MAX_NOTE_CHARS} characters")));
+    if body
+        .note
+        .as_ref()
+        .is_some_and(|s| s.chars().count() > MAX_NOTE_CHARS)
+    {
+        return Err(AppError::Unprocessable(format!(
+            "note is over {MAX_NOTE_CHARS} characters"
+        )));
     }
     if body.time_spent_ms.is_some_and(|t| t > i64::MAX as u64) {
-        return Err(AppError::Unprocessable("time_spent_ms is out of range".into()));
+        return Err(AppError::Unprocessable(
+            "time_spent_ms is out of range".into(),
+        ));
     }
     Ok(())
 }
@@ -282,7 +320,8 @@ pub async fn submit_label(
     let db = &state.db;
     let k = response_count(db, id).await?;
     validate_label(&body, k)?;
-    let ranking = serde_json::to_string(&body.ranking).map_err(|e| AppError::Internal(e.to_string()))?;
+    let ranking =
+        serde_json::to_string(&body.ranking).map_err(|e| AppError::Internal(e.to_string()))?;
 
     let (_writer, txn) = begin_write(db).await?;
     if !drop_lease(&txn, id, labeler).await? && !take_slot(&txn, id).await? {
@@ -306,26 +345,44 @@ pub async fn submit_label(
     let label = match inserted {
         Ok(l) => l,
         Err(e) if is_unique_violation(&e) => {
-            return Err(AppError::Conflict(format!("you already labeled comparison {id}")))
+            return Err(AppError::Conflict(format!(
+                "you already labeled comparison {id}"
+            )))
         }
         Err(e) => return Err(e.into()),
     };
     // the slot turns from "leased" into "done"
     comparisons::Entity::update_many()
-        .col_expr(comparisons::Column::LabelsDone, Expr::col(comparisons::Column::LabelsDone).add(1))
-        .col_expr(comparisons::Column::Leased, Expr::col(comparisons::Column::Leased).sub(1))
+        .col_expr(
+            comparisons::Column::LabelsDone,
+            Expr::col(comparisons::Column::LabelsDone).add(1),
+        )
+        .col_expr(
+            comparisons::Column::Leased,
+            Expr::col(comparisons::Column::Leased).sub(1),
+        )
         .filter(comparisons::Column::Id.eq(id))
         .exec(&txn)
         .await?;
     let completed = comparisons::Entity::update_many()
         .col_expr(comparisons::Column::State, Expr::value(COMPLETE))
         .filter(comparisons::Column::Id.eq(id))
-        .filter(Expr::col(comparisons::Column::LabelsDone).gte(Expr::col(comparisons::Column::LabelsWanted)))
+        .filter(
+            Expr::col(comparisons::Column::LabelsDone)
+                .gte(Expr::col(comparisons::Column::LabelsWanted)),
+        )
         .exec(&txn)
         .await?;
     txn.commit().await?;
-    state.metrics.labels_submitted.fetch_add(1, Ordering::Relaxed);
-    Ok(LabelReceipt { label_id: label.id, comparison_id: id, comparison_complete: completed.rows_affected == 1 })
+    state
+        .metrics
+        .labels_submitted
+        .fetch_add(1, Ordering::Relaxed);
+    Ok(LabelReceipt {
+        label_id: label.id,
+        comparison_id: id,
+        comparison_complete: completed.rows_affected == 1,
+    })
 }
 
 /// Explains why a label without a lease cannot be taken.
@@ -386,7 +443,10 @@ pub async fn load_task(db: &DatabaseConnection, id: i64, lease_expires: i64) -> 
         responses: texts
             .into_iter()
             .enumerate()
-            .map(|(position, r)| TaskResponse { position, text: r.text })
+            .map(|(position, r)| TaskResponse {
+                position,
+                text: r.text,
+            })
             .collect(),
         lease_expires_at: rfc3339(lease_expires),
     })
@@ -400,8 +460,12 @@ pub async fn response_texts(db: &DatabaseConnection, id: i64) -> AppResult<Vec<r
         .all(db)
         .await?;
     let ids: Vec<i64> = links.iter().map(|l| l.response_id).collect();
-    let rows = responses::Entity::find().filter(responses::Column::Id.is_in(ids.clone())).all(db).await?;
-    let mut by_id: std::collections::HashMap<i64, responses::Model> = rows.into_iter().map(|r| (r.id, r)).collect();
+    let rows = responses::Entity::find()
+        .filter(responses::Column::Id.is_in(ids.clone()))
+        .all(db)
+        .await?;
+    let mut by_id: std::collections::HashMap<i64, responses::Model> =
+        rows.into_iter().map(|r| (r.id, r)).collect();
     Ok(ids.iter().filter_map(|i| by_id.remove(i)).collect())
 }
 

@@ -33,7 +33,11 @@ pub fn hash_password(password: &str) -> anyhow::Result<String> {
 /// Checks a password against a stored hash; any malformed hash is a mismatch.
 pub fn verify_password(password: &str, hash: &str) -> bool {
     PasswordHash::new(hash)
-        .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
+        .map(|h| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &h)
+                .is_ok()
+        })
         .unwrap_or(false)
 }
 
@@ -61,7 +65,11 @@ fn hex(bytes: &[u8]) -> String {
 
 /// Compares two secrets in time independent of where they differ.
 pub fn constant_time_eq(a: &str, b: &str) -> bool {
-    a.len() == b.len() && a.bytes().zip(b.bytes()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.len() == b.len()
+        && a.bytes()
+            .zip(b.bytes())
+            .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+            == 0
 }
 
 /// The user behind a request.
@@ -79,7 +87,11 @@ impl CurrentUser {
     fn from_model(u: users::Model) -> AppResult<CurrentUser> {
         let role = Role::parse(&u.role)
             .ok_or_else(|| AppError::Internal(format!("user {} has unknown role", u.id)))?;
-        Ok(CurrentUser { id: u.id, username: u.username, role })
+        Ok(CurrentUser {
+            id: u.id,
+            username: u.username,
+            role,
+        })
     }
 
     /// Fails with 403 unless the user is a researcher or admin.
@@ -87,7 +99,9 @@ impl CurrentUser {
         if self.role.is_researcher() {
             Ok(())
         } else {
-            Err(AppError::Forbidden("this needs the researcher or admin role".into()))
+            Err(AppError::Forbidden(
+                "this needs the researcher or admin role".into(),
+            ))
         }
     }
 
@@ -131,7 +145,10 @@ impl FromRequestParts<AppState> for ApiUser {
 fn bearer_token(headers: &HeaderMap) -> Option<&str> {
     let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = value.split_once(' ')?;
-    scheme.eq_ignore_ascii_case("bearer").then_some(token.trim()).filter(|t| !t.is_empty())
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+        .filter(|t| !t.is_empty())
 }
 
 /// Looks up the (enabled) owner of an API token.
@@ -191,14 +208,21 @@ impl Session {
         if constant_time_eq(&self.csrf, submitted) {
             Ok(())
         } else {
-            Err(AppError::Forbidden("invalid or missing CSRF token; reload the page".into()))
+            Err(AppError::Forbidden(
+                "invalid or missing CSRF token; reload the page".into(),
+            ))
         }
     }
 }
 
 /// Looks up the session a request's cookie names, if it is valid.
-pub async fn session_from_headers(state: &AppState, headers: &HeaderMap) -> AppResult<Option<Session>> {
-    let Some(token) = cookie(headers, SESSION_COOKIE) else { return Ok(None) };
+pub async fn session_from_headers(
+    state: &AppState,
+    headers: &HeaderMap,
+) -> AppResult<Option<Session>> {
+    let Some(token) = cookie(headers, SESSION_COOKIE) else {
+        return Ok(None);
+    };
     let token_hash = sha256_hex(token);
     let found = sessions::Entity::find()
         .filter(sessions::Column::TokenHash.eq(token_hash.clone()))
@@ -207,9 +231,11 @@ pub async fn session_from_headers(state: &AppState, headers: &HeaderMap) -> AppR
         .one(&state.db)
         .await?;
     match found {
-        Some((s, Some(u))) if !u.disabled => {
-            Ok(Some(Session { user: CurrentUser::from_model(u)?, csrf: s.csrf_token, token_hash }))
-        }
+        Some((s, Some(u))) if !u.disabled => Ok(Some(Session {
+            user: CurrentUser::from_model(u)?,
+            csrf: s.csrf_token,
+            token_hash,
+        })),
         _ => Ok(None),
     }
 }
@@ -265,7 +291,10 @@ mod tests {
     #[test]
     fn cookies_are_parsed() {
         let mut h = HeaderMap::new();
-        h.insert(header::COOKIE, "a=1; rlhf_session=xyz; b=2".parse().unwrap());
+        h.insert(
+            header::COOKIE,
+            "a=1; rlhf_session=xyz; b=2".parse().unwrap(),
+        );
         assert_eq!(cookie(&h, SESSION_COOKIE), Some("xyz"));
         assert_eq!(cookie(&h, "c"), None);
     }

@@ -121,7 +121,9 @@ fn parse_role(s: &str) -> Result<Role, String> {
 
 /// Runs one of the server's commands (builds its own tokio runtime).
 pub fn run(cmd: Commands) -> anyhow::Result<()> {
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let stdin = std::io::stdin();
     let mut input = stdin.lock();
     let mut out = std::io::stdout();
@@ -129,9 +131,18 @@ pub fn run(cmd: Commands) -> anyhow::Result<()> {
 }
 
 /// Runs a command with the given standard input and output (testable).
-pub async fn run_with_io(cmd: Commands, input: &mut dyn BufRead, out: &mut dyn Write) -> anyhow::Result<()> {
+pub async fn run_with_io(
+    cmd: Commands,
+    input: &mut dyn BufRead,
+    out: &mut dyn Write,
+) -> anyhow::Result<()> {
     match cmd {
-        Commands::Serve { bind, db, lease_seconds, secure_cookies } => {
+        Commands::Serve {
+            bind,
+            db,
+            lease_seconds,
+            secure_cookies,
+        } => {
             init_logging();
             if lease_seconds == 0 {
                 anyhow::bail!("--lease-seconds must be at least 1");
@@ -149,23 +160,41 @@ pub async fn run_with_io(cmd: Commands, input: &mut dyn BufRead, out: &mut dyn W
                     None => writeln!(out, "Created admin account {user:?} (password from RLHF_ADMIN_PASSWORD).")?,
                 }
             }
-            let config = Config { lease_duration: Duration::from_secs(lease_seconds), secure_cookies, ..Config::default() };
-            let listener = tokio::net::TcpListener::bind(&bind).await.with_context(|| format!("binding {bind}"))?;
+            let config = Config {
+                lease_duration: Duration::from_secs(lease_seconds),
+                secure_cookies,
+                ..Config::default()
+            };
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("binding {bind}"))?;
             let addr = listener.local_addr()?;
-            writeln!(out, "Annotation server listening on http://{addr} (UI: /login, API: /api/openapi.json)")?;
+            writeln!(
+                out,
+                "Annotation server listening on http://{addr} (UI: /login, API: /api/openapi.json)"
+            )?;
             out.flush()?;
             tracing::info!(%addr, "listening");
             serve(AppState::new(conn, config), listener, shutdown_signal()).await?;
             Ok(())
         }
-        Commands::Db { cmd: DbCommand::Migrate { db } } => {
-            connect_and_migrate(&db.database_url).await.with_context(|| format!("migrating {}", db.database_url))?;
+        Commands::Db {
+            cmd: DbCommand::Migrate { db },
+        } => {
+            connect_and_migrate(&db.database_url)
+                .await
+                .with_context(|| format!("migrating {}", db.database_url))?;
             writeln!(out, "Database is up to date.")?;
             Ok(())
         }
         Commands::User { cmd } => {
             match cmd {
-                UserCommand::Add { role, username, password_stdin, db } => {
+                UserCommand::Add {
+                    role,
+                    username,
+                    password_stdin,
+                    db,
+                } => {
                     let conn = connect_and_migrate(&db.database_url).await?;
                     let (password, generated) = if password_stdin {
                         let mut line = String::new();
@@ -174,7 +203,9 @@ pub async fn run_with_io(cmd: Commands, input: &mut dyn BufRead, out: &mut dyn W
                     } else {
                         (crate::auth::random_hex()[..24].to_string(), true)
                     };
-                    let u = accounts::create_user(&conn, &username, &password, role, None).await.map_err(anyhow_of)?;
+                    let u = accounts::create_user(&conn, &username, &password, role, None)
+                        .await
+                        .map_err(anyhow_of)?;
                     writeln!(out, "Created {} {:?} (id {}).", u.role, u.username, u.id)?;
                     if generated {
                         writeln!(out, "Password: {password}")?;
@@ -182,23 +213,37 @@ pub async fn run_with_io(cmd: Commands, input: &mut dyn BufRead, out: &mut dyn W
                 }
                 UserCommand::List { db } => {
                     let conn = connect_and_migrate(&db.database_url).await?;
-                    writeln!(out, "{:<6} {:<24} {:<11} {:<9} created", "id", "username", "role", "status")?;
+                    writeln!(
+                        out,
+                        "{:<6} {:<24} {:<11} {:<9} created",
+                        "id", "username", "role", "status"
+                    )?;
                     for u in accounts::list_users(&conn).await.map_err(anyhow_of)? {
                         let status = if u.disabled { "disabled" } else { "active" };
-                        writeln!(out, "{:<6} {:<24} {:<11} {:<9} {}", u.id, u.username, u.role, status, u.created_at)?;
+                        writeln!(
+                            out,
+                            "{:<6} {:<24} {:<11} {:<9} {}",
+                            u.id, u.username, u.role, status, u.created_at
+                        )?;
                     }
                 }
                 UserCommand::Disable { username, db } => {
                     let conn = connect_and_migrate(&db.database_url).await?;
-                    accounts::disable_user(&conn, &username, None).await.map_err(anyhow_of)?;
+                    accounts::disable_user(&conn, &username, None)
+                        .await
+                        .map_err(anyhow_of)?;
                     writeln!(out, "Disabled {username:?}.")?;
                 }
             }
             Ok(())
         }
-        Commands::Token { cmd: TokenCommand::Create { username, name, db } } => {
+        Commands::Token {
+            cmd: TokenCommand::Create { username, name, db },
+        } => {
             let conn = connect_and_migrate(&db.database_url).await?;
-            let token = accounts::create_token(&conn, &username, name.as_deref(), None).await.map_err(anyhow_of)?;
+            let token = accounts::create_token(&conn, &username, name.as_deref(), None)
+                .await
+                .map_err(anyhow_of)?;
             writeln!(out, "{token}")?;
             Ok(())
         }

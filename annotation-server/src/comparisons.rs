@@ -1,17 +1,21 @@
 //! Creating comparisons in bulk and reading them back with labels and consensus.
 use crate::api::{
-    ComparisonDetail, CreateComparisons, CreatedComparisons, LabelView, ResponseView, Safety, Strength,
+    ComparisonDetail, CreateComparisons, CreatedComparisons, LabelView, ResponseView, Safety,
+    Strength,
 };
 use crate::assign::{parse_messages, response_texts, OPEN};
 use crate::audit;
 use crate::consensus::consensus;
 use crate::db::begin_write;
-use crate::entities::{batches, comparison_responses, comparisons, labels, prompts, responses, rounds, users};
+use crate::entities::{
+    batches, comparison_responses, comparisons, labels, prompts, responses, rounds, users,
+};
 use crate::error::{is_unique_violation, AppError, AppResult};
 use crate::prompts::MAX_TEXT_CHARS;
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Set,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter,
+    QueryOrder, Set,
 };
 use std::collections::HashMap;
 
@@ -27,32 +31,49 @@ fn check(req: &CreateComparisons) -> AppResult<()> {
     if req.batch.trim().is_empty() || req.batch.chars().count() > 200 {
         return bad("batch must have 1-200 characters".into());
     }
-    if req.labels_wanted.is_some_and(|n| n == 0 || n > MAX_LABELS_WANTED) {
-        return bad(format!("labels_wanted must be between 1 and {MAX_LABELS_WANTED}"));
+    if req
+        .labels_wanted
+        .is_some_and(|n| n == 0 || n > MAX_LABELS_WANTED)
+    {
+        return bad(format!(
+            "labels_wanted must be between 1 and {MAX_LABELS_WANTED}"
+        ));
     }
     if req.comparisons.is_empty() || req.comparisons.len() > MAX_COMPARISONS {
         return bad(format!("give 1-{MAX_COMPARISONS} comparisons"));
     }
     for (i, c) in req.comparisons.iter().enumerate() {
         if c.prompt_id.is_some() == c.prompt_external_id.is_some() {
-            return bad(format!("comparisons[{i}]: give exactly one of prompt_id or prompt_external_id"));
+            return bad(format!(
+                "comparisons[{i}]: give exactly one of prompt_id or prompt_external_id"
+            ));
         }
         if c.responses.len() < 2 || c.responses.len() > MAX_RESPONSES {
-            return bad(format!("comparisons[{i}]: a comparison needs 2-{MAX_RESPONSES} responses"));
+            return bad(format!(
+                "comparisons[{i}]: a comparison needs 2-{MAX_RESPONSES} responses"
+            ));
         }
         for (j, r) in c.responses.iter().enumerate() {
             if r.text.chars().count() > MAX_TEXT_CHARS {
-                return bad(format!("comparisons[{i}].responses[{j}]: text is over {MAX_TEXT_CHARS} characters"));
+                return bad(format!(
+                    "comparisons[{i}].responses[{j}]: text is over {MAX_TEXT_CHARS} characters"
+                ));
             }
             if r.model.as_ref().is_some_and(|m| m.chars().count() > 500) {
-                return bad(format!("comparisons[{i}].responses[{j}]: model is over 500 characters"));
+                return bad(format!(
+                    "comparisons[{i}].responses[{j}]: model is over 500 characters"
+                ));
             }
         }
     }
     Ok(())
 }
 
-async fn check_round<C: ConnectionTrait>(db: &C, round_id: Option<i64>, what: &str) -> AppResult<()> {
+async fn check_round<C: ConnectionTrait>(
+    db: &C,
+    round_id: Option<i64>,
+    what: &str,
+) -> AppResult<()> {
     if let Some(r) = round_id {
         if rounds::Entity::find_by_id(r).one(db).await?.is_none() {
             return Err(AppError::Unprocessable(format!("{what}: no round {r}")));
@@ -62,13 +83,24 @@ async fn check_round<C: ConnectionTrait>(db: &C, round_id: Option<i64>, what: &s
 }
 
 /// Creates the comparisons (and their responses) in a batch, all or nothing.
-pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64) -> AppResult<CreatedComparisons> {
+pub async fn create(
+    db: &DatabaseConnection,
+    req: CreateComparisons,
+    actor: i64,
+) -> AppResult<CreatedComparisons> {
     check(&req)?;
     let (_writer, txn) = begin_write(db).await?;
     let now = now_ms();
-    let batch = match batches::Entity::find().filter(batches::Column::Name.eq(req.batch.clone())).one(&txn).await? {
+    let batch = match batches::Entity::find()
+        .filter(batches::Column::Name.eq(req.batch.clone()))
+        .one(&txn)
+        .await?
+    {
         Some(b) => {
-            if req.labels_wanted.is_some_and(|n| n as i32 != b.labels_wanted) {
+            if req
+                .labels_wanted
+                .is_some_and(|n| n as i32 != b.labels_wanted)
+            {
                 return Err(AppError::Conflict(format!(
                     "batch {:?} exists with labels_wanted = {}",
                     b.name, b.labels_wanted
@@ -89,7 +121,10 @@ pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64)
             .await
             .map_err(|e| {
                 if is_unique_violation(&e) {
-                    AppError::Conflict(format!("batch {:?} was created concurrently; retry", req.batch))
+                    AppError::Conflict(format!(
+                        "batch {:?} was created concurrently; retry",
+                        req.batch
+                    ))
                 } else {
                     e.into()
                 }
@@ -114,7 +149,9 @@ pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64)
                         .filter(prompts::Column::ExternalId.eq(ext.clone()))
                         .one(&txn)
                         .await?
-                        .ok_or_else(|| AppError::Unprocessable(format!("{what}: no prompt with id {ext:?}")))?;
+                        .ok_or_else(|| {
+                            AppError::Unprocessable(format!("{what}: no prompt with id {ext:?}"))
+                        })?;
                     prompt_cache.insert(ext, p.id);
                     p.id
                 }
@@ -134,7 +171,12 @@ pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64)
         .insert(&txn)
         .await?;
         for (position, r) in c.responses.into_iter().enumerate() {
-            check_round(&txn, r.round_id, &format!("{what}.responses[{position}].round_id")).await?;
+            check_round(
+                &txn,
+                r.round_id,
+                &format!("{what}.responses[{position}].round_id"),
+            )
+            .await?;
             let resp = responses::ActiveModel {
                 prompt_id: Set(prompt_id),
                 text: Set(r.text),
@@ -165,7 +207,10 @@ pub async fn create(db: &DatabaseConnection, req: CreateComparisons, actor: i64)
     )
     .await?;
     txn.commit().await?;
-    Ok(CreatedComparisons { batch_id: batch.id, comparison_ids: ids })
+    Ok(CreatedComparisons {
+        batch_id: batch.id,
+        comparison_ids: ids,
+    })
 }
 
 /// The API view of a response at a position.
@@ -176,7 +221,10 @@ pub fn response_view(position: usize, r: &responses::Model) -> ResponseView {
         text: r.text.clone(),
         model: r.model.clone(),
         round_id: r.round_id,
-        sampling: r.sampling.as_deref().and_then(|s| serde_json::from_str(s).ok()),
+        sampling: r
+            .sampling
+            .as_deref()
+            .and_then(|s| serde_json::from_str(s).ok()),
     }
 }
 
@@ -217,8 +265,15 @@ pub async fn detail(db: &DatabaseConnection, id: i64) -> AppResult<ComparisonDet
         .all(db)
         .await?;
     let names = usernames(db, rows.iter().map(|l| l.labeler_id)).await?;
-    let views: Vec<LabelView> =
-        rows.iter().map(|l| label_view(l, names.get(&l.labeler_id).map(String::as_str).unwrap_or(""))).collect();
+    let views: Vec<LabelView> = rows
+        .iter()
+        .map(|l| {
+            label_view(
+                l,
+                names.get(&l.labeler_id).map(String::as_str).unwrap_or(""),
+            )
+        })
+        .collect();
     Ok(ComparisonDetail {
         id: c.id,
         batch_id: c.batch_id,
@@ -227,7 +282,11 @@ pub async fn detail(db: &DatabaseConnection, id: i64) -> AppResult<ComparisonDet
         labels_done: c.labels_done,
         prompt_id: c.prompt_id,
         prompt: p.map(|p| parse_messages(&p.messages)).unwrap_or_default(),
-        responses: resps.iter().enumerate().map(|(i, r)| response_view(i, r)).collect(),
+        responses: resps
+            .iter()
+            .enumerate()
+            .map(|(i, r)| response_view(i, r))
+            .collect(),
         consensus: consensus_of(&views),
         labels: views,
     })
@@ -244,6 +303,9 @@ pub async fn usernames(
     if ids.is_empty() {
         return Ok(HashMap::new());
     }
-    let rows = users::Entity::find().filter(users::Column::Id.is_in(ids)).all(db).await?;
+    let rows = users::Entity::find()
+        .filter(users::Column::Id.is_in(ids))
+        .all(db)
+        .await?;
     Ok(rows.into_iter().map(|u| (u.id, u.username)).collect())
 }

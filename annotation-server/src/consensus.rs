@@ -29,8 +29,9 @@ pub fn consensus(rankings: &[Vec<u32>], margins: &[f64]) -> Option<Consensus> {
         return None;
     }
     let n = rankings.len() as f64;
-    let mean_ranks: Vec<f64> =
-        (0..k).map(|p| rankings.iter().map(|r| r[p] as f64).sum::<f64>() / n).collect();
+    let mean_ranks: Vec<f64> = (0..k)
+        .map(|p| rankings.iter().map(|r| r[p] as f64).sum::<f64>() / n)
+        .collect();
     let ranking = competition_ranks(&mean_ranks);
     let (mut agree, mut total) = (0usize, 0usize);
     for r in rankings {
@@ -41,13 +42,21 @@ pub fn consensus(rankings: &[Vec<u32>], margins: &[f64]) -> Option<Consensus> {
             }
         }
     }
-    let mean_margin = if margins.is_empty() { 0.0 } else { margins.iter().sum::<f64>() / margins.len() as f64 };
+    let mean_margin = if margins.is_empty() {
+        0.0
+    } else {
+        margins.iter().sum::<f64>() / margins.len() as f64
+    };
     Some(Consensus {
         ranking,
         mean_ranks,
         labels: rankings.len(),
         mean_margin,
-        agreement: if total == 0 { 0.0 } else { agree as f64 / total as f64 },
+        agreement: if total == 0 {
+            0.0
+        } else {
+            agree as f64 / total as f64
+        },
     })
 }
 
@@ -94,11 +103,19 @@ pub fn krippendorff_alpha_nominal(units: &[Vec<u32>]) -> Option<f64> {
 /// Pairwise units of one comparison for α: one unit per response pair, holding
 /// each label's choice on it.
 pub fn pair_units(rankings: &[Vec<u32>]) -> Vec<Vec<u32>> {
-    let Some(k) = rankings.first().map(|r| r.len()) else { return vec![] };
+    let Some(k) = rankings.first().map(|r| r.len()) else {
+        return vec![];
+    };
     let mut units = vec![];
     for i in 0..k {
         for j in i + 1..k {
-            units.push(rankings.iter().filter(|r| r.len() == k).map(|r| pair_choice(r, i, j)).collect());
+            units.push(
+                rankings
+                    .iter()
+                    .filter(|r| r.len() == k)
+                    .map(|r| pair_choice(r, i, j))
+                    .collect(),
+            );
         }
     }
     units
@@ -134,7 +151,10 @@ mod tests {
     #[test]
     fn alpha_edge_cases() {
         // perfect agreement with variation
-        assert_eq!(krippendorff_alpha_nominal(&[vec![0, 0], vec![2, 2]]), Some(1.0));
+        assert_eq!(
+            krippendorff_alpha_nominal(&[vec![0, 0], vec![2, 2]]),
+            Some(1.0)
+        );
         // no variation at all: undefined
         assert_eq!(krippendorff_alpha_nominal(&[vec![0, 0], vec![0, 0]]), None);
         // nothing pairable

@@ -2,8 +2,8 @@
 use migrations::{Migrator, MigratorTrait};
 use sea_orm::sqlx::sqlite::{SqliteJournalMode, SqliteSynchronous};
 use sea_orm::{
-    ConnectOptions, ConnectionTrait, DbBackend, Database, DatabaseConnection, DatabaseTransaction, DbErr, SqliteTransactionMode,
-    TransactionOptions, TransactionTrait,
+    ConnectOptions, Database, DatabaseConnection, DatabaseTransaction, DbBackend, DbErr,
+    SqliteTransactionMode, TransactionOptions, TransactionTrait,
 };
 use std::time::Duration;
 
@@ -16,7 +16,11 @@ pub fn normalize_url(url: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
         return url.to_string();
     }
-    let url = if url.starts_with("sqlite:") { url.to_string() } else { format!("sqlite://{url}") };
+    let url = if url.starts_with("sqlite:") {
+        url.to_string()
+    } else {
+        format!("sqlite://{url}")
+    };
     if url.contains("mode=") || url.contains(":memory:") {
         url
     } else if url.contains('?') {
@@ -32,14 +36,17 @@ pub fn normalize_url(url: &str) -> String {
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     let url = normalize_url(url);
     let mut opts = ConnectOptions::new(url.clone());
-    opts.sqlx_logging(false).acquire_timeout(Duration::from_secs(30));
+    opts.sqlx_logging(false)
+        .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
-        opts.max_connections(4).min_connections(1).map_sqlx_sqlite_opts(|o| {
-            o.journal_mode(SqliteJournalMode::Wal)
-                .synchronous(SqliteSynchronous::Normal)
-                .busy_timeout(Duration::from_secs(30))
-                .foreign_keys(true)
-        });
+        opts.max_connections(4)
+            .min_connections(1)
+            .map_sqlx_sqlite_opts(|o| {
+                o.journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(30))
+                    .foreign_keys(true)
+            });
     } else {
         opts.max_connections(32).min_connections(1);
     }
@@ -68,7 +75,9 @@ pub type WriteGuard = Option<tokio::sync::MutexGuard<'static, ()>>;
 /// writes later can fail with SQLITE_BUSY instead of waiting its turn. Keep the
 /// guard alive until after commit: `let (_w, txn) = begin_write(db).await?;`
 /// (the transaction, declared later, is dropped first).
-pub async fn begin_write(db: &DatabaseConnection) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
+pub async fn begin_write(
+    db: &DatabaseConnection,
+) -> Result<(WriteGuard, DatabaseTransaction), DbErr> {
     let guard = match db.get_database_backend() {
         DbBackend::Sqlite => Some(SQLITE_WRITER.lock().await),
         _ => None,
@@ -88,9 +97,18 @@ mod tests {
 
     #[test]
     fn urls_are_normalized() {
-        assert_eq!(normalize_url("rlhf.sqlite"), "sqlite://rlhf.sqlite?mode=rwc");
-        assert_eq!(normalize_url("sqlite:///tmp/x.db"), "sqlite:///tmp/x.db?mode=rwc");
-        assert_eq!(normalize_url("sqlite://x.db?mode=ro"), "sqlite://x.db?mode=ro");
+        assert_eq!(
+            normalize_url("rlhf.sqlite"),
+            "sqlite://rlhf.sqlite?mode=rwc"
+        );
+        assert_eq!(
+            normalize_url("sqlite:///tmp/x.db"),
+            "sqlite:///tmp/x.db?mode=rwc"
+        );
+        assert_eq!(
+            normalize_url("sqlite://x.db?mode=ro"),
+            "sqlite://x.db?mode=ro"
+        );
         assert_eq!(normalize_url("postgres://u@h/d"), "postgres://u@h/d");
     }
 }

@@ -75,7 +75,10 @@ impl AppError {
             AppError::Db(_) | AppError::Internal(_) => "internal server error".to_string(),
             e => e.to_string(),
         };
-        ErrorBody { error: code.to_string(), message }
+        ErrorBody {
+            error: code.to_string(),
+            message,
+        }
     }
 }
 
@@ -98,5 +101,8 @@ impl IntoResponse for AppError {
 
 /// Whether a database error is a unique-constraint violation (portable check).
 pub fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
-    matches!(e.sql_err(), Some(sea_orm::SqlErr::UniqueConstraintViolation(_)))
+    matches!(
+        e.sql_err(),
+        Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
+    )
 }

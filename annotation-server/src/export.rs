@@ -12,7 +12,9 @@ use crate::error::{AppError, AppResult};
 use crate::sql::{in_list, stmt};
 use crate::time::parse_time;
 use axum::body::{Body, Bytes};
-use sea_orm::{ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Value};
+use sea_orm::{
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, QueryFilter, QueryOrder, Value,
+};
 use std::collections::HashMap;
 
 /// Comparisons per page.
@@ -35,7 +37,9 @@ impl Filter {
             v.as_deref()
                 .map(|s| {
                     parse_time(s).ok_or_else(|| {
-                        AppError::BadRequest(format!("{name} must be RFC 3339 or YYYY-MM-DD, got {s:?}"))
+                        AppError::BadRequest(format!(
+                            "{name} must be RFC 3339 or YYYY-MM-DD, got {s:?}"
+                        ))
                     })
                 })
                 .transpose()
@@ -131,7 +135,10 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
     let last = *ids.last().expect("non-empty");
 
     // the page's comparisons, batches, prompts, responses and labels, in bulk
-    let comps = comparisons::Entity::find().filter(comparisons::Column::Id.is_in(ids.clone())).all(db).await?;
+    let comps = comparisons::Entity::find()
+        .filter(comparisons::Column::Id.is_in(ids.clone()))
+        .all(db)
+        .await?;
     let batch_ids: Vec<i64> = comps.iter().map(|c| c.batch_id).collect();
     let rounds: HashMap<i64, Option<i64>> = batches::Entity::find()
         .filter(batches::Column::Id.is_in(batch_ids))
@@ -155,7 +162,9 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
         .all(db)
         .await?;
     let resp: HashMap<i64, responses::Model> = responses::Entity::find()
-        .filter(responses::Column::Id.is_in(links.iter().map(|l| l.response_id).collect::<Vec<_>>()))
+        .filter(
+            responses::Column::Id.is_in(links.iter().map(|l| l.response_id).collect::<Vec<_>>()),
+        )
         .all(db)
         .await?
         .into_iter()
@@ -189,15 +198,21 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
     let mut labels_of: HashMap<i64, Vec<LabelView>> = HashMap::new();
     for l in &label_rows {
         let name = names.get(&l.labeler_id).map(String::as_str).unwrap_or("");
-        labels_of.entry(l.comparison_id).or_default().push(label_view(l, name));
+        labels_of
+            .entry(l.comparison_id)
+            .or_default()
+            .push(label_view(l, name));
     }
 
     let mut out = String::new();
     let mut comps = comps;
     comps.sort_by_key(|c| c.id);
     for c in &comps {
-        let (Some(p), Some(rs), Some(ls)) = (prompts.get(&c.prompt_id), resp_of.get(&c.id), labels_of.get(&c.id))
-        else {
+        let (Some(p), Some(rs), Some(ls)) = (
+            prompts.get(&c.prompt_id),
+            resp_of.get(&c.id),
+            labels_of.get(&c.id),
+        ) else {
             continue;
         };
         let prompt = parse_messages(&p.messages);
@@ -212,7 +227,11 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                         prompt_id: p.id,
                         prompt: prompt.clone(),
                         tags: parse_tags(&p.tags),
-                        responses: rs.iter().enumerate().map(|(i, r)| response_view(i, r)).collect(),
+                        responses: rs
+                            .iter()
+                            .enumerate()
+                            .map(|(i, r)| response_view(i, r))
+                            .collect(),
                         labeler_id: l.labeler_id,
                         labeler: l.username.clone(),
                         ranking: l.ranking.clone(),
@@ -227,7 +246,9 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                 }
             }
             ExportFormat::Trl | ExportFormat::Hh => {
-                let Some(cons) = consensus_of(ls) else { continue };
+                let Some(cons) = consensus_of(ls) else {
+                    continue;
+                };
                 let k = cons.ranking.len().min(rs.len());
                 for i in 0..k {
                     for j in 0..k {
@@ -249,7 +270,10 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                         } else {
                             push_line(
                                 &mut out,
-                                &HhRow { chosen: transcript(&prompt, chosen), rejected: transcript(&prompt, rejected) },
+                                &HhRow {
+                                    chosen: transcript(&prompt, chosen),
+                                    rejected: transcript(&prompt, rejected),
+                                },
                             )?;
                         }
                     }
@@ -267,7 +291,10 @@ fn push_line<T: serde::Serialize>(out: &mut String, row: &T) -> AppResult<()> {
 }
 
 fn assistant(text: &str) -> ChatMessage {
-    ChatMessage { role: "assistant".into(), content: text.to_string() }
+    ChatMessage {
+        role: "assistant".into(),
+        content: text.to_string(),
+    }
 }
 
 /// An HH-RLHF transcript: `\n\nHuman: ...\n\nAssistant: ...`, ending with the
@@ -294,10 +321,22 @@ mod tests {
     #[test]
     fn hh_transcript_shape() {
         let p = vec![
-            ChatMessage { role: "user".into(), content: "Hi".into() },
-            ChatMessage { role: "assistant".into(), content: "Hello".into() },
-            ChatMessage { role: "user".into(), content: "2+2?".into() },
+            ChatMessage {
+                role: "user".into(),
+                content: "Hi".into(),
+            },
+            ChatMessage {
+                role: "assistant".into(),
+                content: "Hello".into(),
+            },
+            ChatMessage {
+                role: "user".into(),
+                content: "2+2?".into(),
+            },
         ];
-        assert_eq!(transcript(&p, "4"), "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 2+2?\n\nAssistant: 4");
+        assert_eq!(
+            transcript(&p, "4"),
+            "\n\nHuman: Hi\n\nAssistant: Hello\n\nHuman: 2+2?\n\nAssistant: 4"
+        );
     }
 }

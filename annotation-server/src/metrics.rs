@@ -7,7 +7,9 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 /// Upper bounds (seconds) of the latency histogram buckets.
-const BUCKETS: [f64; 12] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0];
+const BUCKETS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
 
 #[derive(Default)]
 struct Histogram {
@@ -36,7 +38,8 @@ impl Metrics {
     pub fn observe_request(&self, method: &str, route: &str, status: u16, elapsed: Duration) {
         {
             let mut r = self.requests.lock().unwrap_or_else(|e| e.into_inner());
-            *r.entry((method.to_string(), route.to_string(), status)).or_default() += 1;
+            *r.entry((method.to_string(), route.to_string(), status))
+                .or_default() += 1;
         }
         let secs = elapsed.as_secs_f64();
         let mut l = self.latency.lock().unwrap_or_else(|e| e.into_inner());
@@ -55,12 +58,35 @@ impl Metrics {
     pub fn render(&self, queue_depth: i64, active_leases: i64) -> String {
         let mut out = String::new();
         let counter = |out: &mut String, name: &str, help: &str, v: u64| {
-            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}");
+            let _ = writeln!(
+                out,
+                "# HELP {name} {help}\n# TYPE {name} counter\n{name} {v}"
+            );
         };
-        counter(&mut out, "rlhf_labels_submitted_total", "Labels accepted.", self.labels_submitted.load(Ordering::Relaxed));
-        counter(&mut out, "rlhf_skips_total", "Tasks skipped by labelers.", self.skips.load(Ordering::Relaxed));
-        counter(&mut out, "rlhf_leases_granted_total", "Task leases handed out.", self.leases_granted.load(Ordering::Relaxed));
-        counter(&mut out, "rlhf_leases_expired_total", "Expired leases reclaimed.", self.leases_expired.load(Ordering::Relaxed));
+        counter(
+            &mut out,
+            "rlhf_labels_submitted_total",
+            "Labels accepted.",
+            self.labels_submitted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rlhf_skips_total",
+            "Tasks skipped by labelers.",
+            self.skips.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rlhf_leases_granted_total",
+            "Task leases handed out.",
+            self.leases_granted.load(Ordering::Relaxed),
+        );
+        counter(
+            &mut out,
+            "rlhf_leases_expired_total",
+            "Expired leases reclaimed.",
+            self.leases_expired.load(Ordering::Relaxed),
+        );
         let _ = writeln!(out, "# HELP rlhf_queue_depth Labels still wanted on open comparisons.\n# TYPE rlhf_queue_depth gauge\nrlhf_queue_depth {queue_depth}");
         let _ = writeln!(out, "# HELP rlhf_active_leases Leases currently held.\n# TYPE rlhf_active_leases gauge\nrlhf_active_leases {active_leases}");
 
@@ -87,11 +113,27 @@ impl Metrics {
             let h = &l[&route];
             let r = label_value(&route);
             for (i, b) in BUCKETS.iter().enumerate() {
-                let _ = writeln!(out, "rlhf_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}", h.counts[i]);
+                let _ = writeln!(
+                    out,
+                    "rlhf_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"{b}\"}} {}",
+                    h.counts[i]
+                );
             }
-            let _ = writeln!(out, "rlhf_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}", h.count);
-            let _ = writeln!(out, "rlhf_http_request_duration_seconds_sum{{route=\"{r}\"}} {}", h.sum);
-            let _ = writeln!(out, "rlhf_http_request_duration_seconds_count{{route=\"{r}\"}} {}", h.count);
+            let _ = writeln!(
+                out,
+                "rlhf_http_request_duration_seconds_bucket{{route=\"{r}\",le=\"+Inf\"}} {}",
+                h.count
+            );
+            let _ = writeln!(
+                out,
+                "rlhf_http_request_duration_seconds_sum{{route=\"{r}\"}} {}",
+                h.sum
+            );
+            let _ = writeln!(
+                out,
+                "rlhf_http_request_duration_seconds_count{{route=\"{r}\"}} {}",
+                h.count
+            );
         }
         out
     }
@@ -99,7 +141,9 @@ impl Metrics {
 
 /// Escapes a Prometheus label value.
 fn label_value(s: &str) -> String {
-    s.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n")
+    s.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
 }
 
 #[cfg(test)]
@@ -114,8 +158,14 @@ mod tests {
         let text = m.render(7, 1);
         assert!(text.contains("rlhf_labels_submitted_total 2"));
         assert!(text.contains("rlhf_queue_depth 7"));
-        assert!(text.contains("rlhf_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"));
-        assert!(text.contains("rlhf_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"));
-        assert!(text.contains("rlhf_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"} 0"));
+        assert!(text.contains(
+            "rlhf_http_requests_total{method=\"GET\",route=\"/healthz\",status=\"200\"} 1"
+        ));
+        assert!(text.contains(
+            "rlhf_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.005\"} 1"
+        ));
+        assert!(text.contains(
+            "rlhf_http_request_duration_seconds_bucket{route=\"/healthz\",le=\"0.001\"} 0"
+        ));
     }
 }

@@ -52,8 +52,16 @@ fn query(name: &str, schema: Value, desc: &str) -> Value {
 
 fn paging() -> Value {
     json!([
-        query("after_id", json!({"type": "integer"}), "only items with a greater id"),
-        query("limit", json!({"type": "integer", "minimum": 1, "maximum": 1000}), "page size (default 100)")
+        query(
+            "after_id",
+            json!({"type": "integer"}),
+            "only items with a greater id"
+        ),
+        query(
+            "limit",
+            json!({"type": "integer", "minimum": 1, "maximum": 1000}),
+            "page size (default 100)"
+        )
     ])
 }
 

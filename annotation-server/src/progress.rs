@@ -7,7 +7,8 @@ use crate::error::{AppError, AppResult};
 use crate::sql::stmt;
 use crate::time::rfc3339;
 use sea_orm::{
-    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter, QueryOrder, Value,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait, PaginatorTrait, QueryFilter,
+    QueryOrder, Value,
 };
 use std::collections::{BTreeMap, HashMap};
 
@@ -17,14 +18,21 @@ const BATCH_SQL: &str = "SELECT b.id, b.name, b.round_id, b.labels_wanted, b.cre
     CAST(COALESCE(SUM(c.labels_done), 0) AS BIGINT), \
     CAST(COALESCE(SUM(c.labels_wanted - c.labels_done), 0) AS BIGINT) \
     FROM batches b LEFT JOIN comparisons c ON c.batch_id = b.id";
-const BATCH_GROUP: &str = " GROUP BY b.id, b.name, b.round_id, b.labels_wanted, b.created_at ORDER BY b.id";
+const BATCH_GROUP: &str =
+    " GROUP BY b.id, b.name, b.round_id, b.labels_wanted, b.created_at ORDER BY b.id";
 
 type BatchRow = (i64, String, Option<i64>, i32, i64, i64, i64, i64, i64);
 
 /// Progress of all batches (`batch = None`) or one.
-pub async fn batches_progress(db: &DatabaseConnection, batch: Option<i64>) -> AppResult<Vec<BatchProgress>> {
+pub async fn batches_progress(
+    db: &DatabaseConnection,
+    batch: Option<i64>,
+) -> AppResult<Vec<BatchProgress>> {
     let (sql, values) = match batch {
-        Some(id) => (format!("{BATCH_SQL} WHERE b.id = ?{BATCH_GROUP}"), vec![Value::from(id)]),
+        Some(id) => (
+            format!("{BATCH_SQL} WHERE b.id = ?{BATCH_GROUP}"),
+            vec![Value::from(id)],
+        ),
         None => (format!("{BATCH_SQL}{BATCH_GROUP}"), vec![]),
     };
     let rows = db.query_all_raw(stmt(db, &sql, values)).await?;
@@ -57,7 +65,10 @@ pub async fn batch_progress(db: &DatabaseConnection, id: i64) -> AppResult<Batch
 }
 
 /// Labels and skips per labeler, in one batch or overall.
-pub async fn labelers_progress(db: &DatabaseConnection, batch: Option<i64>) -> AppResult<Vec<LabelerProgress>> {
+pub async fn labelers_progress(
+    db: &DatabaseConnection,
+    batch: Option<i64>,
+) -> AppResult<Vec<LabelerProgress>> {
     let mut counts: BTreeMap<i64, (i64, i64)> = BTreeMap::new();
     for (table, slot) in [("labels", 0), ("skips", 1)] {
         let (sql, values) = match batch {
@@ -106,7 +117,11 @@ pub async fn queue_depth(db: &DatabaseConnection) -> AppResult<(i64, i64)> {
 /// Krippendorff's α over the batch's pairwise choices, and each labeler's
 /// agreement with the consensus, on comparisons with at least two labels.
 pub async fn batch_agreement(db: &DatabaseConnection, batch_id: i64) -> AppResult<BatchAgreement> {
-    if batches::Entity::find_by_id(batch_id).one(db).await?.is_none() {
+    if batches::Entity::find_by_id(batch_id)
+        .one(db)
+        .await?
+        .is_none()
+    {
         return Err(AppError::NotFound(format!("no batch {batch_id}")));
     }
     let multi: Vec<i64> = {
@@ -130,12 +145,16 @@ pub async fn batch_agreement(db: &DatabaseConnection, batch_id: i64) -> AppResul
         let mut by_c: BTreeMap<i64, Vec<(i64, Vec<u32>)>> = BTreeMap::new();
         for l in rows {
             let r: Vec<u32> = serde_json::from_str(&l.ranking).unwrap_or_default();
-            by_c.entry(l.comparison_id).or_default().push((l.labeler_id, r));
+            by_c.entry(l.comparison_id)
+                .or_default()
+                .push((l.labeler_id, r));
         }
         for labs in by_c.values() {
             let rankings: Vec<Vec<u32>> = labs.iter().map(|(_, r)| r.clone()).collect();
             units.extend(pair_units(&rankings));
-            let Some(cons) = consensus(&rankings, &[]) else { continue };
+            let Some(cons) = consensus(&rankings, &[]) else {
+                continue;
+            };
             let k = cons.ranking.len();
             for (labeler, r) in labs {
                 if r.len() != k {
@@ -145,7 +164,8 @@ pub async fn batch_agreement(db: &DatabaseConnection, batch_id: i64) -> AppResul
                 for i in 0..k {
                     for j in i + 1..k {
                         e.0 += 1;
-                        e.1 += usize::from(pair_choice(r, i, j) == pair_choice(&cons.ranking, i, j));
+                        e.1 +=
+                            usize::from(pair_choice(r, i, j) == pair_choice(&cons.ranking, i, j));
                     }
                 }
             }
@@ -163,7 +183,11 @@ pub async fn batch_agreement(db: &DatabaseConnection, batch_id: i64) -> AppResul
                 username: names.get(&id).cloned().unwrap_or_default(),
                 pairs,
                 agreed,
-                agreement: if pairs == 0 { 0.0 } else { agreed as f64 / pairs as f64 },
+                agreement: if pairs == 0 {
+                    0.0
+                } else {
+                    agreed as f64 / pairs as f64
+                },
             })
             .collect(),
     })

@@ -14,7 +14,11 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Allows `max` failures per key per `window`.
     pub fn new(max: u32, window: Duration) -> RateLimiter {
-        RateLimiter { max, window, failures: Mutex::new(HashMap::new()) }
+        RateLimiter {
+            max,
+            window,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 
     /// Whether `key` has used up its failures.
@@ -47,7 +51,10 @@ impl RateLimiter {
 
     /// Forgets `key`'s failures (after a successful login).
     pub fn reset(&self, key: &str) {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(key);
+        self.failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(key);
     }
 
     fn expire(q: &mut VecDeque<Instant>, window: Duration) {

@@ -3,10 +3,10 @@ use crate::assign;
 use crate::entities::sessions;
 use crate::routes::router;
 use crate::state::AppState;
+use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
-use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
@@ -14,17 +14,24 @@ use tokio::task::JoinHandle;
 /// Serves until `shutdown` resolves, then stops accepting connections and lets
 /// in-flight requests finish (every write is a transaction, so an interrupted
 /// process leaves nothing half-written either).
-pub async fn serve(state: AppState, listener: TcpListener, shutdown: impl Future<Output = ()> + Send + 'static) -> std::io::Result<()> {
+pub async fn serve(
+    state: AppState,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_loop(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
-    let result = axum::serve(listener, app).with_graceful_shutdown(shutdown).await;
+    let result = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await;
     reaper.abort();
     result
 }
 
 /// Returns expired leases to the queue periodically (assignment also reaps on demand).
 async fn reap_loop(state: AppState) {
-    let every = (state.config.lease_duration / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
+    let every =
+        (state.config.lease_duration / 4).clamp(Duration::from_secs(1), Duration::from_secs(30));
     let mut tick = tokio::time::interval(every);
     loop {
         tick.tick().await;
@@ -79,7 +86,11 @@ impl RunningServer {
         let handle = tokio::spawn(serve(state, listener, async {
             let _ = rx.await;
         }));
-        Ok(RunningServer { addr, stop: Some(tx), handle })
+        Ok(RunningServer {
+            addr,
+            stop: Some(tx),
+            handle,
+        })
     }
 
     /// The base URL, e.g. `http://127.0.0.1:12345`.

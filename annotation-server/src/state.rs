@@ -82,13 +82,18 @@ pub struct TokenCache {
 impl TokenCache {
     /// An empty cache.
     pub fn new(ttl: Duration) -> TokenCache {
-        TokenCache { ttl, map: Mutex::new(HashMap::new()) }
+        TokenCache {
+            ttl,
+            map: Mutex::new(HashMap::new()),
+        }
     }
 
     /// The cached user for a token hash, if fresh.
     pub fn get(&self, token_hash: &str) -> Option<CurrentUser> {
         let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
-        map.get(token_hash).filter(|(_, t)| t.elapsed() < self.ttl).map(|(u, _)| u.clone())
+        map.get(token_hash)
+            .filter(|(_, t)| t.elapsed() < self.ttl)
+            .map(|(u, _)| u.clone())
     }
 
     /// Caches a user for a token hash.

@@ -25,7 +25,10 @@ pub fn parse_time(s: &str) -> Option<i64> {
 /// Unix milliseconds of the most recent UTC midnight ("today" for progress counts).
 pub fn start_of_today_ms() -> i64 {
     let now = Utc::now();
-    now.date_naive().and_hms_opt(0, 0, 0).map(|t| t.and_utc().timestamp_millis()).unwrap_or(0)
+    now.date_naive()
+        .and_hms_opt(0, 0, 0)
+        .map(|t| t.and_utc().timestamp_millis())
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

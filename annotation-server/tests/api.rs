@@ -5,7 +5,14 @@ use annotation_server::api::Role;
 use common::{assert_error, TestDb, TestServer};
 use serde_json::json;
 
-on_both_databases!(researcher_flow, roles_are_enforced, assignment_rules, lease_expiry_returns_tasks, admin_api, rounds_and_round_filter);
+on_both_databases!(
+    researcher_flow,
+    roles_are_enforced,
+    assignment_rules,
+    lease_expiry_returns_tasks,
+    admin_api,
+    rounds_and_round_filter
+);
 
 const PROMPTS: &str = r#"{"id": "p1", "prompt": "What is 2+2?", "tags": ["math"], "source": "unit"}
 {"id": "p2", "messages": [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Name a color."}], "tags": ["safety"]}
@@ -24,7 +31,9 @@ async fn researcher_flow(db: TestDb) {
     let l2 = s.api(&s.token("lab2", Role::Labeler).await);
 
     // import prompts (JSONL, blank lines ignored)
-    let resp = r.post_raw("/api/prompts/import", "application/x-ndjson", PROMPTS).await;
+    let resp = r
+        .post_raw("/api/prompts/import", "application/x-ndjson", PROMPTS)
+        .await;
     assert_eq!(resp.status(), 201);
     let imported: serde_json::Value = resp.json().await.unwrap();
     assert_eq!(imported["imported"], 3);
@@ -33,7 +42,13 @@ async fn researcher_flow(db: TestDb) {
     assert_eq!(prompts[1]["messages"][0]["role"], "system");
     assert_eq!(prompts[0]["tags"], json!(["math"]));
     // a duplicate external id rejects the whole import and names the line
-    let dup = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"id\":\"p9\",\"prompt\":\"x\"}\n{\"id\":\"p1\",\"prompt\":\"y\"}\n").await;
+    let dup = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"id\":\"p9\",\"prompt\":\"x\"}\n{\"id\":\"p1\",\"prompt\":\"y\"}\n",
+        )
+        .await;
     assert!(assert_error(dup, 409).await.contains("line 2"));
     assert_eq!(r.json("/api/prompts").await.as_array().unwrap().len(), 3);
 
@@ -53,7 +68,12 @@ async fn researcher_flow(db: TestDb) {
         .await;
     assert_eq!(created.status(), 201);
     let created: serde_json::Value = created.json().await.unwrap();
-    let ids: Vec<i64> = created["comparison_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let ids: Vec<i64> = created["comparison_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
     let batch_id = created["batch_id"].as_i64().unwrap();
 
     // both labelers label everything; lab1 prefers the first response, lab2 agrees except on the triple
@@ -112,7 +132,9 @@ async fn researcher_flow(db: TestDb) {
     assert_eq!(a["labelers"][0]["agreed"], 4);
 
     // exports
-    let trl = r.jsonl(&format!("/api/export?format=trl&batch_id={batch_id}")).await;
+    let trl = r
+        .jsonl(&format!("/api/export?format=trl&batch_id={batch_id}"))
+        .await;
     // one row per pair comparison + the triple's consensus [1,1,3]: (0,2) and (1,2)
     assert_eq!(trl.len(), 4);
     assert_eq!(
@@ -132,9 +154,20 @@ async fn researcher_flow(db: TestDb) {
     assert_eq!(raw[0]["responses"][0]["sampling"]["temperature"], 0.7);
     assert_eq!(raw[0]["tags"], json!(["math"]));
     // filters
-    assert!(r.jsonl(&format!("/api/export?format=raw&batch_id={}", batch_id + 1)).await.is_empty());
-    assert!(r.jsonl("/api/export?format=raw&since=2999-01-01").await.is_empty());
-    assert_eq!(r.jsonl("/api/export?format=raw&until=2999-01-01T00:00:00Z").await.len(), 6);
+    assert!(r
+        .jsonl(&format!("/api/export?format=raw&batch_id={}", batch_id + 1))
+        .await
+        .is_empty());
+    assert!(r
+        .jsonl("/api/export?format=raw&since=2999-01-01")
+        .await
+        .is_empty());
+    assert_eq!(
+        r.jsonl("/api/export?format=raw&until=2999-01-01T00:00:00Z")
+            .await
+            .len(),
+        6
+    );
     assert!(r.jsonl("/api/export?round_id=42").await.is_empty());
     let bad = r.get("/api/export?format=csv").await;
     assert_error(bad, 400).await;
@@ -165,17 +198,56 @@ async fn roles_are_enforced(db: TestDb) {
     let anon = s.api("");
     let bogus = s.api("rlhf_0000");
 
-    for path in ["/api/prompts", "/api/batches", "/api/batches/1", "/api/labelers", "/api/export", "/api/comparisons/1", "/api/users", "/api/audit"] {
+    for path in [
+        "/api/prompts",
+        "/api/batches",
+        "/api/batches/1",
+        "/api/labelers",
+        "/api/export",
+        "/api/comparisons/1",
+        "/api/users",
+        "/api/audit",
+    ] {
         assert_error(lab.get(path).await, 403).await;
         assert_error(anon.get(path).await, 401).await;
         assert_error(bogus.get(path).await, 401).await;
     }
-    assert_error(lab.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\":\"x\"}").await, 403).await;
-    assert_error(lab.post("/api/comparisons", json!({"batch": "b", "comparisons": []})).await, 403).await;
-    assert_error(lab.post("/api/users", json!({"username": "x", "password": "password123", "role": "admin"})).await, 403).await;
+    assert_error(
+        lab.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\":\"x\"}",
+        )
+        .await,
+        403,
+    )
+    .await;
+    assert_error(
+        lab.post("/api/comparisons", json!({"batch": "b", "comparisons": []}))
+            .await,
+        403,
+    )
+    .await;
+    assert_error(
+        lab.post(
+            "/api/users",
+            json!({"username": "x", "password": "password123", "role": "admin"}),
+        )
+        .await,
+        403,
+    )
+    .await;
     // researchers cannot manage users
     assert_error(res.get("/api/users").await, 403).await;
-    assert_error(res.post("/api/users", json!({"username": "x", "password": "password123", "role": "admin"})).await, 403).await;
+    assert_error(
+        res.post(
+            "/api/users",
+            json!({"username": "x", "password": "password123", "role": "admin"}),
+        )
+        .await,
+        403,
+    )
+    .await;
     assert_error(res.post("/api/users/lab/disable", json!({})).await, 403).await;
     assert_error(res.post("/api/users/lab/tokens", json!({})).await, 403).await;
     assert_eq!(res.get("/api/batches").await.status(), 200);
@@ -187,13 +259,31 @@ async fn roles_are_enforced(db: TestDb) {
 }
 
 async fn make_batch(r: &common::Api, name: &str, wanted: u32, n: usize) -> Vec<i64> {
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", format!("{{\"prompt\": \"prompt for {name}\"}}")).await;
+    let p = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            format!("{{\"prompt\": \"prompt for {name}\"}}"),
+        )
+        .await;
     assert_eq!(p.status(), 201);
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
     let comps: Vec<_> = (0..n).map(|i| json!({"prompt_id": pid, "responses": [{"text": format!("a{i}")}, {"text": format!("b{i}")}]})).collect();
-    let c = r.post("/api/comparisons", json!({"batch": name, "labels_wanted": wanted, "comparisons": comps})).await;
+    let c = r
+        .post(
+            "/api/comparisons",
+            json!({"batch": name, "labels_wanted": wanted, "comparisons": comps}),
+        )
+        .await;
     assert_eq!(c.status(), 201);
-    c.json::<serde_json::Value>().await.unwrap()["comparison_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect()
+    c.json::<serde_json::Value>().await.unwrap()["comparison_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect()
 }
 
 async fn next_id(api: &common::Api) -> Option<i64> {
@@ -202,7 +292,11 @@ async fn next_id(api: &common::Api) -> Option<i64> {
         return None;
     }
     assert_eq!(r.status(), 200);
-    Some(r.json::<serde_json::Value>().await.unwrap()["comparison_id"].as_i64().unwrap())
+    Some(
+        r.json::<serde_json::Value>().await.unwrap()["comparison_id"]
+            .as_i64()
+            .unwrap(),
+    )
 }
 
 async fn assignment_rules(db: TestDb) {
@@ -221,31 +315,76 @@ async fn assignment_rules(db: TestDb) {
     // both slots are leased: nothing for a third labeler
     assert_eq!(next_id(&l3).await, None);
     // l1 skips: the slot frees up, and l1 never sees it again
-    assert_eq!(l1.post(&format!("/api/tasks/{id}/skip"), json!({})).await.status(), 204);
+    assert_eq!(
+        l1.post(&format!("/api/tasks/{id}/skip"), json!({}))
+            .await
+            .status(),
+        204
+    );
     assert_eq!(next_id(&l1).await, None);
     assert_eq!(next_id(&l3).await, Some(id));
     // l2 and l3 label it; it is complete
-    assert_eq!(l2.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better")).await.status(), 201);
-    let done = l3.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "negligibly_better")).await;
+    assert_eq!(
+        l2.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better"))
+            .await
+            .status(),
+        201
+    );
+    let done = l3
+        .post(
+            &format!("/api/tasks/{id}/label"),
+            label(&[1, 2], "negligibly_better"),
+        )
+        .await;
     assert_eq!(done.status(), 201);
-    assert_eq!(done.json::<serde_json::Value>().await.unwrap()["comparison_complete"], true);
+    assert_eq!(
+        done.json::<serde_json::Value>().await.unwrap()["comparison_complete"],
+        true
+    );
     // repeats and over-collection are refused
-    assert!(assert_error(l2.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better")).await, 409).await.contains("already"));
-    assert_error(l1.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better")).await, 409).await;
+    assert!(assert_error(
+        l2.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better"))
+            .await,
+        409
+    )
+    .await
+    .contains("already"));
+    assert_error(
+        l1.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better"))
+            .await,
+        409,
+    )
+    .await;
     assert_eq!(next_id(&l2).await, None);
     // labels without a lease are accepted while a slot is free
     let ids = make_batch(&r, "c", 1, 1).await;
-    assert_eq!(l1.post(&format!("/api/tasks/{}/label", ids[0]), label(&[1, 2], "better")).await.status(), 201);
+    assert_eq!(
+        l1.post(
+            &format!("/api/tasks/{}/label", ids[0]),
+            label(&[1, 2], "better")
+        )
+        .await
+        .status(),
+        201
+    );
     assert_eq!(next_id(&l2).await, None);
     // unknown comparison
-    assert_error(l1.post("/api/tasks/999999/label", label(&[1, 2], "better")).await, 404).await;
+    assert_error(
+        l1.post("/api/tasks/999999/label", label(&[1, 2], "better"))
+            .await,
+        404,
+    )
+    .await;
     assert_error(l1.post("/api/tasks/999999/skip", json!({})).await, 404).await;
     s.stop().await;
 }
 
 async fn lease_expiry_returns_tasks(db: TestDb) {
     // leases expire immediately, so the test need not wait for a clock
-    let config = annotation_server::state::Config { lease_duration: std::time::Duration::ZERO, ..Default::default() };
+    let config = annotation_server::state::Config {
+        lease_duration: std::time::Duration::ZERO,
+        ..Default::default()
+    };
     let s = TestServer::start_with(db, config).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let l1 = s.api(&s.token("l1", Role::Labeler).await);
@@ -257,9 +396,19 @@ async fn lease_expiry_returns_tasks(db: TestDb) {
     // l1 abandoned it; it goes to l2
     assert_eq!(next_id(&l2).await, Some(id));
     tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-    assert_eq!(l2.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better")).await.status(), 201);
+    assert_eq!(
+        l2.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better"))
+            .await
+            .status(),
+        201
+    );
     // l1's late submission would over-collect: refused
-    assert_error(l1.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better")).await, 409).await;
+    assert_error(
+        l1.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better"))
+            .await,
+        409,
+    )
+    .await;
     let b = r.json("/api/batches").await;
     assert_eq!(b[0]["labels"], 1);
     s.stop().await;
@@ -268,29 +417,91 @@ async fn lease_expiry_returns_tasks(db: TestDb) {
 async fn admin_api(db: TestDb) {
     let s = TestServer::start(db).await;
     let admin = s.api(&s.token("adm", Role::Admin).await);
-    let created = admin.post("/api/users", json!({"username": "newlab", "password": "longenough", "role": "labeler"})).await;
+    let created = admin
+        .post(
+            "/api/users",
+            json!({"username": "newlab", "password": "longenough", "role": "labeler"}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
-    assert_error(admin.post("/api/users", json!({"username": "newlab", "password": "longenough", "role": "labeler"})).await, 409).await;
-    assert_error(admin.post("/api/users", json!({"username": "bad name", "password": "longenough", "role": "labeler"})).await, 400).await;
-    assert_error(admin.post("/api/users", json!({"username": "x", "password": "short", "role": "labeler"})).await, 400).await;
-    assert_error(admin.post("/api/users", json!({"username": "x", "password": "longenough", "role": "god"})).await, 422).await;
-    let tok = admin.post("/api/users/newlab/tokens", json!({"name": "sim"})).await;
+    assert_error(
+        admin
+            .post(
+                "/api/users",
+                json!({"username": "newlab", "password": "longenough", "role": "labeler"}),
+            )
+            .await,
+        409,
+    )
+    .await;
+    assert_error(
+        admin
+            .post(
+                "/api/users",
+                json!({"username": "bad name", "password": "longenough", "role": "labeler"}),
+            )
+            .await,
+        400,
+    )
+    .await;
+    assert_error(
+        admin
+            .post(
+                "/api/users",
+                json!({"username": "x", "password": "short", "role": "labeler"}),
+            )
+            .await,
+        400,
+    )
+    .await;
+    assert_error(
+        admin
+            .post(
+                "/api/users",
+                json!({"username": "x", "password": "longenough", "role": "god"}),
+            )
+            .await,
+        422,
+    )
+    .await;
+    let tok = admin
+        .post("/api/users/newlab/tokens", json!({"name": "sim"}))
+        .await;
     assert_eq!(tok.status(), 201);
-    let token = tok.json::<serde_json::Value>().await.unwrap()["token"].as_str().unwrap().to_string();
+    let token = tok.json::<serde_json::Value>().await.unwrap()["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
     let lab = s.api(&token);
     let me = lab.json("/api/me").await;
     assert_eq!(me["username"], "newlab");
     assert_eq!(me["role"], "labeler");
     assert_error(admin.post("/api/users/nobody/tokens", json!({})).await, 404).await;
     // disabling takes effect at once
-    assert_eq!(admin.post("/api/users/newlab/disable", json!({})).await.status(), 200);
+    assert_eq!(
+        admin
+            .post("/api/users/newlab/disable", json!({}))
+            .await
+            .status(),
+        200
+    );
     assert_error(lab.get("/api/me").await, 401).await;
     let users = admin.json("/api/users").await;
     assert_eq!(users[1]["disabled"], true);
     // the audit log recorded it
     let audit = admin.json("/api/audit?limit=100").await;
-    let actions: Vec<&str> = audit.as_array().unwrap().iter().map(|e| e["action"].as_str().unwrap()).collect();
-    assert!(actions.contains(&"user.create") && actions.contains(&"user.disable") && actions.contains(&"token.create"), "{actions:?}");
+    let actions: Vec<&str> = audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["action"].as_str().unwrap())
+        .collect();
+    assert!(
+        actions.contains(&"user.create")
+            && actions.contains(&"user.disable")
+            && actions.contains(&"token.create"),
+        "{actions:?}"
+    );
     assert_error(admin.get("/api/audit?limit=0").await, 400).await;
     s.stop().await;
 }
@@ -299,17 +510,41 @@ async fn rounds_and_round_filter(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let lab = s.api(&s.token("lab", Role::Labeler).await);
-    let created = r.post("/api/rounds", json!({"name": "round-1", "config": {"algo": "dpo", "beta": 0.1}})).await;
+    let created = r
+        .post(
+            "/api/rounds",
+            json!({"name": "round-1", "config": {"algo": "dpo", "beta": 0.1}}),
+        )
+        .await;
     assert_eq!(created.status(), 201);
     let round: serde_json::Value = created.json().await.unwrap();
     let rid = round["id"].as_i64().unwrap();
     assert_eq!(round["status"], "created");
     assert_eq!(round["config"]["beta"], 0.1);
-    assert_error(r.post("/api/rounds", json!({"name": "x", "config": [1, 2]})).await, 422).await;
+    assert_error(
+        r.post("/api/rounds", json!({"name": "x", "config": [1, 2]}))
+            .await,
+        422,
+    )
+    .await;
     assert_error(lab.post("/api/rounds", json!({"name": "x"})).await, 403).await;
-    let upd = r.http.patch(format!("{}/api/rounds/{rid}", s.url)).bearer_auth(&r.token).json(&json!({"status": "running", "metrics": {"win_rate": 0.6}})).send().await.unwrap();
+    let upd = r
+        .http
+        .patch(format!("{}/api/rounds/{rid}", s.url))
+        .bearer_auth(&r.token)
+        .json(&json!({"status": "running", "metrics": {"win_rate": 0.6}}))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(upd.status(), 200);
-    let bad = r.http.patch(format!("{}/api/rounds/{rid}", s.url)).bearer_auth(&r.token).json(&json!({"status": "<b>"})).send().await.unwrap();
+    let bad = r
+        .http
+        .patch(format!("{}/api/rounds/{rid}", s.url))
+        .bearer_auth(&r.token)
+        .json(&json!({"status": "<b>"}))
+        .send()
+        .await
+        .unwrap();
     assert_error(bad, 422).await;
     let got = r.json(&format!("/api/rounds/{rid}")).await;
     assert_eq!(got["status"], "running");
@@ -318,16 +553,56 @@ async fn rounds_and_round_filter(db: TestDb) {
     assert_error(r.get("/api/rounds/777").await, 404).await;
 
     // a batch in the round, and one outside it
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"p\"}").await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
-    let pair = json!([{"prompt_id": pid, "responses": [{"text": "a", "round_id": rid}, {"text": "b"}]}]);
-    assert_eq!(r.post("/api/comparisons", json!({"batch": "in", "round_id": rid, "comparisons": pair})).await.status(), 201);
-    assert_eq!(r.post("/api/comparisons", json!({"batch": "out", "comparisons": pair})).await.status(), 201);
-    assert_error(r.post("/api/comparisons", json!({"batch": "bad", "round_id": 999, "comparisons": pair})).await, 422).await;
+    let p = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"p\"}",
+        )
+        .await;
+    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
+    let pair =
+        json!([{"prompt_id": pid, "responses": [{"text": "a", "round_id": rid}, {"text": "b"}]}]);
+    assert_eq!(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "in", "round_id": rid, "comparisons": pair})
+        )
+        .await
+        .status(),
+        201
+    );
+    assert_eq!(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "out", "comparisons": pair})
+        )
+        .await
+        .status(),
+        201
+    );
+    assert_error(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "bad", "round_id": 999, "comparisons": pair}),
+        )
+        .await,
+        422,
+    )
+    .await;
     while let Some(id) = next_id(&lab).await {
-        assert_eq!(lab.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better")).await.status(), 201);
+        assert_eq!(
+            lab.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better"))
+                .await
+                .status(),
+            201
+        );
     }
-    let rows = r.jsonl(&format!("/api/export?format=raw&round_id={rid}")).await;
+    let rows = r
+        .jsonl(&format!("/api/export?format=raw&round_id={rid}"))
+        .await;
     assert_eq!(rows.len(), 1);
     assert_eq!(rows[0]["round_id"], rid);
     assert_eq!(rows[0]["responses"][0]["round_id"], rid);

@@ -22,17 +22,23 @@ fn find_chromedriver() -> Option<PathBuf> {
         return Some(PathBuf::from(p));
     }
     let path = std::env::var_os("PATH")?;
-    std::env::split_paths(&path).map(|d| d.join("chromedriver")).find(|p| p.is_file())
+    std::env::split_paths(&path)
+        .map(|d| d.join("chromedriver"))
+        .find(|p| p.is_file())
 }
 
 fn find_chromium() -> Option<String> {
     if let Ok(p) = std::env::var("CHROMIUM") {
         return Some(p);
     }
-    ["/usr/bin/chromium", "/usr/bin/chromium-browser", "/usr/bin/google-chrome"]
-        .into_iter()
-        .find(|p| std::path::Path::new(p).is_file())
-        .map(str::to_string)
+    [
+        "/usr/bin/chromium",
+        "/usr/bin/chromium-browser",
+        "/usr/bin/google-chrome",
+    ]
+    .into_iter()
+    .find(|p| std::path::Path::new(p).is_file())
+    .map(str::to_string)
 }
 
 /// A chromedriver process and one browser session.
@@ -45,7 +51,11 @@ struct Driver {
 
 impl Driver {
     async fn start(chromedriver: &PathBuf) -> Driver {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
         let mut child = Command::new(chromedriver)
             .arg(format!("--port={port}"))
             .stdout(Stdio::null())
@@ -54,12 +64,23 @@ impl Driver {
             .expect("start chromedriver");
         let http = reqwest::Client::new();
         let root = format!("http://127.0.0.1:{port}");
-        wait_for(|| async { http.get(format!("{root}/status")).send().await.is_ok() }, "chromedriver to start").await;
+        wait_for(
+            || async { http.get(format!("{root}/status")).send().await.is_ok() },
+            "chromedriver to start",
+        )
+        .await;
         let profile = tempfile::tempdir().unwrap();
         let mut args = vec![
-            "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-            "--disable-background-networking", "--disable-component-update", "--disable-sync",
-            "--disable-dev-shm-usage", "--window-size=1280,800",
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-dev-shm-usage",
+            "--window-size=1280,800",
         ]
         .into_iter()
         .map(String::from)
@@ -78,13 +99,21 @@ impl Driver {
             Ok(r) => r.json().await.ok(),
             Err(_) => None,
         };
-        let id = resp.as_ref().and_then(|r| r["value"]["sessionId"].as_str()).map(str::to_string);
+        let id = resp
+            .as_ref()
+            .and_then(|r| r["value"]["sessionId"].as_str())
+            .map(str::to_string);
         let Some(id) = id else {
             let _ = child.kill();
             let _ = child.wait();
             panic!("chromedriver gave no session: {resp:?}");
         };
-        Driver { child, http, base: format!("{root}/session/{id}"), _profile: profile }
+        Driver {
+            child,
+            http,
+            base: format!("{root}/session/{id}"),
+            _profile: profile,
+        }
     }
 
     async fn cmd(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
@@ -97,42 +126,77 @@ impl Driver {
     }
 
     async fn goto(&self, url: &str) {
-        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url}))).await;
+        self.cmd(reqwest::Method::POST, "/url", Some(json!({"url": url})))
+            .await;
     }
 
     async fn url(&self) -> String {
-        self.cmd(reqwest::Method::GET, "/url", None).await.as_str().unwrap_or("").to_string()
+        self.cmd(reqwest::Method::GET, "/url", None)
+            .await
+            .as_str()
+            .unwrap_or("")
+            .to_string()
     }
 
     /// The element matching a CSS selector, if present.
     async fn find(&self, css: &str) -> Option<String> {
-        let v = self.cmd(reqwest::Method::POST, "/element", Some(json!({"using": "css selector", "value": css}))).await;
+        let v = self
+            .cmd(
+                reqwest::Method::POST,
+                "/element",
+                Some(json!({"using": "css selector", "value": css})),
+            )
+            .await;
         v.get(ELEMENT).and_then(|e| e.as_str()).map(str::to_string)
     }
 
     async fn type_into(&self, css: &str, text: &str) {
         let el = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        let r = self.cmd(reqwest::Method::POST, &format!("/element/{el}/value"), Some(json!({"text": text}))).await;
+        let r = self
+            .cmd(
+                reqwest::Method::POST,
+                &format!("/element/{el}/value"),
+                Some(json!({"text": text})),
+            )
+            .await;
         assert!(r.is_null(), "typing into {css}: {r}");
     }
 
     async fn click(&self, css: &str) {
         let el = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(reqwest::Method::POST, &format!("/element/{el}/click"), Some(json!({}))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            &format!("/element/{el}/click"),
+            Some(json!({})),
+        )
+        .await;
     }
 
     async fn attr(&self, css: &str, name: &str) -> Option<String> {
         let el = self.find(css).await?;
-        self.cmd(reqwest::Method::GET, &format!("/element/{el}/attribute/{name}"), None).await.as_str().map(str::to_string)
+        self.cmd(
+            reqwest::Method::GET,
+            &format!("/element/{el}/attribute/{name}"),
+            None,
+        )
+        .await
+        .as_str()
+        .map(str::to_string)
     }
 
     async fn rect(&self, css: &str) -> Value {
         let el = self.find(css).await.unwrap_or_else(|| panic!("no {css}"));
-        self.cmd(reqwest::Method::GET, &format!("/element/{el}/rect"), None).await
+        self.cmd(reqwest::Method::GET, &format!("/element/{el}/rect"), None)
+            .await
     }
 
     async fn window(&self, width: u32, height: u32) {
-        self.cmd(reqwest::Method::POST, "/window/rect", Some(json!({"width": width, "height": height}))).await;
+        self.cmd(
+            reqwest::Method::POST,
+            "/window/rect",
+            Some(json!({"width": width, "height": height})),
+        )
+        .await;
     }
 
     /// Presses keys on whatever has focus (the page), like a labeler would.
@@ -160,7 +224,8 @@ impl Drop for Driver {
     fn drop(&mut self) {
         let base = self.base.clone();
         // blocking client on its own thread: Drop may run inside the async runtime
-        let _ = std::thread::spawn(move || reqwest::blocking::Client::new().delete(base).send()).join();
+        let _ =
+            std::thread::spawn(move || reqwest::blocking::Client::new().delete(base).send()).join();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -199,9 +264,19 @@ async fn label_with_the_keyboard_in_chromium() {
     };
     let s = TestServer::start(TestDb::sqlite()).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None).await.unwrap();
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"Which is better? <b>not bold</b>\"}").await;
-    let pid = p.json::<Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
+        .await
+        .unwrap();
+    let p = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"Which is better? <b>not bold</b>\"}",
+        )
+        .await;
+    let pid = p.json::<Value>().await.unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
     let c = r
         .post(
             "/api/comparisons",
@@ -212,7 +287,12 @@ async fn label_with_the_keyboard_in_chromium() {
             ]}),
         )
         .await;
-    let ids: Vec<i64> = c.json::<Value>().await.unwrap()["comparison_ids"].as_array().unwrap().iter().map(|v| v.as_i64().unwrap()).collect();
+    let ids: Vec<i64> = c.json::<Value>().await.unwrap()["comparison_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_i64().unwrap())
+        .collect();
 
     let d = Driver::start(&chromedriver).await;
     d.goto(&format!("{}/login", s.url)).await;
@@ -221,14 +301,31 @@ async fn label_with_the_keyboard_in_chromium() {
     d.click("button[type=submit]").await;
     if !poll(|| async { d.url().await.ends_with("/label") }).await {
         let source = d.cmd(reqwest::Method::GET, "/source", None).await;
-        let user = d.cmd(reqwest::Method::GET, &format!("/element/{}/property/value", d.find("#username").await.unwrap_or_default()), None).await;
-        panic!("no task page after login; at {} (username field {user}) showing {source}", d.url().await);
+        let user = d
+            .cmd(
+                reqwest::Method::GET,
+                &format!(
+                    "/element/{}/property/value",
+                    d.find("#username").await.unwrap_or_default()
+                ),
+                None,
+            )
+            .await;
+        panic!(
+            "no task page after login; at {} (username field {user}) showing {source}",
+            d.url().await
+        );
     }
 
     let mut seen = vec![];
     for _ in 0..3 {
         wait_for(|| async { d.find("#prompt").await.is_some() }, "a task").await;
-        let id: i64 = d.attr("#prompt", "data-comparison").await.unwrap().parse().unwrap();
+        let id: i64 = d
+            .attr("#prompt", "data-comparison")
+            .await
+            .unwrap()
+            .parse()
+            .unwrap();
         assert!(!seen.contains(&id), "task {id} shown twice");
         seen.push(id);
         if id == ids[0] {
@@ -238,10 +335,19 @@ async fn label_with_the_keyboard_in_chromium() {
             assert!(b["x"].as_f64().unwrap() > a["x"].as_f64().unwrap());
             d.window(420, 800).await;
             let (a, b) = (d.rect("#response-0").await, d.rect("#response-1").await);
-            assert!(b["y"].as_f64().unwrap() > a["y"].as_f64().unwrap(), "responses stacked when narrow");
+            assert!(
+                b["y"].as_f64().unwrap() > a["y"].as_f64().unwrap(),
+                "responses stacked when narrow"
+            );
             d.window(1280, 800).await;
             // the script tag in the response stayed text
-            let pwned = d.cmd(reqwest::Method::POST, "/execute/sync", Some(json!({"script": "return window.pwned === undefined", "args": []}))).await;
+            let pwned = d
+                .cmd(
+                    reqwest::Method::POST,
+                    "/execute/sync",
+                    Some(json!({"script": "return window.pwned === undefined", "args": []})),
+                )
+                .await;
             assert_eq!(pwned, json!(true));
             // 2 = the second is better, w = "better", Enter submits
             d.keys(&["2", "w", ENTER]).await;
@@ -255,7 +361,9 @@ async fn label_with_the_keyboard_in_chromium() {
         wait_for(
             || async {
                 d.find("#no-task").await.is_some()
-                    || d.attr("#prompt", "data-comparison").await.is_some_and(|v| v != prev.to_string())
+                    || d.attr("#prompt", "data-comparison")
+                        .await
+                        .is_some_and(|v| v != prev.to_string())
             },
             "the next task",
         )

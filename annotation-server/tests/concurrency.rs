@@ -7,7 +7,10 @@ use common::{TestDb, TestServer};
 use sea_orm::{ConnectionTrait, Statement};
 use serde_json::json;
 
-on_both_databases!(parallel_labelers_never_over_collect, racing_submissions_store_one_label);
+on_both_databases!(
+    parallel_labelers_never_over_collect,
+    racing_submissions_store_one_label
+);
 
 const LABELERS: usize = 24;
 const COMPARISONS: usize = 60;
@@ -15,17 +18,34 @@ const WANTED: u32 = 3;
 
 async fn scalar(s: &TestServer, sql: &str) -> i64 {
     let backend = s.db.get_database_backend();
-    let row = s.db.query_one_raw(Statement::from_string(backend, sql.to_string())).await.unwrap().unwrap();
+    let row =
+        s.db.query_one_raw(Statement::from_string(backend, sql.to_string()))
+            .await
+            .unwrap()
+            .unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
 }
 
 async fn parallel_labelers_never_over_collect(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"p\"}").await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    let p = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"p\"}",
+        )
+        .await;
+    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
     let comps: Vec<_> = (0..COMPARISONS).map(|i| json!({"prompt_id": pid, "responses": [{"text": format!("a{i}")}, {"text": format!("b{i}")}]})).collect();
-    let c = r.post("/api/comparisons", json!({"batch": "load", "labels_wanted": WANTED, "comparisons": comps})).await;
+    let c = r
+        .post(
+            "/api/comparisons",
+            json!({"batch": "load", "labels_wanted": WANTED, "comparisons": comps}),
+        )
+        .await;
     assert_eq!(c.status(), 201);
 
     let mut apis = vec![];
@@ -42,14 +62,26 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
                     break;
                 }
                 assert_eq!(t.status(), 200, "next task");
-                let id = t.json::<serde_json::Value>().await.unwrap()["comparison_id"].as_i64().unwrap();
+                let id = t.json::<serde_json::Value>().await.unwrap()["comparison_id"]
+                    .as_i64()
+                    .unwrap();
                 // every 7th labeler skips some tasks, so skips and frees race with claims
                 if i % 7 == 0 && id % 3 == 0 {
-                    assert_eq!(api.post(&format!("/api/tasks/{id}/skip"), json!({})).await.status(), 204);
+                    assert_eq!(
+                        api.post(&format!("/api/tasks/{id}/skip"), json!({}))
+                            .await
+                            .status(),
+                        204
+                    );
                     skipped += 1;
                     continue;
                 }
-                let resp = api.post(&format!("/api/tasks/{id}/label"), json!({"ranking": [1, 2], "strength": "better"})).await;
+                let resp = api
+                    .post(
+                        &format!("/api/tasks/{id}/label"),
+                        json!({"ranking": [1, 2], "strength": "better"}),
+                    )
+                    .await;
                 assert_eq!(resp.status(), 201, "{}", resp.text().await.unwrap());
                 labeled += 1;
             }
@@ -62,7 +94,10 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
     }
     // there are far more labelers than needed, so every slot got filled
     assert_eq!(total, COMPARISONS * WANTED as usize);
-    assert_eq!(scalar(&s, "SELECT COUNT(*) FROM labels").await, (COMPARISONS * WANTED as usize) as i64);
+    assert_eq!(
+        scalar(&s, "SELECT COUNT(*) FROM labels").await,
+        (COMPARISONS * WANTED as usize) as i64
+    );
     // no comparison over- or under-collected, and counters match the rows
     assert_eq!(
         scalar(&s, "SELECT COUNT(*) FROM comparisons c WHERE (SELECT COUNT(*) FROM labels l WHERE l.comparison_id = c.id) <> 3").await,
@@ -80,8 +115,19 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
         0
     );
     assert_eq!(scalar(&s, "SELECT COUNT(*) FROM leases").await, 0);
-    let m = reqwest::get(format!("{}/metrics", s.url)).await.unwrap().text().await.unwrap();
-    assert!(m.contains(&format!("rlhf_labels_submitted_total {}", COMPARISONS * WANTED as usize)), "{m}");
+    let m = reqwest::get(format!("{}/metrics", s.url))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        m.contains(&format!(
+            "rlhf_labels_submitted_total {}",
+            COMPARISONS * WANTED as usize
+        )),
+        "{m}"
+    );
     assert!(m.contains("rlhf_queue_depth 0"));
     s.stop().await;
 }
@@ -89,10 +135,20 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
 async fn racing_submissions_store_one_label(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"p\"}").await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    let p = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"p\"}",
+        )
+        .await;
+    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
     let c = r.post("/api/comparisons", json!({"batch": "race", "labels_wanted": 2, "comparisons": [{"prompt_id": pid, "responses": [{"text": "a"}, {"text": "b"}]}]})).await;
-    let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0].as_i64().unwrap();
+    let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0]
+        .as_i64()
+        .unwrap();
     // the same labeler submits 8 times at once (double clicks, retries)
     let l = s.api(&s.token("lab", Role::Labeler).await);
     // and 8 other labelers submit without leases, racing for the remaining slot
@@ -104,20 +160,39 @@ async fn racing_submissions_store_one_label(db: TestDb) {
     for _ in 0..8 {
         let l = l.clone();
         handles.push(tokio::spawn(async move {
-            l.post(&format!("/api/tasks/{id}/label"), json!({"ranking": [1, 2], "strength": "better"})).await.status().as_u16()
+            l.post(
+                &format!("/api/tasks/{id}/label"),
+                json!({"ranking": [1, 2], "strength": "better"}),
+            )
+            .await
+            .status()
+            .as_u16()
         }));
     }
     for o in others {
         handles.push(tokio::spawn(async move {
-            o.post(&format!("/api/tasks/{id}/label"), json!({"ranking": [2, 1], "strength": "better"})).await.status().as_u16()
+            o.post(
+                &format!("/api/tasks/{id}/label"),
+                json!({"ranking": [2, 1], "strength": "better"}),
+            )
+            .await
+            .status()
+            .as_u16()
         }));
     }
     let mut statuses = vec![];
     for h in handles {
         statuses.push(h.await.unwrap());
     }
-    assert_eq!(statuses.iter().filter(|s| **s == 201).count(), 2, "{statuses:?}");
-    assert!(statuses.iter().all(|s| *s == 201 || *s == 409), "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 201).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert!(
+        statuses.iter().all(|s| *s == 201 || *s == 409),
+        "{statuses:?}"
+    );
     assert_eq!(scalar(&s, "SELECT COUNT(*) FROM labels").await, 2);
     assert_eq!(scalar(&s, "SELECT COUNT(*) FROM comparisons WHERE labels_done = 2 AND leased = 0 AND state = 'complete'").await, 1);
     s.stop().await;

@@ -7,48 +7,160 @@ use annotation_server::state::Config;
 use common::{assert_error, TestDb, TestServer};
 use serde_json::json;
 
-on_both_databases!(bad_input_gets_json_4xx, hostile_strings_are_stored_verbatim_and_escaped);
+on_both_databases!(
+    bad_input_gets_json_4xx,
+    hostile_strings_are_stored_verbatim_and_escaped
+);
 
 const XSS: &str = "<script>alert('pwned')</script><img src=x onerror=alert(1)>\"'&";
 const SQLI: &str = "'; DROP TABLE labels; -- \" OR 1=1";
 
 async fn bad_input_gets_json_4xx(db: TestDb) {
-    let config = Config { import_body_limit: 64 * 1024, ..Config::default() };
+    let config = Config {
+        import_body_limit: 64 * 1024,
+        ..Config::default()
+    };
     let s = TestServer::start_with(db, config).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let l = s.api(&s.token("lab", Role::Labeler).await);
 
     // malformed JSON, wrong types, missing content type, unknown fields
-    assert_error(r.post_raw("/api/comparisons", "application/json", "{not json").await, 400).await;
-    assert_error(r.post_raw("/api/comparisons", "application/json", "{\"batch\": 5, \"comparisons\": []}").await, 422).await;
-    assert_error(r.post_raw("/api/comparisons", "text/plain", "{}").await, 415).await;
-    assert_error(r.post("/api/comparisons", json!({"batch": "b", "comparisons": [], "evil": true})).await, 422).await;
-    assert_error(r.post("/api/comparisons", json!({"batch": "b", "comparisons": []})).await, 422).await;
+    assert_error(
+        r.post_raw("/api/comparisons", "application/json", "{not json")
+            .await,
+        400,
+    )
+    .await;
+    assert_error(
+        r.post_raw(
+            "/api/comparisons",
+            "application/json",
+            "{\"batch\": 5, \"comparisons\": []}",
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post_raw("/api/comparisons", "text/plain", "{}").await,
+        415,
+    )
+    .await;
+    assert_error(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "b", "comparisons": [], "evil": true}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post("/api/comparisons", json!({"batch": "b", "comparisons": []}))
+            .await,
+        422,
+    )
+    .await;
     assert_error(r.post("/api/comparisons", json!({"batch": "b", "labels_wanted": 0, "comparisons": [{"prompt_id": 1, "responses": [{"text": "a"}, {"text": "b"}]}]})).await, 422).await;
     assert_error(r.post("/api/comparisons", json!({"batch": "b", "comparisons": [{"prompt_id": 12345, "responses": [{"text": "a"}, {"text": "b"}]}]})).await, 422).await;
     assert_error(r.post("/api/comparisons", json!({"batch": "b", "comparisons": [{"prompt_id": 1, "responses": [{"text": "only one"}]}]})).await, 422).await;
-    assert_error(r.post("/api/comparisons", json!({"batch": "b", "labels_wanted": -3, "comparisons": []})).await, 422).await;
-    assert_error(r.post("/api/comparisons", json!({"batch": "b", "labels_wanted": 1e99, "comparisons": []})).await, 422).await;
+    assert_error(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "b", "labels_wanted": -3, "comparisons": []}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post(
+            "/api/comparisons",
+            json!({"batch": "b", "labels_wanted": 1e99, "comparisons": []}),
+        )
+        .await,
+        422,
+    )
+    .await;
 
     // prompt imports: bad lines are named
-    let m = assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"ok\"}\n{oops\n").await, 400).await;
+    let m = assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"ok\"}\n{oops\n",
+        )
+        .await,
+        400,
+    )
+    .await;
     assert!(m.contains("line 2"), "{m}");
-    let m = assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"a\", \"messages\": []}").await, 422).await;
+    let m = assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"a\", \"messages\": []}",
+        )
+        .await,
+        422,
+    )
+    .await;
     assert!(m.contains("exactly one"), "{m}");
-    assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}]}").await, 422).await;
+    assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"messages\": [{\"role\": \"wizard\", \"content\": \"x\"}]}",
+        )
+        .await,
+        422,
+    )
+    .await;
     assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"messages\": [{\"role\": \"user\", \"content\": \"x\"}, {\"role\": \"assistant\", \"content\": \"y\"}]}").await, 422).await;
-    assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", "\n\n").await, 400).await;
-    assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", vec![0xffu8, 0xfe, 0x00]).await, 400).await;
+    assert_error(
+        r.post_raw("/api/prompts/import", "application/x-ndjson", "\n\n")
+            .await,
+        400,
+    )
+    .await;
+    assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            vec![0xffu8, 0xfe, 0x00],
+        )
+        .await,
+        400,
+    )
+    .await;
     // huge bodies: over the import limit, and over the general limit
     let huge = format!("{{\"prompt\": \"{}\"}}\n", "x".repeat(100 * 1024));
-    assert_error(r.post_raw("/api/prompts/import", "application/x-ndjson", huge).await, 413).await;
+    assert_error(
+        r.post_raw("/api/prompts/import", "application/x-ndjson", huge)
+            .await,
+        413,
+    )
+    .await;
     let huge = json!({"ranking": [1, 2], "strength": "better", "note": "x".repeat(2 << 20)});
     assert_error(l.post("/api/tasks/1/label", huge).await, 413).await;
 
     // labels: wrong shapes and values
-    let pid = r.post_raw("/api/prompts/import", "application/x-ndjson", "{\"prompt\": \"p\"}").await.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0].as_i64().unwrap();
+    let pid = r
+        .post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"p\"}",
+        )
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["prompt_ids"][0]
+        .as_i64()
+        .unwrap();
     let c = r.post("/api/comparisons", json!({"batch": "b", "comparisons": [{"prompt_id": pid, "responses": [{"text": "a"}, {"text": "b"}]}]})).await;
-    let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0].as_i64().unwrap();
+    let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0]
+        .as_i64()
+        .unwrap();
     for bad in [
         json!({"ranking": [1], "strength": "better"}),
         json!({"ranking": [1, 3], "strength": "better"}),
@@ -68,7 +180,10 @@ async fn bad_input_gets_json_4xx(db: TestDb) {
         assert_error(l.post(&format!("/api/tasks/{id}/label"), bad).await, 422).await;
     }
     // nothing was stored by the bad requests
-    assert_eq!(r.json(&format!("/api/comparisons/{id}")).await["labels_done"], 0);
+    assert_eq!(
+        r.json(&format!("/api/comparisons/{id}")).await["labels_done"],
+        0
+    );
 
     // paths and queries
     assert_error(l.post("/api/tasks/abc/label", json!({})).await, 400).await;
@@ -80,7 +195,12 @@ async fn bad_input_gets_json_4xx(db: TestDb) {
     assert_error(r.get("/api/batches/424242").await, 404).await;
     assert_error(r.get("/api/batches/424242/agreement").await, 404).await;
     // a wrong Authorization scheme
-    let resp = reqwest::Client::new().get(format!("{}/api/me", s.url)).header("authorization", "Basic Zm9vOmJhcg==").send().await.unwrap();
+    let resp = reqwest::Client::new()
+        .get(format!("{}/api/me", s.url))
+        .header("authorization", "Basic Zm9vOmJhcg==")
+        .send()
+        .await
+        .unwrap();
     assert_error(resp, 401).await;
     s.stop().await;
 }
@@ -88,8 +208,12 @@ async fn bad_input_gets_json_4xx(db: TestDb) {
 async fn hostile_strings_are_stored_verbatim_and_escaped(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let line = serde_json::to_string(&json!({"id": SQLI, "prompt": XSS, "tags": [XSS], "source": SQLI})).unwrap();
-    let p = r.post_raw("/api/prompts/import", "application/x-ndjson", line).await;
+    let line =
+        serde_json::to_string(&json!({"id": SQLI, "prompt": XSS, "tags": [XSS], "source": SQLI}))
+            .unwrap();
+    let p = r
+        .post_raw("/api/prompts/import", "application/x-ndjson", line)
+        .await;
     assert_eq!(p.status(), 201);
     let c = r
         .post(
@@ -105,14 +229,39 @@ async fn hostile_strings_are_stored_verbatim_and_escaped(db: TestDb) {
     assert_eq!(b[0]["name"], SQLI);
 
     // the labeler page escapes everything
-    annotation_server::accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None).await.unwrap();
-    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let login = http.get(format!("{}/login", s.url)).send().await.unwrap().text().await.unwrap();
+    annotation_server::accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .get(format!("{}/login", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = hidden(&login, "csrf");
-    let resp = http.post(format!("{}/login", s.url)).form(&[("username", "lab"), ("password", "password123"), ("csrf", &csrf)]).send().await.unwrap();
+    let resp = http
+        .post(format!("{}/login", s.url))
+        .form(&[
+            ("username", "lab"),
+            ("password", "password123"),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 303);
     let page = http.get(format!("{}/label", s.url)).send().await.unwrap();
-    let csp = page.headers()["content-security-policy"].to_str().unwrap().to_string();
+    let csp = page.headers()["content-security-policy"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(csp.contains("script-src 'self'"), "{csp}");
     let html = page.text().await.unwrap();
     assert!(!html.contains("<script>alert"), "unescaped script tag");
@@ -122,14 +271,46 @@ async fn hostile_strings_are_stored_verbatim_and_escaped(db: TestDb) {
     assert!(html.contains("&lt;/pre&gt;&lt;b&gt;bold&lt;/b&gt;"));
 
     // the researcher dashboard escapes batch names too
-    annotation_server::accounts::create_user(&s.db, "res2", "password123", Role::Researcher, None).await.unwrap();
-    let http = reqwest::Client::builder().cookie_store(true).redirect(reqwest::redirect::Policy::none()).build().unwrap();
-    let login = http.get(format!("{}/login", s.url)).send().await.unwrap().text().await.unwrap();
+    annotation_server::accounts::create_user(&s.db, "res2", "password123", Role::Researcher, None)
+        .await
+        .unwrap();
+    let http = reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let login = http
+        .get(format!("{}/login", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = hidden(&login, "csrf");
-    let resp = http.post(format!("{}/login", s.url)).form(&[("username", "res2"), ("password", "password123"), ("csrf", &csrf)]).send().await.unwrap();
+    let resp = http
+        .post(format!("{}/login", s.url))
+        .form(&[
+            ("username", "res2"),
+            ("password", "password123"),
+            ("csrf", &csrf),
+        ])
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.headers()["location"], "/dashboard");
-    let html = http.get(format!("{}/dashboard", s.url)).send().await.unwrap().text().await.unwrap();
-    assert!(html.contains("&#39;; DROP TABLE labels; -- &quot; OR 1=1"), "{html}");
+    let html = http
+        .get(format!("{}/dashboard", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains("&#39;; DROP TABLE labels; -- &quot; OR 1=1"),
+        "{html}"
+    );
     s.stop().await;
 }
 

@@ -15,14 +15,38 @@ async fn health_metrics_and_openapi(db: TestDb) {
     assert_eq!(h.status(), 200);
     assert_eq!(h.json::<serde_json::Value>().await.unwrap()["status"], "ok");
 
-    let doc: serde_json::Value = http.get(format!("{}/api/openapi.json", s.url)).send().await.unwrap().json().await.unwrap();
+    let doc: serde_json::Value = http
+        .get(format!("{}/api/openapi.json", s.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(doc["openapi"], "3.1.0");
     // every API route of the router is documented
     for path in [
-        "/api/me", "/api/users", "/api/users/{username}/disable", "/api/users/{username}/tokens", "/api/audit",
-        "/api/prompts/import", "/api/prompts", "/api/comparisons", "/api/comparisons/{id}", "/api/batches",
-        "/api/batches/{id}", "/api/batches/{id}/agreement", "/api/labelers", "/api/export", "/api/tasks/next",
-        "/api/tasks/{id}/label", "/api/tasks/{id}/skip", "/api/rounds", "/api/rounds/{id}", "/healthz", "/metrics",
+        "/api/me",
+        "/api/users",
+        "/api/users/{username}/disable",
+        "/api/users/{username}/tokens",
+        "/api/audit",
+        "/api/prompts/import",
+        "/api/prompts",
+        "/api/comparisons",
+        "/api/comparisons/{id}",
+        "/api/batches",
+        "/api/batches/{id}",
+        "/api/batches/{id}/agreement",
+        "/api/labelers",
+        "/api/export",
+        "/api/tasks/next",
+        "/api/tasks/{id}/label",
+        "/api/tasks/{id}/skip",
+        "/api/rounds",
+        "/api/rounds/{id}",
+        "/healthz",
+        "/metrics",
     ] {
         assert!(doc["paths"][path].is_object(), "{path} undocumented");
     }
@@ -30,17 +54,28 @@ async fn health_metrics_and_openapi(db: TestDb) {
     let text = doc.to_string();
     for part in text.split("#/components/schemas/").skip(1) {
         let name = part.split('"').next().unwrap();
-        assert!(doc["components"]["schemas"][name].is_object(), "dangling $ref {name}");
+        assert!(
+            doc["components"]["schemas"][name].is_object(),
+            "dangling $ref {name}"
+        );
     }
 
     let lab = s.api(&s.token("lab", Role::Labeler).await);
     assert_eq!(lab.get("/api/tasks/next").await.status(), 204);
     let m = http.get(format!("{}/metrics", s.url)).send().await.unwrap();
-    assert!(m.headers()["content-type"].to_str().unwrap().starts_with("text/plain"));
+    assert!(m.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/plain"));
     let m = m.text().await.unwrap();
     assert!(m.contains("rlhf_labels_submitted_total 0"));
     assert!(m.contains("rlhf_queue_depth 0"));
-    assert!(m.contains("rlhf_http_requests_total{method=\"GET\",route=\"/api/tasks/next\",status=\"204\"} 1"), "{m}");
+    assert!(
+        m.contains(
+            "rlhf_http_requests_total{method=\"GET\",route=\"/api/tasks/next\",status=\"204\"} 1"
+        ),
+        "{m}"
+    );
     assert!(m.contains("rlhf_http_request_duration_seconds_count{route=\"/healthz\"} 1"));
     s.stop().await;
 }
@@ -53,39 +88,106 @@ async fn run(cmd: Commands, stdin: &str) -> anyhow::Result<String> {
 }
 
 async fn cli_manages_accounts(db: TestDb) {
-    let dbargs = || DbArgs { database_url: db.url.clone() };
-    let out = run(Commands::Db { cmd: DbCommand::Migrate { db: dbargs() } }, "").await.unwrap();
+    let dbargs = || DbArgs {
+        database_url: db.url.clone(),
+    };
+    let out = run(
+        Commands::Db {
+            cmd: DbCommand::Migrate { db: dbargs() },
+        },
+        "",
+    )
+    .await
+    .unwrap();
     assert!(out.contains("up to date"));
     // migrating twice is a no-op
-    run(Commands::Db { cmd: DbCommand::Migrate { db: dbargs() } }, "").await.unwrap();
+    run(
+        Commands::Db {
+            cmd: DbCommand::Migrate { db: dbargs() },
+        },
+        "",
+    )
+    .await
+    .unwrap();
     let add = |name: &str, role: Role, stdin: bool| Commands::User {
-        cmd: UserCommand::Add { role, username: name.to_string(), password_stdin: stdin, db: dbargs() },
+        cmd: UserCommand::Add {
+            role,
+            username: name.to_string(),
+            password_stdin: stdin,
+            db: dbargs(),
+        },
     };
-    let out = run(add("alice", Role::Researcher, true), "s3cret-password\n").await.unwrap();
+    let out = run(add("alice", Role::Researcher, true), "s3cret-password\n")
+        .await
+        .unwrap();
     assert!(out.contains("Created researcher \"alice\""), "{out}");
     let out = run(add("bob", Role::Labeler, false), "").await.unwrap();
     assert!(out.contains("Password: "), "{out}");
-    let err = run(add("alice", Role::Labeler, true), "another-password\n").await.unwrap_err();
-    assert!(err.to_string().contains("already exists"), "{err}");
-    let err = run(add("carol", Role::Labeler, true), "short\n").await.unwrap_err();
-    assert!(err.to_string().contains("at least 8"), "{err}");
-    let out = run(Commands::User { cmd: UserCommand::List { db: dbargs() } }, "").await.unwrap();
-    assert!(out.contains("alice") && out.contains("researcher") && out.contains("bob"), "{out}");
-    let token = run(Commands::Token { cmd: TokenCommand::Create { username: "alice".into(), name: None, db: dbargs() } }, "")
+    let err = run(add("alice", Role::Labeler, true), "another-password\n")
         .await
-        .unwrap()
-        .trim()
-        .to_string();
+        .unwrap_err();
+    assert!(err.to_string().contains("already exists"), "{err}");
+    let err = run(add("carol", Role::Labeler, true), "short\n")
+        .await
+        .unwrap_err();
+    assert!(err.to_string().contains("at least 8"), "{err}");
+    let out = run(
+        Commands::User {
+            cmd: UserCommand::List { db: dbargs() },
+        },
+        "",
+    )
+    .await
+    .unwrap();
+    assert!(
+        out.contains("alice") && out.contains("researcher") && out.contains("bob"),
+        "{out}"
+    );
+    let token = run(
+        Commands::Token {
+            cmd: TokenCommand::Create {
+                username: "alice".into(),
+                name: None,
+                db: dbargs(),
+            },
+        },
+        "",
+    )
+    .await
+    .unwrap()
+    .trim()
+    .to_string();
     assert!(token.starts_with("rlhf_"));
-    assert!(run(Commands::Token { cmd: TokenCommand::Create { username: "nobody".into(), name: None, db: dbargs() } }, "").await.is_err());
+    assert!(run(
+        Commands::Token {
+            cmd: TokenCommand::Create {
+                username: "nobody".into(),
+                name: None,
+                db: dbargs()
+            }
+        },
+        ""
+    )
+    .await
+    .is_err());
 
     // the server accepts the CLI's token, and alice's password on the login form
     let s = TestServer::start(db).await;
     let alice = s.api(&token);
     assert_eq!(alice.json("/api/me").await["role"], "researcher");
-    let out = run(Commands::User { cmd: UserCommand::Disable { username: "alice".into(), db: DbArgs { database_url: s.testdb.url.clone() } } }, "")
-        .await
-        .unwrap();
+    let out = run(
+        Commands::User {
+            cmd: UserCommand::Disable {
+                username: "alice".into(),
+                db: DbArgs {
+                    database_url: s.testdb.url.clone(),
+                },
+            },
+        },
+        "",
+    )
+    .await
+    .unwrap();
     assert!(out.contains("Disabled"));
     // the server's token cache forgets within seconds; a fresh state sees it at once
     s.state.token_cache.clear();
@@ -96,13 +198,23 @@ async fn cli_manages_accounts(db: TestDb) {
 #[tokio::test]
 async fn first_start_creates_an_admin() {
     let db = TestDb::sqlite();
-    let conn = annotation_server::db::connect_and_migrate(&db.url).await.unwrap();
-    let created = annotation_server::accounts::ensure_admin(&conn).await.unwrap();
+    let conn = annotation_server::db::connect_and_migrate(&db.url)
+        .await
+        .unwrap();
+    let created = annotation_server::accounts::ensure_admin(&conn)
+        .await
+        .unwrap();
     let (name, password) = created.expect("an admin on an empty database");
-    assert_eq!(name, std::env::var("RLHF_ADMIN_USERNAME").unwrap_or_else(|_| "admin".into()));
+    assert_eq!(
+        name,
+        std::env::var("RLHF_ADMIN_USERNAME").unwrap_or_else(|_| "admin".into())
+    );
     if std::env::var("RLHF_ADMIN_PASSWORD").is_err() {
         assert!(password.unwrap().len() >= 16);
     }
     // only once
-    assert!(annotation_server::accounts::ensure_admin(&conn).await.unwrap().is_none());
+    assert!(annotation_server::accounts::ensure_admin(&conn)
+        .await
+        .unwrap()
+        .is_none());
 }

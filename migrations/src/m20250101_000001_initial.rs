@@ -12,7 +12,12 @@ fn millis(name: &'static str) -> ColumnDef {
 
 /// A foreign key from `table.col` to `to_table.id`, deleting dependents on cascade
 /// only where a parent can legitimately be deleted (sessions and tokens).
-fn fk(table: &'static str, col: &'static str, to_table: &'static str, cascade: bool) -> ForeignKeyCreateStatement {
+fn fk(
+    table: &'static str,
+    col: &'static str,
+    to_table: &'static str,
+    cascade: bool,
+) -> ForeignKeyCreateStatement {
     let mut k = ForeignKey::create()
         .name(format!("fk_{table}_{col}"))
         .from(table, col)
@@ -142,7 +147,9 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager.create_index(index("prompts", &["external_id"], true)).await?;
+        manager
+            .create_index(index("prompts", &["external_id"], true))
+            .await?;
         manager
             .create_table(
                 t("responses")
@@ -179,8 +186,12 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager.create_index(index("comparisons", &["state", "id"], false)).await?;
-        manager.create_index(index("comparisons", &["batch_id"], false)).await?;
+        manager
+            .create_index(index("comparisons", &["state", "id"], false))
+            .await?;
+        manager
+            .create_index(index("comparisons", &["batch_id"], false))
+            .await?;
         manager
             .create_table(
                 t("comparison_responses")
@@ -188,13 +199,27 @@ impl MigrationTrait for Migration {
                     .col(big_integer("comparison_id"))
                     .col(integer("position"))
                     .col(big_integer("response_id"))
-                    .foreign_key(&mut fk("comparison_responses", "comparison_id", "comparisons", false))
-                    .foreign_key(&mut fk("comparison_responses", "response_id", "responses", false))
+                    .foreign_key(&mut fk(
+                        "comparison_responses",
+                        "comparison_id",
+                        "comparisons",
+                        false,
+                    ))
+                    .foreign_key(&mut fk(
+                        "comparison_responses",
+                        "response_id",
+                        "responses",
+                        false,
+                    ))
                     .take(),
             )
             .await?;
         manager
-            .create_index(index("comparison_responses", &["comparison_id", "position"], true))
+            .create_index(index(
+                "comparison_responses",
+                &["comparison_id", "position"],
+                true,
+            ))
             .await?;
         manager
             .create_table(
@@ -217,8 +242,12 @@ impl MigrationTrait for Migration {
             )
             .await?;
         // one label per labeler per comparison, enforced by the database
-        manager.create_index(index("labels", &["comparison_id", "labeler_id"], true)).await?;
-        manager.create_index(index("labels", &["labeler_id", "created_at"], false)).await?;
+        manager
+            .create_index(index("labels", &["comparison_id", "labeler_id"], true))
+            .await?;
+        manager
+            .create_index(index("labels", &["labeler_id", "created_at"], false))
+            .await?;
         manager
             .create_table(
                 t("skips")
@@ -231,7 +260,9 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager.create_index(index("skips", &["comparison_id", "labeler_id"], true)).await?;
+        manager
+            .create_index(index("skips", &["comparison_id", "labeler_id"], true))
+            .await?;
         manager
             .create_table(
                 t("leases")
@@ -245,9 +276,15 @@ impl MigrationTrait for Migration {
                     .take(),
             )
             .await?;
-        manager.create_index(index("leases", &["comparison_id", "labeler_id"], true)).await?;
-        manager.create_index(index("leases", &["labeler_id"], false)).await?;
-        manager.create_index(index("leases", &["expires_at"], false)).await?;
+        manager
+            .create_index(index("leases", &["comparison_id", "labeler_id"], true))
+            .await?;
+        manager
+            .create_index(index("leases", &["labeler_id"], false))
+            .await?;
+        manager
+            .create_index(index("leases", &["expires_at"], false))
+            .await?;
         manager
             .create_table(
                 t("audit_log")
@@ -265,7 +302,9 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         for name in TABLES.iter().rev() {
-            manager.drop_table(Table::drop().table(*name).if_exists().take()).await?;
+            manager
+                .drop_table(Table::drop().table(*name).if_exists().take())
+                .await?;
         }
         Ok(())
     }

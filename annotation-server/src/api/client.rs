@@ -26,7 +26,11 @@ impl Client {
             .timeout(None)
             .connect_timeout(std::time::Duration::from_secs(10))
             .build()?;
-        Ok(Client { base: base_url.trim_end_matches('/').to_string(), token: token.to_string(), http })
+        Ok(Client {
+            base: base_url.trim_end_matches('/').to_string(),
+            token: token.to_string(),
+            http,
+        })
     }
 
     fn url(&self, path: &str) -> String {
@@ -46,13 +50,27 @@ impl Client {
     }
 
     fn get<T: serde::de::DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let resp = self.http.get(self.url(path)).bearer_auth(&self.token).send().with_context(|| format!("GET {path}"))?;
+        let resp = self
+            .http
+            .get(self.url(path))
+            .bearer_auth(&self.token)
+            .send()
+            .with_context(|| format!("GET {path}"))?;
         Ok(Self::check(resp)?.json()?)
     }
 
-    fn post<B: Serialize, T: serde::de::DeserializeOwned>(&self, path: &str, body: &B) -> anyhow::Result<T> {
-        let resp =
-            self.http.post(self.url(path)).bearer_auth(&self.token).json(body).send().with_context(|| format!("POST {path}"))?;
+    fn post<B: Serialize, T: serde::de::DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> anyhow::Result<T> {
+        let resp = self
+            .http
+            .post(self.url(path))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .with_context(|| format!("POST {path}"))?;
         Ok(Self::check(resp)?.json()?)
     }
 
@@ -74,7 +92,10 @@ impl Client {
     }
 
     /// Creates comparisons in bulk.
-    pub fn create_comparisons(&self, req: &CreateComparisons) -> anyhow::Result<CreatedComparisons> {
+    pub fn create_comparisons(
+        &self,
+        req: &CreateComparisons,
+    ) -> anyhow::Result<CreatedComparisons> {
         self.post("/api/comparisons", req)
     }
 
@@ -95,7 +116,11 @@ impl Client {
 
     /// The caller's next task (`None`: nothing to do now).
     pub fn next_task(&self) -> anyhow::Result<Option<Task>> {
-        let resp = self.http.get(self.url("/api/tasks/next")).bearer_auth(&self.token).send()?;
+        let resp = self
+            .http
+            .get(self.url("/api/tasks/next"))
+            .bearer_auth(&self.token)
+            .send()?;
         let resp = Self::check(resp)?;
         if resp.status() == reqwest::StatusCode::NO_CONTENT {
             return Ok(None);
@@ -104,20 +129,37 @@ impl Client {
     }
 
     /// Submits a label (simulated labelers).
-    pub fn submit_label(&self, comparison_id: i64, label: &SubmitLabel) -> anyhow::Result<LabelReceipt> {
+    pub fn submit_label(
+        &self,
+        comparison_id: i64,
+        label: &SubmitLabel,
+    ) -> anyhow::Result<LabelReceipt> {
         self.post(&format!("/api/tasks/{comparison_id}/label"), label)
     }
 
     /// Skips a task.
     pub fn skip(&self, comparison_id: i64) -> anyhow::Result<()> {
-        let resp = self.http.post(self.url(&format!("/api/tasks/{comparison_id}/skip"))).bearer_auth(&self.token).send()?;
+        let resp = self
+            .http
+            .post(self.url(&format!("/api/tasks/{comparison_id}/skip")))
+            .bearer_auth(&self.token)
+            .send()?;
         Self::check(resp)?;
         Ok(())
     }
 
     /// Streams an export, calling `each` with every JSONL line (without the newline).
-    pub fn export_lines(&self, query: &ExportQuery, mut each: impl FnMut(&str) -> anyhow::Result<()>) -> anyhow::Result<()> {
-        let resp = self.http.get(self.url("/api/export")).bearer_auth(&self.token).query(query).send()?;
+    pub fn export_lines(
+        &self,
+        query: &ExportQuery,
+        mut each: impl FnMut(&str) -> anyhow::Result<()>,
+    ) -> anyhow::Result<()> {
+        let resp = self
+            .http
+            .get(self.url("/api/export"))
+            .bearer_auth(&self.token)
+            .query(query)
+            .send()?;
         let reader = BufReader::new(Self::check(resp)?);
         for line in reader.lines() {
             let line = line.context("reading export")?;
@@ -157,7 +199,12 @@ impl Client {
 
     /// Updates a round's status and/or metrics.
     pub fn update_round(&self, id: i64, req: &RoundUpdate) -> anyhow::Result<Round> {
-        let resp = self.http.patch(self.url(&format!("/api/rounds/{id}"))).bearer_auth(&self.token).json(req).send()?;
+        let resp = self
+            .http
+            .patch(self.url(&format!("/api/rounds/{id}")))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()?;
         Ok(Self::check(resp)?.json()?)
     }
 

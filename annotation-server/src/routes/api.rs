@@ -2,9 +2,10 @@
 use super::extract::{ApiJson, ApiPath, ApiQuery, RawBody};
 use crate::accounts;
 use crate::api::{
-    AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons, CreatedComparisons,
-    ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress, NewRound, NewToken, NewUser, Prompt,
-    Round, RoundUpdate, SubmitLabel, Task, TokenCreated, UserInfo,
+    AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons,
+    CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress,
+    NewRound, NewToken, NewUser, Prompt, Round, RoundUpdate, SubmitLabel, Task, TokenCreated,
+    UserInfo,
 };
 use crate::assign;
 use crate::audit;
@@ -31,7 +32,10 @@ pub async fn me(ApiUser(u): ApiUser) -> Json<serde_json::Value> {
 }
 
 /// `GET /api/users` (admin)
-pub async fn list_users(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Json<Vec<UserInfo>>> {
+pub async fn list_users(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> AppResult<Json<Vec<UserInfo>>> {
     u.require_admin()?;
     Ok(Json(accounts::list_users(&s.db).await?))
 }
@@ -43,7 +47,8 @@ pub async fn create_user(
     ApiJson(body): ApiJson<NewUser>,
 ) -> AppResult<(StatusCode, Json<UserInfo>)> {
     u.require_admin()?;
-    let info = accounts::create_user(&s.db, &body.username, &body.password, body.role, Some(u.id)).await?;
+    let info =
+        accounts::create_user(&s.db, &body.username, &body.password, body.role, Some(u.id)).await?;
     Ok((StatusCode::CREATED, Json(info)))
 }
 
@@ -88,7 +93,9 @@ impl Page {
         match self.limit {
             None => Ok(100),
             Some(n @ 1..=1000) => Ok(n),
-            Some(_) => Err(AppError::BadRequest("limit must be between 1 and 1000".into())),
+            Some(_) => Err(AppError::BadRequest(
+                "limit must be between 1 and 1000".into(),
+            )),
         }
     }
 }
@@ -126,7 +133,10 @@ pub async fn import_prompts(
     RawBody(body): RawBody,
 ) -> AppResult<(StatusCode, Json<ImportResult>)> {
     u.require_researcher()?;
-    Ok((StatusCode::CREATED, Json(prompts::import_jsonl(&s.db, &body, u.id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(prompts::import_jsonl(&s.db, &body, u.id).await?),
+    ))
 }
 
 /// `GET /api/prompts` (researcher)
@@ -136,7 +146,9 @@ pub async fn list_prompts(
     ApiQuery(page): ApiQuery<Page>,
 ) -> AppResult<Json<Vec<Prompt>>> {
     u.require_researcher()?;
-    Ok(Json(prompts::list(&s.db, page.after_id, page.limit()?).await?))
+    Ok(Json(
+        prompts::list(&s.db, page.after_id, page.limit()?).await?,
+    ))
 }
 
 /// `POST /api/comparisons` (researcher)
@@ -146,7 +158,10 @@ pub async fn create_comparisons(
     ApiJson(body): ApiJson<CreateComparisons>,
 ) -> AppResult<(StatusCode, Json<CreatedComparisons>)> {
     u.require_researcher()?;
-    Ok((StatusCode::CREATED, Json(comparisons::create(&s.db, body, u.id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(comparisons::create(&s.db, body, u.id).await?),
+    ))
 }
 
 /// `GET /api/comparisons/{id}` (researcher)
@@ -160,7 +175,10 @@ pub async fn comparison(
 }
 
 /// `GET /api/batches` (researcher)
-pub async fn batches(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Json<Vec<BatchProgress>>> {
+pub async fn batches(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> AppResult<Json<Vec<BatchProgress>>> {
     u.require_researcher()?;
     Ok(Json(progress::batches_progress(&s.db, None).await?))
 }
@@ -186,7 +204,10 @@ pub async fn agreement(
 }
 
 /// `GET /api/labelers` (researcher): per-labeler totals.
-pub async fn labelers(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Json<Vec<LabelerProgress>>> {
+pub async fn labelers(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> AppResult<Json<Vec<LabelerProgress>>> {
     u.require_researcher()?;
     Ok(Json(progress::labelers_progress(&s.db, None).await?))
 }
@@ -199,7 +220,13 @@ pub async fn export(
 ) -> AppResult<Response> {
     u.require_researcher()?;
     let filter = export::Filter::from_query(&q)?;
-    audit::record(&s.db, Some(u.id), "export", serde_json::to_value(&q).unwrap_or_default()).await?;
+    audit::record(
+        &s.db,
+        Some(u.id),
+        "export",
+        serde_json::to_value(&q).unwrap_or_default(),
+    )
+    .await?;
     let name = match filter.format() {
         ExportFormat::Trl => "preferences-trl.jsonl",
         ExportFormat::Hh => "preferences-hh.jsonl",
@@ -208,7 +235,10 @@ pub async fn export(
     Ok((
         [
             (header::CONTENT_TYPE, "application/x-ndjson".to_string()),
-            (header::CONTENT_DISPOSITION, format!("attachment; filename=\"{name}\"")),
+            (
+                header::CONTENT_DISPOSITION,
+                format!("attachment; filename=\"{name}\""),
+            ),
         ],
         export::stream(s.db.clone(), filter),
     )
@@ -232,18 +262,28 @@ pub async fn submit_label(
     ApiJson(body): ApiJson<SubmitLabel>,
 ) -> AppResult<(StatusCode, Json<LabelReceipt>)> {
     u.require_labeler()?;
-    Ok((StatusCode::CREATED, Json(assign::submit_label(&s, u.id, id, body).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(assign::submit_label(&s, u.id, id, body).await?),
+    ))
 }
 
 /// `POST /api/tasks/{id}/skip`
-pub async fn skip(State(s): State<AppState>, ApiUser(u): ApiUser, ApiPath(id): ApiPath<i64>) -> AppResult<StatusCode> {
+pub async fn skip(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<StatusCode> {
     u.require_labeler()?;
     assign::skip(&s, u.id, id).await?;
     Ok(StatusCode::NO_CONTENT)
 }
 
 /// `GET /api/rounds` (researcher)
-pub async fn list_rounds(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Json<Vec<Round>>> {
+pub async fn list_rounds(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+) -> AppResult<Json<Vec<Round>>> {
     u.require_researcher()?;
     Ok(Json(rounds::list(&s.db).await?))
 }
@@ -255,11 +295,18 @@ pub async fn create_round(
     ApiJson(body): ApiJson<NewRound>,
 ) -> AppResult<(StatusCode, Json<Round>)> {
     u.require_researcher()?;
-    Ok((StatusCode::CREATED, Json(rounds::create(&s.db, body, u.id).await?)))
+    Ok((
+        StatusCode::CREATED,
+        Json(rounds::create(&s.db, body, u.id).await?),
+    ))
 }
 
 /// `GET /api/rounds/{id}` (researcher)
-pub async fn round(State(s): State<AppState>, ApiUser(u): ApiUser, ApiPath(id): ApiPath<i64>) -> AppResult<Json<Round>> {
+pub async fn round(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<Json<Round>> {
     u.require_researcher()?;
     Ok(Json(rounds::get(&s.db, id).await?))
 }

@@ -72,7 +72,9 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiQuer
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        Ok(ApiQuery(Query::<T>::from_request_parts(parts, state).await?.0))
+        Ok(ApiQuery(
+            Query::<T>::from_request_parts(parts, state).await?.0,
+        ))
     }
 }
 
@@ -80,6 +82,8 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for ApiPath
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, AppError> {
-        Ok(ApiPath(Path::<T>::from_request_parts(parts, state).await?.0))
+        Ok(ApiPath(
+            Path::<T>::from_request_parts(parts, state).await?.0,
+        ))
     }
 }

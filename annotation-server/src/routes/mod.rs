@@ -25,9 +25,15 @@ pub fn router(state: AppState) -> Router {
         .route("/users/{username}/disable", post(api::disable_user))
         .route("/users/{username}/tokens", post(api::create_token))
         .route("/audit", get(api::audit_log))
-        .route("/prompts/import", post(api::import_prompts).layer(import_limit))
+        .route(
+            "/prompts/import",
+            post(api::import_prompts).layer(import_limit),
+        )
         .route("/prompts", get(api::list_prompts))
-        .route("/comparisons", post(api::create_comparisons).layer(import_limit))
+        .route(
+            "/comparisons",
+            post(api::create_comparisons).layer(import_limit),
+        )
         .route("/comparisons/{id}", get(api::comparison))
         .route("/batches", get(api::batches))
         .route("/batches/{id}", get(api::batch))
@@ -50,8 +56,24 @@ pub fn router(state: AppState) -> Router {
         .route("/label/{id}", post(ui::submit))
         .route("/label/{id}/skip", post(ui::skip))
         .route("/dashboard", get(ui::dashboard))
-        .route("/static/app.css", get(|| async { ([(header::CONTENT_TYPE, "text/css; charset=utf-8")], ui::APP_CSS) }))
-        .route("/static/app.js", get(|| async { ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8")], ui::APP_JS) }))
+        .route(
+            "/static/app.css",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/css; charset=utf-8")],
+                    ui::APP_CSS,
+                )
+            }),
+        )
+        .route(
+            "/static/app.js",
+            get(|| async {
+                (
+                    [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+                    ui::APP_JS,
+                )
+            }),
+        )
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(page_not_found)
@@ -69,7 +91,12 @@ async fn api_not_found() -> AppError {
 }
 
 async fn page_not_found() -> Response {
-    (StatusCode::NOT_FOUND, axum::response::Html("<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>"))
+    (
+        StatusCode::NOT_FOUND,
+        axum::response::Html(
+            "<!doctype html><title>Not found</title><p>Not found. <a href=\"/\">Home</a></p>",
+        ),
+    )
         .into_response()
 }
 
@@ -79,7 +106,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(e) => {
             tracing::error!(error = %e, "health check failed");
-            (StatusCode::SERVICE_UNAVAILABLE, Json(serde_json::json!({"status": "database unavailable"})))
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                Json(serde_json::json!({"status": "database unavailable"})),
+            )
                 .into_response()
         }
     }
@@ -89,7 +119,10 @@ async fn healthz(State(s): State<AppState>) -> Response {
 async fn metrics(State(s): State<AppState>) -> Result<Response, AppError> {
     let (depth, leases) = progress::queue_depth(&s.db).await?;
     Ok((
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
+        [(
+            header::CONTENT_TYPE,
+            "text/plain; version=0.0.4; charset=utf-8",
+        )],
         s.metrics.render(depth, leases),
     )
         .into_response())
@@ -109,7 +142,8 @@ async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Respons
     let mut resp = next.run(req).await;
     let elapsed = start.elapsed();
     let status = resp.status().as_u16();
-    s.metrics.observe_request(method.as_str(), &route, status, elapsed);
+    s.metrics
+        .observe_request(method.as_str(), &route, status, elapsed);
     tracing::info!(%method, path, status, ms = elapsed.as_secs_f64() * 1e3, "request");
     let h = resp.headers_mut();
     h.insert(
@@ -119,9 +153,15 @@ async fn observe(State(s): State<AppState>, req: Request, next: Next) -> Respons
              form-action 'self'; frame-ancestors 'none'; base-uri 'none'",
         ),
     );
-    h.insert(header::X_CONTENT_TYPE_OPTIONS, HeaderValue::from_static("nosniff"));
+    h.insert(
+        header::X_CONTENT_TYPE_OPTIONS,
+        HeaderValue::from_static("nosniff"),
+    );
     h.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
-    h.insert(header::REFERRER_POLICY, HeaderValue::from_static("no-referrer"));
+    h.insert(
+        header::REFERRER_POLICY,
+        HeaderValue::from_static("no-referrer"),
+    );
     if !h.contains_key(header::CACHE_CONTROL) {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }

@@ -8,8 +8,8 @@ use html::{nav, page};
 use crate::api::{Role, Safety, Strength, SubmitLabel, Task};
 use crate::assign;
 use crate::auth::{
-    self, cookie, create_session, delete_session, random_hex, session_from_headers, set_cookie, Session,
-    LOGIN_CSRF_COOKIE, SESSION_COOKIE,
+    self, cookie, create_session, delete_session, random_hex, session_from_headers, set_cookie,
+    Session, LOGIN_CSRF_COOKIE, SESSION_COOKIE,
 };
 use crate::entities::users;
 use crate::error::AppError;
@@ -91,7 +91,9 @@ pub async fn index(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
 }
 
 fn login_page(csrf: &str, error: Option<&str>) -> String {
-    let err = error.map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e))).unwrap_or_default();
+    let err = error
+        .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
+        .unwrap_or_default();
     page(
         "Log in",
         "",
@@ -113,7 +115,10 @@ pub async fn login_form(State(s): State<AppState>, headers: HeaderMap) -> Respon
         .map(str::to_string)
         .unwrap_or_else(random_hex);
     (
-        [(header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, &token, 3600, s.config.secure_cookies))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(LOGIN_CSRF_COOKIE, &token, 3600, s.config.secure_cookies),
+        )],
         Html(login_page(&token, None)),
     )
         .into_response()
@@ -137,13 +142,22 @@ pub async fn login(
     let user_key = format!("user:{username}");
     let limiter = &s.login_limiter;
     if limiter.is_blocked(&ip_key) || limiter.is_blocked(&user_key) {
-        let html = login_page(csrf, Some("Too many failed logins. Wait a few minutes and try again."));
+        let html = login_page(
+            csrf,
+            Some("Too many failed logins. Wait a few minutes and try again."),
+        );
         return Ok((StatusCode::TOO_MANY_REQUESTS, Html(html)).into_response());
     }
-    let user = users::Entity::find().filter(users::Column::Username.eq(username)).one(&s.db).await?;
+    let user = users::Entity::find()
+        .filter(users::Column::Username.eq(username))
+        .one(&s.db)
+        .await?;
     let password = get("password").to_string();
     // verify against a dummy hash for unknown users so timing does not reveal them
-    let hash = user.as_ref().map(|u| u.password_hash.clone()).unwrap_or_else(|| DUMMY_HASH.to_string());
+    let hash = user
+        .as_ref()
+        .map(|u| u.password_hash.clone())
+        .unwrap_or_else(|| DUMMY_HASH.to_string());
     let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
         .await
         .unwrap_or(false);
@@ -152,21 +166,43 @@ pub async fn login(
         _ => {
             limiter.record_failure(&ip_key);
             limiter.record_failure(&user_key);
-            crate::audit::record(&s.db, None, "login.fail", serde_json::json!({"username": username, "ip": addr.ip().to_string()})).await?;
+            crate::audit::record(
+                &s.db,
+                None,
+                "login.fail",
+                serde_json::json!({"username": username, "ip": addr.ip().to_string()}),
+            )
+            .await?;
             let html = login_page(csrf, Some("Wrong user name or password."));
             return Ok((StatusCode::UNAUTHORIZED, Html(html)).into_response());
         }
     };
     limiter.reset(&user_key);
     let token = create_session(&s, user.id).await?;
-    crate::audit::record(&s.db, Some(user.id), "login", serde_json::json!({"ip": addr.ip().to_string()})).await?;
-    let to = if Role::parse(&user.role).is_some_and(Role::is_researcher) { "/dashboard" } else { "/label" };
+    crate::audit::record(
+        &s.db,
+        Some(user.id),
+        "login",
+        serde_json::json!({"ip": addr.ip().to_string()}),
+    )
+    .await?;
+    let to = if Role::parse(&user.role).is_some_and(Role::is_researcher) {
+        "/dashboard"
+    } else {
+        "/label"
+    };
     let max_age = s.config.session_ttl.as_secs() as i64;
     Ok((
         // AppendHeaders: a plain header array would keep only the last Set-Cookie
         AppendHeaders([
-            (header::SET_COOKIE, set_cookie(SESSION_COOKIE, &token, max_age, s.config.secure_cookies)),
-            (header::SET_COOKIE, set_cookie(LOGIN_CSRF_COOKIE, "", 0, s.config.secure_cookies)),
+            (
+                header::SET_COOKIE,
+                set_cookie(SESSION_COOKIE, &token, max_age, s.config.secure_cookies),
+            ),
+            (
+                header::SET_COOKIE,
+                set_cookie(LOGIN_CSRF_COOKIE, "", 0, s.config.secure_cookies),
+            ),
         ]),
         Redirect::to(to),
     )
@@ -188,7 +224,10 @@ pub async fn logout(
         delete_session(&s, &sess.token_hash).await?;
     }
     Ok((
-        [(header::SET_COOKIE, set_cookie(SESSION_COOKIE, "", 0, s.config.secure_cookies))],
+        [(
+            header::SET_COOKIE,
+            set_cookie(SESSION_COOKIE, "", 0, s.config.secure_cookies),
+        )],
         Redirect::to("/login"),
     )
         .into_response())
@@ -200,23 +239,42 @@ fn user_nav(sess: &Session) -> String {
     } else {
         ""
     };
-    nav(&sess.user.username, sess.user.role.as_str(), &sess.csrf, links)
+    nav(
+        &sess.user.username,
+        sess.user.role.as_str(),
+        &sess.csrf,
+        links,
+    )
 }
 
 /// `GET /label`: the caller's current or next task.
 pub async fn label_page(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else { return Ok(to_login()) };
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
     render_task(&s, &sess, None, StatusCode::OK).await
 }
 
-async fn render_task(s: &AppState, sess: &Session, error: Option<&str>, status: StatusCode) -> UiResult {
+async fn render_task(
+    s: &AppState,
+    sess: &Session,
+    error: Option<&str>,
+    status: StatusCode,
+) -> UiResult {
     let task = assign::next_task(s, sess.user.id).await?;
     let today = assign::labels_since(&s.db, sess.user.id, start_of_today_ms()).await?;
     let remaining = assign::remaining_for(&s.db, sess.user.id).await?;
     let progress = format!(
         "<p class=\"progress\" id=\"progress\">Done today: <strong id=\"done-today\">{today}</strong> · Remaining: <strong id=\"remaining\">{remaining}</strong></p>"
     );
-    let err = error.map(|e| format!("<p class=\"error\" role=\"alert\" id=\"error\">{}</p>", esc(e))).unwrap_or_default();
+    let err = error
+        .map(|e| {
+            format!(
+                "<p class=\"error\" role=\"alert\" id=\"error\">{}</p>",
+                esc(e)
+            )
+        })
+        .unwrap_or_default();
     let body = match task {
         None => format!(
             "{progress}{err}<h1 id=\"no-task\">Nothing to label right now</h1><p>All comparisons available to you are done. <a href=\"/label\">Check again</a></p>"
@@ -229,10 +287,16 @@ async fn render_task(s: &AppState, sess: &Session, error: Option<&str>, status: 
 fn task_html(t: &Task, csrf: &str) -> String {
     let k = t.responses.len();
     let mut h = String::new();
-    h.push_str(&format!("<section id=\"prompt\" data-comparison=\"{}\"><h2>Prompt</h2>", t.comparison_id));
+    h.push_str(&format!(
+        "<section id=\"prompt\" data-comparison=\"{}\"><h2>Prompt</h2>",
+        t.comparison_id
+    ));
     if !t.tags.is_empty() {
         let tags: Vec<String> = t.tags.iter().map(|x| esc(x)).collect();
-        h.push_str(&format!("<p class=\"progress\">Tags: {}</p>", tags.join(", ")));
+        h.push_str(&format!(
+            "<p class=\"progress\">Tags: {}</p>",
+            tags.join(", ")
+        ));
     }
     for m in &t.prompt {
         h.push_str(&format!(
@@ -249,7 +313,10 @@ fn task_html(t: &Task, csrf: &str) -> String {
         esc(csrf),
         now_ms()
     ));
-    h.push_str(&format!("<div class=\"responses{}\">", if k == 2 { " pair" } else { "" }));
+    h.push_str(&format!(
+        "<div class=\"responses{}\">",
+        if k == 2 { " pair" } else { "" }
+    ));
     for r in &t.responses {
         let i = r.position;
         let choose = if k == 2 {
@@ -258,7 +325,9 @@ fn task_html(t: &Task, csrf: &str) -> String {
                 i + 1
             )
         } else {
-            let opts: String = (1..=k).map(|n| format!("<option value=\"{n}\">{n}</option>")).collect();
+            let opts: String = (1..=k)
+                .map(|n| format!("<option value=\"{n}\">{n}</option>"))
+                .collect();
             format!(
                 "<label>Rank <kbd>{}</kbd> <select name=\"rank_{i}\" required><option value=\"\">–</option>{opts}</select></label>",
                 i + 1
@@ -318,7 +387,9 @@ fn label_from_form(form: &HashMap<String, String>, k: usize) -> Result<SubmitLab
         (0..k)
             .map(|i| {
                 get(&format!("rank_{i}"))
-                    .ok_or_else(|| "Pick the better response (or rank every response).".to_string())?
+                    .ok_or_else(|| {
+                        "Pick the better response (or rank every response).".to_string()
+                    })?
                     .parse::<u32>()
                     .map_err(|_| "invalid rank".to_string())
             })
@@ -351,7 +422,9 @@ pub async fn submit(
     Path(id): Path<i64>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else { return Ok(to_login()) };
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
     let Form(form) = form?;
     sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     let k = assign::response_texts(&s.db, id).await?.len();
@@ -360,7 +433,9 @@ pub async fn submit(
     }
     let label = match label_from_form(&form, k) {
         Ok(l) => l,
-        Err(msg) => return render_task(&s, &sess, Some(&msg), StatusCode::UNPROCESSABLE_ENTITY).await,
+        Err(msg) => {
+            return render_task(&s, &sess, Some(&msg), StatusCode::UNPROCESSABLE_ENTITY).await
+        }
     };
     match assign::submit_label(&s, sess.user.id, id, label).await {
         Ok(_) => Ok(Redirect::to("/label").into_response()),
@@ -378,7 +453,9 @@ pub async fn skip(
     Path(id): Path<i64>,
     form: Result<Form<HashMap<String, String>>, FormRejection>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else { return Ok(to_login()) };
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
     let Form(form) = form?;
     sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     assign::skip(&s, sess.user.id, id).await?;
@@ -387,14 +464,23 @@ pub async fn skip(
 
 /// `GET /dashboard`: progress per batch (researchers and admins).
 pub async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else { return Ok(to_login()) };
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
     sess.user.require_researcher()?;
     let batches = progress::batches_progress(&s.db, None).await?;
     let mut rows = String::new();
     for b in &batches {
-        let labelers: Vec<String> =
-            b.labelers.iter().map(|l| format!("{} ({})", esc(&l.username), l.labels)).collect();
-        let pct = if b.comparisons == 0 { 0.0 } else { 100.0 * b.complete as f64 / b.comparisons as f64 };
+        let labelers: Vec<String> = b
+            .labelers
+            .iter()
+            .map(|l| format!("{} ({})", esc(&l.username), l.labels))
+            .collect();
+        let pct = if b.comparisons == 0 {
+            0.0
+        } else {
+            100.0 * b.complete as f64 / b.comparisons as f64
+        };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {} ({pct:.0}%)</td><td>{}</td><td>{}</td>\
              <td><a href=\"/api/export?format=trl&amp;batch_id={id}\">TRL</a> · <a href=\"/api/export?format=hh&amp;batch_id={id}\">HH</a> · \

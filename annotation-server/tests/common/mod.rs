@@ -24,7 +24,12 @@ impl TestDb {
     pub fn sqlite() -> TestDb {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("test.sqlite").display());
-        TestDb { url, backend: "sqlite", _dir: Some(dir), pg: None }
+        TestDb {
+            url,
+            backend: "sqlite",
+            _dir: Some(dir),
+            pg: None,
+        }
     }
 
     /// A new PostgreSQL database on the server in `RLHF_TEST_POSTGRES_URL`;
@@ -40,17 +45,29 @@ impl TestDb {
             COUNTER.fetch_add(1, Ordering::Relaxed),
             rand_suffix()
         );
-        let conn = Database::connect(&admin).await.expect("connect to RLHF_TEST_POSTGRES_URL");
-        conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\"")).await.expect("create database");
+        let conn = Database::connect(&admin)
+            .await
+            .expect("connect to RLHF_TEST_POSTGRES_URL");
+        conn.execute_unprepared(&format!("CREATE DATABASE \"{name}\""))
+            .await
+            .expect("create database");
         conn.close().await.ok();
         let url = replace_db_name(&admin, &name);
-        Some(TestDb { url, backend: "postgres", _dir: None, pg: Some((admin, name)) })
+        Some(TestDb {
+            url,
+            backend: "postgres",
+            _dir: None,
+            pg: Some((admin, name)),
+        })
     }
 }
 
 fn rand_suffix() -> u32 {
     use std::time::{SystemTime, UNIX_EPOCH};
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0)
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.subsec_nanos())
+        .unwrap_or(0)
 }
 
 /// `postgres://u@h:p/olddb?x` → `postgres://u@h:p/newdb?x`
@@ -72,10 +89,17 @@ impl Drop for TestDb {
         if let Some((admin, name)) = self.pg.take() {
             // Drop runs outside async context: use a private runtime on a thread.
             let _ = std::thread::spawn(move || {
-                let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
                 rt.block_on(async {
                     if let Ok(conn) = Database::connect(&admin).await {
-                        let _ = conn.execute_unprepared(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)")).await;
+                        let _ = conn
+                            .execute_unprepared(&format!(
+                                "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                            ))
+                            .await;
                         let _ = conn.close().await;
                     }
                 });
@@ -102,18 +126,34 @@ impl TestServer {
     pub async fn start_with(testdb: TestDb, config: Config) -> TestServer {
         let db = connect_and_migrate(&testdb.url).await.expect("migrate");
         let state = AppState::new(db.clone(), config);
-        let server = RunningServer::start(state.clone(), "127.0.0.1:0").await.expect("bind");
-        TestServer { url: server.url(), db, state, server: Some(server), testdb }
+        let server = RunningServer::start(state.clone(), "127.0.0.1:0")
+            .await
+            .expect("bind");
+        TestServer {
+            url: server.url(),
+            db,
+            state,
+            server: Some(server),
+            testdb,
+        }
     }
 
     /// Creates a user and returns an API token for it.
     pub async fn token(&self, username: &str, role: Role) -> String {
-        accounts::create_user(&self.db, username, "password123", role, None).await.expect("create user");
-        accounts::create_token(&self.db, username, None, None).await.expect("create token")
+        accounts::create_user(&self.db, username, "password123", role, None)
+            .await
+            .expect("create user");
+        accounts::create_token(&self.db, username, None, None)
+            .await
+            .expect("create token")
     }
 
     pub fn api(&self, token: &str) -> Api {
-        Api { base: self.url.clone(), token: token.to_string(), http: reqwest::Client::new() }
+        Api {
+            base: self.url.clone(),
+            token: token.to_string(),
+            http: reqwest::Client::new(),
+        }
     }
 
     pub async fn stop(mut self) {
@@ -134,14 +174,30 @@ pub struct Api {
 
 impl Api {
     pub async fn get(&self, path: &str) -> reqwest::Response {
-        self.http.get(format!("{}{path}", self.base)).bearer_auth(&self.token).send().await.expect("GET")
+        self.http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("GET")
     }
 
     pub async fn post(&self, path: &str, body: serde_json::Value) -> reqwest::Response {
-        self.http.post(format!("{}{path}", self.base)).bearer_auth(&self.token).json(&body).send().await.expect("POST")
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .json(&body)
+            .send()
+            .await
+            .expect("POST")
     }
 
-    pub async fn post_raw(&self, path: &str, content_type: &str, body: impl Into<reqwest::Body>) -> reqwest::Response {
+    pub async fn post_raw(
+        &self,
+        path: &str,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> reqwest::Response {
         self.http
             .post(format!("{}{path}", self.base))
             .bearer_auth(&self.token)
@@ -162,15 +218,24 @@ impl Api {
         let r = self.get(path).await;
         assert_eq!(r.status(), 200, "GET {path}");
         let text = r.text().await.unwrap();
-        text.lines().map(|l| serde_json::from_str(l).expect("JSONL line")).collect()
+        text.lines()
+            .map(|l| serde_json::from_str(l).expect("JSONL line"))
+            .collect()
     }
 }
 
 /// Asserts a JSON error response with the given status, returning its message.
 pub async fn assert_error(r: reqwest::Response, status: u16) -> String {
     assert_eq!(r.status().as_u16(), status, "unexpected status");
-    let ct = r.headers().get("content-type").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default();
-    assert!(ct.starts_with("application/json"), "error content-type {ct}");
+    let ct = r
+        .headers()
+        .get("content-type")
+        .map(|v| v.to_str().unwrap().to_string())
+        .unwrap_or_default();
+    assert!(
+        ct.starts_with("application/json"),
+        "error content-type {ct}"
+    );
     let body: serde_json::Value = r.json().await.expect("JSON error body");
     assert!(body["error"].is_string(), "{body}");
     body["message"].as_str().expect("message").to_string()
