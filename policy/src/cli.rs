@@ -25,6 +25,18 @@ pub enum PolicyCommand {
         #[arg(long)]
         model: PathBuf,
     },
+    /// Re-save a checkpoint (e.g. in another dtype); the output is a HF directory.
+    Convert {
+        /// Input checkpoint directory.
+        #[arg(long)]
+        model: PathBuf,
+        /// Output directory (replaced atomically if it exists).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the output weights (default: the input's).
+        #[arg(long, value_parser = parse_dtype)]
+        dtype: Option<DType>,
+    },
     /// Generate text from a prompt or a chat.
     Generate(GenerateArgs),
     /// Per-token log-probs log p(t_i | t_<i) of token sequences or texts (JSONL in, JSONL out).
@@ -180,6 +192,12 @@ fn run_on<D: Dev>(cmd: PolicyCommand, dev: &D) -> Result<()> {
     match cmd {
         PolicyCommand::Init(a) => init(&a, &dev).map(|_| ()),
         PolicyCommand::Info { model } => info(&model, &dev),
+        PolicyCommand::Convert { model, out, dtype } => {
+            let ck = Checkpoint::load(&model, &dev)?;
+            ck.save(&out, dtype.unwrap_or(ck.model.cfg.dtype))?;
+            eprintln!("wrote {}", out.display());
+            Ok(())
+        }
         PolicyCommand::Generate(a) => generate_cmd(&a, &dev),
         PolicyCommand::Logprobs(a) => logprobs_cmd(&a, &dev),
         PolicyCommand::Render { model, chat, no_generation_prompt } => {
