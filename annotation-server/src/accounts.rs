@@ -4,7 +4,7 @@ use crate::api::{Role, UserInfo};
 use crate::audit;
 use crate::auth::{hash_password, new_token, sha256_hex};
 use crate::entities::{api_tokens, users};
-use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::error::{is_unique_violation, reject_nul, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -98,6 +98,10 @@ pub async fn create_user(
 
 /// Finds a user by name.
 pub async fn find_user<C: ConnectionTrait>(db: &C, username: &str) -> AppResult<users::Model> {
+    // names that cannot exist are not looked up (and never reach the database)
+    if validate_username(username).is_err() {
+        return Err(AppError::NotFound(format!("no user {username:?}")));
+    }
     users::Entity::find()
         .filter(users::Column::Username.eq(username))
         .one(db)
@@ -146,6 +150,7 @@ pub async fn create_token(
         return Err(AppError::Conflict(format!("user {username:?} is disabled")));
     }
     let name = name.unwrap_or("api");
+    reject_nul(name, "token name")?;
     if name.len() > 200 {
         return Err(AppError::BadRequest(
             "token name must have at most 200 bytes".into(),

@@ -12,7 +12,7 @@ use crate::db::begin_write;
 use crate::entities::{
     comparison_responses, comparisons, labels, leases, prompts, responses, skips,
 };
-use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::error::{is_unique_violation, reject_nul, AppError, AppResult};
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
 use rand::Rng;
@@ -301,6 +301,11 @@ pub fn validate_label(body: &SubmitLabel, k: usize) -> AppResult<()> {
             "note is over {MAX_NOTE_CHARS} characters"
         )));
     }
+    reject_nul(
+        body.edited_response.as_deref().unwrap_or(""),
+        "edited_response",
+    )?;
+    reject_nul(body.note.as_deref().unwrap_or(""), "note")?;
     if body.time_spent_ms.is_some_and(|t| t > i64::MAX as u64) {
         return Err(AppError::Unprocessable(
             "time_spent_ms is out of range".into(),

@@ -10,7 +10,7 @@ use crate::db::begin_write;
 use crate::entities::{
     batches, comparison_responses, comparisons, labels, prompts, responses, rounds, users,
 };
-use crate::error::{is_unique_violation, AppError, AppResult};
+use crate::error::{is_unique_violation, reject_nul, AppError, AppResult};
 use crate::prompts::MAX_TEXT_CHARS;
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{
@@ -27,6 +27,7 @@ pub const MAX_COMPARISONS: usize = 10_000;
 pub const MAX_LABELS_WANTED: u32 = 100;
 
 fn check(req: &CreateComparisons) -> AppResult<()> {
+    reject_nul(&req.batch, "batch")?;
     let bad = |m: String| Err(AppError::Unprocessable(m));
     if req.batch.trim().is_empty() || req.batch.chars().count() > 200 {
         return bad("batch must have 1-200 characters".into());
@@ -54,6 +55,11 @@ fn check(req: &CreateComparisons) -> AppResult<()> {
             ));
         }
         for (j, r) in c.responses.iter().enumerate() {
+            reject_nul(&r.text, &format!("comparisons[{i}].responses[{j}].text"))?;
+            reject_nul(
+                r.model.as_deref().unwrap_or(""),
+                &format!("comparisons[{i}].responses[{j}].model"),
+            )?;
             if r.text.chars().count() > MAX_TEXT_CHARS {
                 return bad(format!(
                     "comparisons[{i}].responses[{j}]: text is over {MAX_TEXT_CHARS} characters"

@@ -106,3 +106,15 @@ pub fn is_unique_violation(e: &sea_orm::DbErr) -> bool {
         Some(sea_orm::SqlErr::UniqueConstraintViolation(_))
     )
 }
+
+/// Rejects text containing NUL characters (422): PostgreSQL cannot store them
+/// in text columns, and no prompt, response or name needs one.
+pub fn reject_nul(s: &str, what: &str) -> AppResult<()> {
+    if s.contains('\0') {
+        Err(AppError::Unprocessable(format!(
+            "{what} contains a NUL character"
+        )))
+    } else {
+        Ok(())
+    }
+}

@@ -42,6 +42,15 @@ pub fn validate_messages(msgs: &[ChatMessage], what: &str) -> Result<(), String>
 
 /// Validates one import line and returns its messages.
 fn check_line(p: &PromptImport, what: &str) -> Result<Vec<ChatMessage>, String> {
+    let texts = p.id.iter().chain(&p.source).chain(&p.prompt).chain(&p.tags);
+    let msgs_text = p
+        .messages
+        .iter()
+        .flatten()
+        .flat_map(|m| [&m.role, &m.content]);
+    if texts.chain(msgs_text).any(|t| t.contains('\0')) {
+        return Err(format!("{what}: text contains a NUL character"));
+    }
     let msgs = match (&p.prompt, &p.messages) {
         (Some(text), None) => {
             if text.trim().is_empty() {

@@ -4,7 +4,7 @@
 use crate::api::{NewRound, Round, RoundUpdate};
 use crate::audit;
 use crate::entities::rounds;
-use crate::error::{AppError, AppResult};
+use crate::error::{reject_nul, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, QueryOrder, Set};
 
@@ -31,6 +31,7 @@ fn object(v: Option<serde_json::Value>, what: &str) -> AppResult<String> {
 
 /// Creates a round with status `created`.
 pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppResult<Round> {
+    reject_nul(&req.name, "name")?;
     if req.name.trim().is_empty() || req.name.chars().count() > 200 {
         return Err(AppError::Unprocessable(
             "name must have 1-200 characters".into(),

@@ -185,6 +185,52 @@ async fn bad_input_gets_json_4xx(db: TestDb) {
         0
     );
 
+    // NUL characters (PostgreSQL cannot store them) are refused, not a 500
+    assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"prompt\": \"a\\u0000b\"}",
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            "{\"id\": \"x\\u0000\", \"prompt\": \"a\"}",
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(r.post("/api/comparisons", json!({"batch": "b\u{0}", "comparisons": [{"prompt_id": pid, "responses": [{"text": "a"}, {"text": "b"}]}]})).await, 422).await;
+    assert_error(r.post("/api/comparisons", json!({"batch": "b", "comparisons": [{"prompt_id": pid, "responses": [{"text": "a\u{0}"}, {"text": "b"}]}]})).await, 422).await;
+    assert_error(
+        l.post(
+            &format!("/api/tasks/{id}/label"),
+            json!({"ranking": [1, 2], "strength": "better", "note": "\u{0}"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(r.post("/api/rounds", json!({"name": "r\u{0}"})).await, 422).await;
+    let login = reqwest::Client::new()
+        .post(format!("{}/login", s.url))
+        .header("cookie", format!("rlhf_login_csrf={}", "a".repeat(64)))
+        .form(&[
+            ("username", "x\u{0}"),
+            ("password", "p"),
+            ("csrf", &"a".repeat(64)),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(login.status(), 401);
+
     // paths and queries
     assert_error(l.post("/api/tasks/abc/label", json!({})).await, 400).await;
     assert_error(r.get("/api/comparisons/99999999999999999999999").await, 400).await;

@@ -148,10 +148,15 @@ pub async fn login(
         );
         return Ok((StatusCode::TOO_MANY_REQUESTS, Html(html)).into_response());
     }
-    let user = users::Entity::find()
-        .filter(users::Column::Username.eq(username))
-        .one(&s.db)
-        .await?;
+    // a name that cannot exist is not looked up (NUL bytes would upset PostgreSQL)
+    let user = if crate::accounts::validate_username(username).is_ok() {
+        users::Entity::find()
+            .filter(users::Column::Username.eq(username))
+            .one(&s.db)
+            .await?
+    } else {
+        None
+    };
     let password = get("password").to_string();
     // verify against a dummy hash for unknown users so timing does not reveal them
     let hash = user
