@@ -138,7 +138,24 @@ fn rms_norm<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, e
 
 impl<D: Dev> Llama<D> {
     /// Builds a model from HF-named host tensors, checking every name and shape.
-    pub fn from_tensors(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+    pub fn from_tensors(cfg: LlamaConfig, tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+        Self::build(cfg, tensors, dev, true)
+    }
+
+    /// Builds only the backbone (no LM head) from HF-named tensors: for reward
+    /// and value models, whose heads live elsewhere. Any `lm_head.weight` is
+    /// ignored; [`Llama::params`] then lists no head.
+    pub fn backbone_from_tensors(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+        tensors.remove("lm_head.weight");
+        let mut cfg = cfg;
+        let tied = cfg.tie_word_embeddings;
+        cfg.tie_word_embeddings = true;
+        let mut m = Self::build(cfg, tensors, dev, false)?;
+        m.cfg.tie_word_embeddings = tied;
+        Ok(m)
+    }
+
+    fn build(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D, with_head: bool) -> Result<Self> {
         cfg.validate()?;
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q_out = cfg.num_attention_heads * cfg.head_dim;
@@ -172,7 +189,7 @@ impl<D: Dev> Llama<D> {
             });
         }
         let norm = vec1(take("model.norm.weight", &[d])?, d);
-        let lm_head = if cfg.tie_word_embeddings {
+        let lm_head = if cfg.tie_word_embeddings || !with_head {
             // Some tied checkpoints still store a copy of the head; it must equal the embedding.
             tensors.remove("lm_head.weight");
             None
