@@ -264,3 +264,78 @@ fn init_logging() {
         .with_writer(std::io::stderr)
         .try_init();
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::{CommandFactory, Parser};
+
+    /// The same shape as the root `rlhf` binary: these commands flattened in.
+    #[derive(Parser, Debug)]
+    struct Root {
+        #[command(subcommand)]
+        command: Commands,
+    }
+
+    #[test]
+    fn commands_parse_like_the_root_binary() {
+        Root::command().debug_assert();
+        let p = |args: &[&str]| Root::try_parse_from(args).map(|r| r.command);
+        match p(&[
+            "rlhf",
+            "serve",
+            "--bind",
+            "127.0.0.1:0",
+            "--database-url",
+            "sqlite://x.db",
+        ])
+        .unwrap()
+        {
+            Commands::Serve {
+                bind,
+                db,
+                lease_seconds,
+                ..
+            } => {
+                assert_eq!(bind, "127.0.0.1:0");
+                assert_eq!(db.database_url, "sqlite://x.db");
+                assert_eq!(lease_seconds, 600);
+            }
+            c => panic!("{c:?}"),
+        }
+        assert!(matches!(
+            p(&["rlhf", "db", "migrate"]).unwrap(),
+            Commands::Db { .. }
+        ));
+        let add = p(&[
+            "rlhf",
+            "user",
+            "add",
+            "--role",
+            "researcher",
+            "--username",
+            "ann",
+            "--password-stdin",
+        ])
+        .unwrap();
+        assert!(matches!(
+            add,
+            Commands::User {
+                cmd: UserCommand::Add {
+                    role: Role::Researcher,
+                    password_stdin: true,
+                    ..
+                }
+            }
+        ));
+        assert!(p(&["rlhf", "user", "add", "--role", "boss", "--username", "x"]).is_err());
+        assert!(matches!(
+            p(&["rlhf", "user", "disable", "ann"]).unwrap(),
+            Commands::User { .. }
+        ));
+        assert!(matches!(
+            p(&["rlhf", "token", "create", "--username", "ann"]).unwrap(),
+            Commands::Token { .. }
+        ));
+    }
+}
