@@ -10,11 +10,13 @@ cd "$(dirname "$0")/.."
 case "${1:-}" in
 build)
   eval "$(../shared/tools/cuda-kit.sh)"
+  # separate target dir: the CUDA build would otherwise replace the CPU release artifacts
+  export CARGO_TARGET_DIR=${CARGO_TARGET_DIR:-target-gpu}
   cargo build --release -p policy --features cuda --example policy_bench
   cargo test --release -p policy --features cuda --test cuda_parity --no-run 2>&1 | tee /tmp/gpu-build.log
   rm -rf gpu-bin && mkdir -p gpu-bin
-  cp target/release/examples/policy_bench gpu-bin/
-  cp "$(grep -o 'target/release/deps/cuda_parity-[0-9a-f]*' /tmp/gpu-build.log | head -1)" gpu-bin/cuda_parity
+  cp "$CARGO_TARGET_DIR"/release/examples/policy_bench gpu-bin/
+  cp "$(grep -o "$CARGO_TARGET_DIR/release/deps/cuda_parity-[0-9a-f]*" /tmp/gpu-build.log | head -1)" gpu-bin/cuda_parity
   ls -la gpu-bin
   ;;
 run)
