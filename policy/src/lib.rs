@@ -10,3 +10,4 @@ pub mod bpe;
 pub mod generate;
 pub mod train;
 pub mod cli;
+pub mod train_state;
