@@ -5,3 +5,5 @@
 //! `LlamaForSequenceClassification` directory.
 pub mod loss;
 pub mod model;
+pub mod data;
+pub mod train;
