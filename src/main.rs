@@ -12,6 +12,8 @@ struct Cli {
 enum Commands {
     /// Create, inspect and run Llama checkpoints (Hugging Face directories).
     Policy(policy::cli::PolicyArgs),
+    /// Train, evaluate and score reward models (HF LlamaForSequenceClassification directories).
+    Rm(reward_model::cli::RmArgs),
     #[command(flatten)]
     Server(annotation_server::cli::Commands),
 }
@@ -20,6 +22,7 @@ fn main() {
     let cli = Cli::parse();
     let result = match cli.command {
         Commands::Policy(c) => policy::cli::run(c),
+        Commands::Rm(c) => reward_model::cli::run(c),
         Commands::Server(c) => annotation_server::cli::run(c),
     };
     if let Err(e) = result {

@@ -7,3 +7,4 @@ pub mod loss;
 pub mod model;
 pub mod data;
 pub mod train;
+pub mod cli;

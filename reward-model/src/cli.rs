@@ -1,0 +1,356 @@
+//! `rlhf rm …`: train, evaluate and score reward models.
+use crate::data::{encode_pairs, read_pairs, Aggregation, Content, DataOptions, Encoder};
+use crate::loss::MarginTable;
+use crate::model::RewardModel;
+use crate::train::{evaluate, load_checkpoint, metrics_path, split_held_out, train, TrainConfig};
+use anyhow::{bail, Context, Result};
+use clap::{Args, Subcommand};
+use policy::cli::DeviceKind;
+use policy::config::DType;
+use policy::model::Dev;
+use policy::train::AdamWConfig;
+use serde_json::{json, Value};
+use std::io::{BufRead, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+/// `rlhf rm [--device D] <command>`.
+#[derive(Args, Debug)]
+pub struct RmArgs {
+    /// Device to run the model on.
+    #[arg(long, value_enum, default_value = "cpu", global = true)]
+    pub device: DeviceKind,
+    #[command(subcommand)]
+    pub command: RmCommand,
+}
+
+/// `rlhf rm` subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RmCommand {
+    /// Train a reward model on preference pairs (TRL JSONL or ranked comparisons).
+    Train(TrainArgs),
+    /// Evaluate a reward model on preference pairs: accuracy overall and by strength, calibration.
+    Eval(EvalArgs),
+    /// Score responses (JSONL in, JSONL out).
+    Score(ScoreArgs),
+}
+
+/// How preference files are read.
+#[derive(Args, Debug, Clone)]
+pub struct DataArgs {
+    /// Margin per strength level: large (Llama-2: 3,2,1,0), small (1,2/3,1/3,0), off, or four numbers.
+    #[arg(long, default_value = "large", value_parser = parse_margins)]
+    pub margins: MarginTable,
+    /// Use every labeler's judgment, or one majority pair per response pair.
+    #[arg(long, value_enum, default_value = "per-labeler")]
+    pub aggregation: Aggregation,
+    /// Drop pairs longer than this many tokens.
+    #[arg(long, default_value_t = 1024)]
+    pub max_len: usize,
+}
+
+fn parse_margins(s: &str) -> Result<MarginTable, String> {
+    MarginTable::parse(s).map_err(|e| e.to_string())
+}
+
+fn parse_dtype(s: &str) -> Result<DType, String> {
+    DType::parse(s).map_err(|e| e.to_string())
+}
+
+/// Options of `rlhf rm train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Preference data (JSONL; repeat for several files).
+    #[arg(long, required = true)]
+    pub data: Vec<PathBuf>,
+    /// Starting checkpoint: a policy (e.g. the SFT model; a new head is added) or a reward model.
+    /// Not needed with --resume when OUT holds a checkpoint.
+    #[arg(long)]
+    pub init: Option<PathBuf>,
+    /// Output reward-model directory (HF LlamaForSequenceClassification + trainer_state/).
+    /// Metrics go to OUT.metrics.jsonl.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Continue the run saved in OUT (same data and settings), exactly.
+    #[arg(long)]
+    pub resume: bool,
+    /// Held-out preference data; default: a split of --data.
+    #[arg(long)]
+    pub eval_data: Option<PathBuf>,
+    /// Fraction of comparisons held out when --eval-data is not given.
+    #[arg(long, default_value_t = 0.05)]
+    pub eval_fraction: f32,
+    #[command(flatten)]
+    pub data_args: DataArgs,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-5)]
+    pub lr: f32,
+    /// Pairs per optimizer step.
+    #[arg(long, default_value_t = 32)]
+    pub batch_size: usize,
+    /// Pairs per forward/backward pass (gradients are accumulated).
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    #[arg(long, default_value_t = 1.0)]
+    pub epochs: f32,
+    /// Number of optimizer steps (overrides --epochs).
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    #[arg(long, default_value_t = 0.03)]
+    pub warmup_ratio: f32,
+    /// Final learning rate as a fraction of the peak (cosine schedule).
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f32,
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    #[arg(long, default_value_t = 0.1)]
+    pub weight_decay: f32,
+    /// Weight of the reward-centering term c·mean((r_c + r_r)²) (e.g. 0.01); 0 = off.
+    #[arg(long, default_value_t = 0.0)]
+    pub centering: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    #[arg(long, default_value_t = 10)]
+    pub log_every: u64,
+    /// Evaluate every N steps (0 = at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Save a resumable checkpoint every N steps (0 = at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Stop after N steps with a checkpoint, as if interrupted (for testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+    /// Storage dtype of the final weights.
+    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
+    pub dtype: DType,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// Options of `rlhf rm eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Reward-model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// Preference data (JSONL).
+    #[arg(long)]
+    pub data: PathBuf,
+    #[command(flatten)]
+    pub data_args: DataArgs,
+    /// Write the report (JSON) here instead of stdout.
+    #[arg(long)]
+    pub output: Option<PathBuf>,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+/// Options of `rlhf rm score`.
+#[derive(Args, Debug)]
+pub struct ScoreArgs {
+    /// Reward-model directory.
+    #[arg(long)]
+    pub model: PathBuf,
+    /// JSONL: {"prompt", "response"} (strings or chat messages), {"messages": [...]}, or {"text"}.
+    #[arg(long)]
+    pub input: PathBuf,
+    /// JSONL: {"reward": normalized, "score": raw} per input line (plus its "id", if any).
+    #[arg(long)]
+    pub output: PathBuf,
+    #[arg(long, default_value_t = 16)]
+    pub batch_size: usize,
+}
+
+/// Runs a `rlhf rm` subcommand on the chosen device.
+pub fn run(args: RmArgs) -> Result<()> {
+    match args.device {
+        DeviceKind::Cpu => run_on(args.command, &dfdx::tensor::Cpu::default()),
+        #[cfg(feature = "cuda")]
+        DeviceKind::Cuda => {
+            let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+            run_on(args.command, &dev)
+        }
+        #[cfg(not(feature = "cuda"))]
+        DeviceKind::Cuda => bail!("this build has no GPU support; rebuild with `cargo build --release --features cuda`"),
+    }
+}
+
+fn run_on<D: Dev>(cmd: RmCommand, dev: &D) -> Result<()> {
+    match cmd {
+        RmCommand::Train(a) => train_cmd(&a, dev),
+        RmCommand::Eval(a) => eval_cmd(&a, dev),
+        RmCommand::Score(a) => score_cmd(&a, dev),
+    }
+}
+
+fn data_options(a: &DataArgs) -> DataOptions {
+    DataOptions { margins: a.margins, aggregation: a.aggregation }
+}
+
+fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
+    let resume = if a.resume {
+        let state = load_checkpoint(&a.out, dev)?;
+        if state.is_none() && a.init.is_none() {
+            bail!("--resume: {} holds no training state to resume, and no --init was given", a.out.display());
+        }
+        state
+    } else {
+        if policy::train_state::exists(&a.out) {
+            bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", a.out.display());
+        }
+        None
+    };
+    let (mut rm, tok_dir, opt) = match resume {
+        Some((rm, opt, progress)) => {
+            eprintln!("resuming {} at step {}", a.out.display(), opt.step);
+            (rm, a.out.clone(), Some((opt, progress)))
+        }
+        None => {
+            let init = a.init.as_ref().context("--init is required: a policy checkpoint (e.g. the SFT model) or a reward model")?;
+            (RewardModel::load_or_init(init, dev, a.seed)?, init.clone(), None)
+        }
+    };
+    let enc = Encoder::load(&tok_dir)?;
+    let opts = data_options(&a.data_args);
+    let mut pairs = vec![];
+    for p in &a.data {
+        pairs.extend(read_pairs(p, &opts)?);
+    }
+    let (encoded, dropped) = encode_pairs(&enc, &pairs, a.data_args.max_len)?;
+    let (train_pairs, eval_pairs) = match &a.eval_data {
+        Some(p) => {
+            let (e, d2) = encode_pairs(&enc, &read_pairs(p, &opts)?, a.data_args.max_len)?;
+            if d2 > 0 {
+                eprintln!("dropped {d2} held-out pairs longer than {} tokens", a.data_args.max_len);
+            }
+            (encoded, e)
+        }
+        None => split_held_out(encoded, a.eval_fraction, a.seed)?,
+    };
+    if dropped > 0 {
+        eprintln!("dropped {dropped} pairs longer than {} tokens", a.data_args.max_len);
+    }
+    if train_pairs.is_empty() {
+        bail!("no training pairs left (read {} pairs from {} file(s))", pairs.len(), a.data.len());
+    }
+    let cfg = TrainConfig {
+        lr: a.lr,
+        batch_size: a.batch_size,
+        micro_batch: a.micro_batch,
+        epochs: a.epochs,
+        max_steps: a.max_steps,
+        warmup_ratio: a.warmup_ratio,
+        min_lr_ratio: a.min_lr_ratio,
+        max_grad_norm: a.max_grad_norm,
+        adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
+        centering: a.centering,
+        seed: a.seed,
+        log_every: a.log_every,
+        eval_every: a.eval_every,
+        save_every: a.save_every,
+        stop_after: a.stop_after,
+        eval_batch: a.micro_batch.max(1) * 2,
+        progress: !a.quiet,
+        dtype: a.dtype,
+    };
+    eprintln!("training on {} pairs, {} held out, {} steps", train_pairs.len(), eval_pairs.len(), cfg.total_steps(train_pairs.len()));
+    let o = train(&mut rm, &train_pairs, &eval_pairs, &cfg, &a.out, opt)?;
+    if !o.finished {
+        eprintln!("stopped after step {} of {}; continue with --resume", o.steps, o.total_steps);
+        return Ok(());
+    }
+    if let Some(r) = &o.eval {
+        eprintln!("held-out: accuracy {:.4}, loss {:.4}, mean margin {:.4}, ECE {:.4}", r.accuracy, r.loss, r.mean_margin, r.ece);
+    }
+    eprintln!("wrote {} (metrics: {})", a.out.display(), metrics_path(&a.out).display());
+    Ok(())
+}
+
+fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
+    let rm = RewardModel::load(&a.model, dev)?;
+    let enc = Encoder::load(&a.model)?;
+    let pairs = read_pairs(&a.data, &data_options(&a.data_args))?;
+    let (encoded, dropped) = encode_pairs(&enc, &pairs, a.data_args.max_len)?;
+    if encoded.is_empty() {
+        bail!("{}: no pairs to evaluate", a.data.display());
+    }
+    let mut report = serde_json::to_value(evaluate(&rm, &encoded, a.batch_size)?)?;
+    report["dropped_too_long"] = json!(dropped);
+    let text = serde_json::to_string_pretty(&report)?;
+    match &a.output {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("cannot write {}", p.display()))?;
+            eprintln!("wrote {}", p.display());
+        }
+        None => writeln!(std::io::stdout().lock(), "{text}")?,
+    }
+    Ok(())
+}
+
+/// One line of `rlhf rm score` input as (prompt, response).
+pub fn parse_score_line(v: &Value) -> Result<(Content, Content)> {
+    let obj = v.as_object().context("each line must be a JSON object")?;
+    if let Some(m) = obj.get("messages") {
+        let Content::Chat(msgs) = Content::from_json(m, "messages")? else { bail!("`messages` must be a list of chat messages") };
+        if msgs.is_empty() {
+            bail!("`messages` is empty");
+        }
+        return Ok((Content::Chat(vec![]), Content::Chat(msgs)));
+    }
+    if let Some(t) = obj.get("text") {
+        return Ok((Content::Text(String::new()), Content::from_json(t, "text")?));
+    }
+    let prompt = match obj.get("prompt") {
+        Some(p) => Content::from_json(p, "prompt")?,
+        None => bail!("a line needs `prompt` and `response`, `messages`, or `text`"),
+    };
+    let resp = obj.get("response").or_else(|| obj.get("completion")).context("missing `response`")?;
+    Ok((prompt, Content::from_json(resp, "response")?))
+}
+
+fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
+    let rm = RewardModel::load(&a.model, dev)?;
+    let enc = Encoder::load(&a.model)?;
+    let input = std::fs::File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
+    let mut seqs = vec![];
+    let mut ids = vec![];
+    for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
+        let line = line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let at = || format!("{}: line {}", a.input.display(), i + 1);
+        let v: Value = serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let (p, r) = parse_score_line(&v).with_context(at)?;
+        seqs.push(enc.encode(&p, &r).with_context(at)?);
+        ids.push(v.get("id").cloned());
+    }
+    let bar = indicatif::ProgressBar::new(seqs.len() as u64);
+    let mut raw = vec![];
+    for chunk in seqs.chunks(a.batch_size.max(1) * 8) {
+        raw.extend(rm.raw_scores(chunk, a.batch_size)?);
+        bar.inc(chunk.len() as u64);
+    }
+    bar.finish_and_clear();
+    write_jsonl_atomic(&a.output, raw.iter().zip(&ids).map(|(&s, id)| {
+        let mut o = json!({"reward": rm.normalization.apply(s), "score": s});
+        if let Some(id) = id {
+            o["id"] = id.clone();
+        }
+        o
+    }))?;
+    eprintln!("scored {} lines into {}", raw.len(), a.output.display());
+    Ok(())
+}
+
+fn write_jsonl_atomic(path: &Path, lines: impl Iterator<Item = Value>) -> Result<()> {
+    let tmp = path.with_extension("jsonl.partial");
+    let mut w = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
+    for l in lines {
+        writeln!(w, "{l}")?;
+    }
+    w.flush()?;
+    drop(w);
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot write {}", path.display()))
+}
