@@ -7,4 +7,5 @@ pub mod loss;
 pub mod model;
 pub mod data;
 pub mod train;
+pub mod combine;
 pub mod cli;

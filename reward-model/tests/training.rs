@@ -152,3 +152,34 @@ fn micro_batches_accumulate_to_the_full_batch_gradient() {
         assert!(m < 1e-5, "{name}: max diff {m}");
     }
 }
+
+#[test]
+fn safety_and_helpfulness_models_combine_as_llama2() {
+    use reward_model::combine::{select, whiten, RewardFunction, RewardInput, SafetyHelpfulness, SingleReward, Source};
+    use reward_model::model::Normalization;
+    let mut safety = tiny_rm(11);
+    let help = tiny_rm(12);
+    let pairs = synthetic(6, 9);
+    let inputs: Vec<RewardInput> = pairs.iter().enumerate().map(|(i, p)| RewardInput { tokens: p.chosen.clone(), unsafe_prompt: i == 1 }).collect();
+    let seqs: Vec<Vec<u32>> = inputs.iter().map(|i| i.tokens.clone()).collect();
+    // spread the safety rewards so some fall below σ⁻¹(0.15) ≈ −1.73 and some above
+    let raw = safety.raw_scores(&seqs, 4).unwrap();
+    safety.normalization = Normalization::fit(&raw).unwrap();
+    safety.normalization.gain *= 3.0;
+    let s = safety.rewards(&seqs, 4).unwrap();
+    let h = help.rewards(&seqs, 4).unwrap();
+    let tags: Vec<bool> = inputs.iter().map(|i| i.unsafe_prompt).collect();
+    let want = select(&s, &h, &tags, 0.15).unwrap();
+    assert!(want.iter().any(|x| x.1 == Source::Safety) && want.iter().any(|x| x.1 == Source::Helpfulness), "{s:?}");
+    assert_eq!(want[1].1, Source::Safety, "unsafe prompt uses the safety model");
+    let combo = SafetyHelpfulness::new(safety, help.clone()).unwrap();
+    let got = combo.rewards_with_source(&inputs).unwrap();
+    let w = whiten(&want.iter().map(|x| x.0).collect::<Vec<_>>());
+    for (i, (g, src)) in got.iter().enumerate() {
+        assert_eq!(*src, want[i].1);
+        assert!((g - w[i]).abs() < 1e-5);
+    }
+    // a single model as a reward function gives its normalized reward
+    let single = SingleReward { model: help, batch_size: 4 };
+    assert_eq!(single.rewards(&inputs).unwrap(), h);
+}
