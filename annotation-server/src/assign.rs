@@ -356,28 +356,28 @@ pub async fn submit_label(
         }
         Err(e) => return Err(e.into()),
     };
-    // the slot turns from "leased" into "done"
-    comparisons::Entity::update_many()
-        .col_expr(
-            comparisons::Column::LabelsDone,
-            Expr::col(comparisons::Column::LabelsDone).add(1),
-        )
+    // the slot turns from "leased" into "done", in one statement so that the
+    // write lock is held briefly; SET expressions see the old row
+    let done = Expr::col(comparisons::Column::LabelsDone).add(1);
+    let updated = comparisons::Entity::update_many()
+        .col_expr(comparisons::Column::LabelsDone, done.clone())
         .col_expr(
             comparisons::Column::Leased,
             Expr::col(comparisons::Column::Leased).sub(1),
         )
-        .filter(comparisons::Column::Id.eq(id))
-        .exec(&txn)
-        .await?;
-    let completed = comparisons::Entity::update_many()
-        .col_expr(comparisons::Column::State, Expr::value(COMPLETE))
-        .filter(comparisons::Column::Id.eq(id))
-        .filter(
-            Expr::col(comparisons::Column::LabelsDone)
-                .gte(Expr::col(comparisons::Column::LabelsWanted)),
+        .col_expr(
+            comparisons::Column::State,
+            Expr::case(
+                done.gte(Expr::col(comparisons::Column::LabelsWanted)),
+                COMPLETE,
+            )
+            .finally(Expr::col(comparisons::Column::State))
+            .into(),
         )
-        .exec(&txn)
+        .filter(comparisons::Column::Id.eq(id))
+        .exec_with_returning(&txn)
         .await?;
+    let complete = updated.first().is_some_and(|c| c.state == COMPLETE);
     txn.commit().await?;
     state
         .metrics
@@ -386,7 +386,7 @@ pub async fn submit_label(
     Ok(LabelReceipt {
         label_id: label.id,
         comparison_id: id,
-        comparison_complete: completed.rows_affected == 1,
+        comparison_complete: complete,
     })
 }
 
