@@ -260,6 +260,75 @@ pub struct TrainOutcome {
     pub eval: Option<EvalReport>,
 }
 
+/// What one optimizer step saw (sums over its pairs, for averaging).
+#[derive(Clone, Debug, Default)]
+pub struct StepStats {
+    /// Sum of per-pair losses (BT with margin + centering term).
+    pub loss_sum: f64,
+    /// Pairs with `r_c > r_r` (before the update).
+    pub correct: usize,
+    /// Sum of `r_c − r_r`.
+    pub margin_sum: f64,
+    pub pairs: usize,
+    /// Global gradient norm before clipping.
+    pub grad_norm: f32,
+}
+
+/// One optimizer step on `batch`: forward/backward per micro-batch of
+/// `micro_batch` pairs (chosen and rejected rows in one right-padded batch),
+/// gradients summed as the batch mean, global-norm clipping, AdamW at `lr`.
+pub fn train_step<D: Dev>(
+    rm: &mut RewardModel<D>,
+    opt: &mut AdamW<D>,
+    batch: &[&EncodedPair],
+    micro_batch: usize,
+    centering: f32,
+    max_grad_norm: f32,
+    lr: f32,
+) -> Result<StepStats> {
+    if batch.is_empty() || micro_batch == 0 {
+        bail!("a step needs at least one pair and a micro-batch of at least 1");
+    }
+    let pad = rm.pad_id();
+    let dev = rm.backbone.dev.clone();
+    let scale = 1.0 / batch.len() as f32;
+    let mut st = StepStats::default();
+    let mut acc: Option<ParamTensors<D>> = None;
+    for micro in batch.chunks(micro_batch) {
+        let k = micro.len();
+        let rows: Vec<Vec<u32>> = micro.iter().map(|p| p.chosen.clone()).chain(micro.iter().map(|p| p.rejected.clone())).collect();
+        let b = Batch::right_padded(&rows, pad)?;
+        let rewards = rm.forward(rm.backbone.embed_tokens.trace(Gradients::leaky()), &b)?;
+        let values = rewards.as_vec();
+        let ic = dev.tensor_from_vec((0..k).collect::<Vec<usize>>(), (k,));
+        let ir = dev.tensor_from_vec((k..2 * k).collect::<Vec<usize>>(), (k,));
+        let rc = rewards.with_empty_tape().gather(ic);
+        let rr = rewards.gather(ir);
+        for (j, p) in micro.iter().enumerate() {
+            let (c, r) = (values[j] as f64, values[k + j] as f64);
+            st.loss_sum += bt_loss(c, r, p.margin as f64) + centering as f64 * (c + r) * (c + r);
+            st.correct += (c > r) as usize;
+            st.margin_sum += c - r;
+        }
+        st.pairs += k;
+        let m = dev.tensor_from_vec(micro.iter().map(|p| p.margin).collect::<Vec<f32>>(), (k,));
+        let loss = pairwise_loss_tensor(rc, rr, &m, centering, scale);
+        let mut grads = loss.backward();
+        let g = ParamTensors::from_backward(rm, &mut grads)?;
+        match &mut acc {
+            None => acc = Some(g),
+            Some(a) => a.add(&g),
+        }
+    }
+    let mut grads = acc.expect("a step has at least one micro-batch");
+    st.grad_norm = grads.clip_global_norm(max_grad_norm);
+    if !st.grad_norm.is_finite() {
+        bail!("gradient norm is {}; lower the learning rate", st.grad_norm);
+    }
+    opt.update(rm, &grads, lr);
+    Ok(st)
+}
+
 /// Fingerprint of the training pairs, so a resume on other data is refused.
 fn data_fingerprint(pairs: &[EncodedPair]) -> String {
     // FNV-1a over ids and margins: stable across runs and platforms.
@@ -354,8 +423,6 @@ pub fn train<D: Dev>(
     let start = opt.step;
     let metrics_file = metrics_path(out);
     let mut metrics = open_metrics(&metrics_file, start)?;
-    let pad = rm.pad_id();
-    let dev = rm.backbone.dev.clone();
     let bar = if cfg.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
     bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} {eta}")?);
     bar.set_position(start);
@@ -383,42 +450,15 @@ pub fn train<D: Dev>(
             }
             idx.push(order.1[(g % n as u64) as usize]);
         }
-        let scale = 1.0 / idx.len() as f32;
-        let mut acc: Option<ParamTensors<D>> = None;
-        for micro in idx.chunks(cfg.micro_batch) {
-            let k = micro.len();
-            let rows: Vec<Vec<u32>> = micro.iter().map(|&i| train[i].chosen.clone()).chain(micro.iter().map(|&i| train[i].rejected.clone())).collect();
-            let b = Batch::right_padded(&rows, pad)?;
-            let rewards = rm.forward(rm.backbone.embed_tokens.trace(Gradients::leaky()), &b)?;
-            let values = rewards.as_vec();
-            let ic = dev.tensor_from_vec((0..k).collect::<Vec<usize>>(), (k,));
-            let ir = dev.tensor_from_vec((k..2 * k).collect::<Vec<usize>>(), (k,));
-            let rc = rewards.with_empty_tape().gather(ic);
-            let rr = rewards.gather(ir);
-            let margins: Vec<f32> = micro.iter().map(|&i| train[i].margin).collect();
-            for (j, &i) in micro.iter().enumerate() {
-                let (c, r) = (values[j] as f64, values[k + j] as f64);
-                run.loss += bt_loss(c, r, train[i].margin as f64) + cfg.centering as f64 * (c + r) * (c + r);
-                run.correct += (c > r) as usize;
-                run.margin += c - r;
-            }
-            run.pairs += k;
-            let m = dev.tensor_from_vec(margins, (k,));
-            let loss = pairwise_loss_tensor(rc, rr, &m, cfg.centering, scale);
-            let mut grads = loss.backward();
-            let g = ParamTensors::from_backward(rm, &mut grads)?;
-            match &mut acc {
-                None => acc = Some(g),
-                Some(a) => a.add(&g),
-            }
-        }
-        let mut grads = acc.expect("a step has at least one micro-batch");
-        let norm = grads.clip_global_norm(cfg.max_grad_norm);
-        if !norm.is_finite() {
-            bail!("gradient norm is {norm} at step {}; lower the learning rate", step + 1);
-        }
+        let batch: Vec<&EncodedPair> = idx.iter().map(|&i| &train[i]).collect();
         let lr = cfg.lr * schedule.factor(step);
-        opt.update(rm, &grads, lr);
+        let st = train_step(rm, &mut opt, &batch, cfg.micro_batch, cfg.centering, cfg.max_grad_norm, lr)
+            .with_context(|| format!("optimizer step {}", step + 1))?;
+        run.loss += st.loss_sum;
+        run.correct += st.correct;
+        run.margin += st.margin_sum;
+        run.pairs += st.pairs;
+        let norm = st.grad_norm;
         run.grad_norm += norm as f64;
         run.steps += 1;
         let done = step + 1;
