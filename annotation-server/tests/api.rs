@@ -181,6 +181,14 @@ async fn researcher_flow(db: TestDb) {
         let c = annotation_server::api::client::Client::new(&url, &token).unwrap();
         let b = c.batch(batch_id).unwrap();
         assert_eq!(b.labels, 6);
+        assert_eq!(c.agreement(batch_id).unwrap().units, 5);
+        assert_eq!(c.labelers().unwrap().len(), 2);
+        assert_eq!(c.prompts(0, 2).unwrap().len(), 2);
+        let detail = c.comparison(ids[0]).unwrap();
+        assert_eq!(detail.labels.len(), 2);
+        // errors carry the server's message
+        let err = c.batch(987654).unwrap_err().to_string();
+        assert!(err.contains("404") && err.contains("no batch"), "{err}");
         c.export_trl(Default::default()).unwrap()
     })
     .await

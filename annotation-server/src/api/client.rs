@@ -212,4 +212,19 @@ impl Client {
     pub fn round(&self, id: i64) -> anyhow::Result<Round> {
         self.get(&format!("/api/rounds/{id}"))
     }
+
+    /// Inter-annotator agreement of a batch.
+    pub fn agreement(&self, batch_id: i64) -> anyhow::Result<BatchAgreement> {
+        self.get(&format!("/api/batches/{batch_id}/agreement"))
+    }
+
+    /// Labels and skips per labeler.
+    pub fn labelers(&self) -> anyhow::Result<Vec<LabelerProgress>> {
+        self.get("/api/labelers")
+    }
+
+    /// Prompts with id greater than `after_id` (at most `limit`, 1-1000).
+    pub fn prompts(&self, after_id: i64, limit: u32) -> anyhow::Result<Vec<Prompt>> {
+        self.get(&format!("/api/prompts?after_id={after_id}&limit={limit}"))
+    }
 }
