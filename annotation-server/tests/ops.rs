@@ -218,3 +218,50 @@ async fn first_start_creates_an_admin() {
         .unwrap()
         .is_none());
 }
+
+/// A request that is half-sent when shutdown begins still completes, and its
+/// data is stored; the server then stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn graceful_shutdown_finishes_in_flight_requests() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let testdb = TestDb::sqlite();
+    let db = annotation_server::db::connect_and_migrate(&testdb.url)
+        .await
+        .unwrap();
+    let state = annotation_server::state::AppState::new(db.clone(), Default::default());
+    let server = annotation_server::server::RunningServer::start(state, "127.0.0.1:0")
+        .await
+        .unwrap();
+    annotation_server::accounts::create_user(&db, "res", "password123", Role::Researcher, None)
+        .await
+        .unwrap();
+    let token = annotation_server::accounts::create_token(&db, "res", None, None)
+        .await
+        .unwrap();
+    let addr = server.addr.to_string();
+    let body = "{\"prompt\": \"first\"}\n{\"prompt\": \"second\"}\n";
+    let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /api/prompts/import HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
+         Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        body.len()
+    );
+    conn.write_all(head.as_bytes()).await.unwrap();
+    conn.write_all(&body.as_bytes()[..10]).await.unwrap();
+    // shutdown starts while the body is still arriving
+    let stopping = tokio::spawn(server.stop());
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    conn.write_all(&body.as_bytes()[10..]).await.unwrap();
+    let mut resp = String::new();
+    conn.read_to_string(&mut resp).await.unwrap();
+    assert!(resp.starts_with("HTTP/1.1 201"), "{resp}");
+    stopping.await.unwrap().unwrap();
+    use sea_orm::{EntityTrait, PaginatorTrait};
+    let n = annotation_server::entities::prompts::Entity::find()
+        .count(&db)
+        .await
+        .unwrap();
+    assert_eq!(n, 2);
+    // and it no longer accepts connections
+    assert!(tokio::net::TcpStream::connect(&addr).await.is_err());
+}
