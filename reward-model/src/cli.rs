@@ -60,8 +60,20 @@ fn parse_dtype(s: &str) -> Result<DType, String> {
 #[derive(Args, Debug)]
 pub struct TrainArgs {
     /// Preference data (JSONL; repeat for several files).
-    #[arg(long, required = true)]
+    #[arg(long, required_unless_present = "server")]
     pub data: Vec<PathBuf>,
+    /// Also read the annotation server's judgments over HTTP (e.g. http://127.0.0.1:8080).
+    #[arg(long)]
+    pub server: Option<String>,
+    /// Researcher API token for --server.
+    #[arg(long, env = "RLHF_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// With --server: only this batch.
+    #[arg(long)]
+    pub batch_id: Option<i64>,
+    /// With --server: only batches of this round.
+    #[arg(long)]
+    pub round_id: Option<i64>,
     /// Starting checkpoint: a policy (e.g. the SFT model; a new head is added) or a reward model.
     /// Not needed with --resume when OUT holds a checkpoint.
     #[arg(long)]
@@ -217,6 +229,13 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
     for p in &a.data {
         pairs.extend(read_pairs(p, &opts)?);
     }
+    if let Some(server) = &a.server {
+        let token = a.token.as_deref().context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
+        let q = annotation_server::api::ExportQuery { batch_id: a.batch_id, round_id: a.round_id, ..Default::default() };
+        let got = crate::data::fetch_pairs(server, token, &q, &opts)?;
+        eprintln!("read {} pairs from {server}", got.len());
+        pairs.extend(got);
+    }
     let (encoded, dropped) = encode_pairs(&enc, &pairs, a.data_args.max_len)?;
     let (train_pairs, eval_pairs) = match &a.eval_data {
         Some(p) => {
@@ -232,7 +251,7 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
         eprintln!("dropped {dropped} pairs longer than {} tokens", a.data_args.max_len);
     }
     if train_pairs.is_empty() {
-        bail!("no training pairs left (read {} pairs from {} file(s))", pairs.len(), a.data.len());
+        bail!("no training pairs left (read {} pairs from {} file(s){})", pairs.len(), a.data.len(), if a.server.is_some() { " and the server" } else { "" });
     }
     let cfg = TrainConfig {
         lr: a.lr,

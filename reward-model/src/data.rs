@@ -182,6 +182,30 @@ pub fn read_pairs(path: &Path, opts: &DataOptions) -> Result<Vec<Pair>> {
     parse_pairs(&text, &path.display().to_string(), opts)
 }
 
+/// Reads preference data from the annotation server over HTTP (its
+/// `GET /api/export`, researcher token): the raw per-labeler judgments
+/// (rankings, strengths, labelers), filtered by `query` (batch, round, time),
+/// then aggregated as `opts` says.
+pub fn fetch_pairs(server: &str, token: &str, query: &annotation_server::api::ExportQuery, opts: &DataOptions) -> Result<Vec<Pair>> {
+    let client = annotation_server::api::client::Client::new(server, token)?;
+    let mut q = query.clone();
+    q.format = Some(annotation_server::api::ExportFormat::Raw);
+    let mut pairs = vec![];
+    let mut n = 0usize;
+    client
+        .export_lines(&q, |line| {
+            n += 1;
+            let v: Value = serde_json::from_str(line).with_context(|| format!("export line {n}: not valid JSON"))?;
+            pairs.extend(parse_line(&v, n, &opts.margins).with_context(|| format!("export line {n}"))?);
+            Ok(())
+        })
+        .with_context(|| format!("cannot read the export of {server}"))?;
+    Ok(match opts.aggregation {
+        Aggregation::PerLabeler => pairs,
+        Aggregation::Consensus => consensus(pairs),
+    })
+}
+
 /// Majority vote per (prompt, response pair); equal votes are a tie and skipped.
 pub fn consensus(pairs: Vec<Pair>) -> Vec<Pair> {
     // key: prompt + unordered responses; value: votes for (a over b) and against, with margins

@@ -138,3 +138,47 @@ fn bad_input_gives_clear_errors() {
     let e = err(&["eval", "--model", fixture.to_str().unwrap(), "--data", &d("bad.jsonl")]);
     assert!(e.contains("tokenizer"), "{e}");
 }
+
+/// A one-shot HTTP server standing in for the annotation server's export:
+/// checks the request and answers with raw judgment rows.
+#[test]
+fn reads_judgments_from_the_annotation_server_over_http() {
+    use std::io::{BufRead, BufReader, Write};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let rows = [
+        json!({"label_id": 1, "comparison_id": 10, "batch_id": 3, "round_id": null, "prompt_id": 5, "prompt": [{"role": "user", "content": "hi"}],
+               "tags": [], "responses": [{"id": 1, "position": 0, "text": "go away"}, {"id": 2, "position": 1, "text": "hello!"}, {"id": 3, "position": 2, "text": "hey"}],
+               "labeler_id": 2, "labeler": "ann", "ranking": [3, 1, 2], "strength": "better", "safety": null, "created_at": "2026-11-27T00:00:00Z"}),
+        json!({"label_id": 2, "comparison_id": 10, "batch_id": 3, "round_id": null, "prompt_id": 5, "prompt": [{"role": "user", "content": "hi"}],
+               "tags": [], "responses": [{"id": 1, "position": 0, "text": "go away"}, {"id": 2, "position": 1, "text": "hello!"}, {"id": 3, "position": 2, "text": "hey"}],
+               "labeler_id": 3, "labeler": "bob", "ranking": [2, 1, 1], "strength": "slightly_better", "safety": null, "created_at": "2026-11-27T00:00:00Z"}),
+    ];
+    let body = rows.iter().map(|r| r.to_string() + "\n").collect::<String>();
+    let server = std::thread::spawn(move || {
+        let (mut s, _) = listener.accept().unwrap();
+        let mut reader = BufReader::new(s.try_clone().unwrap());
+        let mut head = vec![];
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if line.trim().is_empty() {
+                break;
+            }
+            head.push(line.trim().to_string());
+        }
+        write!(s, "HTTP/1.1 200 OK\r\nContent-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len()).unwrap();
+        head
+    });
+    let opts = reward_model::data::DataOptions::default();
+    let q = annotation_server::api::ExportQuery { batch_id: Some(3), ..Default::default() };
+    let pairs = reward_model::data::fetch_pairs(&format!("http://{addr}"), "tok", &q, &opts).unwrap();
+    let head = server.join().unwrap();
+    assert!(head[0].starts_with("GET /api/export?") && head[0].contains("format=raw") && head[0].contains("batch_id=3"), "{head:?}");
+    assert!(head.iter().any(|h| h.eq_ignore_ascii_case("authorization: Bearer tok")), "{head:?}");
+    // ann: hello > hey > go away (3 pairs, margin 2); bob: hello = hey > go away (2 pairs, margin 1)
+    assert_eq!(pairs.len(), 5);
+    assert_eq!(pairs.iter().filter(|p| p.labeler.as_deref() == Some("ann") && p.margin == 2.0).count(), 3);
+    assert_eq!(pairs.iter().filter(|p| p.labeler.as_deref() == Some("bob") && p.margin == 1.0).count(), 2);
+    assert!(pairs.iter().all(|p| p.group == "comparison:10"));
+}
