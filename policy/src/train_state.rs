@@ -97,3 +97,43 @@ pub fn load<D: Dev>(ckpt_dir: &Path, model: &impl HasParams<D>, dev: &D) -> Resu
     let progress = state.get("progress").cloned().unwrap_or(Value::Null);
     Ok((AdamW { cfg, step, m, v }, progress))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use crate::model::Llama;
+    use crate::train::Slot;
+    use dfdx::prelude::*;
+
+    fn tiny(layers: usize) -> Llama<Cpu> {
+        let cfg = LlamaConfig::from_json(&json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 11})).unwrap();
+        Llama::random(cfg, &Cpu::default(), 1, 0.5).unwrap()
+    }
+
+    #[test]
+    fn round_trip_is_exact_and_mismatches_are_refused() {
+        let dev = Cpu::default();
+        let m = tiny(1);
+        let mut opt = AdamW::new(&m, AdamWConfig::default());
+        // non-trivial moments: one update with gradients equal to the weights
+        let g = ParamTensors(m.params().iter().map(|(_, p)| match p {
+            crate::model::ParamRef::Vector(t) => Slot::Vector((*t).clone()),
+            crate::model::ParamRef::Matrix(t) => Slot::Matrix((*t).clone()),
+        }).collect());
+        let mut m2 = m.clone();
+        opt.update(&mut m2, &g, 1e-3);
+        let dir = tempfile::tempdir().unwrap();
+        assert!(!exists(dir.path()));
+        save(dir.path(), &m2, &opt, &json!({"cursor": 7})).unwrap();
+        assert!(exists(dir.path()));
+        let (back, progress) = load(dir.path(), &m2, &dev).unwrap();
+        assert_eq!(back.step, 1);
+        assert_eq!(progress["cursor"], 7);
+        assert_eq!(back.m.to_host(&m2), opt.m.to_host(&m2));
+        assert_eq!(back.v.to_host(&m2), opt.v.to_host(&m2));
+        let e = load(dir.path(), &tiny(2), &dev).unwrap_err();
+        assert!(format!("{e:#}").contains("do not match the model"), "{e:#}");
+    }
+}

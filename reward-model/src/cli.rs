@@ -27,7 +27,7 @@ pub struct RmArgs {
 #[derive(Subcommand, Debug)]
 pub enum RmCommand {
     /// Train a reward model on preference pairs (TRL JSONL or ranked comparisons).
-    Train(TrainArgs),
+    Train(Box<TrainArgs>),
     /// Evaluate a reward model on preference pairs: accuracy overall and by strength, calibration.
     Eval(EvalArgs),
     /// Score responses (JSONL in, JSONL out).

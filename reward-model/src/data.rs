@@ -209,7 +209,8 @@ pub fn fetch_pairs(server: &str, token: &str, query: &annotation_server::api::Ex
 /// Majority vote per (prompt, response pair); equal votes are a tie and skipped.
 pub fn consensus(pairs: Vec<Pair>) -> Vec<Pair> {
     // key: prompt + unordered responses; value: votes for (a over b) and against, with margins
-    let mut groups: BTreeMap<(String, String, String), (Vec<Pair>, Vec<Pair>)> = BTreeMap::new();
+    type Votes = (Vec<Pair>, Vec<Pair>);
+    let mut groups: BTreeMap<(String, String, String), Votes> = BTreeMap::new();
     for p in pairs {
         let (c, r) = (p.chosen.key(), p.rejected.key());
         let forward = c <= r;

@@ -114,7 +114,9 @@ impl TrainConfig {
         if !(0.0..1.0).contains(&self.warmup_ratio) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
             bail!("warmup ratio must be in [0, 1) and the minimum lr ratio in [0, 1]");
         }
-        if !(self.centering.is_finite() && self.centering >= 0.0) || !(self.max_grad_norm > 0.0) {
+        let centering_ok = self.centering.is_finite() && self.centering >= 0.0;
+        let clip_ok = self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0;
+        if !centering_ok || !clip_ok {
             bail!("centering must be >= 0 and the gradient clip > 0");
         }
         Ok(())
@@ -202,7 +204,7 @@ pub fn evaluate<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize
     let mut margin = 0.0;
     let mut levels: BTreeMap<String, (usize, usize)> = BTreeMap::new();
     const BINS: usize = 5;
-    let mut bins = vec![(0usize, 0f64, 0usize); BINS];
+    let mut bins = [(0usize, 0f64, 0usize); BINS];
     for (i, p) in pairs.iter().enumerate() {
         let d = c[i] as f64 - r[i] as f64;
         loss += bt_loss(c[i] as f64, r[i] as f64, p.margin as f64);
@@ -356,9 +358,12 @@ pub fn metrics_path(out: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
+/// A saved run: the model, the optimizer, and the progress JSON.
+pub type Checkpoint<D> = (RewardModel<D>, AdamW<D>, Value);
+
 /// Loads the model and optimizer of a run saved in `out` (None if `out`
 /// holds no training state).
-pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<(RewardModel<D>, AdamW<D>, Value)>> {
+pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<Checkpoint<D>>> {
     if !train_state::exists(out) {
         return Ok(None);
     }
