@@ -125,6 +125,13 @@ struct Ctx<D: Dev> {
 }
 
 fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
+    if x.shape().0 <= 32 {
+        // Few rows (decoding): W·xᵀ reads the weight in its stored row-major
+        // layout instead of packing a transposed copy of it on every call.
+        let (m, n) = (x.shape().0, w.shape().0);
+        let xt = x.permute::<(usize, usize), Axes2<1, 0>>();
+        return w.clone().retaped::<T>().matmul(xt).permute::<(usize, usize), Axes2<1, 0>>().reshape_like(&(m, n));
+    }
     x.matmul(w.clone().permute::<(usize, usize), Axes2<1, 0>>())
 }
 
