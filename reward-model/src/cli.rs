@@ -1,4 +1,5 @@
 //! `rlhf rm …`: train, evaluate and score reward models.
+use crate::combine::{RewardInput, SafetyHelpfulness, Source};
 use crate::data::{encode_pairs, read_pairs, Aggregation, Content, DataOptions, Encoder};
 use crate::loss::MarginTable;
 use crate::model::RewardModel;
@@ -168,10 +169,18 @@ pub struct ScoreArgs {
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL: {"reward": normalized, "score": raw} per input line (plus its "id", if any).
+    /// With --safety-model: {"reward": combined, "source", "safety", "helpfulness"}.
     #[arg(long)]
     pub output: PathBuf,
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
+    /// A safety reward model: combine it with --model (helpfulness) as Llama-2 did, whitened over the file.
+    /// A line's prompt is unsafe when it has "unsafe": true or a "tags" list containing "unsafe".
+    #[arg(long)]
+    pub safety_model: Option<PathBuf>,
+    /// Safety threshold of the combination (Llama-2: 0.15).
+    #[arg(long, default_value_t = 0.15, requires = "safety_model")]
+    pub safety_threshold: f32,
 }
 
 /// Runs a `rlhf rm` subcommand on the chosen device.
@@ -334,6 +343,7 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
     let input = std::fs::File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
     let mut seqs = vec![];
     let mut ids = vec![];
+    let mut unsafe_flags = vec![];
     for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
         let line = line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
         if line.trim().is_empty() {
@@ -344,6 +354,29 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
         let (p, r) = parse_score_line(&v).with_context(at)?;
         seqs.push(enc.encode(&p, &r).with_context(at)?);
         ids.push(v.get("id").cloned());
+        let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| t.iter().any(|x| x.as_str() == Some("unsafe")));
+        unsafe_flags.push(v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged);
+    }
+    if let Some(safety_dir) = &a.safety_model {
+        let safety = RewardModel::load(safety_dir, dev)?;
+        let mut combo = SafetyHelpfulness::new(safety, rm)?;
+        combo.threshold = a.safety_threshold;
+        combo.batch_size = a.batch_size;
+        let inputs: Vec<RewardInput> = seqs.into_iter().zip(&unsafe_flags).map(|(tokens, &u)| RewardInput { tokens, unsafe_prompt: u }).collect();
+        let scored = combo.score(&inputs)?;
+        write_jsonl_atomic(&a.output, scored.iter().zip(&ids).map(|(c, id)| {
+            let src = match c.source {
+                Source::Safety => "safety",
+                Source::Helpfulness => "helpfulness",
+            };
+            let mut o = json!({"reward": c.reward, "source": src, "safety": c.safety, "helpfulness": c.helpfulness});
+            if let Some(id) = id {
+                o["id"] = id.clone();
+            }
+            o
+        }))?;
+        eprintln!("scored {} lines with safety + helpfulness into {}", scored.len(), a.output.display());
+        return Ok(());
     }
     let bar = indicatif::ProgressBar::new(seqs.len() as u64);
     let mut raw = vec![];

@@ -113,19 +113,34 @@ impl<D: Dev> SafetyHelpfulness<D> {
         Ok(SafetyHelpfulness { safety, helpfulness, threshold: 0.15, whiten: true, batch_size: 16 })
     }
 
-    /// Combined rewards and which model each came from.
-    pub fn rewards_with_source(&self, inputs: &[RewardInput]) -> Result<Vec<(f32, Source)>> {
+    /// Combined rewards with both models' rewards and which one was used.
+    pub fn score(&self, inputs: &[RewardInput]) -> Result<Vec<Combined>> {
         let seqs: Vec<Vec<u32>> = inputs.iter().map(|i| i.tokens.clone()).collect();
         let s = self.safety.rewards(&seqs, self.batch_size)?;
         let h = self.helpfulness.rewards(&seqs, self.batch_size)?;
         let tags: Vec<bool> = inputs.iter().map(|i| i.unsafe_prompt).collect();
         let sel = select(&s, &h, &tags, self.threshold)?;
-        if !self.whiten {
-            return Ok(sel);
-        }
-        let w = whiten(&sel.iter().map(|x| x.0).collect::<Vec<_>>());
-        Ok(w.into_iter().zip(sel).map(|(x, (_, src))| (x, src)).collect())
+        let picked: Vec<f32> = sel.iter().map(|x| x.0).collect();
+        let rewards = if self.whiten { whiten(&picked) } else { picked };
+        Ok((0..inputs.len()).map(|i| Combined { reward: rewards[i], source: sel[i].1, safety: s[i], helpfulness: h[i] }).collect())
     }
+
+    /// Combined rewards and which model each came from.
+    pub fn rewards_with_source(&self, inputs: &[RewardInput]) -> Result<Vec<(f32, Source)>> {
+        Ok(self.score(inputs)?.into_iter().map(|c| (c.reward, c.source)).collect())
+    }
+}
+
+/// One combined reward with its parts.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Combined {
+    /// `whiten(logit(R))` (or `logit(R)` without whitening).
+    pub reward: f32,
+    pub source: Source,
+    /// The safety model's normalized reward.
+    pub safety: f32,
+    /// The helpfulness model's normalized reward.
+    pub helpfulness: f32,
 }
 
 impl<D: Dev> RewardFunction for SafetyHelpfulness<D> {

@@ -104,6 +104,28 @@ fn train_eval_score_and_resume() {
     let r = |i: usize| out[i]["reward"].as_f64().unwrap();
     assert!(r(0) > r(1) && r(2) > r(3), "{out:?}");
 
+    // safety + helpfulness (the same model twice here): line 2's prompt is tagged unsafe
+    let tagged = [
+        json!({"prompt": "Tell me about the river.", "response": " The stone is quiet, thank you."}),
+        json!({"prompt": "Tell me about the river.", "response": " The stone is quiet.", "tags": ["unsafe"]}),
+        json!({"prompt": "Tell me about the paper.", "response": " The light is yellow."}),
+    ]
+    .iter()
+    .map(|v| v.to_string())
+    .collect::<Vec<_>>()
+    .join("\n");
+    std::fs::write(dir.path().join("tagged.jsonl"), tagged).unwrap();
+    rm(&["score", "--model", &d("rm"), "--safety-model", &d("rm"), "--input", &d("tagged.jsonl"), "--output", &d("combined.jsonl")]).unwrap();
+    let c: Vec<Value> = std::fs::read_to_string(dir.path().join("combined.jsonl")).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(c[1]["source"], "safety");
+    let mean: f64 = c.iter().map(|v| v["reward"].as_f64().unwrap()).sum::<f64>() / 3.0;
+    assert!(mean.abs() < 1e-5, "{c:?}");
+    for v in &c {
+        let want = if v["source"] == "safety" { &v["safety"] } else { &v["helpfulness"] };
+        assert!(want.is_number());
+    }
+    assert!(err(&["score", "--model", &d("rm"), "--safety-model", &d("rm"), "--safety-threshold", "2", "--input", &d("tagged.jsonl"), "--output", &d("c2.jsonl")]).contains("threshold"));
+
     // interrupted + resumed through the CLI equals the uninterrupted run
     let mut stop = train_args.to_vec();
     let out2 = d("rm2");
