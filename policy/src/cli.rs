@@ -173,17 +173,36 @@ pub struct PolicyArgs {
     pub command: PolicyCommand,
 }
 
+/// A command that runs on whichever device the user picked.
+pub trait OnDevice {
+    /// Runs on `dev`.
+    fn run_on<D: Dev>(self, dev: &D) -> Result<()>;
+}
+
+impl DeviceKind {
+    /// Opens the device and runs `job` on it.
+    pub fn dispatch(self, job: impl OnDevice) -> Result<()> {
+        match self {
+            DeviceKind::Cpu => job.run_on(&dfdx::tensor::Cpu::default()),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
+                job.run_on(&dev)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => bail!("this build has no GPU support; rebuild with `cargo build --release --features cuda`"),
+        }
+    }
+}
+
 /// Runs a `rlhf policy` subcommand on the chosen device.
 pub fn run(args: PolicyArgs) -> Result<()> {
-    match args.device {
-        DeviceKind::Cpu => run_on(args.command, &dfdx::tensor::Cpu::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-            run_on(args.command, &dev)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("this build has no GPU support; rebuild with `cargo build --release --features cuda`"),
+    args.device.dispatch(args.command)
+}
+
+impl OnDevice for PolicyCommand {
+    fn run_on<D: Dev>(self, dev: &D) -> Result<()> {
+        run_on(self, dev)
     }
 }
 

@@ -6,7 +6,7 @@ use crate::model::RewardModel;
 use crate::train::{evaluate, load_checkpoint, metrics_path, split_held_out, train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use policy::cli::DeviceKind;
+use policy::cli::{DeviceKind, OnDevice};
 use policy::config::DType;
 use policy::model::Dev;
 use policy::train::AdamWConfig;
@@ -185,15 +185,12 @@ pub struct ScoreArgs {
 
 /// Runs a `rlhf rm` subcommand on the chosen device.
 pub fn run(args: RmArgs) -> Result<()> {
-    match args.device {
-        DeviceKind::Cpu => run_on(args.command, &dfdx::tensor::Cpu::default()),
-        #[cfg(feature = "cuda")]
-        DeviceKind::Cuda => {
-            let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-            run_on(args.command, &dev)
-        }
-        #[cfg(not(feature = "cuda"))]
-        DeviceKind::Cuda => bail!("this build has no GPU support; rebuild with `cargo build --release --features cuda`"),
+    args.device.dispatch(args.command)
+}
+
+impl OnDevice for RmCommand {
+    fn run_on<D: Dev>(self, dev: &D) -> Result<()> {
+        run_on(self, dev)
     }
 }
 
