@@ -3,14 +3,12 @@
 //! tokenizer files, loaded and saved exactly.
 use crate::config::{DType, LlamaConfig};
 use crate::model::{Dev, Llama};
+use crate::tokenizer::TOKENIZER_FILES;
 use crate::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors};
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
 use std::path::Path;
-
-/// Files copied unchanged from a checkpoint to the next one.
-pub const TOKENIZER_FILES: &[&str] = &["tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.jinja"];
 
 /// Largest shard written before splitting, as transformers' `max_shard_size`.
 pub const DEFAULT_MAX_SHARD_BYTES: usize = 5_000_000_000;
@@ -40,13 +38,7 @@ impl<D: Dev> Checkpoint<D> {
         } else {
             None
         };
-        let mut files = BTreeMap::new();
-        for f in TOKENIZER_FILES {
-            let p = dir.join(f);
-            if p.exists() {
-                files.insert(f.to_string(), std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
-            }
-        }
+        let files = read_tokenizer_files(dir)?;
         Ok(Checkpoint { model, generation_config, files })
     }
 
@@ -68,6 +60,18 @@ impl<D: Dev> Checkpoint<D> {
             from_gen
         }
     }
+}
+
+/// The tokenizer files of a checkpoint directory, by name, to copy verbatim on save.
+pub fn read_tokenizer_files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
+    let mut files = BTreeMap::new();
+    for f in TOKENIZER_FILES {
+        let p = dir.join(f);
+        if p.is_file() {
+            files.insert(f.to_string(), std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
+        }
+    }
+    Ok(files)
 }
 
 /// Saves a model as a HF directory, atomically.

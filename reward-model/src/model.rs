@@ -4,7 +4,7 @@
 //! our reward normalization.
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
-use policy::checkpoint::TOKENIZER_FILES;
+use policy::checkpoint::read_tokenizer_files;
 use policy::config::{DType, LlamaConfig};
 use policy::model::{Batch, Dev, Llama, ParamMut, ParamRef, T1, T2};
 use policy::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors, HostTensor};
@@ -81,16 +81,6 @@ impl<D: Dev> HasParams<D> for RewardModel<D> {
     }
 }
 
-fn read_tokenizer_files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
-    let mut files = BTreeMap::new();
-    for f in TOKENIZER_FILES {
-        let p = dir.join(f);
-        if p.exists() {
-            files.insert(f.to_string(), std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
-        }
-    }
-    Ok(files)
-}
 
 /// Index of the last real token of each row, from the key mask (never from
 /// comparing ids with the pad token: when pad == EOS, a sequence ending in
