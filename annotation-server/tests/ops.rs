@@ -241,6 +241,30 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     let addr = server.addr.to_string();
     let body = "{\"prompt\": \"first\"}\n{\"prompt\": \"second\"}\n";
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    // A first complete request on the same keep-alive connection proves the
+    // server has accepted it (a connection still in the listen backlog when
+    // shutdown starts is refused, which is not what this test is about).
+    conn.write_all(format!("GET /healthz HTTP/1.1\r\nHost: {addr}\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut first = Vec::new();
+    let mut buf = [0u8; 1024];
+    loop {
+        let n = conn.read(&mut buf).await.unwrap();
+        assert!(n > 0, "connection closed before /healthz answered");
+        first.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&first).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len: usize = text[..end]
+                .lines()
+                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .unwrap_or(0);
+            if first.len() >= end + 4 + len {
+                assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+                break;
+            }
+        }
+    }
     let head = format!(
         "POST /api/prompts/import HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\n\
          Content-Type: application/x-ndjson\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -248,6 +272,8 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
     );
     conn.write_all(head.as_bytes()).await.unwrap();
     conn.write_all(&body.as_bytes()[..10]).await.unwrap();
+    // let the server read the request head, so the request is in flight
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
     // shutdown starts while the body is still arriving
     let stopping = tokio::spawn(server.stop());
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
