@@ -101,6 +101,29 @@ async fn renew_held(
     load_task(db, lease.comparison_id, expires).await.map(Some)
 }
 
+/// Comparisons `labeler` has neither labeled nor skipped.
+fn unseen_by(labeler: i64) -> sea_orm::Condition {
+    sea_orm::Condition::all()
+        .add(
+            comparisons::Column::Id.not_in_subquery(
+                Query::select()
+                    .column(labels::Column::ComparisonId)
+                    .from(labels::Entity)
+                    .and_where(labels::Column::LabelerId.eq(labeler))
+                    .to_owned(),
+            ),
+        )
+        .add(
+            comparisons::Column::Id.not_in_subquery(
+                Query::select()
+                    .column(skips::Column::ComparisonId)
+                    .from(skips::Entity)
+                    .and_where(skips::Column::LabelerId.eq(labeler))
+                    .to_owned(),
+            ),
+        )
+}
+
 /// Open comparisons with a free slot that `labeler` has not labeled or skipped, oldest first.
 async fn candidate_ids(db: &DatabaseConnection, labeler: i64) -> AppResult<Vec<i64>> {
     let ids = comparisons::Entity::find()
@@ -112,24 +135,7 @@ async fn candidate_ids(db: &DatabaseConnection, labeler: i64) -> AppResult<Vec<i
                 .add(Expr::col(comparisons::Column::Leased))
                 .lt(Expr::col(comparisons::Column::LabelsWanted)),
         )
-        .filter(
-            comparisons::Column::Id.not_in_subquery(
-                Query::select()
-                    .column(labels::Column::ComparisonId)
-                    .from(labels::Entity)
-                    .and_where(labels::Column::LabelerId.eq(labeler))
-                    .to_owned(),
-            ),
-        )
-        .filter(
-            comparisons::Column::Id.not_in_subquery(
-                Query::select()
-                    .column(skips::Column::ComparisonId)
-                    .from(skips::Entity)
-                    .and_where(skips::Column::LabelerId.eq(labeler))
-                    .to_owned(),
-            ),
-        )
+        .filter(unseen_by(labeler))
         .order_by_asc(comparisons::Column::Id)
         .limit(CANDIDATES)
         .into_tuple::<i64>()
@@ -497,23 +503,6 @@ pub async fn labels_since(db: &DatabaseConnection, labeler: i64, since_ms: i64) 
 pub async fn remaining_for(db: &DatabaseConnection, labeler: i64) -> AppResult<u64> {
     let q = comparisons::Entity::find()
         .filter(comparisons::Column::State.eq(OPEN))
-        .filter(
-            comparisons::Column::Id.not_in_subquery(
-                Query::select()
-                    .column(labels::Column::ComparisonId)
-                    .from(labels::Entity)
-                    .and_where(labels::Column::LabelerId.eq(labeler))
-                    .to_owned(),
-            ),
-        )
-        .filter(
-            comparisons::Column::Id.not_in_subquery(
-                Query::select()
-                    .column(skips::Column::ComparisonId)
-                    .from(skips::Entity)
-                    .and_where(skips::Column::LabelerId.eq(labeler))
-                    .to_owned(),
-            ),
-        );
+        .filter(unseen_by(labeler));
     Ok(q.count(db).await?)
 }
