@@ -390,34 +390,26 @@ impl<D: Dev> Llama<D> {
         let k = k.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
         let v = v.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
         let (k, v) = match cache {
+            Some(c) if li < c.k.len() => {
+                let k = (c.k[li].clone().retaped::<T>(), k).concat_along(Axis::<2>);
+                let v = (c.v[li].clone().retaped::<T>(), v).concat_along(Axis::<2>);
+                c.k[li] = k.retaped::<NoneTape>();
+                c.v[li] = v.retaped::<NoneTape>();
+                (k, v)
+            }
             Some(c) => {
-                let (k, v) = if c.k.len() > li {
-                    (
-                        (c.k[li].clone().retaped::<T>(), k).concat_along(Axis::<2>),
-                        (c.v[li].clone().retaped::<T>(), v).concat_along(Axis::<2>),
-                    )
-                } else {
-                    // Contiguous copies, so the next concat is cheap.
-                    (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)))
-                };
-                if c.k.len() > li {
-                    c.k[li] = k.retaped::<NoneTape>();
-                    c.v[li] = v.retaped::<NoneTape>();
-                } else {
-                    c.k.push(k.retaped::<NoneTape>());
-                    c.v.push(v.retaped::<NoneTape>());
-                }
+                // Contiguous copies, so the next concat is cheap.
+                let (k, v) = (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)));
+                c.k.push(k.retaped::<NoneTape>());
+                c.v.push(v.retaped::<NoneTape>());
                 (k, v)
             }
             None => (k, v),
         };
-        let total = k.shape().2;
         let kt = k.permute::<(usize, usize, usize, usize), Axes4<0, 1, 3, 2>>();
         let scores = q.matmul(kt) * (1.0 / (hd as f32).sqrt()) + ctx.mask.clone();
         let probs = scores.softmax::<Axis<3>>();
         let out = probs.matmul(v); // (b, kv, g*t, hd)
-        debug_assert_eq!(out.shape().2, g * t);
-        let _ = total;
         let out = out
             .reshape_like(&(bs, nkv, g, t, hd))
             .permute::<(usize, usize, usize, usize, usize), Axes5<0, 3, 1, 2, 4>>()
