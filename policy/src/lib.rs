@@ -11,3 +11,4 @@ pub mod generate;
 pub mod train;
 pub mod cli;
 pub mod train_state;
+pub mod train_loop;
