@@ -4,6 +4,8 @@ policy shape, on CPU, float32. Prints one JSON line.
 
     PYTHONPATH=<dir with trl 1.12 + its deps> python bench/ppo_bench.py [prompts] [prompt_len] [response_len] [iterations] [ppo_epochs]
 
+ppo_epochs defaults to $PPO_EPOCHS, else 1 (our bench/ppo_bench.rs reads PPO_EPOCHS).
+
 TRL version: PPO left TRL's top level in 1.x for `trl.experimental.ppo`, and
 was removed altogether in TRL 1.13.0; 1.12.0 is the newest release that ships
 it, so this script runs against TRL 1.12.0 (bench/trainer_run.sh installs it
@@ -82,7 +84,7 @@ prompts = int(sys.argv[1]) if len(sys.argv) > 1 else 16
 prompt_len = int(sys.argv[2]) if len(sys.argv) > 2 else 16
 response_len = int(sys.argv[3]) if len(sys.argv) > 3 else 64
 iterations = int(sys.argv[4]) if len(sys.argv) > 4 else 2
-ppo_epochs = int(sys.argv[5]) if len(sys.argv) > 5 else 1
+ppo_epochs = int(sys.argv[5]) if len(sys.argv) > 5 else int(os.environ.get("PPO_EPOCHS", "1"))
 warmup = 1
 mini_batches = 2
 

@@ -3,6 +3,7 @@
 # the same `small` policy shape and workload (CPU, float32).
 #   bash bench/trainer_run.sh dpo [pairs prompt_len response_len steps]
 #   bash bench/trainer_run.sh ppo [prompts prompt_len response_len iterations [ppo_epochs]]
+#   (ppo_epochs, default 1, can also be given as PPO_EPOCHS=4)
 # Environment: THREADS (default 2: RAYON_NUM_THREADS for ours, OMP_NUM_THREADS
 # and BENCH_THREADS=torch.set_num_threads for TRL), PYTHON (default
 # .venv/bin/python, which must have torch and transformers), SKIP_OURS=1 to run
@@ -34,6 +35,12 @@ fi
 if [ "$(PYTHONPATH=$DEPS "$PY" -c 'import trl; print(trl.__version__)' 2>/dev/null)" != "$TRL" ]; then
   # shellcheck disable=SC2086
   "$PY" -m pip install -q --target "$DEPS" --no-deps --upgrade "trl==$TRL" $COMMON_DEPS
+fi
+
+# ours reads the PPO epoch count from PPO_EPOCHS only; pass a 5th ppo argument that way to both
+if [ "$what" = ppo ] && [ $# -ge 5 ]; then
+  export PPO_EPOCHS=$5
+  set -- "${@:1:4}"
 fi
 
 if [ "${SKIP_OURS:-0}" = 1 ]; then
