@@ -7,10 +7,19 @@ policy shape, on CPU, float32. Prints one JSON line.
 Workload: `pairs` random pre-tokenized preference pairs per optimizer step
 (prompt of `prompt_len` tokens, chosen and rejected responses of
 `response_len` tokens each, no padding), one optimizer step per batch (no
-gradient accumulation), sigmoid loss with beta 0.1, AdamW (betas 0.9/0.95,
-wd 0.1), lr 1e-6 with a cosine schedule, global-norm clip 1.0, gradient
-checkpointing off (TRL's default is on), float32 (TRL's default would be
-bf16 autocast). 2 warm-up steps, then `steps` timed steps.
+gradient accumulation), sigmoid loss with beta 0.1, AdamW (transformers'
+default fused torch AdamW; betas 0.9/0.95, eps 1e-5 as ours, wd 0.1 on all
+but norm weights), lr 1e-6 with a cosine schedule, global-norm clip 1.0,
+gradient checkpointing off (TRL's default is on), float32 (TRL's default
+would be bf16 autocast). 2 warm-up steps, then `steps` timed steps.
+
+Per step TRL does one forward over the 2*pairs rows with its "fused LM head"
+(trl.trainer.utils.add_fused_lm_head): on CPU (no Triton) it projects every
+position, prompt included, through the LM head in 32768-row tiles and also
+computes per-token entropy, mean logit and top-1 flags for its metrics; the
+sequence log-prob is the sum over response tokens (the first one predicted
+from the last prompt token). Loss = mean over pairs of -logsigmoid(beta *
+(chosen log-ratio - rejected log-ratio)).
 
 Reference log-probs: `precompute_ref_log_probs=True`, so TRL runs the frozen
 initial policy over the whole data set once, in batches of `pairs`, before
@@ -123,7 +132,7 @@ timer = Timer()
 with tempfile.TemporaryDirectory() as out:
     args = DPOConfig(output_dir=out, per_device_train_batch_size=pairs, gradient_accumulation_steps=1,
                      max_steps=warmup + steps, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0,
-                     adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, max_grad_norm=1.0,
+                     adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-5, weight_decay=0.1, max_grad_norm=1.0,
                      loss_type=["sigmoid"], beta=0.1, precompute_ref_log_probs=True, max_length=None,
                      gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, save_strategy="no",
                      eval_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True,

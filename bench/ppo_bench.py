@@ -22,7 +22,7 @@ top_k 0, top_p 1; no stop token: TRL sets the policy's generation
 `eos_token_id` to None when `stop_token`/`stop_token_id` are unset, so
 generation never stops early; every rollout is checked to be full length),
 then `ppo_epochs` epochs (default 1) over 2 mini-batches of prompts/2, one
-AdamW step per mini-batch (betas 0.9/0.95, wd 0.1, lr 1e-6, cosine schedule
+AdamW step per mini-batch (betas 0.9/0.95, eps 1e-5, wd 0.1, lr 1e-6, cosine schedule
 stepped once per iteration). kl_coef 0.05 (k1), cliprange 0.2, vf_coef 0.1,
 cliprange_value 0.2, gamma 1, lam 0.95, no reward whitening, gradient
 checkpointing off. 1 warm-up iteration, then `iterations` timed ones.
@@ -46,6 +46,19 @@ How the time is split (per timed iteration, means reported):
   value, plus TRL's metric gathering and the scheduler step.
 - other_s: the rest (data loading, GAE/advantage whitening, TRL's
   gc.collect()/cleanup between iterations).
+
+What TRL 1.12's PPO does that a fair comparison must know:
+- no gradient clipping: `optimizer.step()` follows `accelerator.backward`
+  directly, so `max_grad_norm` is ignored;
+- one AdamW over policy + value parameters, one loss pg + vf_coef * vf; the
+  value model has its own backbone (two full forwards per update);
+- the training forward computes the policy's full [rows, seq, vocab] logits
+  (and output_hidden_states) and slices the response part afterwards;
+- masks come from `query_responses != pad_token_id`: a sampled token equal
+  to the pad id (0) is treated as padding (ends the sequence for the reward
+  and masks the loss there); with random weights that happens now and then,
+  generation itself always runs the full length;
+- `gc.collect()` and `empty_cache()` run several times per iteration.
 
 Threads: BENCH_THREADS (torch.set_num_threads), default 1.
 """
@@ -168,7 +181,7 @@ with tempfile.TemporaryDirectory() as out:
                      stop_token_id=None, temperature=1.0, missing_eos_penalty=None, kl_coef=0.05,
                      kl_estimator="k1", cliprange=0.2, vf_coef=0.1, cliprange_value=0.2, gamma=1.0, lam=0.95,
                      whiten_rewards=False, learning_rate=1e-6, lr_scheduler_type="cosine", warmup_steps=0,
-                     adam_beta1=0.9, adam_beta2=0.95, weight_decay=0.1, max_grad_norm=1.0,
+                     adam_beta1=0.9, adam_beta2=0.95, adam_epsilon=1e-5, weight_decay=0.1, max_grad_norm=1.0,
                      gradient_checkpointing=False, bf16=False, fp16=False, use_cpu=True, save_strategy="no",
                      eval_strategy="no", report_to=[], logging_strategy="no", disable_tqdm=True,
                      num_sample_generations=0, dataloader_num_workers=0, seed=0)
