@@ -4,8 +4,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY=${PYTHON:-.venv/bin/python}
+TARGET=${CARGO_TARGET_DIR:-target}
 cargo build -q --release -p policy --example policy_bench
+uptime
 for what in train generate; do
-  RAYON_NUM_THREADS=2 ./target/release/examples/policy_bench "$what"
+  RAYON_NUM_THREADS=2 "$TARGET"/release/examples/policy_bench "$what"
   OMP_NUM_THREADS=2 BENCH_THREADS=2 "$PY" bench/policy_bench.py "$what" 2>/dev/null
 done

@@ -3,6 +3,7 @@
 pub mod checkpoint;
 pub mod config;
 pub mod model;
+pub mod cpu_linear;
 pub mod safetensors_io;
 pub mod tokenizer;
 pub mod chat;

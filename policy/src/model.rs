@@ -16,8 +16,28 @@ pub type T2<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
 type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
 
 /// The devices the model runs on.
-pub trait Dev: Device<f32> + Clone {}
-impl<D: Device<f32> + Clone> Dev for D {}
+pub trait Dev: Device<f32> + Clone + LinearKernel {}
+impl<D: Device<f32> + Clone + LinearKernel> Dev for D {}
+
+/// How a device computes `Linear`, `x·Wᵀ` with `x: (rows, in)` and the
+/// weight in HF layout `(out, in)`: the CPU has its own op
+/// ([`crate::cpu_linear`]), other devices use dfdx's matmul.
+pub trait LinearKernel: Device<f32> {
+    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T>;
+}
+
+impl LinearKernel for Cpu {
+    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
+        crate::cpu_linear::linear(x, w)
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl LinearKernel for Cuda {
+    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
+        dfdx_linear(x, w)
+    }
+}
 
 /// Weights of one decoder layer.
 #[derive(Clone, Debug)]
@@ -125,6 +145,12 @@ struct Ctx<D: Dev> {
 }
 
 fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
+    D::linear(x, w)
+}
+
+/// `Linear` on dfdx's matmul, for devices without their own op.
+#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+fn dfdx_linear<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
     if x.shape().0 <= 32 {
         // Few rows (decoding): W·xᵀ reads the weight in its stored row-major
         // layout instead of packing a transposed copy of it on every call.

@@ -1,0 +1,192 @@
+//! The CPU `Linear` op, `y = x·Wᵀ` with the weight in HF layout `(out, in)`,
+//! forward and backward on the `gemm` crate's AVX-512 kernels (dfdx 0.13's
+//! own CPU matmul pins `gemm` 0.15, whose AVX-512 kernels need nightly Rust).
+//!
+//! The op records its backward closure on dfdx's tape like dfdx's own ops do.
+//! dfdx 0.13 exposes no borrow of a tensor's buffer, so the inputs are copied
+//! out once (a memcpy, small next to the product); gradients are read and
+//! accumulated in place through `Gradients::get_or_alloc_mut`.
+use dfdx::prelude::*;
+
+type M<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
+
+/// A row-major or strided matrix operand: pointer, row stride, column stride.
+#[derive(Clone, Copy)]
+struct Operand {
+    ptr: *const f32,
+    rs: isize,
+    cs: isize,
+}
+
+/// `dst (m×n, row stride dst_rs) = [dst +] a (m×k) · b (k×n)`, on the
+/// current rayon pool when it has more than one thread.
+///
+/// # Safety
+/// Every pointer must be valid for the extents its strides and `m, n, k`
+/// describe, and `dst` must not overlap `a` or `b`.
+unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, a: Operand, b: Operand) {
+    if m == 0 || n == 0 {
+        return;
+    }
+    let par = if rayon::current_num_threads() > 1 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
+    // gemm computes dst = alpha·dst + beta·(a·b); alpha is ignored unless read_dst.
+    gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, par);
+}
+
+/// The physical data of a contiguous tensor, copied out.
+fn host<T>(t: &M<T>) -> Vec<f32> {
+    let (r, c) = *t.shape();
+    let mut v = vec![0f32; r * c];
+    t.copy_into(&mut v);
+    v
+}
+
+/// `x·Wᵀ` for `x: (rows, in)` and `w: (out, in)`, with a backward on `x`'s tape.
+pub fn linear<T: Tape<f32, Cpu>>(x: M<T>, w: &M) -> M<T> {
+    let (rows, inp) = *x.shape();
+    let (out, w_in) = *w.shape();
+    assert_eq!(inp, w_in, "linear: input width {inp} does not match weight {out}x{w_in}");
+    // Free for contiguous tensors; a contiguous copy (with its own backward) otherwise.
+    let x = x.reshape_like(&(rows, inp));
+    let w = w.clone().reshape_like(&(out, inp));
+    let (x, mut tape) = x.split_tape();
+    let xh = host(&x);
+    let wh = host(&w);
+    let mut y = vec![0f32; rows * out];
+    // SAFETY: xh is rows×in and wh out×in row-major; y is rows×out and fresh.
+    unsafe {
+        gemm_raw(
+            rows,
+            out,
+            inp,
+            y.as_mut_ptr(),
+            out as isize,
+            false,
+            Operand { ptr: xh.as_ptr(), rs: inp as isize, cs: 1 },
+            Operand { ptr: wh.as_ptr(), rs: 1, cs: inp as isize },
+        );
+    }
+    drop(wh);
+    let y = x.device().tensor_from_vec(y, (rows, out));
+    let (x_ghost, w_ghost, y_ghost) = (x.ghost(), w.ghost(), y.ghost());
+    drop(x);
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&y_ghost)?;
+        grads.try_alloc_for(&x_ghost)?;
+        grads.try_alloc_for(&w_ghost)?;
+        // All three buffers exist now, so the lookups below do not change the
+        // map, and each pointer stays valid: they are three distinct heap
+        // buffers (y is this op's fresh output; x and w are distinct tensors).
+        let gy = grads.get_or_alloc_mut(&y_ghost)?;
+        assert_eq!(gy.len(), rows * out);
+        let gy = gy.as_ptr();
+        let gx = grads.get_or_alloc_mut(&x_ghost)?;
+        assert_eq!(gx.len(), rows * inp);
+        let gx = gx.as_mut_ptr();
+        let gw = grads.get_or_alloc_mut(&w_ghost)?;
+        assert_eq!(gw.len(), out * inp);
+        let gw = gw.as_mut_ptr();
+        assert!(gx != gw, "linear: input and weight share a gradient buffer");
+        let wh = host(&w);
+        // SAFETY: extents as asserted above; gx and gw are distinct from gy, xh, wh.
+        unsafe {
+            // dx (rows×in) += dy (rows×out) · W (out×in)
+            gemm_raw(
+                rows,
+                inp,
+                out,
+                gx,
+                inp as isize,
+                true,
+                Operand { ptr: gy, rs: out as isize, cs: 1 },
+                Operand { ptr: wh.as_ptr(), rs: inp as isize, cs: 1 },
+            );
+            // dW (out×in) += dyᵀ (out×rows) · x (rows×in)
+            gemm_raw(
+                out,
+                inp,
+                rows,
+                gw,
+                inp as isize,
+                true,
+                Operand { ptr: gy, rs: 1, cs: out as isize },
+                Operand { ptr: xh.as_ptr(), rs: inp as isize, cs: 1 },
+            );
+        }
+        Ok(())
+    });
+    y.put_tape(tape)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
+        dev.tensor_from_vec((0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (r, c))
+    }
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            let tol = 1e-4 * (1.0 + x.abs().max(y.abs()));
+            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    #[test]
+    fn forward_and_backward_match_dfdx_matmul() {
+        let dev = Cpu::default();
+        let mut rng = StdRng::seed_from_u64(7);
+        for &(rows, inp, out) in &[(1, 8, 5), (7, 33, 17), (32, 64, 48), (33, 40, 70), (130, 96, 200)] {
+            let x = rand_mat(&dev, &mut rng, rows, inp);
+            let w = rand_mat(&dev, &mut rng, out, inp);
+            // A random upstream gradient, through a weighted sum.
+            let up = rand_mat(&dev, &mut rng, rows, out);
+
+            let mut g_ref = Gradients::leaky();
+            let y_ref = x.trace(g_ref).matmul(w.clone().retaped::<OwnedTape<f32, Cpu>>().permute::<(usize, usize), Axes2<1, 0>>());
+            let y_ref_v = y_ref.as_vec();
+            g_ref = (y_ref * up.clone()).sum::<Rank0, _>().backward();
+
+            let mut g = Gradients::leaky();
+            let y = linear(x.trace(g), &w);
+            let y_v = y.as_vec();
+            g = (y * up.clone()).sum::<Rank0, _>().backward();
+
+            assert_close(&y_v, &y_ref_v, "y");
+            assert_close(&g.get(&x).as_vec(), &g_ref.get(&x).as_vec(), "dx");
+            assert_close(&g.get(&w).as_vec(), &g_ref.get(&w).as_vec(), "dw");
+
+            // Without a tape: same forward.
+            assert_close(&linear(x.clone(), &w).as_vec(), &y_ref_v, "y (no tape)");
+        }
+    }
+
+    #[test]
+    fn gradients_accumulate_over_uses_and_non_contiguous_inputs() {
+        let dev = Cpu::default();
+        let mut rng = StdRng::seed_from_u64(11);
+        let (rows, inp, out) = (40, 24, 36);
+        let x = rand_mat(&dev, &mut rng, inp, rows); // used transposed: not contiguous
+        let w = rand_mat(&dev, &mut rng, out, inp);
+        let loss_of = |y1: M<OwnedTape<f32, Cpu>>, y2: M<OwnedTape<f32, Cpu>>| (y1.square() + y2 * 0.5).sum::<Rank0, _>();
+
+        let g_ref = {
+            let xt = x.trace(Gradients::leaky()).permute::<(usize, usize), Axes2<1, 0>>();
+            let wt = || w.clone().retaped::<OwnedTape<f32, Cpu>>().permute::<(usize, usize), Axes2<1, 0>>();
+            let y1 = xt.with_empty_tape().matmul(wt());
+            let y2 = xt.matmul(wt());
+            loss_of(y1, y2).backward()
+        };
+        let g = {
+            let xt = x.trace(Gradients::leaky()).permute::<(usize, usize), Axes2<1, 0>>();
+            let y1 = linear(xt.with_empty_tape(), &w);
+            let y2 = linear(xt, &w);
+            loss_of(y1, y2).backward()
+        };
+        assert_close(&g.get(&x).as_vec(), &g_ref.get(&x).as_vec(), "dx");
+        assert_close(&g.get(&w).as_vec(), &g_ref.get(&w).as_vec(), "dw");
+    }
+}
