@@ -14,6 +14,14 @@ enum Commands {
     Policy(policy::cli::PolicyArgs),
     /// Train, evaluate and score reward models (HF LlamaForSequenceClassification directories).
     Rm(reward_model::cli::RmArgs),
+    /// Supervised fine-tuning on prompt/completion, chat or text data (loss on responses only).
+    Sft(Box<trainer::cli::SftArgs>),
+    /// Rejection sampling: K samples per prompt, keep the best by reward, fine-tune on them.
+    Rs(Box<trainer::cli::RsArgs>),
+    /// Direct preference optimization (sigmoid/cDPO, robust, IPO, RPO) on preference pairs.
+    Dpo(Box<trainer::cli::DpoArgs>),
+    /// PPO against a reward model, Llama-2's safety + helpfulness reward, or a reward function.
+    Ppo(Box<trainer::cli::PpoArgs>),
     #[command(flatten)]
     Server(annotation_server::cli::Commands),
 }
@@ -23,6 +31,10 @@ fn main() {
     let result = match cli.command {
         Commands::Policy(c) => policy::cli::run(c),
         Commands::Rm(c) => reward_model::cli::run(c),
+        Commands::Sft(a) => trainer::cli::run_sft(*a),
+        Commands::Rs(a) => trainer::cli::run_rs(*a),
+        Commands::Dpo(a) => trainer::cli::run_dpo(*a),
+        Commands::Ppo(a) => trainer::cli::run_ppo(*a),
         Commands::Server(c) => annotation_server::cli::run(c),
     };
     if let Err(e) = result {

@@ -82,19 +82,29 @@ pub fn save_model<D: Dev>(
     dir: &Path,
     dtype: DType,
 ) -> Result<()> {
+    write_dir_atomic(dir, |tmp| write_model_into(model, generation_config, files, tmp, dtype))
+        .with_context(|| format!("cannot save checkpoint to {}", dir.display()))
+}
+
+/// Writes a model's HF files (config, generation config, tokenizer files,
+/// weights in `dtype`) into the existing directory `dir` (for callers that
+/// add more files to the same atomic write, such as a training state).
+pub fn write_model_into<D: Dev>(
+    model: &Llama<D>,
+    generation_config: Option<&Value>,
+    files: &BTreeMap<String, Vec<u8>>,
+    dir: &Path,
+    dtype: DType,
+) -> Result<()> {
     let mut cfg = model.cfg.clone();
     cfg.dtype = dtype;
-    let tensors = model.to_host_tensors();
-    write_dir_atomic(dir, |tmp| {
-        write_file_synced(&tmp.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
-        let gen = generation_config.cloned().unwrap_or_else(|| {
-            json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "pad_token_id": cfg.pad_token_id})
-        });
-        write_file_synced(&tmp.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
-        for (name, bytes) in files {
-            write_file_synced(&tmp.join(name), bytes)?;
-        }
-        write_tensors(tmp, &tensors, dtype, DEFAULT_MAX_SHARD_BYTES)
-    })
-    .with_context(|| format!("cannot save checkpoint to {}", dir.display()))
+    write_file_synced(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
+    let gen = generation_config.cloned().unwrap_or_else(|| {
+        json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "pad_token_id": cfg.pad_token_id})
+    });
+    write_file_synced(&dir.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
+    for (name, bytes) in files {
+        write_file_synced(&dir.join(name), bytes)?;
+    }
+    write_tensors(dir, &model.to_host_tensors(), dtype, DEFAULT_MAX_SHARD_BYTES)
 }

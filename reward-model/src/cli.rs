@@ -280,6 +280,7 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
         dtype: a.dtype,
     };
     eprintln!("training on {} pairs, {} held out, {} steps", train_pairs.len(), eval_pairs.len(), cfg.total_steps(train_pairs.len()));
+    policy::train_loop::install_interrupt_handler();
     let o = train(&mut rm, &train_pairs, &eval_pairs, &cfg, &a.out, opt)?;
     if !o.finished {
         eprintln!("stopped after step {} of {}; continue with --resume", o.steps, o.total_steps);

@@ -1,30 +1,24 @@
-//! Reward-model training on the shared primitives of `policy::train`:
-//! AdamW (β1 0.9, β2 0.95, wd 0.1), cosine schedule to 10% with 3% warmup,
-//! global-norm clipping at 1.0, micro-batches with gradient accumulation,
-//! a held-out split, metrics as JSONL with a progress bar, checkpoints with
-//! exact resume, and the reward normalization fitted at the end.
-//!
-//! Determinism: the data order of epoch `e` is a shuffle seeded by
-//! `seed + e`, and optimizer step `s` takes the pairs at positions
-//! `s·batch .. (s+1)·batch` of the concatenated epoch orders. The step
-//! therefore is the whole data cursor and RNG state, and a resumed run
-//! computes exactly what an uninterrupted one does.
+//! Reward-model training as a stage of the shared loop
+//! (`policy::train_loop`): AdamW (β1 0.9, β2 0.95, wd 0.1), cosine schedule
+//! to 10% with 3% warmup, global-norm clipping at 1.0, micro-batches with
+//! gradient accumulation, a held-out split, metrics as JSONL with a progress
+//! bar, checkpoints with exact resume, Ctrl-C, and the reward normalization
+//! fitted at the end.
 use crate::data::EncodedPair;
 use crate::loss::{bt_loss, pairwise_loss_tensor, Strength};
 use crate::model::{Normalization, RewardModel};
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
-use indicatif::{ProgressBar, ProgressStyle};
 use policy::config::DType;
 use policy::model::{Batch, Dev};
-use policy::safetensors_io::{write_dir_atomic, write_file_synced};
-use policy::train::{AdamW, AdamWConfig, ParamTensors, Schedule};
+use policy::safetensors_io::write_file_synced;
+use policy::train::{AdamW, AdamWConfig, ParamTensors};
+use policy::train_loop::{self, Fingerprint, LoopConfig, Metrics, ScheduleKind, Stage};
 use policy::train_state;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use serde::{Deserialize, Serialize};
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::collections::BTreeMap;
-use std::io::Write;
 use std::path::{Path, PathBuf};
 
 /// Training hyper-parameters (defaults: Llama-2's RM recipe where it has one).
@@ -102,34 +96,41 @@ impl Default for TrainConfig {
 impl TrainConfig {
     /// Checks the values.
     pub fn validate(&self) -> Result<()> {
-        if !(self.lr.is_finite() && self.lr > 0.0) {
-            bail!("learning rate must be a positive number, got {}", self.lr);
-        }
-        if self.batch_size == 0 || self.micro_batch == 0 || self.eval_batch == 0 {
+        if self.eval_batch == 0 {
             bail!("batch sizes must be at least 1");
         }
-        if !(self.epochs.is_finite() && self.epochs > 0.0) && self.max_steps.is_none() {
-            bail!("epochs must be a positive number, got {}", self.epochs);
+        if !(self.centering.is_finite() && self.centering >= 0.0) {
+            bail!("centering must be >= 0, got {}", self.centering);
         }
-        if !(0.0..1.0).contains(&self.warmup_ratio) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            bail!("warmup ratio must be in [0, 1) and the minimum lr ratio in [0, 1]");
-        }
-        let centering_ok = self.centering.is_finite() && self.centering >= 0.0;
-        let clip_ok = self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0;
-        if !centering_ok || !clip_ok {
-            bail!("centering must be >= 0 and the gradient clip > 0");
-        }
-        Ok(())
+        self.loop_config().validate()
     }
 
     /// Total optimizer steps for `n` training pairs.
     pub fn total_steps(&self, n: usize) -> u64 {
-        self.max_steps.unwrap_or_else(|| ((self.epochs as f64 * n as f64) / self.batch_size as f64).ceil().max(1.0) as u64)
+        self.loop_config().total_steps(n)
     }
 
-    fn schedule(&self, total: u64) -> Schedule {
-        let warmup = (self.warmup_ratio as f64 * total as f64).ceil() as u64;
-        Schedule::Cosine { warmup, total, min_ratio: self.min_lr_ratio }
+    /// The shared loop's settings.
+    pub fn loop_config(&self) -> LoopConfig {
+        LoopConfig {
+            lr: self.lr,
+            batch_size: self.batch_size,
+            micro_batch: self.micro_batch,
+            epochs: self.epochs,
+            max_steps: self.max_steps,
+            schedule: ScheduleKind::Cosine,
+            warmup_ratio: self.warmup_ratio,
+            min_lr_ratio: self.min_lr_ratio,
+            max_grad_norm: self.max_grad_norm,
+            adamw: self.adamw,
+            seed: self.seed,
+            log_every: self.log_every,
+            eval_every: self.eval_every,
+            save_every: self.save_every,
+            stop_after: self.stop_after,
+            progress: self.progress,
+            dtype: self.dtype,
+        }
     }
 }
 
@@ -276,6 +277,33 @@ pub struct StepStats {
     pub grad_norm: f32,
 }
 
+/// Gradients of `scale × Σ pair losses` over one micro-batch (chosen and
+/// rejected rows in one right-padded batch), with the pairs' statistics.
+fn micro_grads<D: Dev>(rm: &RewardModel<D>, micro: &[&EncodedPair], centering: f32, scale: f32) -> Result<(ParamTensors<D>, StepStats)> {
+    let pad = rm.pad_id();
+    let dev = rm.backbone.dev.clone();
+    let k = micro.len();
+    let rows: Vec<Vec<u32>> = micro.iter().map(|p| p.chosen.clone()).chain(micro.iter().map(|p| p.rejected.clone())).collect();
+    let b = Batch::right_padded(&rows, pad)?;
+    let rewards = rm.forward(rm.backbone.embed_tokens.trace(Gradients::leaky()), &b)?;
+    let values = rewards.as_vec();
+    let ic = dev.tensor_from_vec((0..k).collect::<Vec<usize>>(), (k,));
+    let ir = dev.tensor_from_vec((k..2 * k).collect::<Vec<usize>>(), (k,));
+    let rc = rewards.with_empty_tape().gather(ic);
+    let rr = rewards.gather(ir);
+    let mut st = StepStats { pairs: k, ..StepStats::default() };
+    for (j, p) in micro.iter().enumerate() {
+        let (c, r) = (values[j] as f64, values[k + j] as f64);
+        st.loss_sum += bt_loss(c, r, p.margin as f64) + centering as f64 * (c + r) * (c + r);
+        st.correct += (c > r) as usize;
+        st.margin_sum += c - r;
+    }
+    let m = dev.tensor_from_vec(micro.iter().map(|p| p.margin).collect::<Vec<f32>>(), (k,));
+    let loss = pairwise_loss_tensor(rc, rr, &m, centering, scale);
+    let mut grads = loss.backward();
+    Ok((ParamTensors::from_backward(rm, &mut grads)?, st))
+}
+
 /// One optimizer step on `batch`: forward/backward per micro-batch of
 /// `micro_batch` pairs (chosen and rejected rows in one right-padded batch),
 /// gradients summed as the batch mean, global-norm clipping, AdamW at `lr`.
@@ -291,32 +319,15 @@ pub fn train_step<D: Dev>(
     if batch.is_empty() || micro_batch == 0 {
         bail!("a step needs at least one pair and a micro-batch of at least 1");
     }
-    let pad = rm.pad_id();
-    let dev = rm.backbone.dev.clone();
     let scale = 1.0 / batch.len() as f32;
     let mut st = StepStats::default();
     let mut acc: Option<ParamTensors<D>> = None;
     for micro in batch.chunks(micro_batch) {
-        let k = micro.len();
-        let rows: Vec<Vec<u32>> = micro.iter().map(|p| p.chosen.clone()).chain(micro.iter().map(|p| p.rejected.clone())).collect();
-        let b = Batch::right_padded(&rows, pad)?;
-        let rewards = rm.forward(rm.backbone.embed_tokens.trace(Gradients::leaky()), &b)?;
-        let values = rewards.as_vec();
-        let ic = dev.tensor_from_vec((0..k).collect::<Vec<usize>>(), (k,));
-        let ir = dev.tensor_from_vec((k..2 * k).collect::<Vec<usize>>(), (k,));
-        let rc = rewards.with_empty_tape().gather(ic);
-        let rr = rewards.gather(ir);
-        for (j, p) in micro.iter().enumerate() {
-            let (c, r) = (values[j] as f64, values[k + j] as f64);
-            st.loss_sum += bt_loss(c, r, p.margin as f64) + centering as f64 * (c + r) * (c + r);
-            st.correct += (c > r) as usize;
-            st.margin_sum += c - r;
-        }
-        st.pairs += k;
-        let m = dev.tensor_from_vec(micro.iter().map(|p| p.margin).collect::<Vec<f32>>(), (k,));
-        let loss = pairwise_loss_tensor(rc, rr, &m, centering, scale);
-        let mut grads = loss.backward();
-        let g = ParamTensors::from_backward(rm, &mut grads)?;
+        let (g, s) = micro_grads(rm, micro, centering, scale)?;
+        st.loss_sum += s.loss_sum;
+        st.correct += s.correct;
+        st.margin_sum += s.margin_sum;
+        st.pairs += s.pairs;
         match &mut acc {
             None => acc = Some(g),
             Some(a) => a.add(&g),
@@ -333,29 +344,18 @@ pub fn train_step<D: Dev>(
 
 /// Fingerprint of the training pairs, so a resume on other data is refused.
 fn data_fingerprint(pairs: &[EncodedPair]) -> String {
-    // FNV-1a over ids and margins: stable across runs and platforms.
-    let mut h: u64 = 0xcbf29ce484222325;
-    let mut feed = |x: u64| {
-        for b in x.to_le_bytes() {
-            h ^= b as u64;
-            h = h.wrapping_mul(0x100000001b3);
-        }
-    };
+    let mut f = Fingerprint::default();
     for p in pairs {
-        feed(p.chosen.len() as u64);
-        p.chosen.iter().for_each(|&t| feed(t as u64));
-        feed(p.rejected.len() as u64);
-        p.rejected.iter().for_each(|&t| feed(t as u64));
-        feed(p.margin.to_bits() as u64);
+        f.feed_tokens(&p.chosen);
+        f.feed_tokens(&p.rejected);
+        f.feed(p.margin.to_bits() as u64);
     }
-    format!("{h:016x}")
+    f.hex()
 }
 
 /// The metrics file of a run whose model goes to `out`: `<out>.metrics.jsonl`.
 pub fn metrics_path(out: &Path) -> PathBuf {
-    let mut s = out.as_os_str().to_owned();
-    s.push(".metrics.jsonl");
-    PathBuf::from(s)
+    train_loop::metrics_path(out)
 }
 
 /// A saved run: the model, the optimizer, and the progress JSON.
@@ -372,18 +372,68 @@ pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<Checkpoint<
     Ok(Some((rm, opt, progress)))
 }
 
-struct Running {
-    loss: f64,
-    correct: usize,
-    margin: f64,
-    pairs: usize,
-    grad_norm: f64,
-    steps: usize,
+/// Reward-model training as a stage of the shared loop.
+struct RmStage<'a> {
+    train: &'a [EncodedPair],
+    eval: &'a [EncodedPair],
+    centering: f32,
+    eval_batch: usize,
+    /// The final held-out report, written next to the model.
+    report: Option<EvalReport>,
 }
 
-impl Running {
-    fn new() -> Self {
-        Running { loss: 0.0, correct: 0, margin: 0.0, pairs: 0, grad_norm: 0.0, steps: 0 }
+impl<D: Dev> Stage<D> for RmStage<'_> {
+    type Model = RewardModel<D>;
+
+    fn name(&self) -> &'static str {
+        "rm"
+    }
+
+    fn len(&self) -> usize {
+        self.train.len()
+    }
+
+    fn micro_step(&mut self, rm: &RewardModel<D>, examples: &[usize], scale: f32) -> Result<(ParamTensors<D>, Metrics)> {
+        let micro: Vec<&EncodedPair> = examples.iter().map(|&i| &self.train[i]).collect();
+        let (g, st) = micro_grads(rm, &micro, self.centering, scale)?;
+        let mut m = Metrics::default();
+        m.add("loss", st.loss_sum, st.pairs as f64);
+        m.add("accuracy", st.correct as f64, st.pairs as f64);
+        m.add("margin", st.margin_sum, st.pairs as f64);
+        Ok((g, m))
+    }
+
+    fn evaluate(&mut self, rm: &RewardModel<D>) -> Result<Option<Metrics>> {
+        if self.eval.is_empty() {
+            return Ok(None);
+        }
+        let r = evaluate(rm, self.eval, self.eval_batch)?;
+        let mut m = Metrics::default();
+        m.add("loss", r.loss, 1.0);
+        m.add("accuracy", r.accuracy, 1.0);
+        m.add("margin", r.mean_margin, 1.0);
+        m.add("ece", r.ece, 1.0);
+        self.report = Some(r);
+        Ok(Some(m))
+    }
+
+    fn finish(&mut self, rm: &mut RewardModel<D>) -> Result<()> {
+        // normalization on the held-out responses (the training ones if there are none)
+        let reference = if self.eval.is_empty() { self.train } else { self.eval };
+        rm.normalization = fit_normalization(rm, reference, self.eval_batch)?;
+        Ok(())
+    }
+
+    fn write_model(&self, rm: &RewardModel<D>, dir: &Path, dtype: DType) -> Result<()> {
+        rm.write_into(dir, dtype)?;
+        if let Some(r) = &self.report {
+            write_file_synced(&dir.join("eval_report.json"), serde_json::to_string_pretty(r)?.as_bytes())?;
+        }
+        Ok(())
+    }
+
+    fn fingerprint(&self) -> String {
+        data_fingerprint(self.train)
     }
 }
 
@@ -405,139 +455,7 @@ pub fn train<D: Dev>(
     if train.is_empty() {
         bail!("no training pairs");
     }
-    let n = train.len();
-    let total = cfg.total_steps(n);
-    let schedule = cfg.schedule(total);
-    let fingerprint = data_fingerprint(train);
-    let mut opt = match resume {
-        None => AdamW::new(rm, cfg.adamw),
-        Some((opt, progress)) => {
-            let want = json!({"data": fingerprint, "batch_size": cfg.batch_size, "seed": cfg.seed, "total_steps": total});
-            for k in ["data", "batch_size", "seed", "total_steps"] {
-                if progress.get(k) != want.get(k) {
-                    bail!(
-                        "cannot resume: the checkpoint's {k} is {} but this run's is {} (same data, batch size, seed and length are needed for an exact resume)",
-                        progress.get(k).unwrap_or(&Value::Null),
-                        want[k]
-                    );
-                }
-            }
-            opt
-        }
-    };
-    let start = opt.step;
-    let metrics_file = metrics_path(out);
-    let mut metrics = open_metrics(&metrics_file, start)?;
-    let bar = if cfg.progress { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    bar.set_style(ProgressStyle::with_template("{bar:30} {pos}/{len} steps {msg} {eta}")?);
-    bar.set_position(start);
-    let mut order: (u64, Vec<usize>) = (u64::MAX, vec![]);
-    let mut run = Running::new();
-    let mut t0 = std::time::Instant::now();
-    let progress_json = |step: u64| json!({"data": fingerprint, "batch_size": cfg.batch_size, "seed": cfg.seed, "total_steps": total,
-                                          "step": step, "cursor": step * cfg.batch_size as u64, "epoch": (step * cfg.batch_size as u64) / n as u64,
-                                          "train_pairs": n, "config": cfg});
-    for step in start..total {
-        if cfg.stop_after.is_some_and(|s| step >= s) {
-            save_checkpoint(rm, &opt, &progress_json(step), out, cfg.dtype)?;
-            bar.abandon_with_message("stopped; resume to continue");
-            return Ok(TrainOutcome { steps: step, total_steps: total, finished: false, eval: None });
-        }
-        // this step's pairs, from the deterministic epoch orders
-        let mut idx = Vec::with_capacity(cfg.batch_size);
-        for i in 0..cfg.batch_size as u64 {
-            let g = step * cfg.batch_size as u64 + i;
-            let epoch = g / n as u64;
-            if order.0 != epoch {
-                let mut o: Vec<usize> = (0..n).collect();
-                o.shuffle(&mut StdRng::seed_from_u64(cfg.seed.wrapping_add(epoch)));
-                order = (epoch, o);
-            }
-            idx.push(order.1[(g % n as u64) as usize]);
-        }
-        let batch: Vec<&EncodedPair> = idx.iter().map(|&i| &train[i]).collect();
-        let lr = cfg.lr * schedule.factor(step);
-        let st = train_step(rm, &mut opt, &batch, cfg.micro_batch, cfg.centering, cfg.max_grad_norm, lr)
-            .with_context(|| format!("optimizer step {}", step + 1))?;
-        run.loss += st.loss_sum;
-        run.correct += st.correct;
-        run.margin += st.margin_sum;
-        run.pairs += st.pairs;
-        let norm = st.grad_norm;
-        run.grad_norm += norm as f64;
-        run.steps += 1;
-        let done = step + 1;
-        bar.inc(1);
-        if done % cfg.log_every.max(1) == 0 || done == total {
-            let p = run.pairs.max(1) as f64;
-            let line = json!({"step": done, "epoch": (done * cfg.batch_size as u64) as f64 / n as f64, "split": "train", "lr": lr,
-                              "loss": run.loss / p, "accuracy": run.correct as f64 / p, "margin": run.margin / p,
-                              "grad_norm": run.grad_norm / run.steps.max(1) as f64,
-                              "pairs_per_sec": run.pairs as f64 / t0.elapsed().as_secs_f64().max(1e-9)});
-            bar.set_message(format!("loss {:.4} acc {:.3}", run.loss / p, run.correct as f64 / p));
-            writeln!(metrics, "{line}")?;
-            metrics.flush()?;
-            run = Running::new();
-            t0 = std::time::Instant::now();
-        }
-        if cfg.eval_every > 0 && done % cfg.eval_every == 0 && done != total && !eval.is_empty() {
-            let r = evaluate(rm, eval, cfg.eval_batch)?;
-            writeln!(metrics, "{}", json!({"step": done, "split": "eval", "loss": r.loss, "accuracy": r.accuracy, "margin": r.mean_margin}))?;
-            metrics.flush()?;
-        }
-        if cfg.save_every > 0 && done % cfg.save_every == 0 && done != total {
-            save_checkpoint(rm, &opt, &progress_json(done), out, cfg.dtype)?;
-        }
-    }
-    bar.finish_and_clear();
-    // normalization on the held-out responses (the training ones if there are none)
-    let reference = if eval.is_empty() { train } else { eval };
-    rm.normalization = fit_normalization(rm, reference, cfg.eval_batch)?;
-    let report = if eval.is_empty() { None } else { Some(evaluate(rm, eval, cfg.eval_batch)?) };
-    if let Some(r) = &report {
-        writeln!(metrics, "{}", json!({"step": total, "split": "eval", "loss": r.loss, "accuracy": r.accuracy, "margin": r.mean_margin}))?;
-        metrics.flush()?;
-    }
-    let progress = progress_json(total);
-    write_dir_atomic(out, |tmp| {
-        rm.write_into(tmp, cfg.dtype)?;
-        if let Some(r) = &report {
-            write_file_synced(&tmp.join("eval_report.json"), serde_json::to_string_pretty(r)?.as_bytes())?;
-        }
-        train_state::save(tmp, rm, &opt, &progress)
-    })
-    .with_context(|| format!("cannot save the reward model to {}", out.display()))?;
-    Ok(TrainOutcome { steps: total, total_steps: total, finished: true, eval: report })
-}
-
-fn save_checkpoint<D: Dev>(rm: &RewardModel<D>, opt: &AdamW<D>, progress: &Value, out: &Path, dtype: DType) -> Result<()> {
-    if dtype != DType::F32 {
-        // bf16 weights would make the resumed run differ from an uninterrupted one.
-        eprintln!("note: checkpoints for resuming are saved in float32");
-    }
-    write_dir_atomic(out, |tmp| {
-        rm.write_into(tmp, DType::F32)?;
-        train_state::save(tmp, rm, opt, progress)
-    })
-    .with_context(|| format!("cannot save a checkpoint to {}", out.display()))
-}
-
-/// Opens the metrics file: fresh for a new run; on resume, keeps only the
-/// lines of steps already done, so the file reads like one uninterrupted run.
-fn open_metrics(path: &Path, start: u64) -> Result<std::io::BufWriter<std::fs::File>> {
-    let kept = if start > 0 && path.exists() {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
-        text.lines()
-            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("step").and_then(Value::as_u64)).is_some_and(|s| s <= start))
-            .map(|l| format!("{l}\n"))
-            .collect::<String>()
-    } else {
-        String::new()
-    };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(kept.as_bytes())?;
-    Ok(std::io::BufWriter::new(f))
+    let mut stage = RmStage { train, eval, centering: cfg.centering, eval_batch: cfg.eval_batch, report: None };
+    let o = train_loop::run(rm, &mut stage, &cfg.loop_config(), out, resume)?;
+    Ok(TrainOutcome { steps: o.steps, total_steps: o.total_steps, finished: o.finished, eval: if o.finished { stage.report } else { None } })
 }

@@ -90,9 +90,9 @@ fn learns_a_hidden_rule_to_high_held_out_accuracy() {
     assert!(out.join("eval_report.json").exists());
     // metrics: a train line every 5 steps plus eval lines
     let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    assert_eq!(lines.iter().filter(|l| l["split"] == "train").count(), 12);
-    assert!(lines.iter().filter(|l| l["split"] == "eval").count() >= 3);
-    for k in ["loss", "accuracy", "margin", "lr", "grad_norm"] {
+    assert_eq!(lines.iter().filter(|l| l.get("loss").is_some()).count(), 12);
+    assert!(lines.iter().filter(|l| l.get("eval_accuracy").is_some()).count() >= 3);
+    for k in ["loss", "accuracy", "margin", "learning_rate", "grad_norm"] {
         assert!(lines[0][k].is_number(), "metrics line lacks {k}: {}", lines[0]);
     }
 }
