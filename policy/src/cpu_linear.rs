@@ -28,9 +28,61 @@ unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, a
     if m == 0 || n == 0 {
         return;
     }
-    let par = if rayon::current_num_threads() > 1 { gemm::Parallelism::Rayon(0) } else { gemm::Parallelism::None };
     // gemm computes dst = alpha·dst + beta·(a·b); alpha is ignored unless read_dst.
-    gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, par);
+    gemm::gemm(m, n, k, dst, 1, dst_rs, accumulate, a.ptr, a.cs, a.rs, b.ptr, b.cs, b.rs, 1.0, 1.0, false, false, false, parallelism());
+}
+
+/// `y = x·Wᵀ` on host buffers: `x (rows×inp)` and `w (out×inp)` row-major,
+/// `y (rows×out)` row-major, overwritten.
+pub(crate) fn xwt(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize, y: &mut [f32]) {
+    assert!(x.len() >= rows * inp && w.len() >= out * inp && y.len() >= rows * out);
+    let xo = Operand { ptr: x.as_ptr(), rs: inp as isize, cs: 1 };
+    let wo = Operand { ptr: w.as_ptr(), rs: 1, cs: inp as isize };
+    if rows > 32 {
+        // SAFETY: extents asserted above; y is a distinct &mut buffer.
+        unsafe { gemm_raw(rows, out, inp, y.as_mut_ptr(), out as isize, false, xo, wo) };
+        return;
+    }
+    // Few rows (decoding): write yᵀ (out×rows, row-major), which gemm computes
+    // with the weight read in its stored layout, then transpose the small result.
+    let mut yt = vec![0f32; rows * out];
+    // SAFETY: as above; yt is (rows×out) with row stride 1 and column stride rows.
+    unsafe {
+        gemm::gemm(
+            rows,
+            out,
+            inp,
+            yt.as_mut_ptr(),
+            rows as isize,
+            1,
+            false,
+            xo.ptr,
+            xo.cs,
+            xo.rs,
+            wo.ptr,
+            wo.cs,
+            wo.rs,
+            1.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism(),
+        )
+    };
+    for (c, col) in yt.chunks_exact(rows).enumerate() {
+        for (r, &v) in col.iter().enumerate() {
+            y[r * out + c] = v;
+        }
+    }
+}
+
+fn parallelism() -> gemm::Parallelism {
+    if rayon::current_num_threads() > 1 {
+        gemm::Parallelism::Rayon(0)
+    } else {
+        gemm::Parallelism::None
+    }
 }
 
 /// The physical data of a contiguous tensor, copied out.

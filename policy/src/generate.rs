@@ -2,6 +2,7 @@
 //! left-padded into one batch, RoPE positions follow each row's real tokens,
 //! and every row samples with its own seeded RNG, so a prompt's output does
 //! not depend on what else is in the batch.
+use crate::cpu_decode::{HostKv, HostModel};
 use crate::model::{Batch, Dev, KvCache, Llama};
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -99,6 +100,38 @@ pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> (
 
 /// Generates a continuation for every prompt, all in one batch.
 pub fn generate<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Vec<Generation>> {
+    generate_on(model, prompts, cfg, D::HOST_DECODING)
+}
+
+/// Where the forward passes of one `generate` call run.
+enum Engine<D: Dev> {
+    /// dfdx ops on the model's device, with a growing [`KvCache`].
+    Dfdx(KvCache<D>),
+    /// Host buffers: a weight snapshot and a preallocated cache (the CPU path).
+    Host(HostModel, HostKv),
+}
+
+impl<D: Dev> Engine<D> {
+    /// Logits `(batch, vocab)` of the tokens at `last_rows` (row-major
+    /// `batch*seq` indices) of `batch`, extending the cache.
+    fn step(&mut self, model: &Llama<D>, batch: &Batch, last_rows: &[usize]) -> Result<Vec<f32>> {
+        match self {
+            Engine::Dfdx(cache) => {
+                let hidden = model.hidden(model.embed_tokens.clone(), batch, Some(cache))?;
+                let idx = model.dev.tensor_from_vec(last_rows.to_vec(), (batch.batch,));
+                let last = dfdx::tensor_ops::GatherTo::gather(hidden, idx);
+                Ok(model.logits(last).as_vec())
+            }
+            Engine::Host(m, kv) => {
+                debug_assert!(last_rows.iter().enumerate().all(|(b, &r)| r == b * batch.seq + batch.seq - 1));
+                model.check_tokens(&batch.tokens)?;
+                Ok(m.step(kv, &batch.tokens, &batch.positions, &batch.key_mask, batch.seq))
+            }
+        }
+    }
+}
+
+fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingConfig, host: bool) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(vec![]);
     }
@@ -135,14 +168,19 @@ pub fn generate<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCo
         return Ok(out);
     }
     let mut done = vec![false; bsz];
-    let mut cache = KvCache::new();
+    let mut engine = if host {
+        let m = HostModel::new(model);
+        let kv = HostKv::new(&m, bsz, plen + cfg.max_new_tokens);
+        Engine::Host(m, kv)
+    } else {
+        Engine::Dfdx(KvCache::new())
+    };
+    let mut seen = 0;
     let vocab = model.cfg.vocab_size;
     let mut last_rows: Vec<usize> = (0..bsz).map(|b| b * plen + plen - 1).collect();
     for step in 0..cfg.max_new_tokens {
-        let hidden = model.hidden(model.embed_tokens.clone(), &batch, Some(&mut cache))?;
-        let idx = model.dev.tensor_from_vec(last_rows.clone(), (bsz,));
-        let last = dfdx::tensor_ops::GatherTo::gather(hidden, idx);
-        let logits = model.logits(last).as_vec();
+        let logits = engine.step(model, &batch, &last_rows)?;
+        seen += batch.seq;
         let mut next = Vec::with_capacity(bsz);
         for b in 0..bsz {
             if done[b] {
@@ -163,7 +201,7 @@ pub fn generate<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCo
         }
         // Feed the new tokens; finished rows feed a masked pad.
         let mut positions = Vec::with_capacity(bsz);
-        let mut mask = Vec::with_capacity(bsz * (cache.len + 1));
+        let mut mask = Vec::with_capacity(bsz * (seen + 1));
         for b in 0..bsz {
             positions.push(prompts[b].len() + step);
             key_mask[b].push(!done[b]);
@@ -173,4 +211,39 @@ pub fn generate<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCo
         last_rows = (0..bsz).collect();
     }
     Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+    use dfdx::prelude::Cpu;
+
+    #[test]
+    fn host_decoding_matches_dfdx_decoding() {
+        // GQA (4 heads, 2 KV heads), untied head, prompts of different lengths (left padding).
+        let cfg = LlamaConfig::from_json(&serde_json::json!({
+            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+            "tie_word_embeddings": false, "pad_token_id": 0
+        }))
+        .unwrap();
+        let model = Llama::random(cfg, &Cpu::default(), 3, 0.2).unwrap();
+        let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2, 40], vec![7], vec![11, 3, 60], vec![1, 2, 3, 4, 5, 6, 7, 8]];
+        for sc in [
+            SamplingConfig { max_new_tokens: 12, temperature: 0.0, ..Default::default() },
+            SamplingConfig { max_new_tokens: 9, temperature: 0.8, top_k: 20, seed: 5, stop_tokens: vec![17, 23], ..Default::default() },
+        ] {
+            let a = generate_on(&model, &prompts, &sc, false).unwrap();
+            let b = generate_on(&model, &prompts, &sc, true).unwrap();
+            for (x, y) in a.iter().zip(&b) {
+                assert_eq!(x.tokens, y.tokens);
+                assert_eq!(x.finish_reason, y.finish_reason);
+                for (p, q) in x.logprobs.iter().zip(&y.logprobs) {
+                    assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+                }
+            }
+        }
+    }
 }

@@ -4,6 +4,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod model;
 pub mod cpu_linear;
+mod cpu_decode;
 pub mod safetensors_io;
 pub mod tokenizer;
 pub mod chat;

@@ -16,24 +16,30 @@ pub type T2<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
 type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
 
 /// The devices the model runs on.
-pub trait Dev: Device<f32> + Clone + LinearKernel {}
-impl<D: Device<f32> + Clone + LinearKernel> Dev for D {}
+pub trait Dev: Device<f32> + Clone + DeviceKernels {}
+impl<D: Device<f32> + Clone + DeviceKernels> Dev for D {}
 
-/// How a device computes `Linear`, `x·Wᵀ` with `x: (rows, in)` and the
-/// weight in HF layout `(out, in)`: the CPU has its own op
-/// ([`crate::cpu_linear`]), other devices use dfdx's matmul.
-pub trait LinearKernel: Device<f32> {
+/// What a device does its own way. The CPU computes `Linear` with its own op
+/// ([`crate::cpu_linear`]) and decodes on host buffers
+/// ([`crate::cpu_decode`]); other devices use dfdx's ops throughout.
+pub trait DeviceKernels: Device<f32> {
+    /// Whether [`crate::generate::generate`] decodes on host buffers rather
+    /// than through dfdx with a [`KvCache`].
+    const HOST_DECODING: bool;
+    /// `x·Wᵀ` for `x: (rows, in)` and a weight in HF layout `(out, in)`.
     fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T>;
 }
 
-impl LinearKernel for Cpu {
+impl DeviceKernels for Cpu {
+    const HOST_DECODING: bool = true;
     fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
         crate::cpu_linear::linear(x, w)
     }
 }
 
 #[cfg(feature = "cuda")]
-impl LinearKernel for Cuda {
+impl DeviceKernels for Cuda {
+    const HOST_DECODING: bool = false;
     fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
         dfdx_linear(x, w)
     }
@@ -63,8 +69,9 @@ pub struct Llama<D: Dev> {
     /// `None` when the head is tied to `embed_tokens`.
     pub lm_head: Option<T2<D>>,
     pub dev: D,
-    /// `x @ rot` = rotate_half(x) for one head; a constant.
-    rot: T2<D>,
+    /// `rotᵀ`, where `x @ rot` = rotate_half(x) for one head; a constant in
+    /// the `(out, in)` layout [`linear`] takes.
+    rot_t: T2<D>,
 }
 
 /// A borrowed parameter, 1-D or 2-D.
@@ -246,8 +253,14 @@ impl<D: Dev> Llama<D> {
             rot[(j + half) * hd + j] = -1.0;
             rot[j * hd + j + half] = 1.0;
         }
-        let rot = dev.tensor_from_vec(rot, (hd, hd));
-        Llama { cfg, embed_tokens, layers, norm, lm_head, dev: dev.clone(), rot }
+        let mut rot_t = vec![0f32; hd * hd];
+        for i in 0..hd {
+            for j in 0..hd {
+                rot_t[j * hd + i] = rot[i * hd + j];
+            }
+        }
+        let rot_t = dev.tensor_from_vec(rot_t, (hd, hd));
+        Llama { cfg, embed_tokens, layers, norm, lm_head, dev: dev.clone(), rot_t }
     }
 
     /// A model with random weights (normal, std `init_std`; norms at 1), as HF initializes.
@@ -327,7 +340,7 @@ impl<D: Dev> Llama<D> {
         self.lm_head.as_ref().unwrap_or(&self.embed_tokens)
     }
 
-    fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
+    pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
             bail!("token id {t} is out of range for a vocabulary of {}", self.cfg.vocab_size);
         }
@@ -386,7 +399,7 @@ impl<D: Dev> Llama<D> {
     }
 
     fn rope<T: Tape<f32, D> + Merge<NoneTape>>(&self, x: T2<D, T>, cos: &T2<D>, sin: &T2<D>) -> T2<D, T> {
-        let rotated = x.with_empty_tape().matmul(self.rot.clone()) * sin.clone();
+        let rotated = linear(x.with_empty_tape(), &self.rot_t) * sin.clone();
         x * cos.clone() + rotated
     }
 

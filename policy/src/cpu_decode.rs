@@ -1,0 +1,281 @@
+//! Batched KV-cache decoding on the CPU outside dfdx: a snapshot of the
+//! weights in host buffers, a preallocated KV cache written in place, and
+//! the Llama forward as plain loops around `gemm` (see [`crate::cpu_linear`]).
+//!
+//! It computes what [`Llama::hidden`] + [`Llama::logits`] compute with a
+//! [`crate::model::KvCache`] (same formulas, same order of the elementwise
+//! operations), for inference only; `generate` uses it on the CPU, where
+//! dfdx's per-op overhead, transposed weight packing and growing the cache by
+//! concatenation dominated small decoding steps.
+use crate::cpu_linear::xwt;
+use crate::model::{Dev, Llama, T1, T2};
+use dfdx::prelude::*;
+use rayon::prelude::*;
+
+fn host1<D: Dev>(t: &T1<D>) -> Vec<f32> {
+    let mut v = vec![0f32; t.shape().0];
+    t.copy_into(&mut v);
+    v
+}
+
+fn host2<D: Dev>(t: &T2<D>) -> Vec<f32> {
+    let (r, c) = *t.shape();
+    let mut v = vec![0f32; r * c];
+    t.copy_into(&mut v);
+    v
+}
+
+struct HostLayer {
+    ln1: Vec<f32>,
+    wq: Vec<f32>,
+    wk: Vec<f32>,
+    wv: Vec<f32>,
+    wo: Vec<f32>,
+    ln2: Vec<f32>,
+    wg: Vec<f32>,
+    wu: Vec<f32>,
+    wd: Vec<f32>,
+}
+
+/// The model's weights copied to host memory, plus the shapes the forward needs.
+pub(crate) struct HostModel {
+    d: usize,
+    f: usize,
+    vocab: usize,
+    nh: usize,
+    nkv: usize,
+    hd: usize,
+    eps: f32,
+    inv_freq: Vec<f32>,
+    embed: Vec<f32>,
+    layers: Vec<HostLayer>,
+    norm: Vec<f32>,
+    /// `None` when the head is tied to `embed`.
+    head: Option<Vec<f32>>,
+}
+
+impl HostModel {
+    pub(crate) fn new<D: Dev>(m: &Llama<D>) -> Self {
+        let cfg = &m.cfg;
+        // Contiguous copies (the model's tensors are contiguous; reshaping is free then).
+        let mat = |t: &T2<D>| host2(&t.clone().reshape_like(t.shape()));
+        HostModel {
+            d: cfg.hidden_size,
+            f: cfg.intermediate_size,
+            vocab: cfg.vocab_size,
+            nh: cfg.num_attention_heads,
+            nkv: cfg.num_key_value_heads,
+            hd: cfg.head_dim,
+            eps: cfg.rms_norm_eps as f32,
+            inv_freq: cfg.inv_freq(),
+            embed: mat(&m.embed_tokens),
+            layers: m
+                .layers
+                .iter()
+                .map(|l| HostLayer {
+                    ln1: host1(&l.input_layernorm),
+                    wq: mat(&l.q_proj),
+                    wk: mat(&l.k_proj),
+                    wv: mat(&l.v_proj),
+                    wo: mat(&l.o_proj),
+                    ln2: host1(&l.post_attention_layernorm),
+                    wg: mat(&l.gate_proj),
+                    wu: mat(&l.up_proj),
+                    wd: mat(&l.down_proj),
+                })
+                .collect(),
+            norm: host1(&m.norm),
+            head: m.lm_head.as_ref().map(mat),
+        }
+    }
+}
+
+/// Keys and values for `batch` rows of up to `cap` tokens, per layer
+/// `(batch, kv_heads, cap, head_dim)`, written in place.
+pub(crate) struct HostKv {
+    k: Vec<Vec<f32>>,
+    v: Vec<Vec<f32>>,
+    batch: usize,
+    cap: usize,
+    /// Tokens stored per row.
+    pub(crate) len: usize,
+}
+
+impl HostKv {
+    pub(crate) fn new(m: &HostModel, batch: usize, cap: usize) -> Self {
+        let per = batch * m.nkv * cap * m.hd;
+        HostKv { k: (0..m.layers.len()).map(|_| vec![0.0; per]).collect(), v: (0..m.layers.len()).map(|_| vec![0.0; per]).collect(), batch, cap, len: 0 }
+    }
+}
+
+/// `out = x / sqrt(mean(x²) + eps) * w`, row by row (the order dfdx's path uses).
+fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let d = w.len();
+    for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
+        let var = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+        let inv = (var + eps).sqrt().recip();
+        for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
+            *o = xv * inv * wv;
+        }
+    }
+}
+
+/// Rotate-half RoPE in place on `heads` heads of each row, `x*cos + rotate_half(x)*sin`.
+fn rope(x: &mut [f32], heads: usize, hd: usize, positions: &[usize], inv_freq: &[f32]) {
+    let half = hd / 2;
+    let mut cos = vec![0f32; hd];
+    let mut sin = vec![0f32; hd];
+    let mut rot = vec![0f32; hd];
+    for (row, &p) in x.chunks_exact_mut(heads * hd).zip(positions) {
+        for j in 0..hd {
+            let a = p as f32 * inv_freq[j % half];
+            cos[j] = a.cos();
+            sin[j] = a.sin();
+        }
+        for h in row.chunks_exact_mut(hd) {
+            for j in 0..half {
+                rot[j] = -h[j + half];
+                rot[j + half] = h[j];
+            }
+            for j in 0..hd {
+                h[j] = h[j] * cos[j] + rot[j] * sin[j];
+            }
+        }
+    }
+}
+
+fn dot(a: &[f32], b: &[f32]) -> f32 {
+    // Eight partial sums, so the compiler can keep them in one vector register.
+    let mut acc = [0f32; 8];
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    for (x, y) in ac.zip(bc) {
+        for i in 0..8 {
+            acc[i] += x[i] * y[i];
+        }
+    }
+    let mut s = acc.iter().sum::<f32>();
+    for (x, y) in ar.iter().zip(br) {
+        s += x * y;
+    }
+    s
+}
+
+impl HostModel {
+    /// One forward over `batch × seq` new tokens with RoPE `positions`
+    /// (row-major `batch × seq`) and `key_mask` (row-major
+    /// `batch × (kv.len + seq)`); appends their keys and values to `kv` and
+    /// returns the logits `(batch, vocab)` of each row's last token.
+    pub(crate) fn step(&self, kv: &mut HostKv, tokens: &[u32], positions: &[usize], key_mask: &[bool], seq: usize) -> Vec<f32> {
+        let (d, hd, nh, nkv) = (self.d, self.hd, self.nh, self.nkv);
+        let g = nh / nkv;
+        let bs = kv.batch;
+        let past = kv.len;
+        let total = past + seq;
+        assert!(total <= kv.cap, "KV cache of {} tokens is full", kv.cap);
+        assert_eq!(tokens.len(), bs * seq);
+        assert_eq!(positions.len(), bs * seq);
+        assert_eq!(key_mask.len(), bs * total);
+        let n = bs * seq;
+        let mut h = vec![0f32; n * d];
+        for (row, &t) in h.chunks_exact_mut(d).zip(tokens) {
+            row.copy_from_slice(&self.embed[t as usize * d..(t as usize + 1) * d]);
+        }
+        let mut xn = vec![0f32; n * d];
+        let mut q = vec![0f32; n * nh * hd];
+        let mut k = vec![0f32; n * nkv * hd];
+        let mut v = vec![0f32; n * nkv * hd];
+        let mut attn = vec![0f32; n * nh * hd];
+        let mut o = vec![0f32; n * d];
+        let mut gate = vec![0f32; n * self.f];
+        let mut up = vec![0f32; n * self.f];
+        let scale = 1.0 / (hd as f32).sqrt();
+        for (li, l) in self.layers.iter().enumerate() {
+            rms_norm(&h, &l.ln1, self.eps, &mut xn);
+            xwt(&xn, n, d, &l.wq, nh * hd, &mut q);
+            xwt(&xn, n, d, &l.wk, nkv * hd, &mut k);
+            xwt(&xn, n, d, &l.wv, nkv * hd, &mut v);
+            rope(&mut q, nh, hd, positions, &self.inv_freq);
+            rope(&mut k, nkv, hd, positions, &self.inv_freq);
+            let (kc, vc) = (&mut kv.k[li], &mut kv.v[li]);
+            for b in 0..bs {
+                for s in 0..seq {
+                    let r = b * seq + s;
+                    for j in 0..nkv {
+                        let dst = ((b * nkv + j) * kv.cap + past + s) * hd;
+                        kc[dst..dst + hd].copy_from_slice(&k[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
+                        vc[dst..dst + hd].copy_from_slice(&v[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
+                    }
+                }
+            }
+            let (kc, vc) = (&kv.k[li], &kv.v[li]);
+            // One task per (row, query head): scores over the visible keys, softmax, weighted values.
+            attn.par_chunks_mut(hd).enumerate().for_each_init(
+                || vec![0f32; total],
+                |scores, (idx, out)| {
+                    let (r, hq) = (idx / nh, idx % nh);
+                    let (b, s) = (r / seq, r % seq);
+                    let base = (b * nkv + hq / g) * kv.cap;
+                    let qv = &q[idx * hd..(idx + 1) * hd];
+                    let mask = &key_mask[b * total..(b + 1) * total];
+                    let mut m = f32::NEG_INFINITY;
+                    let mut any = false;
+                    for j in 0..=past + s {
+                        if mask[j] {
+                            let sc = dot(qv, &kc[(base + j) * hd..(base + j + 1) * hd]) * scale;
+                            scores[j] = sc;
+                            m = m.max(sc);
+                            any = true;
+                        }
+                    }
+                    out.fill(0.0);
+                    if !any {
+                        // A padding query that sees no real key; its output is never used.
+                        return;
+                    }
+                    let mut sum = 0f32;
+                    for j in 0..=past + s {
+                        if mask[j] {
+                            let e = (scores[j] - m).exp();
+                            scores[j] = e;
+                            sum += e;
+                        }
+                    }
+                    for j in 0..=past + s {
+                        if mask[j] {
+                            let p = scores[j] / sum;
+                            for (o, &vv) in out.iter_mut().zip(&vc[(base + j) * hd..(base + j + 1) * hd]) {
+                                *o += p * vv;
+                            }
+                        }
+                    }
+                },
+            );
+            xwt(&attn, n, nh * hd, &l.wo, d, &mut o);
+            for (hv, ov) in h.iter_mut().zip(&o) {
+                *hv = *ov + *hv;
+            }
+            rms_norm(&h, &l.ln2, self.eps, &mut xn);
+            xwt(&xn, n, d, &l.wg, self.f, &mut gate);
+            xwt(&xn, n, d, &l.wu, self.f, &mut up);
+            for (gv, &uv) in gate.iter_mut().zip(&up) {
+                let sig = 1.0 / (1.0 + (-*gv).exp());
+                *gv = sig * *gv * uv;
+            }
+            xwt(&gate, n, self.f, &l.wd, d, &mut o);
+            for (hv, ov) in h.iter_mut().zip(&o) {
+                *hv = *ov + *hv;
+            }
+        }
+        kv.len = total;
+        // Only each row's last token feeds the head.
+        let mut last = vec![0f32; bs * d];
+        for b in 0..bs {
+            let r = b * seq + seq - 1;
+            rms_norm(&h[r * d..(r + 1) * d], &self.norm, self.eps, &mut last[b * d..(b + 1) * d]);
+        }
+        let mut logits = vec![0f32; bs * self.vocab];
+        xwt(&last, bs, d, self.head.as_ref().unwrap_or(&self.embed), self.vocab, &mut logits);
+        logits
+    }
+}
