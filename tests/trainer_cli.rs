@@ -114,3 +114,35 @@ fn bad_input_gives_clear_errors() {
     let e = err(&["dpo", "--policy", &model, "--data", &prompts, "--out", &d("o6"), "--beta", "0"]);
     assert!(e.contains("chosen") || e.contains("beta"), "{e}");
 }
+
+#[test]
+fn ctrl_c_stops_at_a_step_boundary_with_a_resumable_checkpoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
+    let model = d("tiny");
+    ok(&["policy", "init", "--out", &model, "--hidden-size", "16", "--intermediate-size", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "280"]);
+    let data = write_jsonl(&tmp.path().join("sft.jsonl"), &[json!({"prompt": "a", "completion": " b c d"}), json!({"prompt": "e", "completion": " f g"})]);
+    let out = d("run");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["sft", "--policy", &model, "--data", &data, "--out", &out, "--max-steps", "1000000", "--batch-size", "2", "--log-every", "1", "--quiet"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let metrics = format!("{out}.metrics.jsonl");
+    let t0 = std::time::Instant::now();
+    while std::fs::read_to_string(&metrics).map(|s| s.lines().count()).unwrap_or(0) < 3 {
+        assert!(t0.elapsed().as_secs() < 120, "training did not start");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(Command::new("kill").args(["-INT", &child.id().to_string()]).status().unwrap().success());
+    let o = child.wait_with_output().unwrap();
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(o.status.success(), "interrupted run failed: {e}");
+    assert!(e.contains("continue with --resume"), "{e}");
+    let state: Value = serde_json::from_str(&std::fs::read_to_string(format!("{out}/trainer_state/state.json")).unwrap()).unwrap();
+    let step = state["progress"]["step"].as_u64().unwrap();
+    assert!(step >= 3, "checkpoint at step {step}");
+    // it resumes from there
+    let e = ok(&["sft", "--policy", &model, "--data", &data, "--out", &out, "--max-steps", "1000000", "--batch-size", "2", "--log-every", "1", "--quiet", "--resume", "--stop-after", &(step + 2).to_string()]);
+    assert!(e.contains(&format!("stopped after step {}", step + 2)), "{e}");
+}

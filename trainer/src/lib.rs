@@ -21,3 +21,5 @@ pub mod rs;
 pub mod ppo_math;
 pub mod ppo;
 pub mod cli;
+pub mod tasks;
+pub mod simulate;
