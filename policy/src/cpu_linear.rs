@@ -7,6 +7,7 @@
 //! out once (a memcpy, small next to the product); gradients are read and
 //! accumulated in place through `Gradients::get_or_alloc_mut`.
 use dfdx::prelude::*;
+use rayon::prelude::*;
 
 type M<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
 
@@ -46,30 +47,41 @@ pub(crate) fn xwt(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize, y: 
     // Few rows (decoding): write yᵀ (out×rows, row-major), which gemm computes
     // with the weight read in its stored layout, then transpose the small result.
     let mut yt = vec![0f32; rows * out];
-    // SAFETY: as above; yt is (rows×out) with row stride 1 and column stride rows.
-    unsafe {
-        gemm::gemm(
-            rows,
-            out,
-            inp,
-            yt.as_mut_ptr(),
-            rows as isize,
-            1,
-            false,
-            xo.ptr,
-            xo.cs,
-            xo.rs,
-            wo.ptr,
-            wo.cs,
-            wo.rs,
-            1.0,
-            1.0,
-            false,
-            false,
-            false,
-            parallelism(),
-        )
-    };
+    // Each thread takes a block of output columns (weight rows): decoding is
+    // bound by reading the weights, and gemm keeps products this small on one thread.
+    let threads = rayon::current_num_threads();
+    let cols = if threads > 1 && out * inp >= 1 << 16 { out.div_ceil(threads).next_multiple_of(16) } else { out };
+    let wp = wo.ptr as usize;
+    let xp = xo.ptr as usize;
+    yt.par_chunks_mut(cols * rows).enumerate().for_each(|(i, block)| {
+        let c0 = i * cols;
+        let nc = block.len() / rows;
+        // SAFETY: as above; block is columns c0..c0+nc of yt, (rows×nc) with
+        // row stride 1 and column stride rows; the weight rows c0.. are in bounds.
+        unsafe {
+            gemm::gemm(
+                rows,
+                nc,
+                inp,
+                block.as_mut_ptr(),
+                rows as isize,
+                1,
+                false,
+                xp as *const f32,
+                xo.cs,
+                xo.rs,
+                (wp as *const f32).add(c0 * inp),
+                wo.cs,
+                wo.rs,
+                1.0,
+                1.0,
+                false,
+                false,
+                false,
+                gemm::Parallelism::None,
+            )
+        };
+    });
     for (c, col) in yt.chunks_exact(rows).enumerate() {
         for (r, &v) in col.iter().enumerate() {
             y[r * out + c] = v;
@@ -213,6 +225,24 @@ mod tests {
 
             // Without a tape: same forward.
             assert_close(&linear(x.clone(), &w).as_vec(), &y_ref_v, "y (no tape)");
+        }
+    }
+
+    #[test]
+    fn host_xwt_matches_naive_product_on_one_and_several_threads() {
+        let mut rng = StdRng::seed_from_u64(5);
+        for threads in [1, 2, 3] {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            for &(rows, inp, out) in &[(1, 256, 300), (16, 512, 1376), (32, 128, 520), (33, 64, 70), (5, 7, 3)] {
+                let x: Vec<f32> = (0..rows * inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let w: Vec<f32> = (0..out * inp).map(|_| rng.gen_range(-1.0f32..1.0)).collect();
+                let mut y = vec![f32::NAN; rows * out];
+                pool.install(|| xwt(&x, rows, inp, &w, out, &mut y));
+                let naive: Vec<f32> = (0..rows * out)
+                    .map(|i| (0..inp).map(|j| x[(i / out) * inp + j] * w[(i % out) * inp + j]).sum())
+                    .collect();
+                assert_close(&y, &naive, "xwt");
+            }
         }
     }
 
