@@ -298,7 +298,6 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
                 }
             }
         }
-        let t_score = t_start.elapsed().as_secs_f64() - t_gen;
         // (2) old log-probs, reference log-probs, values
         let seqs: Vec<Sequence> = batch_prompts.iter().zip(&gens).map(|(p, g)| Sequence::prompt_response(&p.ids, &g.tokens)).collect();
         let pad = m.actor.cfg.pad_token_id.unwrap_or(0);
@@ -323,6 +322,8 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         let mut advantages = raw_adv;
         whiten_rows(&mut advantages, true);
         let rollout = Rollout { seqs, old_logp, old_values, advantages, returns };
+        // scoring: the reward, reference log-probs, values and advantages
+        let t_score = t_start.elapsed().as_secs_f64() - t_gen;
         // (4) updates
         let t_train0 = Instant::now();
         let mut stats = UpdateStats::default();
