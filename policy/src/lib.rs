@@ -5,6 +5,7 @@ pub mod config;
 pub mod model;
 pub mod cpu_linear;
 mod cpu_decode;
+pub mod cpu_ops;
 pub mod safetensors_io;
 pub mod tokenizer;
 pub mod chat;

@@ -19,15 +19,34 @@ type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
 pub trait Dev: Device<f32> + Clone + DeviceKernels {}
 impl<D: Device<f32> + Clone + DeviceKernels> Dev for D {}
 
-/// What a device does its own way. The CPU computes `Linear` with its own op
-/// ([`crate::cpu_linear`]) and decodes on host buffers
-/// ([`crate::cpu_decode`]); other devices use dfdx's ops throughout.
+/// What a device does its own way. The CPU computes `Linear`, RMSNorm,
+/// SwiGLU and RoPE with its own ops ([`crate::cpu_linear`],
+/// [`crate::cpu_ops`]) and decodes on host buffers ([`crate::cpu_decode`]);
+/// other devices use the dfdx compositions, the trait's defaults.
 pub trait DeviceKernels: Device<f32> {
     /// Whether [`crate::generate::generate`] decodes on host buffers rather
     /// than through dfdx with a [`KvCache`].
-    const HOST_DECODING: bool;
+    const HOST_DECODING: bool = false;
     /// `x·Wᵀ` for `x: (rows, in)` and a weight in HF layout `(out, in)`.
-    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T>;
+    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
+        dfdx_linear(x, w)
+    }
+    /// `x / sqrt(mean(x²) + eps) * w` over each row.
+    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T1<Self>, eps: f64) -> T2<Self, T> {
+        dfdx_rms_norm(x, w, eps)
+    }
+    /// `silu(gate) * up`.
+    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(gate: T2<Self, T>, up: T2<Self, T>) -> T2<Self, T> {
+        // silu(g) = g * sigmoid(g)
+        let act = gate.with_empty_tape().sigmoid() * gate;
+        act * up
+    }
+    /// Rotate-half RoPE of rows of one head: `x*cos + rotate_half(x)*sin`;
+    /// `rot_t` is the transposed rotate-half matrix.
+    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, rot_t: &T2<Self>) -> T2<Self, T> {
+        let rotated = Self::linear(x.with_empty_tape(), rot_t) * sin.clone();
+        x * cos.clone() + rotated
+    }
 }
 
 impl DeviceKernels for Cpu {
@@ -35,15 +54,19 @@ impl DeviceKernels for Cpu {
     fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
         crate::cpu_linear::linear(x, w)
     }
+    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T1<Self>, eps: f64) -> T2<Self, T> {
+        crate::cpu_ops::rms_norm(x, w, eps as f32)
+    }
+    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(gate: T2<Self, T>, up: T2<Self, T>) -> T2<Self, T> {
+        crate::cpu_ops::swiglu(gate, up)
+    }
+    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, _rot_t: &T2<Self>) -> T2<Self, T> {
+        crate::cpu_ops::rope(x, cos, sin)
+    }
 }
 
 #[cfg(feature = "cuda")]
-impl DeviceKernels for Cuda {
-    const HOST_DECODING: bool = false;
-    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
-        dfdx_linear(x, w)
-    }
-}
+impl DeviceKernels for Cuda {}
 
 /// Weights of one decoder layer.
 #[derive(Clone, Debug)]
@@ -156,7 +179,6 @@ fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> 
 }
 
 /// `Linear` on dfdx's matmul, for devices without their own op.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 fn dfdx_linear<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
     if x.shape().0 <= 32 {
         // Few rows (decoding): W·xᵀ reads the weight in its stored row-major
@@ -169,6 +191,10 @@ fn dfdx_linear<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w
 }
 
 fn rms_norm<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, eps: f64) -> T2<D, T> {
+    D::rms_norm(x, w, eps)
+}
+
+fn dfdx_rms_norm<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, eps: f64) -> T2<D, T> {
     let shape = *x.shape();
     let var = x.with_empty_tape().square().mean::<(usize,), Axis<1>>();
     let inv = (var + eps as f32).sqrt().recip();
@@ -399,8 +425,7 @@ impl<D: Dev> Llama<D> {
     }
 
     fn rope<T: Tape<f32, D> + Merge<NoneTape>>(&self, x: T2<D, T>, cos: &T2<D>, sin: &T2<D>) -> T2<D, T> {
-        let rotated = linear(x.with_empty_tape(), &self.rot_t) * sin.clone();
-        x * cos.clone() + rotated
+        D::rope(x, cos, sin, &self.rot_t)
     }
 
     fn attention<T: Tape<f32, D> + Merge<NoneTape>>(
@@ -487,9 +512,7 @@ impl<D: Dev> Llama<D> {
             let x = rms_norm(h, &l.post_attention_layernorm, eps);
             let gate = linear(x.with_empty_tape(), &l.gate_proj);
             let up = linear(x, &l.up_proj);
-            // silu(g) = g * sigmoid(g)
-            let act = gate.with_empty_tape().sigmoid() * gate;
-            h = linear(act * up, &l.down_proj) + residual;
+            h = linear(D::swiglu(gate, up), &l.down_proj) + residual;
         }
         if let Some(c) = cache {
             c.len += b.seq;
