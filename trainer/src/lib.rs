@@ -23,3 +23,4 @@ pub mod ppo;
 pub mod cli;
 pub mod tasks;
 pub mod simulate;
+pub mod eval;
