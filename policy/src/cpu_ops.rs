@@ -230,6 +230,144 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     y.put_tape(tape)
 }
 
+/// Shapes of one attention call: `batch × seq` tokens, `heads` query heads
+/// sharing `kv_heads` key/value heads, `head_dim` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
+
+/// `dst (m×n) [+]= a (m×k) · b (k×n)` on this thread, all operands strided.
+///
+/// # Safety
+/// As for `gemm::gemm`: every pointer valid for its extents, `dst` not overlapping the inputs.
+#[allow(clippy::too_many_arguments)]
+unsafe fn gemm1(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, acc: bool, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize) {
+    gemm::gemm(
+        m, n, k, dst, 1, dst_rs as isize, acc, a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize, 1.0, 1.0, false, false, false,
+        gemm::Parallelism::None,
+    );
+}
+
+/// Causal grouped-query attention without a cache, token-major in and out:
+/// `q: (batch*seq*heads, head_dim)`, `k: (batch*seq*kv_heads, head_dim)`,
+/// `v: (batch*seq, kv_heads*head_dim)` → `(batch*seq, heads*head_dim)`.
+/// `mask` is the additive mask `(batch, seq, seq)` (0 or −1e9), added to the
+/// scaled scores before the softmax, as the dfdx composition does.
+pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask: &[f32]) -> M<T> {
+    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = a;
+    let n = bs * t;
+    let g = nh / nkv;
+    assert!(nkv > 0 && nh % nkv == 0, "attention: {nh} heads over {nkv} KV heads");
+    assert_eq!(*q.shape(), (n * nh, hd), "attention: q shape");
+    assert_eq!(*k.shape(), (n * nkv, hd), "attention: k shape");
+    assert_eq!(*v.shape(), (n, nkv * hd), "attention: v shape");
+    assert_eq!(mask.len(), bs * t * t, "attention: mask shape");
+    let scale = 1.0 / (hd as f32).sqrt();
+    let (q, k, v) = (q.reshape_like(&(n * nh, hd)), k.reshape_like(&(n * nkv, hd)), v.reshape_like(&(n, nkv * hd)));
+    let (q, tq) = q.split_tape();
+    let (k, tk) = k.split_tape();
+    let (v, tv) = v.split_tape();
+    let mut tape = tq.merge(tk).merge(tv);
+    let (qh, kh, vh) = (host2(&q), host2(&k), host2(&v));
+    // Probabilities (batch, heads, seq, seq), kept for the backward.
+    let mut p = vec![0f32; bs * nh * t * t];
+    let mut out = vec![0f32; n * nh * hd];
+    let (rq, rk, ro) = (nh * hd, nkv * hd, nh * hd);
+    let outp = SendPtr(out.as_mut_ptr());
+    // One task per (batch row, KV head): its query heads' probabilities and outputs.
+    p.par_chunks_mut(g * t * t).enumerate().for_each(|(task, pb)| {
+        let outp = outp;
+        let (b, j) = (task / nkv, task % nkv);
+        for (gi, ph) in pb.chunks_exact_mut(t * t).enumerate() {
+            let h = j * g + gi;
+            // SAFETY: q/k/v rows of batch b are in bounds with the strides given; ph is t×t;
+            // out's columns of head h in batch b's rows are written by this task only.
+            unsafe {
+                gemm1(t, t, hd, ph.as_mut_ptr(), t, false, qh.as_ptr().add(b * t * rq + h * hd), rq, 1, kh.as_ptr().add(b * t * rk + j * hd), 1, rk);
+            }
+            for (s, row) in ph.chunks_exact_mut(t).enumerate() {
+                let mrow = &mask[(b * t + s) * t..(b * t + s + 1) * t];
+                let mut m = f32::NEG_INFINITY;
+                for (x, &mv) in row.iter_mut().zip(mrow) {
+                    *x = *x * scale + mv;
+                    m = m.max(*x);
+                }
+                let mut sum = 0f32;
+                for x in row.iter_mut() {
+                    *x = (*x - m).exp();
+                    sum += *x;
+                }
+                let inv = 1.0 / sum;
+                for x in row.iter_mut() {
+                    *x *= inv;
+                }
+            }
+            unsafe {
+                gemm1(t, hd, t, outp.0.add(b * t * ro + h * hd), ro, false, ph.as_ptr(), t, 1, vh.as_ptr().add(b * t * rk + j * hd), rk, 1);
+            }
+        }
+    });
+    let y = q.device().tensor_from_vec(out, (n, nh * hd));
+    let (q_ghost, k_ghost, v_ghost, y_ghost) = (q.ghost(), k.ghost(), v.ghost(), y.ghost());
+    drop((q, k, v));
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&y_ghost)?;
+        grads.try_alloc_for(&q_ghost)?;
+        grads.try_alloc_for(&k_ghost)?;
+        grads.try_alloc_for(&v_ghost)?;
+        let gy = grads.get_or_alloc_mut(&y_ghost)?;
+        assert_eq!(gy.len(), n * nh * hd);
+        let gy = gy.as_ptr() as usize;
+        let gq = grads.get_or_alloc_mut(&q_ghost)?;
+        assert_eq!(gq.len(), n * nh * hd);
+        let gq = SendPtr(gq.as_mut_ptr());
+        let gk = grads.get_or_alloc_mut(&k_ghost)?;
+        assert_eq!(gk.len(), n * nkv * hd);
+        let gk = SendPtr(gk.as_mut_ptr());
+        let gv = grads.get_or_alloc_mut(&v_ghost)?;
+        assert_eq!(gv.len(), n * nkv * hd);
+        let gv = SendPtr(gv.as_mut_ptr());
+        assert!(gq.0 != gk.0 && gk.0 != gv.0 && gq.0 != gv.0, "attention: inputs share a gradient buffer");
+        (0..bs * nkv).into_par_iter().for_each_init(
+            || vec![0f32; t * t],
+            |ds, task| {
+                let (gq, gk, gv) = (gq, gk, gv);
+                let gy = gy as *const f32;
+                let (b, j) = (task / nkv, task % nkv);
+                for gi in 0..g {
+                    let h = j * g + gi;
+                    let ph = &p[(b * nh + h) * t * t..(b * nh + h + 1) * t * t];
+                    // SAFETY: as in the forward; this task alone writes head h's
+                    // columns of gq and KV head j's columns of gk, gv in batch b's rows.
+                    unsafe {
+                        let go = gy.add(b * t * ro + h * hd);
+                        // dP = dO·Vᵀ
+                        gemm1(t, t, hd, ds.as_mut_ptr(), t, false, go, ro, 1, vh.as_ptr().add(b * t * rk + j * hd), 1, rk);
+                        // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then through the scale.
+                        for (row, prow) in ds.chunks_exact_mut(t).zip(ph.chunks_exact(t)) {
+                            let dot: f32 = row.iter().zip(prow).map(|(d, p)| d * p).sum();
+                            for (d, &pv) in row.iter_mut().zip(prow) {
+                                *d = pv * (*d - dot) * scale;
+                            }
+                        }
+                        // dQ += dS·K ; dK += dSᵀ·Q ; dV += Pᵀ·dO
+                        gemm1(t, hd, t, gq.0.add(b * t * rq + h * hd), rq, true, ds.as_ptr(), t, 1, kh.as_ptr().add(b * t * rk + j * hd), rk, 1);
+                        gemm1(t, hd, t, gk.0.add(b * t * rk + j * hd), rk, true, ds.as_ptr(), 1, t, qh.as_ptr().add(b * t * rq + h * hd), rq, 1);
+                        gemm1(t, hd, t, gv.0.add(b * t * rk + j * hd), rk, true, ph.as_ptr(), 1, t, go, ro, 1);
+                    }
+                }
+            },
+        );
+        Ok(())
+    });
+    y.put_tape(tape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -256,6 +394,55 @@ mod tests {
         let inv = (var + eps).sqrt().recip();
         let xn = x * inv.broadcast_like::<(usize, usize), Axis<1>>(&shape);
         xn * w.clone().retaped::<Tp>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+    }
+
+    #[test]
+    fn attention_matches_dfdx_composition_forward_and_backward() {
+        let dev = Cpu::default();
+        let mut rng = StdRng::seed_from_u64(9);
+        for &(bs, t, nh, nkv, hd) in &[(1usize, 1usize, 2usize, 1usize, 4usize), (3, 5, 4, 2, 8), (2, 7, 6, 3, 16), (2, 4, 2, 2, 8)] {
+            let dims = AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd };
+            let n = bs * t;
+            let q = rand_mat(&dev, &mut rng, n * nh, hd);
+            let k = rand_mat(&dev, &mut rng, n * nkv, hd);
+            let v = rand_mat(&dev, &mut rng, n, nkv * hd);
+            let up = rand_mat(&dev, &mut rng, n, nh * hd);
+            // Right padding: row b has t - b real tokens (at least one).
+            let mut host = vec![];
+            for b in 0..bs {
+                let real = t - b.min(t - 1);
+                for s in 0..t {
+                    for j in 0..t {
+                        host.push(if j < real && j <= s { 0.0 } else { -1e9 });
+                    }
+                }
+            }
+            let g = nh / nkv;
+            let mut folded = vec![];
+            for one in host.chunks_exact(t * t) {
+                for _ in 0..nkv * g {
+                    folded.extend_from_slice(one);
+                }
+            }
+            let mask4 = dev.tensor_from_vec(folded, (bs, nkv, g * t, t));
+            let run = |fused: bool| {
+                let qt = q.trace(Gradients::leaky());
+                let (qn, tape) = qt.split_tape();
+                let kt = k.clone().put_tape(tape);
+                let (kn, tape) = kt.split_tape();
+                let vt = v.clone().put_tape(tape);
+                let (qt, kt) = (qn.put_tape(Tp::default()), kn.put_tape(Tp::default()));
+                let y = if fused { attention(qt, kt, vt, dims, &host) } else { crate::model::dfdx_attention(qt, kt, vt, dims, &mask4) };
+                let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
+                let g = (y * up.clone()).sum::<Rank0, _>().backward();
+                (yv, g.get(&q).as_vec(), g.get(&k).as_vec(), g.get(&v).as_vec())
+            };
+            let (a, b) = (run(true), run(false));
+            assert_close(&a.0, &b.0, "attn y");
+            assert_close(&a.1, &b.1, "attn dq");
+            assert_close(&a.2, &b.2, "attn dk");
+            assert_close(&a.3, &b.3, "attn dv");
+        }
     }
 
     #[test]

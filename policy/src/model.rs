@@ -13,7 +13,8 @@ use std::collections::BTreeMap;
 pub type T1<D, T = NoneTape> = Tensor<(usize,), f32, D, T>;
 /// A 2-D f32 tensor on device `D` with tape `T`.
 pub type T2<D, T = NoneTape> = Tensor<(usize, usize), f32, D, T>;
-type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
+/// A 4-D f32 tensor on device `D` with tape `T`.
+pub type T4<D, T = NoneTape> = Tensor<(usize, usize, usize, usize), f32, D, T>;
 
 /// The devices the model runs on.
 pub trait Dev: Device<f32> + Clone + DeviceKernels {}
@@ -41,6 +42,14 @@ pub trait DeviceKernels: Device<f32> {
         let act = gate.with_empty_tape().sigmoid() * gate;
         act * up
     }
+    /// Causal grouped-query attention without a KV cache, token-major:
+    /// `q: (n*heads, hd)`, `k: (n*kv_heads, hd)`, `v: (n, kv_heads*hd)` →
+    /// `(n, heads*hd)`; `mask` is the additive mask in the folded layout
+    /// `(batch, kv_heads, group*seq, seq)`, `host_mask` the same per batch row `(batch, seq, seq)`.
+    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(q: T2<Self, T>, k: T2<Self, T>, v: T2<Self, T>, dims: AttnDims, mask: &T4<Self>, host_mask: &[f32]) -> T2<Self, T> {
+        let _ = host_mask;
+        dfdx_attention(q, k, v, dims, mask)
+    }
     /// Rotate-half RoPE of rows of one head: `x*cos + rotate_half(x)*sin`;
     /// `rot_t` is the transposed rotate-half matrix.
     fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, rot_t: &T2<Self>) -> T2<Self, T> {
@@ -63,10 +72,48 @@ impl DeviceKernels for Cpu {
     fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, _rot_t: &T2<Self>) -> T2<Self, T> {
         crate::cpu_ops::rope(x, cos, sin)
     }
+    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(q: T2<Self, T>, k: T2<Self, T>, v: T2<Self, T>, dims: AttnDims, _mask: &T4<Self>, host_mask: &[f32]) -> T2<Self, T> {
+        crate::cpu_ops::attention(q, k, v, dims, host_mask)
+    }
 }
 
 #[cfg(feature = "cuda")]
 impl DeviceKernels for Cuda {}
+
+pub use crate::cpu_ops::AttnDims;
+
+/// Folds the query heads sharing a KV head into the row dimension:
+/// q `(b, kv, g*t, hd)`, k and v `(b, kv, t, hd)` (views, not copies, where dfdx allows).
+#[allow(clippy::type_complexity)]
+fn fold_heads<D: Device<f32>, T: Tape<f32, D>>(q: T2<D, T>, k: T2<D, T>, v: T2<D, T>, a: AttnDims) -> (T4<D, T>, T4<D, T>, T4<D, T>) {
+    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = a;
+    let g = nh / nkv;
+    let q = q
+        .reshape_like(&(bs, t, nkv, g, hd))
+        .permute::<(usize, usize, usize, usize, usize), Axes5<0, 2, 3, 1, 4>>()
+        .reshape_like(&(bs, nkv, g * t, hd));
+    let k = k.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+    let v = v.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+    (q, k, v)
+}
+
+/// [`DeviceKernels::attention`] as dfdx ops.
+pub(crate) fn dfdx_attention<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(q: T2<D, T>, k: T2<D, T>, v: T2<D, T>, dims: AttnDims, mask: &T4<D>) -> T2<D, T> {
+    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = dims;
+    let g = nh / nkv;
+    let (q, k, v) = fold_heads(q, k, v, dims);
+    let out = attend(q, k, v, mask, hd);
+    out.reshape_like(&(bs, nkv, g, t, hd))
+        .permute::<(usize, usize, usize, usize, usize), Axes5<0, 3, 1, 2, 4>>()
+        .reshape_like(&(bs * t, nh * hd))
+}
+
+/// softmax(q·kᵀ/√hd + mask)·v in the folded layout, `(b, kv, g*t, hd)`.
+fn attend<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(q: T4<D, T>, k: T4<D, T>, v: T4<D, T>, mask: &T4<D>, hd: usize) -> T4<D, T> {
+    let kt = k.permute::<(usize, usize, usize, usize), Axes4<0, 1, 3, 2>>();
+    let scores = q.matmul(kt) * (1.0 / (hd as f32).sqrt()) + mask.clone();
+    scores.softmax::<Axis<3>>().matmul(v)
+}
 
 /// Weights of one decoder layer.
 #[derive(Clone, Debug)]
@@ -172,6 +219,8 @@ struct Ctx<D: Dev> {
     cos_k: T2<D>,
     sin_k: T2<D>,
     mask: T4<D>,
+    /// The additive mask per batch row, `(batch, seq, past + seq)`.
+    host_mask: Vec<f32>,
 }
 
 fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
@@ -399,19 +448,19 @@ impl<D: Dev> Llama<D> {
         };
         let total = past + b.seq;
         // Additive mask, query rows in (group, position) order to match the folded GQA layout.
-        let mut mask = Vec::with_capacity(b.batch * nkv * g * b.seq * total);
+        let mut host_mask = Vec::with_capacity(b.batch * b.seq * total);
         for bi in 0..b.batch {
-            let mut one = Vec::with_capacity(g * b.seq * total);
-            for _ in 0..g {
-                for qi in 0..b.seq {
-                    for kj in 0..total {
-                        let ok = b.key_mask[bi * total + kj] && kj <= past + qi;
-                        one.push(if ok { 0.0 } else { -1e9 });
-                    }
+            for qi in 0..b.seq {
+                for kj in 0..total {
+                    let ok = b.key_mask[bi * total + kj] && kj <= past + qi;
+                    host_mask.push(if ok { 0.0 } else { -1e9 });
                 }
             }
-            for _ in 0..nkv {
-                mask.extend_from_slice(&one);
+        }
+        let mut mask = Vec::with_capacity(b.batch * nkv * g * b.seq * total);
+        for one in host_mask.chunks_exact(b.seq * total) {
+            for _ in 0..nkv * g {
+                mask.extend_from_slice(one);
             }
         }
         let dev = &self.dev;
@@ -421,6 +470,7 @@ impl<D: Dev> Llama<D> {
             cos_k: dev.tensor_from_vec(per_head(&cos_tok, nkv), (rows * nkv, hd)),
             sin_k: dev.tensor_from_vec(per_head(&sin_tok, nkv), (rows * nkv, hd)),
             mask: dev.tensor_from_vec(mask, (b.batch, nkv, g * b.seq, total)),
+            host_mask,
         }
     }
 
@@ -446,34 +496,25 @@ impl<D: Dev> Llama<D> {
         let v = linear(x, &l.v_proj);
         let q = self.rope(q, &ctx.cos_q, &ctx.sin_q);
         let k = self.rope(k, &ctx.cos_k, &ctx.sin_k);
-        // Fold the query heads sharing a KV head into the row dimension: (b, kv, g*t, hd).
-        let q = q
-            .reshape_like(&(bs, t, nkv, g, hd))
-            .permute::<(usize, usize, usize, usize, usize), Axes5<0, 2, 3, 1, 4>>()
-            .reshape_like(&(bs, nkv, g * t, hd));
-        let k = k.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
-        let v = v.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
-        let (k, v) = match cache {
-            Some(c) if li < c.k.len() => {
-                let k = (c.k[li].clone().retaped::<T>(), k).concat_along(Axis::<2>);
-                let v = (c.v[li].clone().retaped::<T>(), v).concat_along(Axis::<2>);
-                c.k[li] = k.retaped::<NoneTape>();
-                c.v[li] = v.retaped::<NoneTape>();
-                (k, v)
-            }
-            Some(c) => {
-                // Contiguous copies, so the next concat is cheap.
-                let (k, v) = (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)));
-                c.k.push(k.retaped::<NoneTape>());
-                c.v.push(v.retaped::<NoneTape>());
-                (k, v)
-            }
-            None => (k, v),
+        let dims = AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd };
+        let Some(c) = cache else {
+            return linear(D::attention(q, k, v, dims, &ctx.mask, &ctx.host_mask), &l.o_proj);
         };
-        let kt = k.permute::<(usize, usize, usize, usize), Axes4<0, 1, 3, 2>>();
-        let scores = q.matmul(kt) * (1.0 / (hd as f32).sqrt()) + ctx.mask.clone();
-        let probs = scores.softmax::<Axis<3>>();
-        let out = probs.matmul(v); // (b, kv, g*t, hd)
+        let (q, k, v) = fold_heads(q, k, v, dims);
+        let (k, v) = if li < c.k.len() {
+            let k = (c.k[li].clone().retaped::<T>(), k).concat_along(Axis::<2>);
+            let v = (c.v[li].clone().retaped::<T>(), v).concat_along(Axis::<2>);
+            c.k[li] = k.retaped::<NoneTape>();
+            c.v[li] = v.retaped::<NoneTape>();
+            (k, v)
+        } else {
+            // Contiguous copies, so the next concat is cheap.
+            let (k, v) = (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)));
+            c.k.push(k.retaped::<NoneTape>());
+            c.v.push(v.retaped::<NoneTape>());
+            (k, v)
+        };
+        let out = attend(q, k, v, &ctx.mask, hd); // (b, kv, g*t, hd)
         let out = out
             .reshape_like(&(bs, nkv, g, t, hd))
             .permute::<(usize, usize, usize, usize, usize), Axes5<0, 3, 1, 2, 4>>()
