@@ -284,3 +284,25 @@ fn ppo_resume_is_exact() {
     assert_eq!(max_diff(&a.actor, &b.actor), 0.0, "actor differs after resume");
     assert_eq!(a.critic.to_host_tensors(), b.critic.to_host_tensors(), "critic differs after resume");
 }
+
+#[test]
+fn safety_and_helpfulness_rewards_follow_the_prompt_tag() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Cpu::default();
+    let path = tiny_policy(dir.path(), 8);
+    let (_, tok) = load_policy(&path, &dev).unwrap();
+    let safety = RewardModel::from_policy(&path, &dev, 1).unwrap();
+    let help = RewardModel::from_policy(&path, &dev, 2).unwrap();
+    let mut combo = reward_model::combine::SafetyHelpfulness::new(safety.clone(), help.clone()).unwrap();
+    combo.whiten = false;
+    combo.threshold = 0.0; // σ(safety) < 0 never holds: only the tag decides
+    let reward = Reward::SafetyHelpfulness(combo);
+    let mut ps = prompts(&tok, 2);
+    ps[1].unsafe_prompt = true;
+    let resp = tok.encode(" fine", false).unwrap();
+    let s: Vec<Scored> = ps.iter().map(|p| Scored { prompt: p, response_ids: &resp, response_text: " fine" }).collect();
+    let got = reward.score(&s).unwrap();
+    let seq = |p: &Prompt| vec![[p.ids.as_slice(), resp.as_slice()].concat()];
+    assert!((got[0] - help.rewards(&seq(&ps[0]), 1).unwrap()[0]).abs() < 1e-5, "safe prompt → helpfulness");
+    assert!((got[1] - safety.rewards(&seq(&ps[1]), 1).unwrap()[0]).abs() < 1e-5, "unsafe prompt → safety");
+}
