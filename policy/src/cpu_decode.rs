@@ -253,7 +253,7 @@ impl HostModel {
             );
             xwt(&attn, n, nh * hd, &l.wo, d, &mut o);
             for (hv, ov) in h.iter_mut().zip(&o) {
-                *hv = *ov + *hv;
+                *hv += *ov;
             }
             rms_norm(&h, &l.ln2, self.eps, &mut xn);
             xwt(&xn, n, d, &l.wg, self.f, &mut gate);
@@ -264,7 +264,7 @@ impl HostModel {
             }
             xwt(&gate, n, self.f, &l.wd, d, &mut o);
             for (hv, ov) in h.iter_mut().zip(&o) {
-                *hv = *ov + *hv;
+                *hv += *ov;
             }
         }
         kv.len = total;

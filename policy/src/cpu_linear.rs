@@ -25,6 +25,7 @@ struct Operand {
 /// # Safety
 /// Every pointer must be valid for the extents its strides and `m, n, k`
 /// describe, and `dst` must not overlap `a` or `b`.
+#[allow(clippy::too_many_arguments)]
 unsafe fn gemm_raw(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: isize, accumulate: bool, a: Operand, b: Operand) {
     if m == 0 || n == 0 {
         return;

@@ -35,6 +35,13 @@ struct SendPtr(*mut f32);
 unsafe impl Send for SendPtr {}
 unsafe impl Sync for SendPtr {}
 
+impl SendPtr {
+    /// The pointer (a method, so closures capture the whole `Send` wrapper).
+    fn get(self) -> *mut f32 {
+        self.0
+    }
+}
+
 /// `x / sqrt(mean(x²) + eps) * w` over each row of `x: (rows, d)`.
 pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let (n, d) = *x.shape();
@@ -81,7 +88,6 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
         let partials: Vec<Vec<f32>> = (0..n.div_ceil(ROWS))
             .into_par_iter()
             .map(|bi| {
-                let gx = gx;
                 let mut pw = vec![0f32; d];
                 for i in bi * ROWS..((bi + 1) * ROWS).min(n) {
                     let (xr, gr) = (&xh[i * d..(i + 1) * d], &gy[i * d..(i + 1) * d]);
@@ -91,7 +97,7 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
                     let s: f32 = gr.iter().zip(&wh).zip(xr).map(|((g, w), x)| g * w * x).sum();
                     let c = s * r * r * r / d as f32;
                     // SAFETY: row i of gx belongs to this task alone.
-                    let gxr = unsafe { std::slice::from_raw_parts_mut(gx.0.add(i * d), d) };
+                    let gxr = unsafe { std::slice::from_raw_parts_mut(gx.get().add(i * d), d) };
                     for k in 0..d {
                         gxr[k] += r * wh[k] * gr[k] - xr[k] * c;
                         pw[k] += gr[k] * xr[k] * r;
@@ -149,14 +155,13 @@ pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
         let gu = SendPtr(gu.as_mut_ptr());
         assert!(gg.0 != gu.0, "swiglu: gate and up share a gradient buffer");
         (0..n.div_ceil(ROWS)).into_par_iter().for_each(|bi| {
-            let (gg, gu) = (gg, gu);
             let lo = bi * ROWS * f;
             let hi = ((bi + 1) * ROWS).min(n) * f;
             // SAFETY: elements lo..hi of gg and gu belong to this task; gy is n×f, read only.
             let (ggb, gub, gyb) = unsafe {
                 (
-                    std::slice::from_raw_parts_mut(gg.0.add(lo), hi - lo),
-                    std::slice::from_raw_parts_mut(gu.0.add(lo), hi - lo),
+                    std::slice::from_raw_parts_mut(gg.get().add(lo), hi - lo),
+                    std::slice::from_raw_parts_mut(gu.get().add(lo), hi - lo),
                     std::slice::from_raw_parts((gy as *const f32).add(lo), hi - lo),
                 )
             };
@@ -281,7 +286,6 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
     let outp = SendPtr(out.as_mut_ptr());
     // One task per (batch row, KV head): its query heads' probabilities and outputs.
     p.par_chunks_mut(g * t * t).enumerate().for_each(|(task, pb)| {
-        let outp = outp;
         let (b, j) = (task / nkv, task % nkv);
         for (gi, ph) in pb.chunks_exact_mut(t * t).enumerate() {
             let h = j * g + gi;
@@ -308,7 +312,7 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                 }
             }
             unsafe {
-                gemm1(t, hd, t, outp.0.add(b * t * ro + h * hd), ro, false, ph.as_ptr(), t, 1, vh.as_ptr().add(b * t * rk + j * hd), rk, 1);
+                gemm1(t, hd, t, outp.get().add(b * t * ro + h * hd), ro, false, ph.as_ptr(), t, 1, vh.as_ptr().add(b * t * rk + j * hd), rk, 1);
             }
         }
     });
@@ -336,7 +340,6 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
         (0..bs * nkv).into_par_iter().for_each_init(
             || vec![0f32; t * t],
             |ds, task| {
-                let (gq, gk, gv) = (gq, gk, gv);
                 let gy = gy as *const f32;
                 let (b, j) = (task / nkv, task % nkv);
                 for gi in 0..g {
@@ -356,9 +359,9 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                             }
                         }
                         // dQ += dS·K ; dK += dSᵀ·Q ; dV += Pᵀ·dO
-                        gemm1(t, hd, t, gq.0.add(b * t * rq + h * hd), rq, true, ds.as_ptr(), t, 1, kh.as_ptr().add(b * t * rk + j * hd), rk, 1);
-                        gemm1(t, hd, t, gk.0.add(b * t * rk + j * hd), rk, true, ds.as_ptr(), 1, t, qh.as_ptr().add(b * t * rq + h * hd), rq, 1);
-                        gemm1(t, hd, t, gv.0.add(b * t * rk + j * hd), rk, true, ph.as_ptr(), 1, t, go, ro, 1);
+                        gemm1(t, hd, t, gq.get().add(b * t * rq + h * hd), rq, true, ds.as_ptr(), t, 1, kh.as_ptr().add(b * t * rk + j * hd), rk, 1);
+                        gemm1(t, hd, t, gk.get().add(b * t * rk + j * hd), rk, true, ds.as_ptr(), 1, t, qh.as_ptr().add(b * t * rq + h * hd), rq, 1);
+                        gemm1(t, hd, t, gv.get().add(b * t * rk + j * hd), rk, true, ph.as_ptr(), 1, t, go, ro, 1);
                     }
                 }
             },
