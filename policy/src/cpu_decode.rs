@@ -144,6 +144,7 @@ fn rope(x: &mut [f32], heads: usize, hd: usize, positions: &[usize], inv_freq: &
     }
 }
 
+#[inline(always)]
 fn dot(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums, so the compiler can keep them in one vector register.
     let mut acc = [0f32; 8];
@@ -159,6 +160,58 @@ fn dot(a: &[f32], b: &[f32]) -> f32 {
         s += x * y;
     }
     s
+}
+
+/// Attention of one query over its visible keys (`k`, `v`: `keys × head_dim`),
+/// compiled for the CPU's widest vectors through pulp's runtime dispatch.
+struct AttnOne<'a> {
+    q: &'a [f32],
+    k: &'a [f32],
+    v: &'a [f32],
+    mask: &'a [bool],
+    scores: &'a mut [f32],
+    out: &'a mut [f32],
+    scale: f32,
+}
+
+impl pulp::WithSimd for AttnOne<'_> {
+    type Output = ();
+
+    #[inline(always)]
+    fn with_simd<S: pulp::Simd>(self, _simd: S) {
+        let AttnOne { q, k, v, mask, scores, out, scale } = self;
+        let hd = q.len();
+        let mut m = f32::NEG_INFINITY;
+        let mut any = false;
+        for (j, kr) in k.chunks_exact(hd).enumerate() {
+            if mask[j] {
+                let sc = dot(q, kr) * scale;
+                scores[j] = sc;
+                m = m.max(sc);
+                any = true;
+            }
+        }
+        out.fill(0.0);
+        if !any {
+            // A padding query that sees no real key; its output is never used.
+            return;
+        }
+        let mut sum = 0f32;
+        for (j, sc) in scores.iter_mut().enumerate() {
+            if mask[j] {
+                *sc = (*sc - m).exp();
+                sum += *sc;
+            }
+        }
+        for (j, vr) in v.chunks_exact(hd).enumerate() {
+            if mask[j] {
+                let p = scores[j] / sum;
+                for (o, &vv) in out.iter_mut().zip(vr) {
+                    *o += p * vv;
+                }
+            }
+        }
+    }
 }
 
 impl HostModel {
@@ -215,40 +268,17 @@ impl HostModel {
                 |scores, (idx, out)| {
                     let (r, hq) = (idx / nh, idx % nh);
                     let (b, s) = (r / seq, r % seq);
-                    let base = (b * nkv + hq / g) * kv.cap;
-                    let qv = &q[idx * hd..(idx + 1) * hd];
-                    let mask = &key_mask[b * total..(b + 1) * total];
-                    let mut m = f32::NEG_INFINITY;
-                    let mut any = false;
-                    for j in 0..=past + s {
-                        if mask[j] {
-                            let sc = dot(qv, &kc[(base + j) * hd..(base + j + 1) * hd]) * scale;
-                            scores[j] = sc;
-                            m = m.max(sc);
-                            any = true;
-                        }
-                    }
-                    out.fill(0.0);
-                    if !any {
-                        // A padding query that sees no real key; its output is never used.
-                        return;
-                    }
-                    let mut sum = 0f32;
-                    for j in 0..=past + s {
-                        if mask[j] {
-                            let e = (scores[j] - m).exp();
-                            scores[j] = e;
-                            sum += e;
-                        }
-                    }
-                    for j in 0..=past + s {
-                        if mask[j] {
-                            let p = scores[j] / sum;
-                            for (o, &vv) in out.iter_mut().zip(&vc[(base + j) * hd..(base + j + 1) * hd]) {
-                                *o += p * vv;
-                            }
-                        }
-                    }
+                    let base = (b * nkv + hq / g) * kv.cap * hd;
+                    let keys = past + s + 1;
+                    pulp::Arch::new().dispatch(AttnOne {
+                        q: &q[idx * hd..(idx + 1) * hd],
+                        k: &kc[base..base + keys * hd],
+                        v: &vc[base..base + keys * hd],
+                        mask: &key_mask[b * total..b * total + keys],
+                        scores: &mut scores[..keys],
+                        out,
+                        scale,
+                    })
                 },
             );
             xwt(&attn, n, nh * hd, &l.wo, d, &mut o);
