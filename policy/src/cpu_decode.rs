@@ -27,13 +27,12 @@ fn host2<D: Dev>(t: &T2<D>) -> Vec<f32> {
 
 struct HostLayer {
     ln1: Vec<f32>,
-    wq: Vec<f32>,
-    wk: Vec<f32>,
-    wv: Vec<f32>,
+    /// q, k and v projections stacked: `((heads + 2*kv_heads)*head_dim, hidden)`.
+    wqkv: Vec<f32>,
     wo: Vec<f32>,
     ln2: Vec<f32>,
-    wg: Vec<f32>,
-    wu: Vec<f32>,
+    /// gate and up projections stacked: `(2*intermediate, hidden)`.
+    wgu: Vec<f32>,
     wd: Vec<f32>,
 }
 
@@ -74,13 +73,10 @@ impl HostModel {
                 .iter()
                 .map(|l| HostLayer {
                     ln1: host1(&l.input_layernorm),
-                    wq: mat(&l.q_proj),
-                    wk: mat(&l.k_proj),
-                    wv: mat(&l.v_proj),
+                    wqkv: [mat(&l.q_proj), mat(&l.k_proj), mat(&l.v_proj)].concat(),
                     wo: mat(&l.o_proj),
                     ln2: host1(&l.post_attention_layernorm),
-                    wg: mat(&l.gate_proj),
-                    wu: mat(&l.up_proj),
+                    wgu: [mat(&l.gate_proj), mat(&l.up_proj)].concat(),
                     wd: mat(&l.down_proj),
                 })
                 .collect(),
@@ -240,14 +236,19 @@ impl HostModel {
         let mut v = vec![0f32; n * nkv * hd];
         let mut attn = vec![0f32; n * nh * hd];
         let mut o = vec![0f32; n * d];
-        let mut gate = vec![0f32; n * self.f];
-        let mut up = vec![0f32; n * self.f];
+        let (wq, wk) = (nh * hd, nkv * hd);
+        let mut qkv = vec![0f32; n * (wq + 2 * wk)];
+        let mut gu = vec![0f32; n * 2 * self.f];
+        let mut act = vec![0f32; n * self.f];
         let scale = 1.0 / (hd as f32).sqrt();
         for (li, l) in self.layers.iter().enumerate() {
             rms_norm(&h, &l.ln1, self.eps, &mut xn);
-            xwt(&xn, n, d, &l.wq, nh * hd, &mut q);
-            xwt(&xn, n, d, &l.wk, nkv * hd, &mut k);
-            xwt(&xn, n, d, &l.wv, nkv * hd, &mut v);
+            xwt(&xn, n, d, &l.wqkv, wq + 2 * wk, &mut qkv);
+            for (r, row) in qkv.chunks_exact(wq + 2 * wk).enumerate() {
+                q[r * wq..(r + 1) * wq].copy_from_slice(&row[..wq]);
+                k[r * wk..(r + 1) * wk].copy_from_slice(&row[wq..wq + wk]);
+                v[r * wk..(r + 1) * wk].copy_from_slice(&row[wq + wk..]);
+            }
             rope(&mut q, nh, hd, positions, &self.inv_freq);
             rope(&mut k, nkv, hd, positions, &self.inv_freq);
             let (kc, vc) = (&mut kv.k[li], &mut kv.v[li]);
@@ -286,13 +287,15 @@ impl HostModel {
                 *hv += *ov;
             }
             rms_norm(&h, &l.ln2, self.eps, &mut xn);
-            xwt(&xn, n, d, &l.wg, self.f, &mut gate);
-            xwt(&xn, n, d, &l.wu, self.f, &mut up);
-            for (gv, &uv) in gate.iter_mut().zip(&up) {
-                let sig = 1.0 / (1.0 + (-*gv).exp());
-                *gv = sig * *gv * uv;
+            xwt(&xn, n, d, &l.wgu, 2 * self.f, &mut gu);
+            for (row, a) in gu.chunks_exact(2 * self.f).zip(act.chunks_exact_mut(self.f)) {
+                let (gate, up) = row.split_at(self.f);
+                for ((av, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
+                    let sig = 1.0 / (1.0 + (-gv).exp());
+                    *av = sig * gv * uv;
+                }
             }
-            xwt(&gate, n, self.f, &l.wd, d, &mut o);
+            xwt(&act, n, self.f, &l.wd, d, &mut o);
             for (hv, ov) in h.iter_mut().zip(&o) {
                 *hv += *ov;
             }
