@@ -371,6 +371,53 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
     y.put_tape(tape)
 }
 
+/// `log_softmax(logits·scale)[i, targets[i]]` for each row `i`.
+pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale: f32) -> V<T> {
+    let (n, vocab) = *logits.shape();
+    assert_eq!(targets.len(), n, "target_logprobs: {} targets for {n} rows", targets.len());
+    assert!(targets.iter().all(|&t| t < vocab), "target_logprobs: target out of range");
+    let logits = logits.reshape_like(&(n, vocab));
+    let (l, mut tape) = logits.split_tape();
+    let lh = host2(&l);
+    let targets = targets.to_vec();
+    // Per row: log-sum-exp of the scaled logits, and the target's log-prob.
+    let scaled = move |v: f32| if scale == 1.0 { v } else { v * scale };
+    let rows: Vec<(f32, f32)> = (0..n)
+        .into_par_iter()
+        .with_min_len(ROWS)
+        .map(|i| {
+            let row = &lh[i * vocab..(i + 1) * vocab];
+            let m = row.iter().map(|&v| scaled(v)).fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row.iter().map(|&v| (scaled(v) - m).exp()).sum();
+            let lse = m + sum.ln();
+            (lse, scaled(row[targets[i]]) - lse)
+        })
+        .collect();
+    let y = l.device().tensor_from_vec(rows.iter().map(|r| r.1).collect(), (n,));
+    let (l_ghost, y_ghost) = (l.ghost(), y.ghost());
+    drop(l);
+    tape.add_backward_op(move |grads| {
+        grads.try_alloc_for(&y_ghost)?;
+        grads.try_alloc_for(&l_ghost)?;
+        let gy = grads.get_or_alloc_mut(&y_ghost)?;
+        assert_eq!(gy.len(), n);
+        let gy: Vec<f32> = gy.to_vec();
+        let gl = grads.get_or_alloc_mut(&l_ghost)?;
+        assert_eq!(gl.len(), n * vocab);
+        // d/dx_j (x_t − lse) = δ_jt − softmax_j, then through the scale.
+        gl.par_chunks_mut(vocab).enumerate().with_min_len(ROWS).for_each(|(i, gr)| {
+            let (g, lse) = (gy[i], rows[i].0);
+            let row = &lh[i * vocab..(i + 1) * vocab];
+            for (o, &v) in gr.iter_mut().zip(row) {
+                *o -= g * (scaled(v) - lse).exp() * scale;
+            }
+            gr[targets[i]] += g * scale;
+        });
+        Ok(())
+    });
+    y.put_tape(tape)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -397,6 +444,32 @@ mod tests {
         let inv = (var + eps).sqrt().recip();
         let xn = x * inv.broadcast_like::<(usize, usize), Axis<1>>(&shape);
         xn * w.clone().retaped::<Tp>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+    }
+
+    #[test]
+    fn target_logprobs_match_dfdx_log_softmax_select() {
+        let dev = Cpu::default();
+        let mut rng = StdRng::seed_from_u64(4);
+        for &(n, vocab, temp) in &[(1usize, 5usize, 1.0f32), (37, 50, 1.0), (20, 33, 0.7)] {
+            let l = rand_mat(&dev, &mut rng, n, vocab);
+            let targets: Vec<usize> = (0..n).map(|_| rng.gen_range(0..vocab)).collect();
+            let w: V = dev.tensor_from_vec((0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (n,));
+            let run = |fused: bool| {
+                let x = l.trace(Gradients::leaky());
+                let y = if fused {
+                    target_logprobs(x, &targets, 1.0 / temp)
+                } else {
+                    let x = if temp != 1.0 { x * (1.0 / temp) } else { x };
+                    x.log_softmax::<Axis<1>>().select(dev.tensor_from_vec(targets.clone(), (n,)))
+                };
+                let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
+                let g = (y * w.clone()).sum::<Rank0, _>().backward();
+                (yv, g.get(&l).as_vec())
+            };
+            let (a, b) = (run(true), run(false));
+            assert_close(&a.0, &b.0, "logprobs");
+            assert_close(&a.1, &b.1, "dlogits");
+        }
     }
 
     #[test]

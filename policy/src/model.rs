@@ -50,6 +50,12 @@ pub trait DeviceKernels: Device<f32> {
         let _ = host_mask;
         dfdx_attention(q, k, v, dims, mask)
     }
+    /// `log_softmax(logits * scale)` at each row's target.
+    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(logits: T2<Self, T>, targets: &[usize], scale: f32) -> T1<Self, T> {
+        let logits = if scale != 1.0 { logits * scale } else { logits };
+        let dev = logits.device().clone();
+        logits.log_softmax::<Axis<1>>().select(dev.tensor_from_vec(targets.to_vec(), (targets.len(),)))
+    }
     /// Rotate-half RoPE of rows of one head: `x*cos + rotate_half(x)*sin`;
     /// `rot_t` is the transposed rotate-half matrix.
     fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, rot_t: &T2<Self>) -> T2<Self, T> {
@@ -74,6 +80,9 @@ impl DeviceKernels for Cpu {
     }
     fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(q: T2<Self, T>, k: T2<Self, T>, v: T2<Self, T>, dims: AttnDims, _mask: &T4<Self>, host_mask: &[f32]) -> T2<Self, T> {
         crate::cpu_ops::attention(q, k, v, dims, host_mask)
+    }
+    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(logits: T2<Self, T>, targets: &[usize], scale: f32) -> T1<Self, T> {
+        crate::cpu_ops::target_logprobs(logits, targets, scale)
     }
 }
 
@@ -578,12 +587,9 @@ impl<D: Dev> Llama<D> {
         if targets.len() != hidden.shape().0 {
             bail!("{} targets for {} rows", targets.len(), hidden.shape().0);
         }
-        let mut logits = self.logits(hidden);
-        if temperature != 1.0 {
-            logits = logits * (1.0 / temperature);
-        }
-        let idx = self.dev.tensor_from_vec(targets.iter().map(|&t| t as usize).collect(), (targets.len(),));
-        Ok(logits.log_softmax::<Axis<1>>().select(idx))
+        let logits = self.logits(hidden);
+        let targets: Vec<usize> = targets.iter().map(|&t| t as usize).collect();
+        Ok(D::target_logprobs(logits, &targets, 1.0 / temperature))
     }
 
     /// log p(t_i | t_<i) for i = 1..n-1 of each sequence (inference, no tape).
