@@ -42,7 +42,7 @@ fn main() -> anyhow::Result<()> {
         let lm = Llama::random(cfg.clone(), &dev, seed, 0.02)?;
         RewardModel::from_backbone(Llama::backbone_from_tensors(cfg.clone(), lm.to_host_tensors(), &dev)?, seed, 0.02)
     };
-    let reward = Reward::Model(SingleReward { model: head(1)?, batch_size: n });
+    let reward = Reward::Model(Box::new(SingleReward { model: head(1)?, batch_size: n }));
     let mut models = PpoModels { reference: actor.clone(), actor, critic: head(2)?, files: PolicyFiles::default() };
     let params: usize = models.actor.to_host_tensors().values().map(|t| t.data.len()).sum();
     let mut rng = StdRng::seed_from_u64(0);

@@ -186,6 +186,10 @@ pub trait Stage<D: Dev> {
     fn name(&self) -> &'static str;
     /// Number of training examples.
     fn len(&self) -> usize;
+    /// Whether there is no training example.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
     /// Loss weight of example `i` (see the module docs); at least 1.
     fn weight(&self, i: usize) -> f64 {
         let _ = i;

@@ -355,7 +355,10 @@ pub fn run_ppo(a: PpoArgs) -> Result<()> {
 }
 
 /// The model to train: resumed from OUT, or the starting policy.
-fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Option<(policy::train::AdamW<D>, serde_json::Value)>)> {
+/// The optimizer and progress of a run to resume.
+type Resume<D> = Option<(policy::train::AdamW<D>, serde_json::Value)>;
+
+fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Resume<D>)> {
     if r.resume {
         if policy::train_state::exists(&r.out) {
             let (ck, tok) = load_policy(&r.out, dev)?;
@@ -371,7 +374,7 @@ fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Opti
     Ok((ck, tok, None))
 }
 
-fn finish_loop<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopConfig, r: &RunArgs, resume: Option<(policy::train::AdamW<D>, serde_json::Value)>) -> Result<()> {
+fn finish_loop<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopConfig, r: &RunArgs, resume: Resume<D>) -> Result<()> {
     install_interrupt_handler();
     eprintln!("{}: {} examples, {} steps", stage.name(), stage.len(), cfg.total_steps(stage.len()));
     let o = train_loop::run(model, stage, cfg, &r.out, resume)?;
@@ -550,9 +553,9 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
         bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", a.run.out.display());
     }
     let (mut models, state, tok) = match resumed {
-        Some((actor, critic, files, state)) => {
+        Some(c) => {
             eprintln!("resuming {}", a.run.out.display());
-            (PpoModels { actor, critic, reference, files }, Some(state), Tokenizer::load(&a.run.out)?)
+            (PpoModels { actor: c.actor, critic: c.critic, reference, files: c.files }, Some(c.state), Tokenizer::load(&a.run.out)?)
         }
         None => {
             let (ck, tok) = load_policy(&a.run.policy, dev)?;

@@ -61,7 +61,13 @@ pub struct EvalSetup<'a, D: Dev> {
     pub baseline: Option<&'a Llama<D>>,
 }
 
-fn scores<D: Dev>(s: &EvalSetup<D>, prompts: &[Prompt], gens: &[Generation]) -> Result<(Vec<String>, Option<Vec<f32>>, Option<Vec<f32>>)> {
+/// Per-response judgments, each when available.
+struct Judged {
+    gold: Option<Vec<f32>>,
+    rm: Option<Vec<f32>>,
+}
+
+fn scores<D: Dev>(s: &EvalSetup<D>, prompts: &[Prompt], gens: &[Generation]) -> Result<Judged> {
     let texts: Vec<String> = gens.iter().map(|g| s.tok.decode(&g.tokens, true)).collect::<Result<_>>()?;
     let gold = s.gold.map(|f| prompts.iter().zip(&texts).map(|(p, t)| f(&crate::reward::prompt_text(&p.content), t)).collect());
     let rm = match s.reward {
@@ -71,7 +77,7 @@ fn scores<D: Dev>(s: &EvalSetup<D>, prompts: &[Prompt], gens: &[Generation]) -> 
         }
         None => None,
     };
-    Ok((texts, gold, rm))
+    Ok(Judged { gold, rm })
 }
 
 fn mean(xs: &[f32]) -> f64 {
@@ -84,7 +90,7 @@ pub fn evaluate<D: Dev>(policy: &Llama<D>, prompts: &[Prompt], s: &EvalSetup<D>)
         bail!("no prompts to evaluate on");
     }
     let gens = sample(policy, prompts, s.max_new_tokens, &s.stop_tokens, s.seed, s.batch)?;
-    let (_, gold, rm) = scores(s, prompts, &gens)?;
+    let Judged { gold, rm } = scores(s, prompts, &gens)?;
     let mut r = EvalReport {
         prompts: prompts.len(),
         gold_reward: gold.as_deref().map(mean),
@@ -101,7 +107,7 @@ pub fn evaluate<D: Dev>(policy: &Llama<D>, prompts: &[Prompt], s: &EvalSetup<D>)
     }
     if let Some(baseline) = s.baseline {
         let bgens = sample(baseline, prompts, s.max_new_tokens, &s.stop_tokens, s.seed, s.batch)?;
-        let (_, bgold, brm) = scores(s, prompts, &bgens)?;
+        let Judged { gold: bgold, rm: brm } = scores(s, prompts, &bgens)?;
         let (mine, theirs, judge) = match (gold, bgold, rm, brm) {
             (Some(a), Some(b), _, _) => (a, b, "gold"),
             (_, _, Some(a), Some(b)) => (a, b, "reward_model"),

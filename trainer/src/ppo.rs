@@ -506,9 +506,17 @@ fn save<D: Dev>(m: &PpoModels<D>, actor_opt: &AdamW<D>, critic_opt: &AdamW<D>, p
     .with_context(|| format!("cannot save the PPO checkpoint to {}", out.display()))
 }
 
+/// A saved PPO run: actor, critic, the policy's files, optimizers and progress.
+pub struct PpoCheckpoint<D: Dev> {
+    pub actor: Llama<D>,
+    pub critic: RewardModel<D>,
+    pub files: PolicyFiles,
+    pub state: PpoState<D>,
+}
+
 /// Loads the actor, critic and optimizers of a run saved in `out` (None if
 /// `out` holds no training state). The reference is loaded by the caller.
-pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<(Llama<D>, RewardModel<D>, PolicyFiles, PpoState<D>)>> {
+pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<PpoCheckpoint<D>>> {
     if !train_state::exists(out) {
         return Ok(None);
     }
@@ -517,5 +525,5 @@ pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<(Llama<D>, 
     let (actor_opt, progress) = train_state::load(out, &ck.model, dev)?;
     let (critic_opt, _) = train_state::load(&out.join(VALUE_MODEL_DIR), &critic, dev)?;
     let files = PolicyFiles::of(&ck);
-    Ok(Some((ck.model, critic, files, PpoState { actor_opt, critic_opt, progress })))
+    Ok(Some(PpoCheckpoint { actor: ck.model, critic, files, state: PpoState { actor_opt, critic_opt, progress } }))
 }

@@ -15,9 +15,9 @@ pub type TextReward = Box<dyn Fn(&str, &str) -> f32 + Send + Sync>;
 /// A source of scalar rewards for sampled responses.
 pub enum Reward<D: Dev> {
     /// One reward model's normalized reward of prompt + response tokens.
-    Model(SingleReward<D>),
+    Model(Box<SingleReward<D>>),
     /// Llama-2: safety reward if the prompt is unsafe or the safety reward < 0.15, else helpfulness; whitened.
-    SafetyHelpfulness(SafetyHelpfulness<D>),
+    SafetyHelpfulness(Box<SafetyHelpfulness<D>>),
     /// A programmatic reward of the decoded text.
     Function(TextReward),
 }
@@ -41,7 +41,7 @@ impl<D: Dev> Reward<D> {
     /// A reward model directory as a reward.
     pub fn model(dir: &Path, dev: &D, batch_size: usize) -> Result<Self> {
         let model = RewardModel::load(dir, dev).with_context(|| format!("cannot load the reward model {}", dir.display()))?;
-        Ok(Reward::Model(SingleReward { model, batch_size }))
+        Ok(Reward::Model(Box::new(SingleReward { model, batch_size })))
     }
 
     /// Llama-2's combination of a safety and a helpfulness reward model.
@@ -50,7 +50,7 @@ impl<D: Dev> Reward<D> {
         let h = RewardModel::load(helpfulness, dev).with_context(|| format!("cannot load the helpfulness reward model {}", helpfulness.display()))?;
         let mut c = SafetyHelpfulness::new(s, h)?;
         c.batch_size = batch_size;
-        Ok(Reward::SafetyHelpfulness(c))
+        Ok(Reward::SafetyHelpfulness(Box::new(c)))
     }
 
     /// A built-in programmatic reward: `contains:WORD` (1 if the response

@@ -190,7 +190,7 @@ fn rejection_sampling_raises_the_reward_model_score_of_greedy_outputs() {
     let (mut ck, tok) = load_policy(&path, &dev).unwrap();
     // a reward model with a random head on another random backbone: some fixed scoring rule
     let rm = RewardModel::from_policy(&tiny_policy(dir.path(), 40), &dev, 9).unwrap();
-    let reward = Reward::Model(reward_model::combine::SingleReward { model: rm, batch_size: 32 });
+    let reward = Reward::Model(Box::new(reward_model::combine::SingleReward { model: rm, batch_size: 32 }));
     let ps = prompts(&tok, 16);
     let greedy_score = |m: &Llama<Cpu>| {
         let ids: Vec<Vec<u32>> = ps.iter().map(|p| p.ids.clone()).collect();
@@ -277,9 +277,9 @@ fn ppo_resume_is_exact() {
     let out = dir.path().join("b");
     let first = ppo::train(&mut b, &letter_e(), Some(&tok), &ps, &PpoConfig { train: LoopConfig { stop_after: Some(2), ..c.train.clone() }, ..c.clone() }, &out, None).unwrap();
     assert!(!first.finished);
-    let (actor, critic, files, state) = ppo::load_checkpoint(&out, &Cpu::default()).unwrap().expect("checkpoint");
-    let mut b = PpoModels { actor, critic, reference: b.reference, files };
-    let done = ppo::train(&mut b, &letter_e(), Some(&tok), &ps, &c, &out, Some(state)).unwrap();
+    let saved = ppo::load_checkpoint(&out, &Cpu::default()).unwrap().expect("checkpoint");
+    let mut b = PpoModels { actor: saved.actor, critic: saved.critic, reference: b.reference, files: saved.files };
+    let done = ppo::train(&mut b, &letter_e(), Some(&tok), &ps, &c, &out, Some(saved.state)).unwrap();
     assert!(done.finished);
     assert_eq!(max_diff(&a.actor, &b.actor), 0.0, "actor differs after resume");
     assert_eq!(a.critic.to_host_tensors(), b.critic.to_host_tensors(), "critic differs after resume");
@@ -296,7 +296,7 @@ fn safety_and_helpfulness_rewards_follow_the_prompt_tag() {
     let mut combo = reward_model::combine::SafetyHelpfulness::new(safety.clone(), help.clone()).unwrap();
     combo.whiten = false;
     combo.threshold = 0.0; // σ(safety) < 0 never holds: only the tag decides
-    let reward = Reward::SafetyHelpfulness(combo);
+    let reward = Reward::SafetyHelpfulness(Box::new(combo));
     let mut ps = prompts(&tok, 2);
     ps[1].unsafe_prompt = true;
     let resp = tok.encode(" fine", false).unwrap();
