@@ -303,7 +303,10 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                 }
                 let mut sum = 0f32;
                 for x in row.iter_mut() {
-                    *x = (*x - m).exp();
+                    // Masked keys sit ~1e9 below the max; exp is exactly 0 there
+                    // (f32 exp underflows below −103.97), without libm's slow underflow path.
+                    let z = *x - m;
+                    *x = if z < -104.0 { 0.0 } else { z.exp() };
                     sum += *x;
                 }
                 let inv = 1.0 / sum;
