@@ -98,9 +98,31 @@ pub(crate) struct HostKv {
 }
 
 impl HostKv {
+    /// An empty cache with room for `cap` tokens per row; it grows when needed.
     pub(crate) fn new(m: &HostModel, batch: usize, cap: usize) -> Self {
+        let cap = cap.max(1);
         let per = batch * m.nkv * cap * m.hd;
-        HostKv { k: (0..m.layers.len()).map(|_| vec![0.0; per]).collect(), v: (0..m.layers.len()).map(|_| vec![0.0; per]).collect(), batch, cap, len: 0 }
+        let zeros = || (0..m.layers.len()).map(|_| vec![0.0; per]).collect();
+        HostKv { k: zeros(), v: zeros(), batch, cap, len: 0 }
+    }
+
+    /// Makes room for `total` tokens per row (at least doubling), keeping the stored ones.
+    fn reserve(&mut self, total: usize, nkv: usize, hd: usize) {
+        if total <= self.cap {
+            return;
+        }
+        let cap = total.max(self.cap.saturating_mul(2));
+        let regrow = |old: &mut Vec<f32>| {
+            let mut new = vec![0.0; self.batch * nkv * cap * hd];
+            for (blk, dst) in new.chunks_exact_mut(cap * hd).enumerate() {
+                let src = &old[blk * self.cap * hd..][..self.len * hd];
+                dst[..self.len * hd].copy_from_slice(src);
+            }
+            *old = new;
+        };
+        self.k.iter_mut().for_each(regrow);
+        self.v.iter_mut().for_each(regrow);
+        self.cap = cap;
     }
 }
 
@@ -221,7 +243,7 @@ impl HostModel {
         let bs = kv.batch;
         let past = kv.len;
         let total = past + seq;
-        assert!(total <= kv.cap, "KV cache of {} tokens is full", kv.cap);
+        kv.reserve(total, nkv, hd);
         assert_eq!(tokens.len(), bs * seq);
         assert_eq!(positions.len(), bs * seq);
         assert_eq!(key_mask.len(), bs * total);
@@ -310,5 +332,39 @@ impl HostModel {
         let mut logits = vec![0f32; bs * self.vocab];
         xwt(&last, bs, d, self.head.as_ref().unwrap_or(&self.embed), self.vocab, &mut logits);
         logits
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::LlamaConfig;
+
+    #[test]
+    fn a_cache_that_grows_gives_the_same_logits() {
+        let cfg = LlamaConfig::from_json(&serde_json::json!({
+            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true
+        }))
+        .unwrap();
+        let model = Llama::random(cfg, &Cpu::default(), 1, 0.3).unwrap();
+        let m = HostModel::new(&model);
+        let run = |cap: usize| {
+            let mut kv = HostKv::new(&m, 2, cap);
+            // Prefill 3 tokens per row (row 1 left-padded by one), then 6 single steps.
+            let mut rows = vec![vec![true, true, true], vec![false, true, true]];
+            let mut out = m.step(&mut kv, &[4, 7, 9, 0, 3, 5], &[0, 1, 2, 0, 0, 1], &rows.concat(), 3);
+            for step in 0..6usize {
+                rows.iter_mut().for_each(|r| r.push(true));
+                let tokens = [step as u32 + 1, step as u32 + 2];
+                out.extend(m.step(&mut kv, &tokens, &[3 + step, 2 + step], &rows.concat(), 1));
+            }
+            (out, kv.cap)
+        };
+        let (small, grown) = run(1);
+        let (big, kept) = run(64);
+        assert!(grown >= 9 && kept == 64);
+        assert_eq!(small, big);
     }
 }

@@ -170,7 +170,8 @@ fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCon
     let mut done = vec![false; bsz];
     let mut engine = if host {
         let m = HostModel::new(model);
-        let kv = HostKv::new(&m, bsz, plen + cfg.max_new_tokens);
+        // Room for the whole generation up front (bounded; the cache grows past it if needed).
+        let kv = HostKv::new(&m, bsz, plen + cfg.max_new_tokens.min(4096));
         Engine::Host(m, kv)
     } else {
         Engine::Dfdx(KvCache::new())
