@@ -353,7 +353,7 @@ mod tests {
         let run = |cap: usize| {
             let mut kv = HostKv::new(&m, 2, cap);
             // Prefill 3 tokens per row (row 1 left-padded by one), then 6 single steps.
-            let mut rows = vec![vec![true, true, true], vec![false, true, true]];
+            let mut rows = [vec![true, true, true], vec![false, true, true]];
             let mut out = m.step(&mut kv, &[4, 7, 9, 0, 3, 5], &[0, 1, 2, 0, 0, 1], &rows.concat(), 3);
             for step in 0..6usize {
                 rows.iter_mut().for_each(|r| r.push(true));
