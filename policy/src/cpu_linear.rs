@@ -83,9 +83,10 @@ pub(crate) fn xwt(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize, y: 
             )
         };
     });
-    for (c, col) in yt.chunks_exact(rows).enumerate() {
-        for (r, &v) in col.iter().enumerate() {
-            y[r * out + c] = v;
+    // Sequential writes, strided reads (yt is small enough to stay in cache).
+    for (r, yr) in y[..rows * out].chunks_exact_mut(out).enumerate() {
+        for (c, o) in yr.iter_mut().enumerate() {
+            *o = yt[c * rows + r];
         }
     }
 }
