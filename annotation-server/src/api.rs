@@ -668,9 +668,13 @@ pub struct NewRound {
     /// The round's configuration (free-form JSON object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config: Option<serde_json::Value>,
+    /// Initial status: `created` (default) or `queued` (ready for a worker's claim).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
 }
 
-/// Body of `PATCH /api/rounds/{id}`: fields to change.
+/// Body of `PATCH /api/rounds/{id}`: fields to change. A status other than
+/// `running` also releases the round's lease.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoundUpdate {
@@ -691,12 +695,64 @@ pub struct Round {
     pub name: String,
     /// Configuration.
     pub config: serde_json::Value,
-    /// Status (`created` when new).
+    /// Status: `created`, `queued`, `running`, `done`, `failed` (or another
+    /// `[a-z_]` word set through `PATCH`).
     pub status: String,
-    /// Metrics.
+    /// Metrics (JSON object). Conventions of the trainer worker, shown by the
+    /// dashboard: `summary` = {name: number} (e.g. `gold_reward`,
+    /// `rm_accuracy`, `kl`, `win_rate`, `label_agreement`), `series` =
+    /// {name: [[x, y], ...]} (e.g. `rm_loss`, `policy_loss`, `reward`, `kl`),
+    /// `progress` = {`step`: `sample|label|reward_model|policy|eval|done`,
+    /// `detail`: text}.
     pub metrics: serde_json::Value,
     /// Created.
     pub created_at: String,
     /// Last changed.
     pub updated_at: String,
+    /// The worker holding the round's lease (while `running`).
+    #[serde(default)]
+    pub lease_owner: Option<String>,
+    /// When that lease ends (RFC 3339); after it, another worker may claim the round.
+    #[serde(default)]
+    pub lease_expires_at: Option<String>,
+    /// The worker's resumable state (JSON object, `{}` when new).
+    #[serde(default = "empty_object")]
+    pub state: serde_json::Value,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// Body of `POST /api/rounds/claim`: a worker asks for the next round to run.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundClaim {
+    /// The worker's name (1-100 characters); it becomes the round's `lease_owner`.
+    pub worker: String,
+    /// Lease length in seconds (1-86400, default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+}
+
+/// Body of `POST /api/rounds/{id}/heartbeat`: the lease owner extends its lease
+/// and reports progress. Fields left out are kept.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoundHeartbeat {
+    /// The worker's name; must be the round's current `lease_owner` (else 409).
+    pub worker: String,
+    /// New lease length in seconds from now (1-86400, default 300).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_seconds: Option<u64>,
+    /// New status; anything but `running` (e.g. `done`, `failed`, or `queued`
+    /// to hand the round back) releases the lease.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<String>,
+    /// New resumable state (JSON object; replaces the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<serde_json::Value>,
+    /// New metrics (JSON object; replaces the old one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics: Option<serde_json::Value>,
 }

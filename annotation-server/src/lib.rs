@@ -9,6 +9,8 @@
 #![recursion_limit = "512"]
 
 pub mod api;
+#[cfg(feature = "plots")]
+pub mod plots;
 
 #[cfg(feature = "server")]
 pub mod accounts;

@@ -1,14 +1,48 @@
-//! Alignment rounds: created by researchers or the trainer, which reports
-//! status and metrics as the round runs. The orchestration itself lives in the
-//! trainer; the server only stores and shows rounds.
-use crate::api::{NewRound, Round, RoundUpdate};
+//! Alignment rounds: created by researchers, the CLI or the dashboard, and run
+//! by trainer workers. A worker claims a queued round under a lease
+//! ([`claim`]), keeps the lease alive and reports progress with heartbeats
+//! ([`heartbeat`]), and finishes it by setting its status to `done` or
+//! `failed`. A round whose lease expired (its worker died) can be claimed again
+//! by another worker, which continues from the round's `state`.
+//!
+//! Both operations are a single conditional `UPDATE` whose `WHERE` re-checks
+//! the claimability or ownership of the row; its row count tells whether the
+//! caller won. That is atomic on SQLite and PostgreSQL alike, so two
+//! concurrent claimers never get the same round and a worker that lost its
+//! lease cannot overwrite the new owner's progress.
+use crate::api::{NewRound, Round, RoundClaim, RoundHeartbeat, RoundUpdate};
 use crate::audit;
+use crate::db::begin_write;
 use crate::entities::rounds;
 use crate::error::{reject_nul, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
-use sea_orm::{ActiveModelTrait, DatabaseConnection, EntityTrait, QueryOrder, Set};
+use sea_orm::sea_query::Expr;
+use sea_orm::{
+    ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set,
+};
 
-fn view(r: rounds::Model) -> Round {
+/// A new round, not yet offered to workers.
+pub const CREATED: &str = "created";
+/// Waiting for a worker's claim.
+pub const QUEUED: &str = "queued";
+/// Claimed by a worker (under a lease).
+pub const RUNNING: &str = "running";
+/// Finished.
+pub const DONE: &str = "done";
+/// Given up.
+pub const FAILED: &str = "failed";
+
+/// Lease length when the worker does not ask for one (seconds).
+pub const DEFAULT_LEASE_SECONDS: u64 = 300;
+/// Longest lease a worker may ask for (seconds).
+pub const MAX_LEASE_SECONDS: u64 = 86_400;
+
+/// How many claimable rounds one claim attempt looks at.
+const CANDIDATES: u64 = 16;
+
+/// The API view of a stored round.
+pub fn view(r: rounds::Model) -> Round {
     Round {
         id: r.id,
         name: r.name,
@@ -17,34 +51,99 @@ fn view(r: rounds::Model) -> Round {
         metrics: serde_json::from_str(&r.metrics).unwrap_or_default(),
         created_at: rfc3339(r.created_at),
         updated_at: rfc3339(r.updated_at),
+        lease_owner: r.lease_owner,
+        lease_expires_at: r.lease_expires_at.map(rfc3339),
+        state: serde_json::from_str(&r.state)
+            .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
     }
 }
 
 fn object(v: Option<serde_json::Value>, what: &str) -> AppResult<String> {
     match v.unwrap_or_else(|| serde_json::json!({})) {
-        o @ serde_json::Value::Object(_) => Ok(o.to_string()),
+        o @ serde_json::Value::Object(_) => {
+            let text = o.to_string();
+            // PostgreSQL text cannot hold NUL; JSON escapes it as \u0000
+            if text.contains("\\u0000") {
+                return Err(AppError::Unprocessable(format!(
+                    "{what} contains a NUL character"
+                )));
+            }
+            Ok(text)
+        }
         _ => Err(AppError::Unprocessable(format!(
             "{what} must be a JSON object"
         ))),
     }
 }
 
-/// Creates a round with status `created`.
-pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppResult<Round> {
-    reject_nul(&req.name, "name")?;
-    if req.name.trim().is_empty() || req.name.chars().count() > 200 {
+/// Checks a status word: 1-32 characters of `a-z` and `_`.
+pub fn validate_status(s: &str) -> AppResult<()> {
+    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
+        return Err(AppError::Unprocessable(
+            "status must be 1-32 characters of a-z and _".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Checks a round name: 1-200 characters, not blank, no NUL.
+pub fn validate_name(name: &str) -> AppResult<()> {
+    reject_nul(name, "name")?;
+    if name.trim().is_empty() || name.chars().count() > 200 {
         return Err(AppError::Unprocessable(
             "name must have 1-200 characters".into(),
         ));
     }
+    Ok(())
+}
+
+fn validate_worker(worker: &str) -> AppResult<()> {
+    if worker.trim().is_empty() || worker.chars().count() > 100 {
+        return Err(AppError::Unprocessable(
+            "worker must have 1-100 characters".into(),
+        ));
+    }
+    if worker.chars().any(char::is_control) {
+        return Err(AppError::Unprocessable(
+            "worker must not contain control characters".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn lease_ms(lease_seconds: Option<u64>) -> AppResult<i64> {
+    match lease_seconds.unwrap_or(DEFAULT_LEASE_SECONDS) {
+        s @ 1..=MAX_LEASE_SECONDS => Ok(s as i64 * 1000),
+        _ => Err(AppError::Unprocessable(format!(
+            "lease_seconds must be between 1 and {MAX_LEASE_SECONDS}"
+        ))),
+    }
+}
+
+/// Creates a round with status `created` (default) or `queued`.
+pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppResult<Round> {
+    validate_name(&req.name)?;
+    let status = match req.status.as_deref() {
+        None | Some(CREATED) => CREATED,
+        Some(QUEUED) => QUEUED,
+        Some(_) => {
+            return Err(AppError::Unprocessable(
+                "a new round's status must be `created` or `queued`".into(),
+            ))
+        }
+    };
+    let config = object(req.config, "config")?;
     let now = now_ms();
     let r = rounds::ActiveModel {
         name: Set(req.name),
-        config: Set(object(req.config, "config")?),
-        status: Set("created".into()),
+        config: Set(config),
+        status: Set(status.into()),
         metrics: Set("{}".into()),
         created_at: Set(now),
         updated_at: Set(now),
+        lease_owner: Set(None),
+        lease_expires_at: Set(None),
+        state: Set("{}".into()),
         ..Default::default()
     }
     .insert(db)
@@ -53,7 +152,7 @@ pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppRe
         db,
         Some(actor),
         "round.create",
-        serde_json::json!({"round_id": r.id}),
+        serde_json::json!({"round_id": r.id, "status": status}),
     )
     .await?;
     Ok(view(r))
@@ -72,32 +171,33 @@ pub async fn list(db: &DatabaseConnection) -> AppResult<Vec<Round>> {
 
 /// One round.
 pub async fn get(db: &DatabaseConnection, id: i64) -> AppResult<Round> {
+    find(db, id).await.map(view)
+}
+
+async fn find<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<rounds::Model> {
     rounds::Entity::find_by_id(id)
         .one(db)
         .await?
-        .map(view)
         .ok_or_else(|| AppError::NotFound(format!("no round {id}")))
 }
 
-/// Changes status and/or metrics.
+/// Changes status and/or metrics. A status other than `running` releases the
+/// lease (so a researcher can re-queue or cancel a round by hand).
 pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     req: RoundUpdate,
     actor: i64,
 ) -> AppResult<Round> {
-    let r = rounds::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no round {id}")))?;
+    let r = find(db, id).await?;
     let mut am: rounds::ActiveModel = r.into();
     if let Some(s) = &req.status {
-        if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-            return Err(AppError::Unprocessable(
-                "status must be 1-32 characters of a-z and _".into(),
-            ));
-        }
+        validate_status(s)?;
         am.status = Set(s.clone());
+        if s != RUNNING {
+            am.lease_owner = Set(None);
+            am.lease_expires_at = Set(None);
+        }
     }
     if req.metrics.is_some() {
         am.metrics = Set(object(req.metrics, "metrics")?);
@@ -111,5 +211,150 @@ pub async fn update(
         serde_json::json!({"round_id": id, "status": req.status}),
     )
     .await?;
+    Ok(view(r))
+}
+
+/// Rounds a worker may claim at `now`: queued, or running with an expired lease.
+fn claimable(now: i64) -> Condition {
+    Condition::any()
+        .add(rounds::Column::Status.eq(QUEUED))
+        .add(
+            Condition::all()
+                .add(rounds::Column::Status.eq(RUNNING))
+                .add(rounds::Column::LeaseExpiresAt.lt(now)),
+        )
+}
+
+/// Claims the oldest claimable round for `req.worker`: it becomes `running`
+/// under a lease of `req.lease_seconds`. `None` when there is nothing to claim.
+pub async fn claim(db: &DatabaseConnection, req: RoundClaim, actor: i64) -> AppResult<Option<Round>> {
+    validate_worker(&req.worker)?;
+    let lease = lease_ms(req.lease_seconds)?;
+    // each pass looks at a window of candidates; losing every one of them to
+    // concurrent claimers means the window moved on, so look again
+    for _ in 0..8 {
+        let candidates: Vec<(i64, String, Option<String>)> = rounds::Entity::find()
+            .select_only()
+            .column(rounds::Column::Id)
+            .column(rounds::Column::Status)
+            .column(rounds::Column::LeaseOwner)
+            .filter(claimable(now_ms()))
+            .order_by_asc(rounds::Column::Id)
+            .limit(CANDIDATES)
+            .into_tuple()
+            .all(db)
+            .await?;
+        if candidates.is_empty() {
+            return Ok(None);
+        }
+        for (id, was, previous_owner) in candidates {
+            let (_w, txn) = begin_write(db).await?;
+            let now = now_ms();
+            let won = rounds::Entity::update_many()
+                .col_expr(rounds::Column::Status, Expr::value(RUNNING))
+                .col_expr(rounds::Column::LeaseOwner, Expr::value(req.worker.clone()))
+                .col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease))
+                .col_expr(rounds::Column::UpdatedAt, Expr::value(now))
+                .filter(rounds::Column::Id.eq(id))
+                .filter(claimable(now))
+                .exec(&txn)
+                .await?
+                .rows_affected
+                == 1;
+            if !won {
+                txn.rollback().await?;
+                continue;
+            }
+            let r = find(&txn, id).await?;
+            audit::record(
+                &txn,
+                Some(actor),
+                "round.claim",
+                serde_json::json!({
+                    "round_id": id, "worker": req.worker, "lease_seconds": lease / 1000,
+                    "was": was, "previous_owner": if was == RUNNING { previous_owner } else { None },
+                }),
+            )
+            .await?;
+            txn.commit().await?;
+            return Ok(Some(view(r)));
+        }
+    }
+    // persistent contention: the caller polls again later
+    Ok(None)
+}
+
+/// Extends `req.worker`'s lease on round `id` and replaces the status, state
+/// and metrics it sends. Only the current lease owner of a `running` round
+/// may do this (409 otherwise: the lease was lost). A status other than
+/// `running` releases the lease.
+pub async fn heartbeat(
+    db: &DatabaseConnection,
+    id: i64,
+    req: RoundHeartbeat,
+    actor: i64,
+) -> AppResult<Round> {
+    validate_worker(&req.worker)?;
+    let lease = lease_ms(req.lease_seconds)?;
+    if let Some(s) = &req.status {
+        validate_status(s)?;
+    }
+    let state = req.state.map(|v| object(Some(v), "state")).transpose()?;
+    let metrics = req.metrics.map(|v| object(Some(v), "metrics")).transpose()?;
+    let releases = req.status.as_deref().is_some_and(|s| s != RUNNING);
+
+    let (_w, txn) = begin_write(db).await?;
+    let now = now_ms();
+    let mut q = rounds::Entity::update_many().col_expr(rounds::Column::UpdatedAt, Expr::value(now));
+    if releases {
+        q = q
+            .col_expr(rounds::Column::LeaseOwner, Expr::value(Option::<String>::None))
+            .col_expr(rounds::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None));
+    } else {
+        q = q.col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease));
+    }
+    if let Some(s) = &req.status {
+        q = q.col_expr(rounds::Column::Status, Expr::value(s.clone()));
+    }
+    if let Some(s) = state {
+        q = q.col_expr(rounds::Column::State, Expr::value(s));
+    }
+    if let Some(m) = metrics {
+        q = q.col_expr(rounds::Column::Metrics, Expr::value(m));
+    }
+    // an expired lease that nobody took over yet is still the worker's: the
+    // claim that would take it over changes `lease_owner` in one statement
+    let updated = q
+        .filter(rounds::Column::Id.eq(id))
+        .filter(rounds::Column::Status.eq(RUNNING))
+        .filter(rounds::Column::LeaseOwner.eq(req.worker.as_str()))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    let r = find(&txn, id).await?;
+    if updated == 0 {
+        txn.rollback().await?;
+        let why = match (&r.lease_owner, r.status.as_str()) {
+            (Some(owner), RUNNING) => format!(
+                "lease lost: round {id} is now held by worker `{owner}`, not `{}` (the lease expired and another worker claimed the round)",
+                req.worker
+            ),
+            (_, status) => format!(
+                "lease lost: round {id} is not running under worker `{}` (its status is `{status}`)",
+                req.worker
+            ),
+        };
+        return Err(AppError::Conflict(why));
+    }
+    if req.status.is_some() {
+        audit::record(
+            &txn,
+            Some(actor),
+            "round.status",
+            serde_json::json!({"round_id": id, "worker": req.worker, "status": req.status}),
+        )
+        .await?;
+    }
+    txn.commit().await?;
     Ok(view(r))
 }

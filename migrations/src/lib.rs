@@ -7,6 +7,7 @@
 pub use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_initial;
+mod m20250201_000002_round_leases;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -14,6 +15,9 @@ pub struct Migrator;
 #[async_trait::async_trait]
 impl MigratorTrait for Migrator {
     fn migrations() -> Vec<Box<dyn MigrationTrait>> {
-        vec![Box::new(m20250101_000001_initial::Migration)]
+        vec![
+            Box::new(m20250101_000001_initial::Migration),
+            Box::new(m20250201_000002_round_leases::Migration),
+        ]
     }
 }

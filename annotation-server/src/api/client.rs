@@ -10,6 +10,31 @@ use super::*;
 use anyhow::{bail, Context};
 use std::io::{BufRead, BufReader};
 
+/// The error of [`Client::heartbeat_round`] when the server answers 409: the
+/// worker no longer holds the round's lease (it expired and another worker
+/// claimed the round, or the round was finished or re-queued). The worker
+/// must stop working on the round. Find it with
+/// `err.downcast_ref::<LeaseLost>()`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaseLost {
+    /// The round.
+    pub round_id: i64,
+    /// The server's explanation.
+    pub message: String,
+}
+
+impl std::fmt::Display for LeaseLost {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.message.starts_with("lease lost") {
+            write!(f, "round {}: {}", self.round_id, self.message)
+        } else {
+            write!(f, "round {}: lease lost: {}", self.round_id, self.message)
+        }
+    }
+}
+
+impl std::error::Error for LeaseLost {}
+
 /// Talks to one annotation server with one bearer token.
 #[derive(Clone)]
 pub struct Client {
@@ -211,6 +236,50 @@ impl Client {
     /// One round.
     pub fn round(&self, id: i64) -> anyhow::Result<Round> {
         self.get(&format!("/api/rounds/{id}"))
+    }
+
+    /// All rounds, by id.
+    pub fn rounds(&self) -> anyhow::Result<Vec<Round>> {
+        self.get("/api/rounds")
+    }
+
+    /// Claims the oldest queued round (or a running one whose lease expired)
+    /// for `req.worker`; `None` when there is nothing to claim.
+    pub fn claim_round(&self, req: &RoundClaim) -> anyhow::Result<Option<Round>> {
+        let resp = self
+            .http
+            .post(self.url("/api/rounds/claim"))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .context("POST /api/rounds/claim")?;
+        let resp = Self::check(resp)?;
+        if resp.status() == reqwest::StatusCode::NO_CONTENT {
+            return Ok(None);
+        }
+        Ok(Some(resp.json()?))
+    }
+
+    /// Extends the lease on round `id` and reports status, state and metrics.
+    /// When the lease was lost (409) the error is a [`LeaseLost`] whose
+    /// message says so.
+    pub fn heartbeat_round(&self, id: i64, req: &RoundHeartbeat) -> anyhow::Result<Round> {
+        let path = format!("/api/rounds/{id}/heartbeat");
+        let resp = self
+            .http
+            .post(self.url(&path))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .with_context(|| format!("POST {path}"))?;
+        if resp.status() == reqwest::StatusCode::CONFLICT {
+            let text = resp.text().unwrap_or_default();
+            let message = serde_json::from_str::<ErrorBody>(&text)
+                .map(|e| e.message)
+                .unwrap_or(text);
+            return Err(LeaseLost { round_id: id, message }.into());
+        }
+        Ok(Self::check(resp)?.json()?)
     }
 
     /// Inter-annotator agreement of a batch.

@@ -1,4 +1,5 @@
-//! An alignment round (filled in by the rounds orchestration).
+//! An alignment round (filled in by the rounds orchestration): configuration,
+//! status, metrics, the worker's lease and its resumable state.
 use sea_orm::entity::prelude::*;
 
 #[derive(Clone, Debug, PartialEq, Eq, DeriveEntityModel)]
@@ -16,6 +17,13 @@ pub struct Model {
     pub metrics: String,
     pub created_at: i64,
     pub updated_at: i64,
+    /// The worker holding the round's lease.
+    pub lease_owner: Option<String>,
+    /// When the lease ends (Unix ms).
+    pub lease_expires_at: Option<i64>,
+    /// The worker's resumable state (JSON object).
+    #[sea_orm(column_type = "Text")]
+    pub state: String,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

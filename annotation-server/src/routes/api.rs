@@ -4,7 +4,7 @@ use crate::accounts;
 use crate::api::{
     AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons,
     CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress,
-    NewRound, NewToken, NewUser, Prompt, Round, RoundUpdate, SubmitLabel, Task, TokenCreated,
+    NewRound, NewToken, NewUser, Prompt, Round, RoundClaim, RoundHeartbeat, RoundUpdate, SubmitLabel, Task, TokenCreated,
     UserInfo,
 };
 use crate::assign;
@@ -320,4 +320,30 @@ pub async fn update_round(
 ) -> AppResult<Json<Round>> {
     u.require_researcher()?;
     Ok(Json(rounds::update(&s.db, id, body, u.id).await?))
+}
+
+/// `POST /api/rounds/claim` (researcher): a worker claims the oldest queued
+/// round (or a running one whose lease expired): 200 with it, 204 when none.
+pub async fn claim_round(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiJson(body): ApiJson<RoundClaim>,
+) -> AppResult<Response> {
+    u.require_researcher()?;
+    Ok(match rounds::claim(&s.db, body, u.id).await? {
+        Some(r) => Json(r).into_response(),
+        None => StatusCode::NO_CONTENT.into_response(),
+    })
+}
+
+/// `POST /api/rounds/{id}/heartbeat` (researcher): the lease owner extends its
+/// lease and reports status, state and metrics; 409 when the lease was lost.
+pub async fn heartbeat_round(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(id): ApiPath<i64>,
+    ApiJson(body): ApiJson<RoundHeartbeat>,
+) -> AppResult<Json<Round>> {
+    u.require_researcher()?;
+    Ok(Json(rounds::heartbeat(&s.db, id, body, u.id).await?))
 }

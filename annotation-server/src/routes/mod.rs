@@ -44,7 +44,9 @@ pub fn router(state: AppState) -> Router {
         .route("/tasks/{id}/label", post(api::submit_label))
         .route("/tasks/{id}/skip", post(api::skip))
         .route("/rounds", get(api::list_rounds).post(api::create_round))
+        .route("/rounds/claim", post(api::claim_round))
         .route("/rounds/{id}", get(api::round).patch(api::update_round))
+        .route("/rounds/{id}/heartbeat", post(api::heartbeat_round))
         .route("/openapi.json", get(openapi_json))
         .fallback(api_not_found);
     Router::new()
