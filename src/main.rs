@@ -22,6 +22,8 @@ enum Commands {
     Dpo(Box<trainer::cli::DpoArgs>),
     /// PPO against a reward model, Llama-2's safety + helpfulness reward, or a reward function.
     Ppo(Box<trainer::cli::PpoArgs>),
+    /// Simulated labelers: bots that rank responses by a demo task's gold reward, through the annotation server's API.
+    Label(trainer::simulate::LabelArgs),
     #[command(flatten)]
     Server(annotation_server::cli::Commands),
 }
@@ -35,6 +37,7 @@ fn main() {
         Commands::Rs(a) => trainer::cli::run_rs(*a),
         Commands::Dpo(a) => trainer::cli::run_dpo(*a),
         Commands::Ppo(a) => trainer::cli::run_ppo(*a),
+        Commands::Label(a) => trainer::simulate::run(a),
         Commands::Server(c) => annotation_server::cli::run(c),
     };
     if let Err(e) = result {
