@@ -21,9 +21,10 @@ pub trait Dev: Device<f32> + Clone + DeviceKernels {}
 impl<D: Device<f32> + Clone + DeviceKernels> Dev for D {}
 
 /// What a device does its own way. The CPU computes `Linear`, RMSNorm,
-/// SwiGLU and RoPE with its own ops ([`crate::cpu_linear`],
-/// [`crate::cpu_ops`]) and decodes on host buffers ([`crate::cpu_decode`]);
-/// other devices use the dfdx compositions, the trait's defaults.
+/// SwiGLU, RoPE, attention and the log-softmax at the targets with its own
+/// ops ([`crate::cpu_linear`], [`crate::cpu_ops`]) and decodes on host
+/// buffers (`cpu_decode`); other devices use the dfdx compositions, the
+/// trait's defaults.
 pub trait DeviceKernels: Device<f32> {
     /// Whether [`crate::generate::generate`] decodes on host buffers rather
     /// than through dfdx with a [`KvCache`].
@@ -59,9 +60,13 @@ pub trait DeviceKernels: Device<f32> {
     /// Rotate-half RoPE of rows of one head: `x*cos + rotate_half(x)*sin`;
     /// `rot_t` is the transposed rotate-half matrix.
     fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, rot_t: &T2<Self>) -> T2<Self, T> {
-        let rotated = Self::linear(x.with_empty_tape(), rot_t) * sin.clone();
-        x * cos.clone() + rotated
+        dfdx_rope(x, cos, sin, rot_t)
     }
+}
+
+fn dfdx_rope<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, cos: &T2<D>, sin: &T2<D>, rot_t: &T2<D>) -> T2<D, T> {
+    let rotated = dfdx_linear(x.with_empty_tape(), rot_t) * sin.clone();
+    x * cos.clone() + rotated
 }
 
 impl DeviceKernels for Cpu {
@@ -331,17 +336,12 @@ impl<D: Dev> Llama<D> {
     fn assemble(cfg: LlamaConfig, embed_tokens: T2<D>, layers: Vec<Layer<D>>, norm: T1<D>, lm_head: Option<T2<D>>, dev: &D) -> Self {
         let hd = cfg.head_dim;
         let half = hd / 2;
-        let mut rot = vec![0f32; hd * hd];
-        // rotate_half(x) = cat(-x[half..], x[..half]): out[j] = -x[j+half] for j < half, x[j-half] otherwise.
-        for j in 0..half {
-            rot[(j + half) * hd + j] = -1.0;
-            rot[j * hd + j + half] = 1.0;
-        }
+        // rotate_half(x) = cat(-x[half..], x[..half]): out[j] = -x[j+half] for j < half, x[j-half] otherwise;
+        // as a `(out, in)` matrix, row j holds that output's one ±1.
         let mut rot_t = vec![0f32; hd * hd];
-        for i in 0..hd {
-            for j in 0..hd {
-                rot_t[j * hd + i] = rot[i * hd + j];
-            }
+        for j in 0..half {
+            rot_t[j * hd + j + half] = -1.0;
+            rot_t[(j + half) * hd + j] = 1.0;
         }
         let rot_t = dev.tensor_from_vec(rot_t, (hd, hd));
         Llama { cfg, embed_tokens, layers, norm, lm_head, dev: dev.clone(), rot_t }
@@ -634,4 +634,52 @@ pub fn cfg_param_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
         out.push(("lm_head.weight".to_string(), vec![v, d]));
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    fn assert_close(a: &[f32], b: &[f32], what: &str) {
+        assert_eq!(a.len(), b.len(), "{what}: lengths");
+        for (i, (x, y)) in a.iter().zip(b).enumerate() {
+            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())), "{what}[{i}]: {x} vs {y}");
+        }
+    }
+
+    /// The dfdx defaults (what CUDA runs) agree with the CPU ops, forward and backward.
+    #[test]
+    fn dfdx_linear_and_rope_match_the_cpu_ops() {
+        let cfg = crate::config::LlamaConfig::from_json(&serde_json::json!({
+            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 20
+        }))
+        .unwrap();
+        let dev = Cpu::default();
+        let model = Llama::random(cfg, &dev, 2, 0.3).unwrap();
+        let mut rng = StdRng::seed_from_u64(8);
+        let mut mat = |r: usize, c: usize| dev.tensor_from_vec((0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (r, c));
+        for rows in [4, 40] {
+            let hd = model.cfg.head_dim;
+            let (x, w, up) = (mat(rows, hd), mat(24, hd), mat(rows, 24));
+            let (cos, sin, up_r) = (mat(rows, hd), mat(rows, hd), mat(rows, hd));
+            let run = |cpu: bool| {
+                let g = Gradients::leaky();
+                let y = if cpu { Cpu::linear(x.trace(g), &w) } else { dfdx_linear(x.trace(g), &w) };
+                let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
+                let g = (y * up.clone()).sum::<Rank0, _>().backward();
+                let r = if cpu { Cpu::rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t) } else { dfdx_rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t) };
+                let rv = r.with_empty_tape().retaped::<NoneTape>().as_vec();
+                let gr = (r * up_r.clone()).sum::<Rank0, _>().backward();
+                (yv, g.get(&x).as_vec(), g.get(&w).as_vec(), rv, gr.get(&x).as_vec())
+            };
+            let (a, b) = (run(true), run(false));
+            assert_close(&a.0, &b.0, "linear y");
+            assert_close(&a.1, &b.1, "linear dx");
+            assert_close(&a.2, &b.2, "linear dw");
+            assert_close(&a.3, &b.3, "rope y");
+            assert_close(&a.4, &b.4, "rope dx");
+        }
+    }
 }
