@@ -128,9 +128,22 @@ fn schemas() -> Value {
             "properties": {"username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "password": {"type": "string", "minLength": 8}, "role": r("Role")}},
         "NewToken": {"type": "object", "additionalProperties": false, "properties": {"name": s}},
         "TokenCreated": obj(&["username", "token"], json!({"username": s, "token": s})),
-        "NewRound": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": s, "config": {"type": "object"}}},
-        "RoundUpdate": {"type": "object", "additionalProperties": false, "properties": {"status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "metrics": {"type": "object"}}},
-        "Round": obj(&["id", "name", "config", "status", "metrics", "created_at", "updated_at"], json!({"id": int, "name": s, "config": {"type": "object"}, "status": s, "metrics": {"type": "object"}, "created_at": time, "updated_at": time})),
+        "NewRound": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": s, "config": {"type": "object"},
+            "status": {"type": "string", "enum": ["created", "queued"], "description": "initial status (default created); queued rounds are offered to workers"}}},
+        "RoundUpdate": {"type": "object", "additionalProperties": false, "description": "A status other than running also releases the lease.",
+            "properties": {"status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "metrics": {"type": "object"}}},
+        "RoundClaim": {"type": "object", "required": ["worker"], "additionalProperties": false, "properties": {
+            "worker": {"type": "string", "minLength": 1, "maxLength": 100, "description": "becomes the round's lease_owner"},
+            "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "default 300"}}},
+        "RoundHeartbeat": {"type": "object", "required": ["worker"], "additionalProperties": false,
+            "description": "Fields left out are kept. A status other than running (done, failed, queued) releases the lease.",
+            "properties": {"worker": {"type": "string", "minLength": 1, "maxLength": 100}, "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "new lease from now; default 300"},
+                "status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "state": {"type": "object"}, "metrics": {"type": "object"}}},
+        "Round": obj(&["id", "name", "config", "status", "metrics", "created_at", "updated_at", "state"], json!({"id": int, "name": s, "config": {"type": "object"},
+            "status": {"type": "string", "description": "created, queued, running, done, failed (or another word set with PATCH)"},
+            "metrics": {"type": "object", "description": "Trainer conventions: summary = {name: number} (gold_reward, rm_accuracy, kl, win_rate, label_agreement, ...); series = {name: [[x, y], ...]} (rm_loss, policy_loss, reward, kl, ...); progress = {step: sample|label|reward_model|policy|eval|done, detail: string}"},
+            "created_at": time, "updated_at": time, "lease_owner": ns, "lease_expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "state": {"type": "object", "description": "the worker's resumable state"}})),
         "AuditEntry": obj(&["id", "action", "detail", "created_at"], json!({"id": int, "user_id": nint, "action": s, "detail": {}, "created_at": time}))
     })
 }
@@ -187,6 +200,10 @@ pub fn document() -> Value {
                 "get": op("List rounds", "researcher", none.clone(), None, json!({"200": ok("rounds", arr(r("Round")))})),
                 "post": op("Create a round", "researcher", none.clone(), json_body(r("NewRound")), json!({"201": ok("created", r("Round"))}))
             },
+            "/api/rounds/claim": {"post": op("Claim the oldest queued round (or a running one whose lease expired) for a worker: it becomes running under the worker's lease. Race-free: concurrent claimers never get the same round.", "researcher", none.clone(),
+                json_body(r("RoundClaim")), json!({"200": ok("the claimed round", r("Round")), "204": {"description": "nothing to claim"}}))},
+            "/api/rounds/{id}/heartbeat": {"post": op("Extend the worker's lease and report status, state and metrics; 409 when the worker no longer holds the lease", "researcher", json!([path_id("id", "integer")]),
+                json_body(r("RoundHeartbeat")), json!({"200": ok("updated", r("Round"))}))},
             "/api/rounds/{id}": {
                 "get": op("A round", "researcher", json!([path_id("id", "integer")]), None, json!({"200": ok("round", r("Round"))})),
                 "patch": op("Update a round's status and metrics", "researcher", json!([path_id("id", "integer")]), json_body(r("RoundUpdate")), json!({"200": ok("updated", r("Round"))}))

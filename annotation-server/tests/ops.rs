@@ -45,6 +45,8 @@ async fn health_metrics_and_openapi(db: TestDb) {
         "/api/tasks/{id}/skip",
         "/api/rounds",
         "/api/rounds/{id}",
+        "/api/rounds/claim",
+        "/api/rounds/{id}/heartbeat",
         "/healthz",
         "/metrics",
     ] {

@@ -1,9 +1,11 @@
 //! The server-rendered web UI: login, the labeling page, the researcher
 //! dashboard. Forms carry the session's CSRF token; no front-end build step.
 mod html;
+mod rounds;
 
 pub use html::esc;
 use html::{nav, page};
+pub use rounds::{queue_round, round_page, series_plot, summary_plot, QueueForm};
 
 use crate::api::{Role, Safety, Strength, SubmitLabel, Task};
 use crate::assign;
@@ -467,12 +469,23 @@ pub async fn skip(
     Ok(Redirect::to("/label").into_response())
 }
 
-/// `GET /dashboard`: progress per batch (researchers and admins).
+/// `GET /dashboard`: progress per batch and the rounds (researchers and admins).
 pub async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
     let Some(sess) = session_from_headers(&s, &headers).await? else {
         return Ok(to_login());
     };
     sess.user.require_researcher()?;
+    render_dashboard(&s, &sess, &QueueForm::default(), None, StatusCode::OK).await
+}
+
+/// The dashboard page, with the queue form's values and error (if any).
+async fn render_dashboard(
+    s: &AppState,
+    sess: &Session,
+    form: &QueueForm,
+    error: Option<&str>,
+    status: StatusCode,
+) -> UiResult {
     let batches = progress::batches_progress(&s.db, None).await?;
     let mut rows = String::new();
     for b in &batches {
@@ -504,7 +517,8 @@ pub async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> UiResul
     let body = format!(
         "<h1>Batches</h1><table id=\"batches\"><thead><tr><th>id</th><th>name</th><th>round</th><th>labels wanted</th>\
          <th>complete</th><th>labels</th><th>labelers</th><th>export</th></tr></thead><tbody>{rows}</tbody></table>\
-         <p>API: <a href=\"/api/openapi.json\">OpenAPI document</a> · <a href=\"/metrics\">metrics</a></p>"
+         <p>API: <a href=\"/api/openapi.json\">OpenAPI document</a> · <a href=\"/metrics\">metrics</a></p>{}",
+        rounds::section(&crate::rounds::list(&s.db).await?, &sess.csrf, form, error)
     );
-    Ok(Html(page("Dashboard", &user_nav(&sess), &body)).into_response())
+    Ok((status, Html(page("Dashboard", &user_nav(sess), &body))).into_response())
 }
