@@ -110,7 +110,11 @@ pub fn line_chart_svg(title: &str, x_label: &str, series: &[(String, Vec<(f64, f
     }
 }
 
-fn draw_message<DB: DrawingBackend>(root: &DrawingArea<DB, plotters::coord::Shift>, title: &str, msg: &str) -> DrawResult
+fn draw_message<DB: DrawingBackend>(
+    root: &DrawingArea<DB, plotters::coord::Shift>,
+    title: &str,
+    msg: &str,
+) -> DrawResult
 where
     DB::ErrorType: 'static,
 {
@@ -123,7 +127,11 @@ where
             plotters::style::text_anchor::HPos::Center,
             plotters::style::text_anchor::VPos::Center,
         ));
-    area.draw(&Text::new(msg.to_string(), (w as i32 / 2, h as i32 / 2), style))?;
+    area.draw(&Text::new(
+        msg.to_string(),
+        (w as i32 / 2, h as i32 / 2),
+        style,
+    ))?;
     Ok(())
 }
 
@@ -166,7 +174,9 @@ where
         chart
             .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
             .label(name.as_str())
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
         // markers keep short series (one point per round) visible
         if pts.len() <= 60 {
             chart.draw_series(pts.iter().map(|&p| Circle::new(p, 3, color.filled())))?;
@@ -282,7 +292,13 @@ pub fn file_stem(name: &str) -> String {
     let s: String = name
         .chars()
         .take(64)
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
     if s.is_empty() {
         "_".into()
@@ -302,7 +318,10 @@ mod tests {
             "step",
             &[
                 ("rm_loss".into(), vec![(0.0, 0.7), (1.0, 0.5), (2.0, 0.4)]),
-                ("policy_loss".into(), vec![(0.0, 1.0), (2.0, f64::NAN), (3.0, 0.2)]),
+                (
+                    "policy_loss".into(),
+                    vec![(0.0, 1.0), (2.0, f64::NAN), (3.0, 0.2)],
+                ),
             ],
         );
         assert!(svg.starts_with("<svg"), "{svg}");

@@ -216,18 +216,20 @@ pub async fn update(
 
 /// Rounds a worker may claim at `now`: queued, or running with an expired lease.
 fn claimable(now: i64) -> Condition {
-    Condition::any()
-        .add(rounds::Column::Status.eq(QUEUED))
-        .add(
-            Condition::all()
-                .add(rounds::Column::Status.eq(RUNNING))
-                .add(rounds::Column::LeaseExpiresAt.lt(now)),
-        )
+    Condition::any().add(rounds::Column::Status.eq(QUEUED)).add(
+        Condition::all()
+            .add(rounds::Column::Status.eq(RUNNING))
+            .add(rounds::Column::LeaseExpiresAt.lt(now)),
+    )
 }
 
 /// Claims the oldest claimable round for `req.worker`: it becomes `running`
 /// under a lease of `req.lease_seconds`. `None` when there is nothing to claim.
-pub async fn claim(db: &DatabaseConnection, req: RoundClaim, actor: i64) -> AppResult<Option<Round>> {
+pub async fn claim(
+    db: &DatabaseConnection,
+    req: RoundClaim,
+    actor: i64,
+) -> AppResult<Option<Round>> {
     validate_worker(&req.worker)?;
     let lease = lease_ms(req.lease_seconds)?;
     // each pass looks at a window of candidates; losing every one of them to
@@ -300,7 +302,10 @@ pub async fn heartbeat(
         validate_status(s)?;
     }
     let state = req.state.map(|v| object(Some(v), "state")).transpose()?;
-    let metrics = req.metrics.map(|v| object(Some(v), "metrics")).transpose()?;
+    let metrics = req
+        .metrics
+        .map(|v| object(Some(v), "metrics"))
+        .transpose()?;
     let releases = req.status.as_deref().is_some_and(|s| s != RUNNING);
 
     let (_w, txn) = begin_write(db).await?;
@@ -308,8 +313,14 @@ pub async fn heartbeat(
     let mut q = rounds::Entity::update_many().col_expr(rounds::Column::UpdatedAt, Expr::value(now));
     if releases {
         q = q
-            .col_expr(rounds::Column::LeaseOwner, Expr::value(Option::<String>::None))
-            .col_expr(rounds::Column::LeaseExpiresAt, Expr::value(Option::<i64>::None));
+            .col_expr(
+                rounds::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                rounds::Column::LeaseExpiresAt,
+                Expr::value(Option::<i64>::None),
+            );
     } else {
         q = q.col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease));
     }

@@ -259,7 +259,11 @@ async fn graceful_shutdown_finishes_in_flight_requests() {
         if let Some(end) = text.find("\r\n\r\n") {
             let len: usize = text[..end]
                 .lines()
-                .find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse().unwrap()))
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse().unwrap())
+                })
                 .unwrap_or(0);
             if first.len() >= end + 4 + len {
                 assert!(text.starts_with("HTTP/1.1 200"), "{text}");

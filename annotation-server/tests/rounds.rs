@@ -34,15 +34,28 @@ async fn claim_and_heartbeat(db: TestDb) {
     assert_eq!(created["status"], "created");
     assert_eq!(created["state"], json!({}));
     assert!(created["lease_owner"].is_null() && created["lease_expires_at"].is_null());
-    assert_eq!(r.post("/api/rounds/claim", json!({"worker": "w1"})).await.status(), 204);
+    assert_eq!(
+        r.post("/api/rounds/claim", json!({"worker": "w1"}))
+            .await
+            .status(),
+        204
+    );
     // only created or queued at creation
     for bad in ["running", "done", "Queued", ""] {
-        assert_error(r.post("/api/rounds", json!({"name": "x", "status": bad})).await, 422).await;
+        assert_error(
+            r.post("/api/rounds", json!({"name": "x", "status": bad}))
+                .await,
+            422,
+        )
+        .await;
     }
 
     let q = body(
-        r.post("/api/rounds", json!({"name": "one", "config": {"recipe": "dpo"}, "status": "queued"}))
-            .await,
+        r.post(
+            "/api/rounds",
+            json!({"name": "one", "config": {"recipe": "dpo"}, "status": "queued"}),
+        )
+        .await,
         201,
     )
     .await;
@@ -60,34 +73,87 @@ async fn claim_and_heartbeat(db: TestDb) {
     ] {
         assert_error(r.post("/api/rounds/claim", bad).await, 422).await;
     }
-    assert_error(r.post("/api/rounds/claim", json!({"worker": "w", "x": 1})).await, 422).await;
+    assert_error(
+        r.post("/api/rounds/claim", json!({"worker": "w", "x": 1}))
+            .await,
+        422,
+    )
+    .await;
     assert_error(r.post("/api/rounds/claim", json!({})).await, 422).await;
-    assert_error(lab.post("/api/rounds/claim", json!({"worker": "w"})).await, 403).await;
+    assert_error(
+        lab.post("/api/rounds/claim", json!({"worker": "w"})).await,
+        403,
+    )
+    .await;
 
     // queued → running under w1's lease
-    let c = body(r.post("/api/rounds/claim", json!({"worker": "w1", "lease_seconds": 60})).await, 200).await;
+    let c = body(
+        r.post(
+            "/api/rounds/claim",
+            json!({"worker": "w1", "lease_seconds": 60}),
+        )
+        .await,
+        200,
+    )
+    .await;
     assert_eq!(c["id"], id);
     assert_eq!(c["status"], "running");
     assert_eq!(c["lease_owner"], "w1");
     let expires = c["lease_expires_at"].as_str().unwrap();
-    assert!(expires.ends_with('Z') && expires > c["updated_at"].as_str().unwrap(), "{c}");
+    assert!(
+        expires.ends_with('Z') && expires > c["updated_at"].as_str().unwrap(),
+        "{c}"
+    );
     // nothing else to claim
-    assert_eq!(r.post("/api/rounds/claim", json!({"worker": "w2"})).await.status(), 204);
+    assert_eq!(
+        r.post("/api/rounds/claim", json!({"worker": "w2"}))
+            .await
+            .status(),
+        204
+    );
 
     // only the owner may heartbeat
     let hb = format!("/api/rounds/{id}/heartbeat");
     let msg = assert_error(r.post(&hb, json!({"worker": "w2"})).await, 409).await;
     assert!(msg.contains("lease lost") && msg.contains("w1"), "{msg}");
-    assert_error(r.post("/api/rounds/999/heartbeat", json!({"worker": "w1"})).await, 404).await;
-    assert_error(r.post(&hb, json!({"worker": "w1", "state": [1]})).await, 422).await;
-    assert_error(r.post(&hb, json!({"worker": "w1", "metrics": "x"})).await, 422).await;
-    assert_error(r.post(&hb, json!({"worker": "w1", "status": "Done!"})).await, 422).await;
-    assert_error(r.post(&hb, json!({"worker": "w1", "lease_seconds": 0})).await, 422).await;
+    assert_error(
+        r.post("/api/rounds/999/heartbeat", json!({"worker": "w1"}))
+            .await,
+        404,
+    )
+    .await;
+    assert_error(
+        r.post(&hb, json!({"worker": "w1", "state": [1]})).await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post(&hb, json!({"worker": "w1", "metrics": "x"})).await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post(&hb, json!({"worker": "w1", "status": "Done!"}))
+            .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post(&hb, json!({"worker": "w1", "lease_seconds": 0}))
+            .await,
+        422,
+    )
+    .await;
     assert_error(lab.post(&hb, json!({"worker": "w1"})).await, 403).await;
 
-    let metrics = json!({"progress": {"step": "sample", "detail": "3/8"}, "summary": {"gold_reward": 0.1}});
+    let metrics =
+        json!({"progress": {"step": "sample", "detail": "3/8"}, "summary": {"gold_reward": 0.1}});
     let b = body(
-        r.post(&hb, json!({"worker": "w1", "state": {"batch_id": 7}, "metrics": metrics})).await,
+        r.post(
+            &hb,
+            json!({"worker": "w1", "state": {"batch_id": 7}, "metrics": metrics}),
+        )
+        .await,
         200,
     )
     .await;
@@ -95,40 +161,89 @@ async fn claim_and_heartbeat(db: TestDb) {
     assert_eq!(b["metrics"], metrics);
     assert_eq!(b["status"], "running");
     // fields left out are kept
-    let b = body(r.post(&hb, json!({"worker": "w1", "lease_seconds": 1})).await, 200).await;
+    let b = body(
+        r.post(&hb, json!({"worker": "w1", "lease_seconds": 1}))
+            .await,
+        200,
+    )
+    .await;
     assert_eq!(b["state"]["batch_id"], 7);
     assert_eq!(b["metrics"], metrics);
 
     // the lease expires: another worker takes the round over
     tokio::time::sleep(std::time::Duration::from_millis(1300)).await;
-    let c2 = body(r.post("/api/rounds/claim", json!({"worker": "w2"})).await, 200).await;
+    let c2 = body(
+        r.post("/api/rounds/claim", json!({"worker": "w2"})).await,
+        200,
+    )
+    .await;
     assert_eq!(c2["id"], id);
     assert_eq!(c2["lease_owner"], "w2");
-    assert_eq!(c2["state"]["batch_id"], 7, "the new owner continues from the state");
-    let msg = assert_error(r.post(&hb, json!({"worker": "w1", "state": {"batch_id": 1}})).await, 409).await;
+    assert_eq!(
+        c2["state"]["batch_id"], 7,
+        "the new owner continues from the state"
+    );
+    let msg = assert_error(
+        r.post(&hb, json!({"worker": "w1", "state": {"batch_id": 1}}))
+            .await,
+        409,
+    )
+    .await;
     assert!(msg.contains("lease lost") && msg.contains("w2"), "{msg}");
-    assert_eq!(r.json(&format!("/api/rounds/{id}")).await["state"]["batch_id"], 7);
+    assert_eq!(
+        r.json(&format!("/api/rounds/{id}")).await["state"]["batch_id"],
+        7
+    );
 
     // done clears the lease; then nobody may heartbeat or claim it
-    let d = body(r.post(&hb, json!({"worker": "w2", "status": "done"})).await, 200).await;
+    let d = body(
+        r.post(&hb, json!({"worker": "w2", "status": "done"})).await,
+        200,
+    )
+    .await;
     assert_eq!(d["status"], "done");
-    assert!(d["lease_owner"].is_null() && d["lease_expires_at"].is_null(), "{d}");
+    assert!(
+        d["lease_owner"].is_null() && d["lease_expires_at"].is_null(),
+        "{d}"
+    );
     let msg = assert_error(r.post(&hb, json!({"worker": "w2"})).await, 409).await;
     assert!(msg.contains("done"), "{msg}");
-    assert_eq!(r.post("/api/rounds/claim", json!({"worker": "w3"})).await.status(), 204);
+    assert_eq!(
+        r.post("/api/rounds/claim", json!({"worker": "w3"}))
+            .await
+            .status(),
+        204
+    );
 
     // a worker may hand a round back (queued), and PATCH still works
-    let q2 = body(r.post("/api/rounds", json!({"name": "two", "status": "queued"})).await, 201).await;
+    let q2 = body(
+        r.post("/api/rounds", json!({"name": "two", "status": "queued"}))
+            .await,
+        201,
+    )
+    .await;
     let id2 = q2["id"].as_i64().unwrap();
-    body(r.post("/api/rounds/claim", json!({"worker": "w3"})).await, 200).await;
+    body(
+        r.post("/api/rounds/claim", json!({"worker": "w3"})).await,
+        200,
+    )
+    .await;
     let back = body(
-        r.post(&format!("/api/rounds/{id2}/heartbeat"), json!({"worker": "w3", "status": "queued"})).await,
+        r.post(
+            &format!("/api/rounds/{id2}/heartbeat"),
+            json!({"worker": "w3", "status": "queued"}),
+        )
+        .await,
         200,
     )
     .await;
     assert_eq!(back["status"], "queued");
     assert!(back["lease_owner"].is_null());
-    let again = body(r.post("/api/rounds/claim", json!({"worker": "w4"})).await, 200).await;
+    let again = body(
+        r.post("/api/rounds/claim", json!({"worker": "w4"})).await,
+        200,
+    )
+    .await;
     assert_eq!(again["id"], id2);
     let patched = r
         .http
@@ -140,9 +255,16 @@ async fn claim_and_heartbeat(db: TestDb) {
         .unwrap();
     let patched = body(patched, 200).await;
     assert_eq!(patched["status"], "failed");
-    assert!(patched["lease_owner"].is_null(), "a non-running status releases the lease");
+    assert!(
+        patched["lease_owner"].is_null(),
+        "a non-running status releases the lease"
+    );
     assert_error(
-        r.post(&format!("/api/rounds/{id2}/heartbeat"), json!({"worker": "w4"})).await,
+        r.post(
+            &format!("/api/rounds/{id2}/heartbeat"),
+            json!({"worker": "w4"}),
+        )
+        .await,
         409,
     )
     .await;
@@ -157,8 +279,11 @@ async fn claim_and_heartbeat(db: TestDb) {
         .collect();
     assert_eq!(claims.len(), 4, "{audit}");
     assert_eq!(claims[1]["detail"]["previous_owner"], "w1");
-    assert!(audit.as_array().unwrap().iter().any(|e| e["action"] == "round.status"
-        && e["detail"]["status"] == "done"));
+    assert!(audit
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|e| e["action"] == "round.status" && e["detail"]["status"] == "done"));
     s.stop().await;
 }
 
@@ -169,7 +294,11 @@ async fn concurrent_claims_are_exclusive(db: TestDb) {
         let mut ids = vec![];
         for i in 0..3 {
             let q = body(
-                r.post("/api/rounds", json!({"name": format!("t{trial}-{i}"), "status": "queued"})).await,
+                r.post(
+                    "/api/rounds",
+                    json!({"name": format!("t{trial}-{i}"), "status": "queued"}),
+                )
+                .await,
                 201,
             )
             .await;
@@ -205,7 +334,12 @@ async fn concurrent_claims_are_exclusive(db: TestDb) {
             assert_eq!(stored["lease_owner"], worker.as_str());
             assert_eq!(stored["status"], "running");
         }
-        assert_eq!(r.post("/api/rounds/claim", json!({"worker": "late"})).await.status(), 204);
+        assert_eq!(
+            r.post("/api/rounds/claim", json!({"worker": "late"}))
+                .await
+                .status(),
+            204
+        );
     }
     s.stop().await;
 }
@@ -216,7 +350,10 @@ async fn blocking_client(db: TestDb) {
     let url = s.url.clone();
     tokio::task::spawn_blocking(move || {
         let c = Client::new(&url, &token).unwrap();
-        let claim = |w: &str, secs| RoundClaim { worker: w.into(), lease_seconds: Some(secs) };
+        let claim = |w: &str, secs| RoundClaim {
+            worker: w.into(),
+            lease_seconds: Some(secs),
+        };
         assert!(c.claim_round(&claim("w1", 60)).unwrap().is_none());
         let q = c
             .create_round(&NewRound {
@@ -244,8 +381,15 @@ async fn blocking_client(db: TestDb) {
         let lost = err.downcast_ref::<LeaseLost>().expect("a LeaseLost error");
         assert_eq!(lost.round_id, q.id);
         // other errors are plain errors
-        let bad = RoundHeartbeat { worker: String::new(), ..Default::default() };
-        assert!(c.heartbeat_round(q.id, &bad).unwrap_err().downcast_ref::<LeaseLost>().is_none());
+        let bad = RoundHeartbeat {
+            worker: String::new(),
+            ..Default::default()
+        };
+        assert!(c
+            .heartbeat_round(q.id, &bad)
+            .unwrap_err()
+            .downcast_ref::<LeaseLost>()
+            .is_none());
         let rounds = c.rounds().unwrap();
         assert_eq!(rounds.len(), 1);
         assert_eq!(rounds[0].lease_owner.as_deref(), Some("w2"));
@@ -266,16 +410,30 @@ fn browser() -> reqwest::Client {
 
 fn hidden(html: &str, name: &str) -> String {
     let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).unwrap_or_else(|| panic!("no hidden {name} in {html}")) + marker.len();
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        + marker.len();
     html[start..].split('"').next().unwrap().to_string()
 }
 
 async fn login(http: &reqwest::Client, url: &str, user: &str) {
-    let page = http.get(format!("{url}/login")).send().await.unwrap().text().await.unwrap();
+    let page = http
+        .get(format!("{url}/login"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let csrf = hidden(&page, "csrf");
     let r = http
         .post(format!("{url}/login"))
-        .form(&[("username", user), ("password", "password123"), ("csrf", &csrf)])
+        .form(&[
+            ("username", user),
+            ("password", "password123"),
+            ("csrf", &csrf),
+        ])
         .send()
         .await
         .unwrap();
@@ -285,7 +443,9 @@ async fn login(http: &reqwest::Client, url: &str, user: &str) {
 async fn dashboard_rounds(db: TestDb) {
     let s = TestServer::start(db).await;
     let api = s.api(&s.token("res", Role::Researcher).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None).await.unwrap();
+    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
+        .await
+        .unwrap();
     let http = browser();
     login(&http, &s.url, "res").await;
     let get = |path: &str| {
@@ -294,10 +454,16 @@ async fn dashboard_rounds(db: TestDb) {
         async move { http.get(url).send().await.unwrap() }
     };
     let html = get("/dashboard").await.text().await.unwrap();
-    assert!(html.contains("id=\"rounds-table\"") && html.contains("No rounds yet"), "{html}");
+    assert!(
+        html.contains("id=\"rounds-table\"") && html.contains("No rounds yet"),
+        "{html}"
+    );
     assert!(html.contains("id=\"queue-round\""));
     for recipe in ["rs", "dpo", "ppo", "rs+ppo", "rs+dpo"] {
-        assert!(html.contains(&format!("<option value=\"{recipe}\"")), "{recipe}");
+        assert!(
+            html.contains(&format!("<option value=\"{recipe}\"")),
+            "{recipe}"
+        );
     }
     let csrf = hidden(&html, "csrf");
     let form = |name: &str, k: &str| {
@@ -338,56 +504,122 @@ async fn dashboard_rounds(db: TestDb) {
         (form(&"n".repeat(201), "4"), "Name"),
         (form("x\u{0}", "4"), "NUL"),
         (
-            form("x", "4").into_iter().map(|(k, v)| if k == "recipe" { (k, "sft".into()) } else { (k, v) }).collect(),
+            form("x", "4")
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "recipe" {
+                        (k, "sft".into())
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
             "Recipe",
         ),
         (
-            form("x", "4").into_iter().map(|(k, v)| if k == "task" { (k, "<script>".into()) } else { (k, v) }).collect(),
+            form("x", "4")
+                .into_iter()
+                .map(|(k, v)| {
+                    if k == "task" {
+                        (k, "<script>".into())
+                    } else {
+                        (k, v)
+                    }
+                })
+                .collect(),
             "Task",
         ),
-        (form("x", "4").into_iter().filter(|(k, _)| k != "labels_wanted").collect(), "Labels wanted"),
+        (
+            form("x", "4")
+                .into_iter()
+                .filter(|(k, _)| k != "labels_wanted")
+                .collect(),
+            "Labels wanted",
+        ),
     ] {
         let resp = post(fields).await;
         assert_eq!(resp.status(), 422, "{needle}");
         let html = resp.text().await.unwrap();
-        assert!(html.contains("id=\"queue-error\"") && html.contains(needle), "{needle}: {html}");
+        assert!(
+            html.contains("id=\"queue-error\"") && html.contains(needle),
+            "{needle}: {html}"
+        );
         assert!(!html.contains("<script>"));
     }
     assert_eq!(api.json("/api/rounds").await.as_array().unwrap().len(), 1);
     // CSRF is required
-    let no_csrf: Vec<(String, String)> = form("y", "4").into_iter().filter(|(k, _)| k != "csrf").collect();
+    let no_csrf: Vec<(String, String)> = form("y", "4")
+        .into_iter()
+        .filter(|(k, _)| k != "csrf")
+        .collect();
     assert_eq!(post(no_csrf).await.status(), 403);
     let mut wrong = form("y", "4");
     wrong[0].1 = "0".repeat(64);
     assert_eq!(post(wrong).await.status(), 403);
 
     // a worker runs it and reports metrics; the dashboard shows them
-    body(api.post("/api/rounds/claim", json!({"worker": "bot<1>"})).await, 200).await;
+    body(
+        api.post("/api/rounds/claim", json!({"worker": "bot<1>"}))
+            .await,
+        200,
+    )
+    .await;
     let metrics = json!({
         "progress": {"step": "policy", "detail": "<i>dpo</i>"},
         "summary": {"gold_reward": 0.25, "rm_accuracy": 0.75, "<img src=x>": 1},
         "series": {"rm_loss": [[0, 0.7], [1, 0.5], [2, 0.4]], "kl": [[0, 0.0], [1, 0.1]], "bad": "x"}
     });
     body(
-        api.post(&format!("/api/rounds/{id}/heartbeat"), json!({"worker": "bot<1>", "metrics": metrics}))
-            .await,
+        api.post(
+            &format!("/api/rounds/{id}/heartbeat"),
+            json!({"worker": "bot<1>", "metrics": metrics}),
+        )
+        .await,
         200,
     )
     .await;
     let html = get("/dashboard").await.text().await.unwrap();
-    assert!(html.contains("&lt;b&gt;round&lt;/b&gt; one") && !html.contains("<b>round"), "{html}");
-    assert!(html.contains("bot&lt;1&gt;") && html.contains(">policy<") && html.contains("0.7500"), "{html}");
-    assert!(!html.contains("<img src=x>") && !html.contains("<i>dpo"), "{html}");
-    assert!(html.contains("<img src=\"/dashboard/plots/gold_reward\""), "{html}");
-    assert!(html.contains("<img src=\"/dashboard/plots/%3Cimg%20src%3Dx%3E\""), "{html}");
+    assert!(
+        html.contains("&lt;b&gt;round&lt;/b&gt; one") && !html.contains("<b>round"),
+        "{html}"
+    );
+    assert!(
+        html.contains("bot&lt;1&gt;") && html.contains(">policy<") && html.contains("0.7500"),
+        "{html}"
+    );
+    assert!(
+        !html.contains("<img src=x>") && !html.contains("<i>dpo"),
+        "{html}"
+    );
+    assert!(
+        html.contains("<img src=\"/dashboard/plots/gold_reward\""),
+        "{html}"
+    );
+    assert!(
+        html.contains("<img src=\"/dashboard/plots/%3Cimg%20src%3Dx%3E\""),
+        "{html}"
+    );
 
     let plot = get("/dashboard/plots/gold_reward").await;
     assert_eq!(plot.status(), 200);
-    assert!(plot.headers()["content-type"].to_str().unwrap().starts_with("image/svg+xml"));
+    assert!(plot.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("image/svg+xml"));
     let svg = plot.text().await.unwrap();
-    assert!(svg.starts_with("<svg") && svg.contains("gold_reward"), "{svg}");
-    let svg = get("/dashboard/plots/%3Cimg%20src%3Dx%3E").await.text().await.unwrap();
-    assert!(svg.contains("&lt;img src=x&gt;") && !svg.contains("<img"), "{svg}");
+    assert!(
+        svg.starts_with("<svg") && svg.contains("gold_reward"),
+        "{svg}"
+    );
+    let svg = get("/dashboard/plots/%3Cimg%20src%3Dx%3E")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        svg.contains("&lt;img src=x&gt;") && !svg.contains("<img"),
+        "{svg}"
+    );
     let svg = get("/dashboard/plots/nothing").await.text().await.unwrap();
     assert!(svg.contains("no data"), "{svg}");
 
@@ -395,12 +627,27 @@ async fn dashboard_rounds(db: TestDb) {
     let page = get(&format!("/dashboard/rounds/{id}")).await;
     assert_eq!(page.status(), 200);
     let page = page.text().await.unwrap();
-    assert!(page.contains(&format!("/dashboard/rounds/{id}/plots/rm_loss")), "{page}");
+    assert!(
+        page.contains(&format!("/dashboard/rounds/{id}/plots/rm_loss")),
+        "{page}"
+    );
     assert!(page.contains(&format!("/dashboard/rounds/{id}/plots/kl")));
-    assert!(page.contains("&quot;rs+dpo&quot;") && !page.contains("<i>dpo"), "{page}");
-    let svg = get(&format!("/dashboard/rounds/{id}/plots/rm_loss")).await.text().await.unwrap();
+    assert!(
+        page.contains("&quot;rs+dpo&quot;") && !page.contains("<i>dpo"),
+        "{page}"
+    );
+    let svg = get(&format!("/dashboard/rounds/{id}/plots/rm_loss"))
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(svg.contains("rm_loss") && svg.contains("step"), "{svg}");
-    assert!(get(&format!("/dashboard/rounds/{id}/plots/bad")).await.text().await.unwrap().contains("no data"));
+    assert!(get(&format!("/dashboard/rounds/{id}/plots/bad"))
+        .await
+        .text()
+        .await
+        .unwrap()
+        .contains("no data"));
     assert_eq!(get("/dashboard/rounds/999").await.status(), 404);
     assert_eq!(get("/dashboard/rounds/abc").await.status(), 400);
     assert_eq!(get("/dashboard/rounds/999/plots/x").await.status(), 404);
@@ -408,16 +655,42 @@ async fn dashboard_rounds(db: TestDb) {
     // labelers and anonymous users get none of it
     let lab = browser();
     login(&lab, &s.url, "lab").await;
-    for path in ["/dashboard/plots/gold_reward".to_string(), format!("/dashboard/rounds/{id}")] {
-        assert_eq!(lab.get(format!("{}{path}", s.url)).send().await.unwrap().status(), 403);
-        let anon = browser().get(format!("{}{path}", s.url)).send().await.unwrap();
+    for path in [
+        "/dashboard/plots/gold_reward".to_string(),
+        format!("/dashboard/rounds/{id}"),
+    ] {
+        assert_eq!(
+            lab.get(format!("{}{path}", s.url))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            403
+        );
+        let anon = browser()
+            .get(format!("{}{path}", s.url))
+            .send()
+            .await
+            .unwrap();
         assert_eq!(anon.status(), 303);
     }
-    let lab_page = lab.get(format!("{}/label", s.url)).send().await.unwrap().text().await.unwrap();
+    let lab_page = lab
+        .get(format!("{}/label", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let lab_csrf = hidden(&lab_page, "csrf");
     let mut f = form("z", "4");
     f[0].1 = lab_csrf;
-    let resp = lab.post(format!("{}/dashboard/rounds", s.url)).form(&f).send().await.unwrap();
+    let resp = lab
+        .post(format!("{}/dashboard/rounds", s.url))
+        .form(&f)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(resp.status(), 403);
     s.stop().await;
 }
@@ -426,7 +699,12 @@ async fn migration_down_and_up(db: TestDb) {
     use migrations::{Migrator, MigratorTrait};
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    body(r.post("/api/rounds", json!({"name": "kept", "status": "queued"})).await, 201).await;
+    body(
+        r.post("/api/rounds", json!({"name": "kept", "status": "queued"}))
+            .await,
+        201,
+    )
+    .await;
     Migrator::down(&s.db, Some(1)).await.expect("down");
     Migrator::up(&s.db, None).await.expect("up");
     let rounds = r.json("/api/rounds").await;
@@ -441,12 +719,24 @@ fn plots_render_and_escape() {
         "reward <script>alert('t')</script> & more",
         "step \"x\"",
         &[
-            ("policy_loss".into(), vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 0.5)]),
-            ("reward".into(), vec![(0.0, -1.0), (1.0, f64::INFINITY), (2.0, 2.0)]),
+            (
+                "policy_loss".into(),
+                vec![(0.0, 1.0), (1.0, f64::NAN), (2.0, 0.5)],
+            ),
+            (
+                "reward".into(),
+                vec![(0.0, -1.0), (1.0, f64::INFINITY), (2.0, 2.0)],
+            ),
         ],
     );
-    assert!(svg.contains("policy_loss") && svg.contains("reward"), "{svg}");
-    assert!(!svg.contains("<script") && svg.contains("&lt;script&gt;"), "{svg}");
+    assert!(
+        svg.contains("policy_loss") && svg.contains("reward"),
+        "{svg}"
+    );
+    assert!(
+        !svg.contains("<script") && svg.contains("&lt;script&gt;"),
+        "{svg}"
+    );
     assert!(!svg.contains("NaN") && !svg.contains("inf"), "{svg}");
     assert!(line_chart_svg("empty", "x", &[]).contains("no data"));
 }

@@ -40,7 +40,12 @@ impl MigrationTrait for Migration {
 
     async fn down(&self, manager: &SchemaManager) -> Result<(), DbErr> {
         manager
-            .drop_index(Index::drop().name("idx_rounds_status").table("rounds").to_owned())
+            .drop_index(
+                Index::drop()
+                    .name("idx_rounds_status")
+                    .table("rounds")
+                    .to_owned(),
+            )
             .await?;
         for col in ["state", "lease_expires_at", "lease_owner"] {
             manager

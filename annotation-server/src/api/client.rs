@@ -277,7 +277,11 @@ impl Client {
             let message = serde_json::from_str::<ErrorBody>(&text)
                 .map(|e| e.message)
                 .unwrap_or(text);
-            return Err(LeaseLost { round_id: id, message }.into());
+            return Err(LeaseLost {
+                round_id: id,
+                message,
+            }
+            .into());
         }
         Ok(Self::check(resp)?.json()?)
     }

@@ -4,8 +4,8 @@ use crate::accounts;
 use crate::api::{
     AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons,
     CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress,
-    NewRound, NewToken, NewUser, Prompt, Round, RoundClaim, RoundHeartbeat, RoundUpdate, SubmitLabel, Task, TokenCreated,
-    UserInfo,
+    NewRound, NewToken, NewUser, Prompt, Round, RoundClaim, RoundHeartbeat, RoundUpdate,
+    SubmitLabel, Task, TokenCreated, UserInfo,
 };
 use crate::assign;
 use crate::audit;

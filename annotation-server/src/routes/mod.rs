@@ -60,7 +60,10 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard", get(ui::dashboard))
         .route("/dashboard/rounds", post(ui::queue_round))
         .route("/dashboard/rounds/{id}", get(ui::round_page))
-        .route("/dashboard/rounds/{id}/plots/{series}", get(ui::series_plot))
+        .route(
+            "/dashboard/rounds/{id}/plots/{series}",
+            get(ui::series_plot),
+        )
         .route("/dashboard/plots/{metric}", get(ui::summary_plot))
         .route(
             "/static/app.css",

@@ -48,7 +48,11 @@ impl Default for QueueForm {
 
 impl QueueForm {
     fn from_map(form: &HashMap<String, String>) -> QueueForm {
-        let get = |k: &str| form.get(k).map(|v| v.trim().to_string()).unwrap_or_default();
+        let get = |k: &str| {
+            form.get(k)
+                .map(|v| v.trim().to_string())
+                .unwrap_or_default()
+        };
         QueueForm {
             name: get("name"),
             recipe: get("recipe"),
@@ -158,7 +162,12 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
         let summary = plots::summary_numbers(&r.metrics);
         let cells: String = metrics
             .iter()
-            .map(|m| format!("<td>{}</td>", summary.get(m).map(|v| num(*v)).unwrap_or_default()))
+            .map(|m| {
+                format!(
+                    "<td>{}</td>",
+                    summary.get(m).map(|v| num(*v)).unwrap_or_default()
+                )
+            })
             .collect();
         rows.push_str(&format!(
             "<tr id=\"round-{id}\"><td><a href=\"/dashboard/rounds/{id}\">{id}</a></td><td><a href=\"/dashboard/rounds/{id}\">{}</a></td>\
@@ -180,7 +189,12 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
         ));
     }
     let err = error
-        .map(|e| format!("<p class=\"error\" role=\"alert\" id=\"queue-error\">{}</p>", esc(e)))
+        .map(|e| {
+            format!(
+                "<p class=\"error\" role=\"alert\" id=\"queue-error\">{}</p>",
+                esc(e)
+            )
+        })
         .unwrap_or_default();
     let f = form;
     let queue = format!(
@@ -216,7 +230,9 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
     let plots_html = if figures.is_empty() {
         String::new()
     } else {
-        format!("<h2>Metrics over rounds</h2><div class=\"plots\" id=\"round-plots\">{figures}</div>")
+        format!(
+            "<h2>Metrics over rounds</h2><div class=\"plots\" id=\"round-plots\">{figures}</div>"
+        )
     };
     format!(
         "<section id=\"rounds\"><h1>Rounds</h1><table id=\"rounds-table\"><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>\
@@ -241,15 +257,27 @@ pub async fn queue_round(
     let req = match typed.to_round() {
         Ok(r) => r,
         Err(msg) => {
-            return super::render_dashboard(&s, &sess, &typed, Some(&msg), StatusCode::UNPROCESSABLE_ENTITY)
-                .await
+            return super::render_dashboard(
+                &s,
+                &sess,
+                &typed,
+                Some(&msg),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
     };
     match rounds::create(&s.db, req, sess.user.id).await {
         Ok(r) => Ok(Redirect::to(&format!("/dashboard#round-{}", r.id)).into_response()),
         Err(e @ (AppError::Unprocessable(_) | AppError::BadRequest(_))) => {
-            super::render_dashboard(&s, &sess, &typed, Some(&e.to_string()), StatusCode::UNPROCESSABLE_ENTITY)
-                .await
+            super::render_dashboard(
+                &s,
+                &sess,
+                &typed,
+                Some(&e.to_string()),
+                StatusCode::UNPROCESSABLE_ENTITY,
+            )
+            .await
         }
         Err(e) => Err(e.into()),
     }
