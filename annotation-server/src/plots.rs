@@ -54,14 +54,27 @@ fn usable(v: f64) -> bool {
     v.is_finite() && v.abs() < LIMIT
 }
 
-/// An axis range covering `lo..hi` (with `pad` of margin), never empty.
-fn axis(lo: f64, hi: f64, pad: f64) -> (f64, f64) {
+/// An axis range covering `lo..hi` with margins `below` and `above` (as
+/// fractions of the span), never empty.
+fn axis(lo: f64, hi: f64, below: f64, above: f64) -> (f64, f64) {
     let span = hi - lo;
     if span <= f64::EPSILON * lo.abs().max(hi.abs()).max(1e-300) {
         let d = (lo.abs() * 0.1).max(0.5);
         return (lo - d, hi + d);
     }
-    (lo - span * pad, hi + span * pad)
+    (lo - span * below, hi + span * above)
+}
+
+/// A tick label: whole numbers without decimals, others short.
+fn tick(v: f64) -> String {
+    if v.fract() == 0.0 && v.abs() < 1e15 {
+        format!("{v:.0}")
+    } else if v != 0.0 && (v.abs() < 1e-3 || v.abs() >= 1e6) {
+        format!("{v:.2e}")
+    } else {
+        let t = format!("{v:.4}");
+        t.trim_end_matches('0').trim_end_matches('.').to_string()
+    }
 }
 
 /// A line chart of `series` (name, points) as an SVG document. Points with a
@@ -152,8 +165,18 @@ where
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
-    let (x0, x1) = axis(x0, x1, 0.02);
-    let (y0, y1) = axis(y0, y1, 0.08);
+    // whole-number x (round ids, steps) with few values: one tick per value
+    let whole_x = data
+        .iter()
+        .all(|(_, p)| p.iter().all(|(x, _)| x.fract() == 0.0));
+    let x_ticks = if whole_x && x1 - x0 < 8.0 {
+        (x1 - x0) as usize + 1
+    } else {
+        8
+    };
+    let (x0, x1) = axis(x0, x1, 0.04, 0.04);
+    // room at the top for the legend
+    let (y0, y1) = axis(y0, y1, 0.08, 0.25);
     root.fill(&WHITE)?;
     let mut chart = ChartBuilder::on(root)
         .caption(title, ("sans-serif", 20))
@@ -164,8 +187,10 @@ where
     chart
         .configure_mesh()
         .x_desc(x_label)
-        .x_labels(8)
+        .x_labels(x_ticks)
         .y_labels(6)
+        .x_label_formatter(&|v| tick(*v))
+        .y_label_formatter(&|v| tick(*v))
         .label_style(("sans-serif", 12))
         .light_line_style(RGBColor(235, 235, 235))
         .draw()?;
