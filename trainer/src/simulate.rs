@@ -459,8 +459,8 @@ pub struct SimulateArgs {
     /// Seed of the bots' noise.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Gold-gap thresholds for significantly better, better, slightly better.
-    #[arg(long, value_delimiter = ',', num_args = 3, default_values_t = [0.6f32, 0.3, 0.1])]
+    /// Gold-gap thresholds for significantly better, better, slightly better (3 numbers, comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "0.6,0.3,0.1")]
     pub strength_thresholds: Vec<f32>,
     /// Keep polling for new tasks every second until Ctrl-C.
     #[arg(long)]

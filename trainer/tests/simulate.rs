@@ -289,6 +289,7 @@ fn the_cli_labels_arithmetic_through_the_server() {
     let (batch, ids) = create_batch(&s, "cli", "Q: 12+7=", &sets, 2);
     let cli = Cli::try_parse_from([
         "rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--task", "arithmetic", "--bots", "2", "--temperature", "0", "--seed", "3",
+        "--strength-thresholds", "0.9,0.5,0.2",
     ])
     .unwrap();
     let Cmd::Label(a) = cli.cmd;
@@ -309,6 +310,9 @@ fn the_cli_labels_arithmetic_through_the_server() {
     let cli = Cli::try_parse_from(["rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--temperature=-1"]).unwrap();
     let Cmd::Label(a) = cli.cmd;
     assert!(trainer::simulate::run(a).unwrap_err().to_string().contains("temperature"));
+    let cli = Cli::try_parse_from(["rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--strength-thresholds", "0.5,0.1"]).unwrap();
+    let Cmd::Label(a) = cli.cmd;
+    assert!(trainer::simulate::run(a).unwrap_err().to_string().contains("3 numbers"));
 }
 
 #[test]
