@@ -24,3 +24,7 @@ pub mod cli;
 pub mod tasks;
 pub mod simulate;
 pub mod eval;
+pub mod round;
+pub mod worker;
+pub mod demo;
+pub mod export;

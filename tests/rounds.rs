@@ -1,0 +1,161 @@
+//! Alignment rounds end to end through the real binary: `rlhf demo` runs
+//! rounds of each recipe with simulated labelers against a real server on a
+//! temporary SQLite file; a worker killed in the middle of a round is
+//! restarted and finishes it without duplicating comparisons or losing
+//! labels; the exported model loads and generates.
+use serde_json::Value;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn rlhf(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("run rlhf")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = rlhf(args);
+    assert!(o.status.success(), "rlhf {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    String::from_utf8_lossy(&o.stdout).to_string()
+}
+
+fn demo(out: &Path, recipe: &str) -> Value {
+    let o = out.to_str().unwrap();
+    let table = ok(&["demo", "--out", o, "--recipe", recipe, "--rounds", "1", "--quiet"]);
+    assert!(table.contains("| 1 |"), "{table}");
+    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    r
+}
+
+fn gold(report: &Value, i: usize) -> f64 {
+    report["rounds"][i]["gold_reward"].as_f64().unwrap()
+}
+
+fn check_recipe(recipe: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("demo");
+    let r = demo(&out, recipe);
+    let (before, after) = (gold(&r, 0), gold(&r, 1));
+    eprintln!("{recipe}: gold reward {before:.3} -> {after:.3}; {}", r["rounds"][1]);
+    assert!(after > before, "{recipe}: gold reward {before} -> {after}");
+    let round = &r["rounds"][1];
+    assert!(round["rm_accuracy"].as_f64().unwrap() > 0.5, "reward model trained: {round}");
+    assert!(round["kl_to_initial"].is_number());
+    let output = round["output"].as_str().unwrap();
+    assert!(Path::new(output).join("model.safetensors").exists());
+    // the round's reward model and its comparisons
+    let rm = out.join("rounds").join("demo-review-1").join("rm");
+    assert!(rm.join("eval_report.json").exists(), "{}", rm.display());
+}
+
+#[test]
+fn demo_round_with_dpo_raises_the_gold_reward() {
+    check_recipe("dpo");
+}
+
+#[test]
+fn demo_round_with_rejection_sampling_raises_the_gold_reward() {
+    check_recipe("rs");
+}
+
+#[test]
+fn demo_round_with_ppo_raises_the_gold_reward() {
+    check_recipe("ppo");
+}
+
+#[test]
+fn demo_round_with_rs_then_ppo_raises_the_gold_reward() {
+    check_recipe("rs+ppo");
+}
+
+#[test]
+fn demo_round_with_rs_then_dpo_raises_the_gold_reward() {
+    check_recipe("rs+dpo");
+}
+
+struct Server(Child);
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
+    let f = std::fs::File::create(log).unwrap();
+    let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf"));
+    c.args(args).stdout(f.try_clone().unwrap()).stderr(f);
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    c.spawn().unwrap()
+}
+
+fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
+    // the demo's policy and prompts, without its rounds: --rounds 0 builds and serves nothing else
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let bind = format!("127.0.0.1:{port}");
+    let url = format!("http://{bind}");
+    let db = format!("sqlite://{}", d("db.sqlite"));
+    let _server = Server(spawn(&["serve", "--bind", &bind, "--database-url", &db], &[("RLHF_ADMIN_PASSWORD", "pw-for-tests-123")], &dir.join("server.log")));
+    wait_until("the server", 60, || std::net::TcpStream::connect(&bind).is_ok());
+    let token = ok(&["token", "create", "--username", "admin", "--database-url", &db]).trim().to_string();
+    // a policy and prompts of the review task
+    let policy = d("policy");
+    ok(&["policy", "init", "--out", &policy, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab-size", "300"]);
+    let prompts: String = (0..12).map(|i| format!("{{\"prompt\": \"Review of film {i}:\", \"source\": \"fault\"}}\n")).collect();
+    std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
+    let client_env = [("RLHF_SERVER", url.as_str()), ("RLHF_TOKEN", token.as_str())];
+    let import = Command::new("curl").args(["-s", "-f", "-X", "POST", "-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/x-ndjson", "--data-binary", &format!("@{}", d("prompts.jsonl")), &format!("{url}/api/prompts/import")]).output().unwrap();
+    assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
+    let start = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["round", "start", "--recipe", "dpo", "--policy", &policy, "--prompt-source", "fault", "--text-prompts", "--task", "review", "--workdir", &d("rounds"), "--prompts-per-round", "12", "--k", "2", "--labels-wanted", "2", "--max-new-tokens", "8", "--rm-lr", "1e-3", "--policy-lr", "1e-3", "--policy-steps", "200"])
+        .envs(client_env)
+        .output()
+        .unwrap();
+    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    let round: Value = serde_json::from_str(&String::from_utf8_lossy(&start.stdout)).unwrap();
+    let id = round["id"].as_i64().unwrap().to_string();
+    let status = || -> Value { serde_json::from_str(&String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_rlhf")).args(["round", "status", &id]).envs(client_env).output().unwrap().stdout)).unwrap() };
+    // bots label whatever appears
+    let mut bots = spawn(&["label", "simulate", "--server", &url, "--token", &token, "--task", "review", "--bots", "2", "--watch"], &[], &dir.join("bots.log"));
+    // the worker: killed once it is training the policy (labels in, reward model done)
+    let worker_args = ["worker", "--once", "--name", "w1", "--lease-seconds", "5", "--quiet"];
+    let mut w = spawn(&worker_args, &client_env, &dir.join("worker1.log"));
+    wait_until("the policy step", 300, || status()["metrics"]["progress"]["step"] == "policy");
+    std::thread::sleep(Duration::from_millis(500));
+    w.kill().unwrap();
+    w.wait().unwrap();
+    assert_eq!(status()["status"], "running");
+    // restarted (same name: it continues its own round)
+    let mut w2 = spawn(&worker_args, &client_env, &dir.join("worker2.log"));
+    wait_until("the round to finish", 600, || status()["status"] == "done");
+    assert!(w2.wait().unwrap().success(), "{}", std::fs::read_to_string(dir.join("worker2.log")).unwrap());
+    bots.kill().unwrap();
+    let _ = bots.wait();
+    // one batch with exactly 12 comparisons, each with 2 labels
+    let batches = Command::new("curl").args(["-s", "-f", "-H", &format!("Authorization: Bearer {token}"), &format!("{url}/api/batches")]).output().unwrap();
+    let b: Value = serde_json::from_slice(&batches.stdout).unwrap();
+    let mine: Vec<&Value> = b.as_array().unwrap().iter().filter(|x| x["round_id"].as_i64().map(|r| r.to_string()) == Some(id.clone())).collect();
+    assert_eq!(mine.len(), 1, "{b}");
+    assert_eq!(mine[0]["comparisons"], 12);
+    assert_eq!(mine[0]["labels"], 24);
+    // export the round's model and generate with it
+    let exported = d("export");
+    let e = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(["export", "--round", &id, "--out", &exported]).envs(client_env).output().unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let card = std::fs::read_to_string(Path::new(&exported).join("README.md")).unwrap();
+    assert!(card.contains("12 comparisons") && card.contains("24 labels"), "{card}");
+    ok(&["policy", "generate", "--model", &exported, "--prompt", "Review of film 3:", "--max-new-tokens", "5"]);
+}

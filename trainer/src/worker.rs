@@ -1,0 +1,253 @@
+//! `rlhf worker` (claims queued rounds from the server and runs them) and
+//! `rlhf round start|status|list`.
+use crate::round::{self, Ctx, Recipe, RoundConfig, StageSettings};
+use anyhow::{bail, Context, Result};
+use annotation_server::api::client::Client;
+use annotation_server::api::{NewRound, Round, RoundClaim};
+use clap::{Args, Subcommand};
+use policy::cli::{DeviceKind, OnDevice};
+use policy::model::Dev;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Where the annotation server is.
+#[derive(Args, Debug, Clone)]
+pub struct ServerArgs {
+    /// The annotation server, e.g. http://127.0.0.1:8080.
+    #[arg(long, env = "RLHF_SERVER", default_value = "http://127.0.0.1:8080")]
+    pub server: String,
+    /// A researcher (or admin) API token (`rlhf token create`).
+    #[arg(long, env = "RLHF_TOKEN", hide_env_values = true)]
+    pub token: String,
+}
+
+/// `rlhf worker`.
+#[derive(Args, Debug)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    /// This worker's name (the lease owner). A restarted worker with the same
+    /// name continues the round it was running.
+    #[arg(long)]
+    pub name: Option<String>,
+    /// Seconds a claimed round stays ours without a heartbeat.
+    #[arg(long, default_value_t = 300)]
+    pub lease_seconds: u64,
+    /// Seconds between polls when no round is queued.
+    #[arg(long, default_value_t = 5)]
+    pub poll_seconds: u64,
+    /// Run at most one round, then exit (with nothing queued: exit at once).
+    #[arg(long)]
+    pub once: bool,
+    #[arg(long, value_enum, default_value = "cpu")]
+    pub device: DeviceKind,
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+/// `rlhf round ...`.
+#[derive(Args, Debug)]
+pub struct RoundArgs {
+    #[command(flatten)]
+    pub server: ServerArgs,
+    #[command(subcommand)]
+    pub command: RoundCommand,
+}
+
+/// Round subcommands.
+#[derive(Subcommand, Debug)]
+pub enum RoundCommand {
+    /// Queue a round for a worker.
+    Start(Box<StartArgs>),
+    /// Show one round (status, progress, metrics) as JSON.
+    Status { id: i64 },
+    /// List rounds.
+    List,
+}
+
+/// `rlhf round start`.
+#[derive(Args, Debug)]
+pub struct StartArgs {
+    #[arg(long, value_enum)]
+    pub recipe: Recipe,
+    /// Starting policy [the output of the last finished round of the same prompt source].
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Server prompts with this source are the pool rounds draw from.
+    #[arg(long)]
+    pub prompt_source: String,
+    /// Prompts are plain text (else chat messages through the chat template).
+    #[arg(long)]
+    pub text_prompts: bool,
+    /// A built-in task with a gold reward for evaluation (review, arithmetic).
+    #[arg(long)]
+    pub task: Option<String>,
+    /// Where round outputs go (a folder per round is made inside).
+    #[arg(long, default_value = "rlhf-rounds")]
+    pub workdir: PathBuf,
+    #[arg(long)]
+    pub name: Option<String>,
+    #[arg(long, default_value_t = 32)]
+    pub prompts_per_round: usize,
+    /// Responses per prompt (one comparison of K).
+    #[arg(long, default_value_t = 4)]
+    pub k: usize,
+    #[arg(long, default_value_t = 1)]
+    pub labels_wanted: u32,
+    #[arg(long, default_value_t = 1.0)]
+    pub temperature: f32,
+    #[arg(long, default_value_t = 64)]
+    pub max_new_tokens: usize,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Learning rates / steps of the stages (default: the CLI defaults).
+    #[arg(long)]
+    pub rm_lr: Option<f32>,
+    #[arg(long)]
+    pub rm_steps: Option<u64>,
+    #[arg(long)]
+    pub policy_lr: Option<f32>,
+    #[arg(long)]
+    pub policy_steps: Option<u64>,
+}
+
+impl OnDevice for WorkerArgs {
+    fn run_on<D: Dev>(self, dev: &D) -> Result<()> {
+        worker(&self, dev)
+    }
+}
+
+/// Runs `rlhf worker`.
+pub fn run_worker(a: WorkerArgs) -> Result<()> {
+    a.device.dispatch(a)
+}
+
+fn default_name() -> String {
+    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
+    format!("worker@{}", if host.is_empty() { "localhost" } else { &host })
+}
+
+/// Claims the next round for `worker`: first one it already holds (a restart), then a queued or abandoned one.
+pub fn claim(client: &Client, worker: &str, lease_seconds: u64) -> Result<Option<Round>> {
+    if let Some(r) = client.rounds()?.into_iter().find(|r| r.status == "running" && r.lease_owner.as_deref() == Some(worker)) {
+        return Ok(Some(r));
+    }
+    client.claim_round(&RoundClaim { worker: worker.to_string(), lease_seconds: Some(lease_seconds) })
+}
+
+fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
+    let name = a.name.clone().unwrap_or_else(default_name);
+    let ctx = Ctx::new(&a.server.server, &a.server.token, &name, a.lease_seconds, a.device, a.quiet)?;
+    policy::train_loop::install_interrupt_handler();
+    eprintln!("worker {name} polling {}", a.server.server);
+    loop {
+        if policy::train_loop::interrupted() {
+            return Ok(());
+        }
+        match claim(&ctx.client, &name, a.lease_seconds)? {
+            Some(r) => {
+                eprintln!("running round {} ({})", r.id, r.name);
+                match round::run(&ctx, &r, dev) {
+                    Ok(state) => eprintln!("round {} done: {}", r.id, state.output.map(|p| p.display().to_string()).unwrap_or_default()),
+                    Err(e) if policy::train_loop::interrupted() => {
+                        eprintln!("round {} interrupted ({e:#}); run the worker again to continue it", r.id);
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        // the round stays `running` under our lease: a restart retries it
+                        eprintln!("round {} failed: {e:#}", r.id);
+                        return Err(e);
+                    }
+                }
+                if a.once {
+                    return Ok(());
+                }
+            }
+            None if a.once => return Ok(()),
+            None => std::thread::sleep(Duration::from_secs(a.poll_seconds.max(1))),
+        }
+    }
+}
+
+/// Runs `rlhf round ...`.
+pub fn run_round(a: RoundArgs) -> Result<()> {
+    let client = Client::new(&a.server.server, &a.server.token)?;
+    match a.command {
+        RoundCommand::Start(s) => {
+            let r = start(&client, &s)?;
+            eprintln!("queued round {} ({}); a worker (`rlhf worker`) will run it", r.id, r.name);
+            println!("{}", serde_json::to_string_pretty(&r)?);
+        }
+        RoundCommand::Status { id } => println!("{}", serde_json::to_string_pretty(&client.round(id)?)?),
+        RoundCommand::List => {
+            for r in client.rounds()? {
+                let step = r.metrics.pointer("/progress/step").and_then(|v| v.as_str()).unwrap_or("");
+                println!("{}\t{}\t{}\t{}\t{}", r.id, r.name, r.status, step, r.metrics.get("summary").map(|v| v.to_string()).unwrap_or_default());
+            }
+        }
+    }
+    Ok(())
+}
+
+fn absolute(p: &Path) -> Result<PathBuf> {
+    std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
+}
+
+/// Queues a round made by [`round_config`].
+pub fn start(client: &Client, s: &StartArgs) -> Result<Round> {
+    let (name, cfg) = round_config(client, s)?;
+    queue(client, &name, &cfg)
+}
+
+/// Queues a round with this configuration.
+pub fn queue(client: &Client, name: &str, cfg: &RoundConfig) -> Result<Round> {
+    client.create_round(&NewRound { name: name.to_string(), config: Some(serde_json::to_value(cfg)?), status: Some("queued".into()) })
+}
+
+/// A round's name and configuration: it records the starting policy (default:
+/// the last finished round's output of the same prompt source) and the series' first policy.
+pub fn round_config(client: &Client, s: &StartArgs) -> Result<(String, RoundConfig)> {
+    if let Some(t) = &s.task {
+        crate::tasks::task(t)?;
+    }
+    let series: Vec<Round> = client
+        .rounds()?
+        .into_iter()
+        .filter(|r| r.config.get("prompt_source").and_then(|v| v.as_str()) == Some(s.prompt_source.as_str()))
+        .collect();
+    let last_done = series.iter().filter(|r| r.status == "done").max_by_key(|r| r.id);
+    let policy = match (&s.policy, last_done) {
+        (Some(p), _) => absolute(p)?,
+        (None, Some(r)) => r.state.get("output").and_then(|v| v.as_str()).map(PathBuf::from).with_context(|| format!("round {} has no output", r.id))?,
+        (None, None) => bail!("--policy is needed for the first round of prompt source `{}`", s.prompt_source),
+    };
+    if !policy.join("config.json").is_file() {
+        bail!("{} is not a policy checkpoint", policy.display());
+    }
+    let initial = series.iter().min_by_key(|r| r.id).and_then(|r| r.config.get("initial_policy").and_then(|v| v.as_str()).map(PathBuf::from)).unwrap_or_else(|| policy.clone());
+    let index = series.len() as u64 + 1;
+    let name = s.name.clone().unwrap_or_else(|| format!("{}-{index}", s.prompt_source));
+    let workdir = absolute(&s.workdir)?.join(&name);
+    let cfg = RoundConfig {
+        recipe: s.recipe,
+        task: s.task.clone(),
+        policy,
+        initial_policy: initial,
+        workdir,
+        prompt_source: s.prompt_source.clone(),
+        prompt_format: if s.text_prompts { "text".into() } else { "chat".into() },
+        index,
+        prompts_per_round: s.prompts_per_round,
+        k: s.k,
+        labels_wanted: s.labels_wanted,
+        temperature: s.temperature,
+        max_new_tokens: s.max_new_tokens,
+        seed: s.seed,
+        eval_prompts: 64,
+        rm: StageSettings { lr: s.rm_lr, steps: s.rm_steps, ..StageSettings::default() },
+        rs: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
+        dpo: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
+        ppo: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
+    };
+    Ok((name, cfg))
+}
