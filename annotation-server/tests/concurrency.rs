@@ -17,13 +17,28 @@ const COMPARISONS: usize = 60;
 const WANTED: u32 = 3;
 
 async fn scalar(s: &TestServer, sql: &str) -> i64 {
-    let backend = s.db.get_database_backend();
-    let row =
-        s.db.query_one_raw(Statement::from_string(backend, sql.to_string()))
-            .await
-            .unwrap()
-            .unwrap();
+    scalar_on(&s.db, sql).await
+}
+
+async fn scalar_on(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
+    let backend = db.get_database_backend();
+    let row = db
+        .query_one_raw(Statement::from_string(backend, sql.to_string()))
+        .await
+        .unwrap()
+        .unwrap();
     row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Open comparisons this labeler could still get once others' leases end
+/// (another labeler may skip a slot after this one was told "nothing now").
+async fn still_possible(db: &sea_orm::DatabaseConnection, labeler: &str) -> i64 {
+    scalar_on(db, &format!(
+        "SELECT COUNT(*) FROM comparisons c WHERE c.state <> 'complete' \
+         AND NOT EXISTS (SELECT 1 FROM labels l JOIN users u ON u.id = l.labeler_id WHERE l.comparison_id = c.id AND u.username = '{labeler}') \
+         AND NOT EXISTS (SELECT 1 FROM skips k JOIN users u ON u.id = k.labeler_id WHERE k.comparison_id = c.id AND u.username = '{labeler}')"
+    ))
+    .await
 }
 
 async fn parallel_labelers_never_over_collect(db: TestDb) {
@@ -54,12 +69,17 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
     }
     let mut tasks = vec![];
     for (i, api) in apis.into_iter().enumerate() {
+        let db = s.db.clone();
         tasks.push(tokio::spawn(async move {
             let (mut labeled, mut skipped) = (0usize, 0usize);
             loop {
                 let t = api.get("/api/tasks/next").await;
                 if t.status() == 204 {
-                    break;
+                    if still_possible(&db, &format!("lab{i}")).await == 0 {
+                        break;
+                    }
+                    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+                    continue;
                 }
                 assert_eq!(t.status(), 200, "next task");
                 let id = t.json::<serde_json::Value>().await.unwrap()["comparison_id"]
