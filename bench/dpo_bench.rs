@@ -19,7 +19,12 @@ use trainer::policy_io::PolicyFiles;
 
 fn peak_rss_mib() -> f64 {
     let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines().find(|l| l.starts_with("VmHWM:")).and_then(|l| l.split_whitespace().nth(1)).and_then(|k| k.parse::<f64>().ok()).unwrap_or(0.0) / 1024.0
+    s.lines()
+        .find(|l| l.starts_with("VmHWM:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|k| k.parse::<f64>().ok())
+        .unwrap_or(0.0)
+        / 1024.0
 }
 
 /// The `small` preset shape with random weights.
@@ -33,7 +38,12 @@ pub fn small(dev: &Cpu) -> anyhow::Result<Llama<Cpu>> {
 }
 
 fn main() -> anyhow::Result<()> {
-    let arg = |i: usize, d: usize| std::env::args().nth(i).and_then(|s| s.parse().ok()).unwrap_or(d);
+    let arg = |i: usize, d: usize| {
+        std::env::args()
+            .nth(i)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(d)
+    };
     let (pairs, plen, rlen, steps) = (arg(1, 8), arg(2, 64), arg(3, 64), arg(4, 4) as u64);
     let warmup = 2u64;
     let dev = Cpu::default();
@@ -41,10 +51,23 @@ fn main() -> anyhow::Result<()> {
     let params: usize = model.to_host_tensors().values().map(|t| t.data.len()).sum();
     let mut rng = StdRng::seed_from_u64(0);
     let mut seq = |n: usize| -> Vec<u32> { (0..n).map(|_| rng.gen_range(3..4096)).collect() };
-    let data: Vec<PreferencePair> = (0..pairs as u64 * (warmup + steps)).map(|_| PreferencePair { prompt: seq(plen), chosen: seq(rlen), rejected: seq(rlen) }).collect();
+    let data: Vec<PreferencePair> = (0..pairs as u64 * (warmup + steps))
+        .map(|_| PreferencePair {
+            prompt: seq(plen),
+            chosen: seq(rlen),
+            rejected: seq(rlen),
+        })
+        .collect();
     let t0 = std::time::Instant::now();
     let reference = model.clone();
-    let mut stage = DpoStage::new(DpoConfig::default(), &reference, data, vec![], PolicyFiles::default(), pairs * 2)?;
+    let mut stage = DpoStage::new(
+        DpoConfig::default(),
+        &reference,
+        data,
+        vec![],
+        PolicyFiles::default(),
+        pairs * 2,
+    )?;
     let ref_s = t0.elapsed().as_secs_f64();
     drop(reference);
     let cfg = LoopConfig {
@@ -61,8 +84,16 @@ fn main() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let out = dir.path().join("dpo");
     train_loop::run(&mut model, &mut stage, &cfg, &out, None)?;
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(train_loop::metrics_path(&out))?.lines().map(serde_json::from_str).collect::<Result<_, _>>()?;
-    let timed: Vec<f64> = lines.iter().skip(warmup as usize).filter_map(|l| l["train_samples_per_second"].as_f64()).map(|sps| pairs as f64 / sps).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(train_loop::metrics_path(&out))?
+        .lines()
+        .map(serde_json::from_str)
+        .collect::<Result<_, _>>()?;
+    let timed: Vec<f64> = lines
+        .iter()
+        .skip(warmup as usize)
+        .filter_map(|l| l["train_samples_per_second"].as_f64())
+        .map(|sps| pairs as f64 / sps)
+        .collect();
     let step_s = timed.iter().sum::<f64>() / timed.len().max(1) as f64;
     let threads = std::env::var("RAYON_NUM_THREADS").unwrap_or_else(|_| "all".into());
     println!(

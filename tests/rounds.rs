@@ -5,24 +5,35 @@
 //! labels; the exported model loads and generates.
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Output};
 use std::time::{Duration, Instant};
 
 fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("run rlhf")
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .output()
+        .expect("run rlhf")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = rlhf(args);
-    assert!(o.status.success(), "rlhf {args:?} failed:\n{}\n{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "rlhf {args:?} failed:\n{}\n{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8_lossy(&o.stdout).to_string()
 }
 
 fn demo(out: &Path, recipe: &str) -> Value {
     let o = out.to_str().unwrap();
-    let table = ok(&["demo", "--out", o, "--recipe", recipe, "--rounds", "1", "--quiet"]);
+    let table = ok(&[
+        "demo", "--out", o, "--recipe", recipe, "--rounds", "1", "--quiet",
+    ]);
     assert!(table.contains("| 1 |"), "{table}");
-    let r: Value = serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
+    let r: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("report.json")).unwrap()).unwrap();
     r
 }
 
@@ -35,16 +46,36 @@ fn check_recipe(recipe: &str) {
     let out = tmp.path().join("demo");
     let r = demo(&out, recipe);
     let (before, after) = (gold(&r, 0), gold(&r, 1));
-    eprintln!("{recipe}: gold reward {before:.3} -> {after:.3}; {}", r["rounds"][1]);
+    eprintln!(
+        "{recipe}: gold reward {before:.3} -> {after:.3}; {}",
+        r["rounds"][1]
+    );
     assert!(after > before, "{recipe}: gold reward {before} -> {after}");
     let round = &r["rounds"][1];
-    assert!(round["rm_accuracy"].as_f64().unwrap() > 0.5, "reward model trained: {round}");
+    assert!(
+        round["rm_accuracy"].as_f64().unwrap() > 0.5,
+        "reward model trained: {round}"
+    );
     assert!(round["kl_to_initial"].is_number());
     let output = round["output"].as_str().unwrap();
     assert!(Path::new(output).join("model.safetensors").exists());
-    // the round's reward model and its comparisons
-    let rm = out.join("rounds").join("demo-review-1").join("rm");
-    assert!(rm.join("eval_report.json").exists(), "{}", rm.display());
+    // the round's reward model and its plots
+    let workdir = out
+        .join("rounds")
+        .join(format!("round-{}", round["round_id"]));
+    assert!(
+        workdir.join("rm").join("eval_report.json").exists(),
+        "{}",
+        workdir.display()
+    );
+    assert!(
+        workdir
+            .join("plots")
+            .join("summary-gold_reward.svg")
+            .exists(),
+        "{}",
+        workdir.display()
+    );
 }
 
 #[test]
@@ -93,9 +124,171 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
-        assert!(t0.elapsed() < Duration::from_secs(secs), "timed out waiting for {what}");
+        assert!(
+            t0.elapsed() < Duration::from_secs(secs),
+            "timed out waiting for {what}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A server with an admin token, stopped when dropped.
+struct TestServer {
+    _child: Server,
+    url: String,
+    token: String,
+}
+
+fn start_server(dir: &Path) -> TestServer {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bind = format!("127.0.0.1:{port}");
+    let db = format!("sqlite://{}", dir.join("db.sqlite").display());
+    let child = Server(spawn(
+        &["serve", "--bind", &bind, "--database-url", &db],
+        &[("RLHF_ADMIN_PASSWORD", "pw-for-tests-123")],
+        &dir.join("server.log"),
+    ));
+    wait_until("the server", 60, || {
+        std::net::TcpStream::connect(&bind).is_ok()
+    });
+    let token = ok(&[
+        "token",
+        "create",
+        "--username",
+        "admin",
+        "--database-url",
+        &db,
+    ])
+    .trim()
+    .to_string();
+    TestServer {
+        _child: child,
+        url: format!("http://{bind}"),
+        token,
+    }
+}
+
+fn curl(s: &TestServer, args: &[&str]) -> Value {
+    let o = Command::new("curl")
+        .args([
+            "-s",
+            "-f",
+            "-H",
+            &format!("Authorization: Bearer {}", s.token),
+        ])
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        o.status.success(),
+        "curl {args:?}: {}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
+}
+
+#[test]
+fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = start_server(dir);
+    let policy = dir.join("policy").to_str().unwrap().to_string();
+    ok(&[
+        "policy",
+        "init",
+        "--out",
+        &policy,
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab-size",
+        "300",
+    ]);
+    let mut bots = spawn(
+        &[
+            "label", "simulate", "--server", &s.url, "--token", &s.token, "--task", "review",
+            "--bots", "2", "--watch",
+        ],
+        &[],
+        &dir.join("bots.log"),
+    );
+    let env = [
+        ("RLHF_SERVER", s.url.as_str()),
+        ("RLHF_TOKEN", s.token.as_str()),
+    ];
+    let workdir = dir.join("rounds");
+    let mut ids = vec![];
+    for i in 1..=2 {
+        // what the dashboard's form sends: no policy, prompt source or work directory
+        let body = format!(
+            r#"{{"name": "dash-{i}", "status": "queued", "config": {{"recipe": "dpo", "task": "review", "prompts_per_round": 6, "k": 2, "labels_wanted": 1, "max_new_tokens": 8, "eval_prompts": 8}}}}"#
+        );
+        let r = curl(
+            &s,
+            &[
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/json",
+                "--data",
+                &body,
+                &format!("{}/api/rounds", s.url),
+            ],
+        );
+        let id = r["id"].as_i64().unwrap();
+        let o = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+            .args([
+                "worker",
+                "--once",
+                "--quiet",
+                "--policy",
+                &policy,
+                "--workdir",
+                workdir.to_str().unwrap(),
+            ])
+            .envs(env)
+            .output()
+            .unwrap();
+        assert!(
+            o.status.success(),
+            "worker: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
+        let r = curl(&s, &[&format!("{}/api/rounds/{id}", s.url)]);
+        assert_eq!(r["status"], "done", "{r}");
+        assert_eq!(r["state"]["config"]["prompt_source"], "task-review", "{r}");
+        assert_eq!(r["state"]["config"]["index"], i, "{r}");
+        let round_dir = workdir.join(format!("round-{id}"));
+        assert_eq!(r["state"]["config"]["workdir"], round_dir.to_str().unwrap());
+        assert!(round_dir
+            .join("plots")
+            .join("summary-gold_reward.svg")
+            .exists());
+        ids.push(r);
+    }
+    bots.kill().unwrap();
+    let _ = bots.wait();
+    // the first starts from the worker's --policy, the second from the first's output
+    assert_eq!(ids[0]["state"]["config"]["policy"], policy.as_str());
+    assert_eq!(
+        ids[1]["state"]["config"]["policy"],
+        ids[0]["state"]["output"]
+    );
+    assert_eq!(ids[1]["state"]["config"]["initial_policy"], policy.as_str());
+    // the task's prompts were imported once
+    let prompts = curl(&s, &[&format!("{}/api/prompts?limit=500", s.url)]);
+    assert!(prompts.as_array().unwrap().len() >= 12, "{prompts}");
 }
 
 #[test]
@@ -103,37 +296,131 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let d = |n: &str| dir.join(n).to_str().unwrap().to_string();
-    // the demo's policy and prompts, without its rounds: --rounds 0 builds and serves nothing else
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let bind = format!("127.0.0.1:{port}");
-    let url = format!("http://{bind}");
-    let db = format!("sqlite://{}", d("db.sqlite"));
-    let _server = Server(spawn(&["serve", "--bind", &bind, "--database-url", &db], &[("RLHF_ADMIN_PASSWORD", "pw-for-tests-123")], &dir.join("server.log")));
-    wait_until("the server", 60, || std::net::TcpStream::connect(&bind).is_ok());
-    let token = ok(&["token", "create", "--username", "admin", "--database-url", &db]).trim().to_string();
+    let srv = start_server(dir);
+    let (url, token) = (srv.url.clone(), srv.token.clone());
     // a policy and prompts of the review task
     let policy = d("policy");
-    ok(&["policy", "init", "--out", &policy, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab-size", "300"]);
-    let prompts: String = (0..12).map(|i| format!("{{\"prompt\": \"Review of film {i}:\", \"source\": \"fault\"}}\n")).collect();
+    ok(&[
+        "policy",
+        "init",
+        "--out",
+        &policy,
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab-size",
+        "300",
+    ]);
+    let prompts: String = (0..12)
+        .map(|i| format!("{{\"prompt\": \"Review of film {i}:\", \"source\": \"fault\"}}\n"))
+        .collect();
     std::fs::write(dir.join("prompts.jsonl"), prompts).unwrap();
-    let client_env = [("RLHF_SERVER", url.as_str()), ("RLHF_TOKEN", token.as_str())];
-    let import = Command::new("curl").args(["-s", "-f", "-X", "POST", "-H", &format!("Authorization: Bearer {token}"), "-H", "Content-Type: application/x-ndjson", "--data-binary", &format!("@{}", d("prompts.jsonl")), &format!("{url}/api/prompts/import")]).output().unwrap();
-    assert!(import.status.success(), "import: {}", String::from_utf8_lossy(&import.stderr));
+    let client_env = [
+        ("RLHF_SERVER", url.as_str()),
+        ("RLHF_TOKEN", token.as_str()),
+    ];
+    let import = Command::new("curl")
+        .args([
+            "-s",
+            "-f",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            "-H",
+            "Content-Type: application/x-ndjson",
+            "--data-binary",
+            &format!("@{}", d("prompts.jsonl")),
+            &format!("{url}/api/prompts/import"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        import.status.success(),
+        "import: {}",
+        String::from_utf8_lossy(&import.stderr)
+    );
     let start = Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(["round", "start", "--recipe", "dpo", "--policy", &policy, "--prompt-source", "fault", "--text-prompts", "--task", "review", "--workdir", &d("rounds"), "--prompts-per-round", "12", "--k", "2", "--labels-wanted", "2", "--max-new-tokens", "8", "--rm-lr", "1e-3", "--policy-lr", "1e-3", "--policy-steps", "200"])
+        .args([
+            "round",
+            "start",
+            "--recipe",
+            "dpo",
+            "--policy",
+            &policy,
+            "--prompt-source",
+            "fault",
+            "--text-prompts",
+            "--task",
+            "review",
+            "--workdir",
+            &d("rounds"),
+            "--prompts-per-round",
+            "12",
+            "--k",
+            "2",
+            "--labels-wanted",
+            "2",
+            "--max-new-tokens",
+            "8",
+            "--rm-lr",
+            "1e-3",
+            "--policy-lr",
+            "1e-3",
+            "--policy-steps",
+            "200",
+        ])
         .envs(client_env)
         .output()
         .unwrap();
-    assert!(start.status.success(), "{}", String::from_utf8_lossy(&start.stderr));
+    assert!(
+        start.status.success(),
+        "{}",
+        String::from_utf8_lossy(&start.stderr)
+    );
     let round: Value = serde_json::from_str(&String::from_utf8_lossy(&start.stdout)).unwrap();
     let id = round["id"].as_i64().unwrap().to_string();
-    let status = || -> Value { serde_json::from_str(&String::from_utf8_lossy(&Command::new(env!("CARGO_BIN_EXE_rlhf")).args(["round", "status", &id]).envs(client_env).output().unwrap().stdout)).unwrap() };
+    let status = || -> Value {
+        serde_json::from_str(&String::from_utf8_lossy(
+            &Command::new(env!("CARGO_BIN_EXE_rlhf"))
+                .args(["round", "status", &id])
+                .envs(client_env)
+                .output()
+                .unwrap()
+                .stdout,
+        ))
+        .unwrap()
+    };
     // bots label whatever appears
-    let mut bots = spawn(&["label", "simulate", "--server", &url, "--token", &token, "--task", "review", "--bots", "2", "--watch"], &[], &dir.join("bots.log"));
+    let mut bots = spawn(
+        &[
+            "label", "simulate", "--server", &url, "--token", &token, "--task", "review", "--bots",
+            "2", "--watch",
+        ],
+        &[],
+        &dir.join("bots.log"),
+    );
     // the worker: killed once it is training the policy (labels in, reward model done)
-    let worker_args = ["worker", "--once", "--name", "w1", "--lease-seconds", "5", "--quiet"];
+    let worker_args = [
+        "worker",
+        "--once",
+        "--name",
+        "w1",
+        "--lease-seconds",
+        "5",
+        "--quiet",
+    ];
     let mut w = spawn(&worker_args, &client_env, &dir.join("worker1.log"));
-    wait_until("the policy step", 300, || status()["metrics"]["progress"]["step"] == "policy");
+    wait_until("the policy step", 300, || {
+        status()["metrics"]["progress"]["step"] == "policy"
+    });
     std::thread::sleep(Duration::from_millis(500));
     w.kill().unwrap();
     w.wait().unwrap();
@@ -141,21 +428,55 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
     // restarted (same name: it continues its own round)
     let mut w2 = spawn(&worker_args, &client_env, &dir.join("worker2.log"));
     wait_until("the round to finish", 600, || status()["status"] == "done");
-    assert!(w2.wait().unwrap().success(), "{}", std::fs::read_to_string(dir.join("worker2.log")).unwrap());
+    assert!(
+        w2.wait().unwrap().success(),
+        "{}",
+        std::fs::read_to_string(dir.join("worker2.log")).unwrap()
+    );
     bots.kill().unwrap();
     let _ = bots.wait();
     // one batch with exactly 12 comparisons, each with 2 labels
-    let batches = Command::new("curl").args(["-s", "-f", "-H", &format!("Authorization: Bearer {token}"), &format!("{url}/api/batches")]).output().unwrap();
+    let batches = Command::new("curl")
+        .args([
+            "-s",
+            "-f",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+            &format!("{url}/api/batches"),
+        ])
+        .output()
+        .unwrap();
     let b: Value = serde_json::from_slice(&batches.stdout).unwrap();
-    let mine: Vec<&Value> = b.as_array().unwrap().iter().filter(|x| x["round_id"].as_i64().map(|r| r.to_string()) == Some(id.clone())).collect();
+    let mine: Vec<&Value> = b
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|x| x["round_id"].as_i64().map(|r| r.to_string()) == Some(id.clone()))
+        .collect();
     assert_eq!(mine.len(), 1, "{b}");
     assert_eq!(mine[0]["comparisons"], 12);
     assert_eq!(mine[0]["labels"], 24);
     // export the round's model and generate with it
     let exported = d("export");
-    let e = Command::new(env!("CARGO_BIN_EXE_rlhf")).args(["export", "--round", &id, "--out", &exported]).envs(client_env).output().unwrap();
+    let e = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["export", "--round", &id, "--out", &exported])
+        .envs(client_env)
+        .output()
+        .unwrap();
     assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
     let card = std::fs::read_to_string(Path::new(&exported).join("README.md")).unwrap();
-    assert!(card.contains("12 comparisons") && card.contains("24 labels"), "{card}");
-    ok(&["policy", "generate", "--model", &exported, "--prompt", "Review of film 3:", "--max-new-tokens", "5"]);
+    assert!(
+        card.contains("12 comparisons") && card.contains("24 labels"),
+        "{card}"
+    );
+    ok(&[
+        "policy",
+        "generate",
+        "--model",
+        &exported,
+        "--prompt",
+        "Review of film 3:",
+        "--max-new-tokens",
+        "5",
+    ]);
 }

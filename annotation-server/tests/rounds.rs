@@ -506,6 +506,13 @@ async fn dashboard_rounds(db: TestDb) {
         (
             form("x", "4")
                 .into_iter()
+                .chain([("prompt_source".to_string(), "a\tb".to_string())])
+                .collect(),
+            "Prompt source",
+        ),
+        (
+            form("x", "4")
+                .into_iter()
                 .map(|(k, v)| {
                     if k == "recipe" {
                         (k, "sft".into())
@@ -692,6 +699,20 @@ async fn dashboard_rounds(db: TestDb) {
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
+    // a prompt source and a starting policy, when given, go into the config
+    let mut with_paths = form("round two", "2");
+    with_paths.push(("prompt_source".into(), "my-prompts".into()));
+    with_paths.push(("policy".into(), "/models/sft".into()));
+    assert_eq!(post(with_paths).await.status(), 303);
+    let rounds = api.json("/api/rounds").await;
+    let r1 = rounds
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "round two")
+        .unwrap();
+    assert_eq!(r1["config"]["prompt_source"], "my-prompts");
+    assert_eq!(r1["config"]["policy"], "/models/sft");
     s.stop().await;
 }
 

@@ -19,7 +19,9 @@ use policy::config::DType;
 use policy::generate::SamplingConfig;
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
-use policy::train_loop::{self, install_interrupt_handler, metrics_path, LoopConfig, ScheduleKind, Stage};
+use policy::train_loop::{
+    self, install_interrupt_handler, metrics_path, LoopConfig, ScheduleKind, Stage,
+};
 use reward_model::data::{read_pairs, Aggregation, DataOptions};
 use reward_model::loss::MarginTable;
 use reward_model::model::RewardModel;
@@ -366,7 +368,11 @@ fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Resu
             eprintln!("resuming {}", r.out.display());
             return Ok((ck, tok, state));
         }
-        eprintln!("--resume: {} holds no training state; starting from {}", r.out.display(), r.policy.display());
+        eprintln!(
+            "--resume: {} holds no training state; starting from {}",
+            r.out.display(),
+            r.policy.display()
+        );
     } else if policy::train_state::exists(&r.out) {
         bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", r.out.display());
     }
@@ -374,25 +380,51 @@ fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Resu
     Ok((ck, tok, None))
 }
 
-fn finish_loop<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopConfig, r: &RunArgs, resume: Resume<D>) -> Result<()> {
+fn finish_loop<D: Dev, S: Stage<D>>(
+    model: &mut S::Model,
+    stage: &mut S,
+    cfg: &LoopConfig,
+    r: &RunArgs,
+    resume: Resume<D>,
+) -> Result<()> {
     install_interrupt_handler();
-    eprintln!("{}: {} examples, {} steps", stage.name(), stage.len(), cfg.total_steps(stage.len()));
+    eprintln!(
+        "{}: {} examples, {} steps",
+        stage.name(),
+        stage.len(),
+        cfg.total_steps(stage.len())
+    );
     let o = train_loop::run(model, stage, cfg, &r.out, resume)?;
     if !o.finished {
-        eprintln!("stopped after step {} of {}; continue with --resume", o.steps, o.total_steps);
+        eprintln!(
+            "stopped after step {} of {}; continue with --resume",
+            o.steps, o.total_steps
+        );
         return Ok(());
     }
-    let show = |m: &std::collections::BTreeMap<String, f64>| m.iter().map(|(k, v)| format!("{k} {v:.4}")).collect::<Vec<_>>().join(", ");
+    let show = |m: &std::collections::BTreeMap<String, f64>| {
+        m.iter()
+            .map(|(k, v)| format!("{k} {v:.4}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     eprintln!("last steps: {}", show(&o.last_train));
     if let Some(e) = &o.eval {
         eprintln!("held-out: {}", show(e));
     }
-    eprintln!("wrote {} (metrics: {})", r.out.display(), metrics_path(&r.out).display());
+    eprintln!(
+        "wrote {} (metrics: {})",
+        r.out.display(),
+        metrics_path(&r.out).display()
+    );
     Ok(())
 }
 
 fn sft_defaults() -> LoopConfig {
-    LoopConfig { lr: 1e-5, ..LoopConfig::default() }
+    LoopConfig {
+        lr: 1e-5,
+        ..LoopConfig::default()
+    }
 }
 
 fn sft_cmd<D: Dev>(a: &SftArgs, dev: &D) -> Result<()> {
@@ -401,7 +433,11 @@ fn sft_cmd<D: Dev>(a: &SftArgs, dev: &D) -> Result<()> {
     for p in &a.data {
         let (s, dropped) = read_sft(p, &tok, a.max_len)?;
         if dropped > 0 {
-            eprintln!("{}: dropped {dropped} examples longer than {} tokens", p.display(), a.max_len);
+            eprintln!(
+                "{}: dropped {dropped} examples longer than {} tokens",
+                p.display(),
+                a.max_len
+            );
         }
         train.extend(s);
     }
@@ -413,7 +449,13 @@ fn sft_cmd<D: Dev>(a: &SftArgs, dev: &D) -> Result<()> {
         bail!("no training examples left");
     }
     let cfg = a.opt.apply(sft_defaults());
-    let mut stage = SftStage { train, eval, files: PolicyFiles::of(&ck), eval_batch: a.opt.micro_batch * 2, name: "sft" };
+    let mut stage = SftStage {
+        train,
+        eval,
+        files: PolicyFiles::of(&ck),
+        eval_batch: a.opt.micro_batch * 2,
+        name: "sft",
+    };
     finish_loop(&mut ck.model, &mut stage, &cfg, &a.run, resume)
 }
 
@@ -440,15 +482,31 @@ fn split<T>(items: Vec<T>, fraction: f32, seed: u64) -> Result<(Vec<T>, Vec<T>)>
 fn dpo_cmd<D: Dev>(a: &DpoArgs, dev: &D) -> Result<()> {
     let (mut ck, tok, resume) = start(&a.run, dev)?;
     let reference_dir = a.reference.clone().unwrap_or_else(|| a.run.policy.clone());
-    let reference: Llama<D> = Checkpoint::load(&reference_dir, dev).with_context(|| format!("cannot load the reference policy {}", reference_dir.display()))?.model;
-    let opts = DataOptions { margins: MarginTable::off(), aggregation: a.aggregation };
+    let reference: Llama<D> = Checkpoint::load(&reference_dir, dev)
+        .with_context(|| {
+            format!(
+                "cannot load the reference policy {}",
+                reference_dir.display()
+            )
+        })?
+        .model;
+    let opts = DataOptions {
+        margins: MarginTable::off(),
+        aggregation: a.aggregation,
+    };
     let mut pairs = vec![];
     for p in &a.data {
         pairs.extend(read_pairs(p, &opts)?);
     }
     if let Some(server) = &a.server {
-        let token = a.token.as_deref().context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
-        let q = annotation_server::api::ExportQuery { round_id: a.round_id, ..Default::default() };
+        let token = a
+            .token
+            .as_deref()
+            .context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
+        let q = annotation_server::api::ExportQuery {
+            round_id: a.round_id,
+            ..Default::default()
+        };
         let got = reward_model::data::fetch_pairs(server, token, &q, &opts)?;
         eprintln!("read {} pairs from {server}", got.len());
         pairs.extend(got);
@@ -458,22 +516,58 @@ fn dpo_cmd<D: Dev>(a: &DpoArgs, dev: &D) -> Result<()> {
         eprintln!("dropped {dropped} pairs longer than {} tokens", a.max_len);
     }
     let (train, eval): (Vec<PreferencePair>, Vec<PreferencePair>) = match &a.eval_data {
-        Some(p) => (encoded, encode_preferences(&tok, &read_pairs(p, &opts)?, a.max_len)?.0),
+        Some(p) => (
+            encoded,
+            encode_preferences(&tok, &read_pairs(p, &opts)?, a.max_len)?.0,
+        ),
         None => split(encoded, a.eval_fraction, a.opt.seed)?,
     };
     if train.is_empty() {
         bail!("no training pairs left (read {} pairs)", pairs.len());
     }
-    let dcfg = DpoConfig { loss: a.loss, beta: a.beta, label_smoothing: a.label_smoothing, rpo_alpha: a.rpo_alpha };
-    let cfg = a.opt.apply(LoopConfig { lr: 1e-6, ..LoopConfig::default() });
-    eprintln!("computing reference log-probs of {} pairs", train.len() + eval.len());
-    let mut stage = DpoStage::new(dcfg, &reference, train, eval, PolicyFiles::of(&ck), a.opt.micro_batch * 2)?;
+    let dcfg = DpoConfig {
+        loss: a.loss,
+        beta: a.beta,
+        label_smoothing: a.label_smoothing,
+        rpo_alpha: a.rpo_alpha,
+    };
+    let cfg = a.opt.apply(LoopConfig {
+        lr: 1e-6,
+        ..LoopConfig::default()
+    });
+    eprintln!(
+        "computing reference log-probs of {} pairs",
+        train.len() + eval.len()
+    );
+    let mut stage = DpoStage::new(
+        dcfg,
+        &reference,
+        train,
+        eval,
+        PolicyFiles::of(&ck),
+        a.opt.micro_batch * 2,
+    )?;
     drop(reference);
     finish_loop(&mut ck.model, &mut stage, &cfg, &a.run, resume)
 }
 
-fn sampling<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer, temperature: f32, top_k: usize, top_p: f32, max_new_tokens: usize, seed: u64) -> SamplingConfig {
-    SamplingConfig { max_new_tokens, temperature, top_k, top_p, seed, stop_tokens: stop_tokens(ck, tok) }
+fn sampling<D: Dev>(
+    ck: &Checkpoint<D>,
+    tok: &Tokenizer,
+    temperature: f32,
+    top_k: usize,
+    top_p: f32,
+    max_new_tokens: usize,
+    seed: u64,
+) -> SamplingConfig {
+    SamplingConfig {
+        max_new_tokens,
+        temperature,
+        top_k,
+        top_p,
+        seed,
+        stop_tokens: stop_tokens(ck, tok),
+    }
 }
 
 /// The side files of a rejection-sampling run whose model goes to `out`.
@@ -483,21 +577,45 @@ pub fn rs_paths(out: &Path) -> (PathBuf, PathBuf, PathBuf) {
         s.push(ext);
         PathBuf::from(s)
     };
-    (with(".samples.jsonl"), with(".best.jsonl"), with(".rs_report.json"))
+    (
+        with(".samples.jsonl"),
+        with(".best.jsonl"),
+        with(".rs_report.json"),
+    )
 }
 
 fn rs_cmd<D: Dev>(a: &RsArgs, dev: &D) -> Result<()> {
     let (mut ck, tok, resume) = start(&a.run, dev)?;
     let (samples_path, best_path, report_path) = rs_paths(&a.run.out);
     let kept = if resume.is_some() && best_path.is_file() {
-        eprintln!("using the responses already selected in {}", best_path.display());
+        eprintln!(
+            "using the responses already selected in {}",
+            best_path.display()
+        );
         rs::read_samples(&best_path)?
     } else {
         let reward = a.reward.load(dev)?;
         crate::reward::check_vocab(&reward, ck.model.cfg.vocab_size)?;
         let prompts = read_prompts(&a.prompts, &tok)?;
-        let cfg = RsConfig { k: a.k, sampling: sampling(&ck, &tok, a.temperature, a.top_k, a.top_p, a.max_new_tokens, a.opt.seed), gen_batch: a.gen_batch, progress: !a.opt.quiet };
-        eprintln!("sampling {} responses for {} prompts", a.k * prompts.len(), prompts.len());
+        let cfg = RsConfig {
+            k: a.k,
+            sampling: sampling(
+                &ck,
+                &tok,
+                a.temperature,
+                a.top_k,
+                a.top_p,
+                a.max_new_tokens,
+                a.opt.seed,
+            ),
+            gen_batch: a.gen_batch,
+            progress: !a.opt.quiet,
+        };
+        eprintln!(
+            "sampling {} responses for {} prompts",
+            a.k * prompts.len(),
+            prompts.len()
+        );
         let samples = rs::sample(&ck.model, &tok, &prompts, &reward, &cfg)?;
         let mut pool = vec![];
         for p in &a.pool {
@@ -507,7 +625,10 @@ fn rs_cmd<D: Dev>(a: &RsArgs, dev: &D) -> Result<()> {
         let report = rs::report(&samples, &kept, prompts.len(), &cfg);
         rs::write_samples(&samples_path, &samples)?;
         rs::write_samples(&best_path, &kept)?;
-        policy::safetensors_io::write_file_synced(&report_path, serde_json::to_string_pretty(&report)?.as_bytes())?;
+        policy::safetensors_io::write_file_synced(
+            &report_path,
+            serde_json::to_string_pretty(&report)?.as_bytes(),
+        )?;
         eprintln!(
             "reward of samples: mean {:.4} (std {:.4}, max {:.4}); of kept: mean {:.4} ({} from earlier rounds); report: {}",
             report.samples.mean, report.samples.std, report.samples.max, report.kept.mean, report.kept_from_pool, report_path.display()
@@ -519,7 +640,13 @@ fn rs_cmd<D: Dev>(a: &RsArgs, dev: &D) -> Result<()> {
         bail!("no response was kept (all samples were empty)");
     }
     let cfg = a.opt.apply(sft_defaults());
-    let mut stage = SftStage { train, eval: vec![], files: PolicyFiles::of(&ck), eval_batch: a.opt.micro_batch * 2, name: "rs" };
+    let mut stage = SftStage {
+        train,
+        eval: vec![],
+        files: PolicyFiles::of(&ck),
+        eval_batch: a.opt.micro_batch * 2,
+        name: "rs",
+    };
     finish_loop(&mut ck.model, &mut stage, &cfg, &a.run, resume)
 }
 
@@ -528,8 +655,14 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
         PpoPreset::Trl => PpoConfig::trl(),
         PpoPreset::Llama2 => PpoConfig::llama2(),
     };
-    cfg.train = a.opt.apply(LoopConfig { log_every: 1, ..cfg.train.clone() });
-    cfg.kl = KlController { beta: a.beta.unwrap_or(cfg.kl.beta), adaptive: a.target_kl.map(|t| (t, a.kl_horizon)) };
+    cfg.train = a.opt.apply(LoopConfig {
+        log_every: 1,
+        ..cfg.train.clone()
+    });
+    cfg.kl = KlController {
+        beta: a.beta.unwrap_or(cfg.kl.beta),
+        adaptive: a.target_kl.map(|t| (t, a.kl_horizon)),
+    };
     cfg.kl_estimator = a.kl_estimator.unwrap_or(cfg.kl_estimator);
     cfg.cliprange = a.cliprange.unwrap_or(cfg.cliprange);
     cfg.cliprange_value = a.cliprange_value.unwrap_or(cfg.cliprange_value);
@@ -544,38 +677,94 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
     cfg.max_new_tokens = a.max_new_tokens.unwrap_or(cfg.max_new_tokens);
     let reward = a.reward.load(dev)?;
     let reference_dir = a.reference.clone().unwrap_or_else(|| a.run.policy.clone());
-    let reference_ck = Checkpoint::load(&reference_dir, dev).with_context(|| format!("cannot load the reference policy {}", reference_dir.display()))?;
+    let reference_ck = Checkpoint::load(&reference_dir, dev).with_context(|| {
+        format!(
+            "cannot load the reference policy {}",
+            reference_dir.display()
+        )
+    })?;
     let ref_tok = Tokenizer::load(&reference_dir)?;
     cfg.sampling.stop_tokens = stop_tokens(&reference_ck, &ref_tok);
     let reference = reference_ck.model;
-    let resumed = if a.run.resume { ppo::load_checkpoint(&a.run.out, dev)? } else { None };
+    let resumed = if a.run.resume {
+        ppo::load_checkpoint(&a.run.out, dev)?
+    } else {
+        None
+    };
     if !a.run.resume && policy::train_state::exists(&a.run.out) {
         bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", a.run.out.display());
     }
     let (mut models, state, tok) = match resumed {
         Some(c) => {
             eprintln!("resuming {}", a.run.out.display());
-            (PpoModels { actor: c.actor, critic: c.critic, reference, files: c.files }, Some(c.state), Tokenizer::load(&a.run.out)?)
+            (
+                PpoModels {
+                    actor: c.actor,
+                    critic: c.critic,
+                    reference,
+                    files: c.files,
+                },
+                Some(c.state),
+                Tokenizer::load(&a.run.out)?,
+            )
         }
         None => {
             let (ck, tok) = load_policy(&a.run.policy, dev)?;
-            let critic = match a.value_model.as_ref().or(a.reward.reward_model.as_ref()).or(a.reward.helpfulness_model.as_ref()) {
+            let critic = match a
+                .value_model
+                .as_ref()
+                .or(a.reward.reward_model.as_ref())
+                .or(a.reward.helpfulness_model.as_ref())
+            {
                 Some(dir) => RewardModel::load_or_init(dir, dev, a.opt.seed)?,
                 None => RewardModel::from_policy(&a.run.policy, dev, a.opt.seed)?,
             };
             let files = PolicyFiles::of(&ck);
-            (PpoModels { actor: ck.model, critic, reference, files }, None, tok)
+            (
+                PpoModels {
+                    actor: ck.model,
+                    critic,
+                    reference,
+                    files,
+                },
+                None,
+                tok,
+            )
         }
     };
     let prompts = read_prompts(&a.prompts, &tok)?;
     install_interrupt_handler();
-    eprintln!("ppo: {} prompts, {} episodes per iteration, {} iterations", prompts.len(), cfg.train.batch_size, cfg.iterations(prompts.len()));
-    let o = ppo::train(&mut models, &reward, Some(&tok), &prompts, &cfg, &a.run.out, state)?;
+    eprintln!(
+        "ppo: {} prompts, {} episodes per iteration, {} iterations",
+        prompts.len(),
+        cfg.train.batch_size,
+        cfg.iterations(prompts.len())
+    );
+    let o = ppo::train(
+        &mut models,
+        &reward,
+        Some(&tok),
+        &prompts,
+        &cfg,
+        &a.run.out,
+        state,
+    )?;
     if !o.finished {
-        eprintln!("stopped after iteration {} of {}; continue with --resume", o.iterations, o.total_iterations);
+        eprintln!(
+            "stopped after iteration {} of {}; continue with --resume",
+            o.iterations, o.total_iterations
+        );
         return Ok(());
     }
-    eprintln!("last iteration: score {:.4}, kl {:.4}", o.last["objective/scores"].as_f64().unwrap_or(0.0), o.last["objective/kl"].as_f64().unwrap_or(0.0));
-    eprintln!("wrote {} (metrics: {})", a.run.out.display(), metrics_path(&a.run.out).display());
+    eprintln!(
+        "last iteration: score {:.4}, kl {:.4}",
+        o.last["objective/scores"].as_f64().unwrap_or(0.0),
+        o.last["objective/kl"].as_f64().unwrap_or(0.0)
+    );
+    eprintln!(
+        "wrote {} (metrics: {})",
+        a.run.out.display(),
+        metrics_path(&a.run.out).display()
+    );
     Ok(())
 }

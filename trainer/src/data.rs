@@ -71,7 +71,10 @@ pub struct PreferencePair {
 impl PreferencePair {
     /// The chosen and rejected sequences with the loss on the responses.
     pub fn sequences(&self) -> (Sequence, Sequence) {
-        (Sequence::prompt_response(&self.prompt, &self.chosen), Sequence::prompt_response(&self.prompt, &self.rejected))
+        (
+            Sequence::prompt_response(&self.prompt, &self.chosen),
+            Sequence::prompt_response(&self.prompt, &self.rejected),
+        )
     }
 }
 
@@ -94,7 +97,11 @@ impl<'a> Encoder<'a> {
     }
 
     /// Prompt and response tokens (their concatenation is the trained sequence).
-    pub fn prompt_response(&self, prompt: &Content, response: &Content) -> Result<(Vec<u32>, Vec<u32>)> {
+    pub fn prompt_response(
+        &self,
+        prompt: &Content,
+        response: &Content,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
         match (prompt, response) {
             (Content::Text(p), Content::Text(r)) => {
                 let prompt_ids = self.tok.encode(p, true)?;
@@ -124,9 +131,14 @@ fn split_chat(prompt: &Content, response: &Content) -> Result<(Vec<Message>, Str
     let reply = match response {
         Content::Text(t) => t.clone(),
         Content::Chat(m) => {
-            let (last, before) = m.split_last().context("a response is an empty message list")?;
+            let (last, before) = m
+                .split_last()
+                .context("a response is an empty message list")?;
             if last.role != "assistant" {
-                bail!("the response's last message must be from the assistant, not `{}`", last.role);
+                bail!(
+                    "the response's last message must be from the assistant, not `{}`",
+                    last.role
+                );
             }
             msgs.extend(before.iter().cloned());
             last.content.clone()
@@ -139,15 +151,21 @@ fn split_chat(prompt: &Content, response: &Content) -> Result<(Vec<Message>, Str
 }
 
 fn read_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     let mut out = vec![];
     for (i, line) in text.lines().enumerate() {
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{}: line {}: not valid JSON", path.display(), i + 1))?;
         if !v.is_object() {
-            bail!("{}: line {}: each line must be a JSON object", path.display(), i + 1);
+            bail!(
+                "{}: line {}: each line must be a JSON object",
+                path.display(),
+                i + 1
+            );
         }
         out.push((i + 1, v));
     }
@@ -158,7 +176,10 @@ fn read_lines(path: &Path) -> Result<Vec<(usize, Value)>> {
 }
 
 fn content(v: &Value, field: &str) -> Result<Content> {
-    Content::from_json(v.get(field).with_context(|| format!("missing `{field}`"))?, field)
+    Content::from_json(
+        v.get(field).with_context(|| format!("missing `{field}`"))?,
+        field,
+    )
 }
 
 /// One SFT example from a JSON line.
@@ -173,13 +194,17 @@ pub fn sft_example(tok: &Tokenizer, v: &Value) -> Result<Sequence> {
         let mask = (0..ids.len()).map(|i| i > 0).collect();
         Sequence { ids, mask }
     } else if let Some(m) = v.get("messages") {
-        let msgs: Vec<Message> = serde_json::from_value(m.clone()).context("`messages` must be a list of {\"role\", \"content\"} messages")?;
+        let msgs: Vec<Message> = serde_json::from_value(m.clone())
+            .context("`messages` must be a list of {\"role\", \"content\"} messages")?;
         let chat = tokenize_conversation(tok, &msgs, false)?;
         let mut mask = chat.assistant_mask.clone();
         if let Some(m) = mask.first_mut() {
             *m = false;
         }
-        Sequence { ids: chat.ids, mask }
+        Sequence {
+            ids: chat.ids,
+            mask,
+        }
     } else if v.get("prompt").is_some() && v.get("completion").is_some() {
         let (p, r) = enc.prompt_response(&content(v, "prompt")?, &content(v, "completion")?)?;
         Sequence::prompt_response(&p, &r)
@@ -217,23 +242,41 @@ pub fn read_prompts(path: &Path, tok: &Tokenizer) -> Result<Vec<Prompt>> {
             let ctx = || format!("{}: line {line}", path.display());
             let content = content(&v, "prompt").with_context(ctx)?;
             let ids = enc.prompt(&content).with_context(ctx)?;
-            let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| t.iter().any(|x| x.as_str().is_some_and(|s| s.eq_ignore_ascii_case("safety") || s.eq_ignore_ascii_case("unsafe"))));
+            let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| {
+                t.iter().any(|x| {
+                    x.as_str().is_some_and(|s| {
+                        s.eq_ignore_ascii_case("safety") || s.eq_ignore_ascii_case("unsafe")
+                    })
+                })
+            });
             let unsafe_prompt = v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged;
-            Ok(Prompt { content, ids, unsafe_prompt })
+            Ok(Prompt {
+                content,
+                ids,
+                unsafe_prompt,
+            })
         })
         .collect()
 }
 
 /// Tokenizes preference pairs; pairs with a side longer than `max_len` are
 /// dropped (the count is returned).
-pub fn encode_preferences(tok: &Tokenizer, pairs: &[Pair], max_len: usize) -> Result<(Vec<PreferencePair>, usize)> {
+pub fn encode_preferences(
+    tok: &Tokenizer,
+    pairs: &[Pair],
+    max_len: usize,
+) -> Result<(Vec<PreferencePair>, usize)> {
     let enc = Encoder { tok };
     let mut out = vec![];
     let mut dropped = 0;
     for (i, p) in pairs.iter().enumerate() {
         let ctx = || format!("pair {i} ({})", p.group);
-        let (prompt, chosen) = enc.prompt_response(&p.prompt, &p.chosen).with_context(ctx)?;
-        let (prompt2, rejected) = enc.prompt_response(&p.prompt, &p.rejected).with_context(ctx)?;
+        let (prompt, chosen) = enc
+            .prompt_response(&p.prompt, &p.chosen)
+            .with_context(ctx)?;
+        let (prompt2, rejected) = enc
+            .prompt_response(&p.prompt, &p.rejected)
+            .with_context(ctx)?;
         if prompt != prompt2 {
             bail!("{}: chosen and rejected have different prompts", ctx());
         }
@@ -244,7 +287,11 @@ pub fn encode_preferences(tok: &Tokenizer, pairs: &[Pair], max_len: usize) -> Re
             dropped += 1;
             continue;
         }
-        out.push(PreferencePair { prompt, chosen, rejected });
+        out.push(PreferencePair {
+            prompt,
+            chosen,
+            rejected,
+        });
     }
     Ok((out, dropped))
 }
@@ -260,7 +307,10 @@ mod tests {
         assert_eq!(s.mask, vec![false, false, false, true, true]);
         assert_eq!(s.targets(), 2);
         // a response with no prompt: the first token has no context
-        assert_eq!(Sequence::prompt_response(&[], &[3, 4]).mask, vec![false, true]);
+        assert_eq!(
+            Sequence::prompt_response(&[], &[3, 4]).mask,
+            vec![false, true]
+        );
     }
 
     #[test]

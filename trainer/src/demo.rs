@@ -7,15 +7,15 @@
 use crate::data::sft_example;
 use crate::eval::{evaluate, EvalSetup};
 use crate::policy_io::{load_policy, PolicyFiles};
+use crate::round::WorkerDefaults;
 use crate::round::{self, eval_prompts, Ctx, Recipe};
 use crate::sft::SftStage;
 use crate::simulate::{ensure_bots, label_until_done, SimConfig};
 use crate::tasks::{task, Task};
-use crate::round::StageSettings;
-use crate::worker::{claim, queue, round_config, StartArgs};
-use anyhow::{bail, Context, Result};
+use crate::worker::claim;
 use annotation_server::api::client::Client;
-use annotation_server::api::PromptImport;
+use annotation_server::api::NewRound;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
 use policy::cli::{init, stop_tokens, DeviceKind, InitArgs, Preset};
@@ -87,7 +87,8 @@ impl Drop for ServerProcess {
 }
 
 fn free_bind(bind: &str) -> Result<String> {
-    let l = std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
+    let l =
+        std::net::TcpListener::bind(bind).with_context(|| format!("cannot listen on {bind}"))?;
     Ok(l.local_addr()?.to_string())
 }
 
@@ -111,13 +112,28 @@ fn start_server(out: &Path, bind: &str, password: &str) -> Result<(ServerProcess
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {
-            bail!("the annotation server did not start; see {}", out.join("server.log").display());
+            bail!(
+                "the annotation server did not start; see {}",
+                out.join("server.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let o = Command::new(&exe).args(["token", "create", "--username", "admin", "--database-url", &db]).output()?;
+    let o = Command::new(&exe)
+        .args([
+            "token",
+            "create",
+            "--username",
+            "admin",
+            "--database-url",
+            &db,
+        ])
+        .output()?;
     if !o.status.success() {
-        bail!("cannot create an API token: {}", String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "cannot create an API token: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     let token = String::from_utf8_lossy(&o.stdout).trim().to_string();
     Ok((server, url, token))
@@ -126,15 +142,31 @@ fn start_server(out: &Path, bind: &str, password: &str) -> Result<(ServerProcess
 fn add_human(out: &Path, password: &str) -> Result<()> {
     let db = format!("sqlite://{}", out.join("annotations.sqlite").display());
     let mut c = Command::new(std::env::current_exe()?)
-        .args(["user", "add", "--role", "labeler", "--username", "you", "--password-stdin", "--database-url", &db])
+        .args([
+            "user",
+            "add",
+            "--role",
+            "labeler",
+            "--username",
+            "you",
+            "--password-stdin",
+            "--database-url",
+            &db,
+        ])
         .stdin(Stdio::piped())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
-    c.stdin.take().context("stdin")?.write_all(format!("{password}\n").as_bytes())?;
+    c.stdin
+        .take()
+        .context("stdin")?
+        .write_all(format!("{password}\n").as_bytes())?;
     let o = c.wait_with_output()?;
     if !o.status.success() {
-        bail!("cannot create the labeler account: {}", String::from_utf8_lossy(&o.stderr));
+        bail!(
+            "cannot create the labeler account: {}",
+            String::from_utf8_lossy(&o.stderr)
+        );
     }
     Ok(())
 }
@@ -168,11 +200,34 @@ pub fn build_policy(t: &dyn Task, dir: &Path, seed: u64, quiet: bool) -> Result<
     let dev = Cpu::default();
     init(&a, &dev)?;
     let (mut ck, tok) = load_policy(&base, &dev)?;
-    let data = corpus.iter().map(|(p, c)| sft_example(&tok, &json!({"prompt": p, "completion": c}))).collect::<Result<Vec<_>>>()?;
-    let mut stage = SftStage { train: data, eval: vec![], files: PolicyFiles::of(&ck), eval_batch: 64, name: "sft" };
-    let cfg = LoopConfig { lr: 3e-3, batch_size: 32, micro_batch: 32, epochs: 2.0, schedule: ScheduleKind::Cosine, log_every: 10, progress: !quiet, seed, ..LoopConfig::default() };
+    let data = corpus
+        .iter()
+        .map(|(p, c)| sft_example(&tok, &json!({"prompt": p, "completion": c})))
+        .collect::<Result<Vec<_>>>()?;
+    let mut stage = SftStage {
+        train: data,
+        eval: vec![],
+        files: PolicyFiles::of(&ck),
+        eval_batch: 64,
+        name: "sft",
+    };
+    let cfg = LoopConfig {
+        lr: 3e-3,
+        batch_size: 32,
+        micro_batch: 32,
+        epochs: 2.0,
+        schedule: ScheduleKind::Cosine,
+        log_every: 10,
+        progress: !quiet,
+        seed,
+        ..LoopConfig::default()
+    };
     if !quiet {
-        eprintln!("pre-training the demo policy on {} examples of the `{}` task", stage.train.len(), t.name());
+        eprintln!(
+            "pre-training the demo policy on {} examples of the `{}` task",
+            stage.train.len(),
+            t.name()
+        );
     }
     train_loop::run(&mut ck.model, &mut stage, &cfg, &sft_out, None)?;
     Ok(sft_out)
@@ -182,13 +237,97 @@ fn fmt(v: Option<f64>) -> String {
     v.map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into())
 }
 
+/// Stage settings for a tiny model and a few hundred pairs (the CLI's defaults suit real models).
+fn demo_settings(a: &DemoArgs) -> serde_json::Map<String, Value> {
+    let stage =
+        |lr: f32, steps: u64, batch: usize| json!({"lr": lr, "steps": steps, "batch_size": batch});
+    let v = json!({
+        "rm": stage(1e-3, a.rm_steps, 32),
+        "rs": stage(1e-3, a.policy_steps, 16),
+        "dpo": stage(5e-4, a.policy_steps, 16),
+        "ppo": stage(3e-4, a.policy_steps / 2, 16),
+        "prompt_format": "text",
+        "temperature": 1.0,
+        "max_new_tokens": 24,
+        "eval_prompts": 64,
+        "seed": a.seed,
+    });
+    match v {
+        Value::Object(m) => m,
+        _ => unreachable!("a JSON object literal"),
+    }
+}
+
+/// `--keep-serving`: runs the rounds queued on the dashboard, with the bots labeling, until Ctrl-C.
+fn serve_queued(ctx: &Ctx, bots: &Bots, dev: &Cpu) -> Result<()> {
+    train_loop::install_interrupt_handler();
+    bots.labeling(|| -> Result<()> {
+        while !train_loop::interrupted() {
+            match claim(&ctx.client, &ctx.worker, ctx.lease_seconds)? {
+                Some(r) => {
+                    eprintln!(
+                        "running round {} ({}) queued on the dashboard",
+                        r.id, r.name
+                    );
+                    let state = round::run(ctx, &r, dev)?;
+                    let e = state.eval.unwrap_or_default();
+                    eprintln!(
+                        "round {} done: gold reward {}, KL to initial {}, win rate vs previous {}",
+                        r.id,
+                        fmt(e.gold_reward),
+                        fmt(e.kl),
+                        fmt(e.win_rate)
+                    );
+                }
+                None => std::thread::sleep(Duration::from_millis(500)),
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Simulated labelers of the demo.
+struct Bots<'a> {
+    url: &'a str,
+    accounts: Vec<(String, String)>,
+    task: &'a dyn Task,
+    sim: SimConfig,
+}
+
+impl Bots<'_> {
+    /// Runs `body` while the bots label whatever appears.
+    fn labeling<R>(&self, body: impl FnOnce() -> Result<R>) -> Result<R> {
+        let stop = AtomicBool::new(false);
+        std::thread::scope(|s| {
+            let labeler = s.spawn(|| -> Result<()> {
+                while !stop.load(Ordering::SeqCst) {
+                    label_until_done(self.url, &self.accounts, self.task, &self.sim, &stop)?;
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Ok(())
+            });
+            let r = body();
+            stop.store(true, Ordering::SeqCst);
+            let l = labeler
+                .join()
+                .map_err(|_| anyhow::anyhow!("the simulated labelers panicked"))?;
+            l.and(r)
+        })
+    }
+}
+
 /// Runs `rlhf demo`.
 pub fn run(a: DemoArgs) -> Result<()> {
     let t_all = Instant::now();
     let t = task(&a.task)?;
     let out = match &a.out {
         Some(p) => p.clone(),
-        None => PathBuf::from(format!("rlhf-demo-{}", std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH)?.as_secs())),
+        None => PathBuf::from(format!(
+            "rlhf-demo-{}",
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs()
+        )),
     };
     std::fs::create_dir_all(&out).with_context(|| format!("cannot create {}", out.display()))?;
     let out = std::path::absolute(&out)?;
@@ -201,68 +340,64 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let client = Client::new(&url, &token)?;
 
     let policy = build_policy(t.as_ref(), &out, a.seed, a.quiet)?;
-    let source = format!("demo-{}", t.name());
-    let prompts: Vec<PromptImport> = t
-        .prompts(a.prompts_per_round * a.rounds, a.seed + 1)
-        .into_iter()
-        .map(|p| PromptImport { prompt: Some(p), source: Some(source.clone()), ..PromptImport::default() })
-        .collect();
-    client.import_prompts(&prompts)?;
+    let source = crate::tasks::ensure_prompts(
+        &client,
+        t.as_ref(),
+        (a.prompts_per_round * a.rounds).max(4096),
+    )?;
 
-    // bots label whatever appears until the rounds are done
-    let bots = ensure_bots(&url, &token, a.bots)?;
-    let stop = AtomicBool::new(false);
-    let sim = SimConfig { bots: a.bots, temperature: a.bot_temperature, disagreement: 0.0, seed: a.seed, strength_thresholds: [0.6, 0.3, 0.1] };
+    let sim = SimConfig {
+        bots: a.bots,
+        temperature: a.bot_temperature,
+        disagreement: 0.0,
+        seed: a.seed,
+        strength_thresholds: [0.6, 0.3, 0.1],
+    };
+    let bots = Bots {
+        url: &url,
+        accounts: ensure_bots(&url, &token, a.bots)?,
+        task: t.as_ref(),
+        sim,
+    };
     let dev = Cpu::default();
-    let ctx = Ctx::new(&url, &token, "demo-worker", 600, DeviceKind::Cpu, a.quiet)?;
+    let mut ctx = Ctx::new(&url, &token, "demo-worker", 600, DeviceKind::Cpu, a.quiet)?;
+    // the demo's rounds are queued like the dashboard's; these fill the rest
+    ctx.defaults = WorkerDefaults {
+        policy: Some(policy.clone()),
+        workdir: out.join("rounds"),
+        config: demo_settings(&a),
+    };
     let (tok_policy, tok) = load_policy(&policy, &dev)?;
     let eval_set = eval_prompts(t.as_ref(), 64, &tok)?;
     let gold = |p: &str, r: &str| t.gold(p, r);
-    let setup = EvalSetup { tok: &tok, stop_tokens: stop_tokens(&tok_policy, &tok), max_new_tokens: 24, seed: 0xE7A1, batch: 64, gold: Some(&gold), reward: None, reference: None, baseline: None };
+    let setup = EvalSetup {
+        tok: &tok,
+        stop_tokens: stop_tokens(&tok_policy, &tok),
+        max_new_tokens: 24,
+        seed: 0xE7A1,
+        batch: 64,
+        gold: Some(&gold),
+        reward: None,
+        reference: None,
+        baseline: None,
+    };
     let base = evaluate(&tok_policy.model, &eval_set, &setup)?;
     drop(tok_policy);
     println!("| round | recipe | gold reward | RM held-out acc | KL to initial | gold win rate vs previous | time (s) |");
     println!("|---|---|---|---|---|---|---|");
-    println!("| 0 (SFT) | - | {} | - | - | - | {:.0} |", fmt(base.gold_reward), t_all.elapsed().as_secs_f64());
-    let mut rows = vec![json!({"round": 0, "recipe": "sft", "gold_reward": base.gold_reward, "seconds": t_all.elapsed().as_secs_f64()})];
-    let result: Result<()> = std::thread::scope(|s| {
-        let labeler = s.spawn(|| -> Result<()> {
-            while !stop.load(Ordering::SeqCst) {
-                label_until_done(&url, &bots, t.as_ref(), &sim, &stop)?;
-                std::thread::sleep(Duration::from_millis(200));
-            }
-            Ok(())
-        });
-        let r = (|| -> Result<()> {
+    println!(
+        "| 0 (SFT) | - | {} | - | - | - | {:.0} |",
+        fmt(base.gold_reward),
+        t_all.elapsed().as_secs_f64()
+    );
+    let mut rows = vec![
+        json!({"round": 0, "recipe": "sft", "gold_reward": base.gold_reward, "seconds": t_all.elapsed().as_secs_f64()}),
+    ];
+    bots.labeling(|| -> Result<()> {
             for i in 1..=a.rounds {
                 let t0 = Instant::now();
-                let sa = StartArgs {
-                    recipe: a.recipe,
-                    policy: if i == 1 { Some(policy.clone()) } else { None },
-                    prompt_source: source.clone(),
-                    text_prompts: true,
-                    task: Some(t.name().to_string()),
-                    workdir: out.join("rounds"),
-                    name: None,
-                    prompts_per_round: a.prompts_per_round,
-                    k: a.k,
-                    labels_wanted: a.labels_wanted,
-                    temperature: 1.0,
-                    max_new_tokens: 24,
-                    seed: a.seed,
-                    rm_lr: None,
-                    rm_steps: None,
-                    policy_lr: None,
-                    policy_steps: None,
-                };
-                let (name, mut cfg) = round_config(&client, &sa)?;
-                // settings for a tiny model and a few hundred pairs
-                cfg.rm = StageSettings { lr: Some(1e-3), steps: Some(a.rm_steps), batch_size: Some(32), epochs: None };
-                cfg.rs = StageSettings { lr: Some(1e-3), steps: Some(a.policy_steps), batch_size: Some(16), epochs: None };
-                cfg.dpo = StageSettings { lr: Some(5e-4), steps: Some(a.policy_steps), batch_size: Some(16), epochs: None };
-                cfg.ppo = StageSettings { lr: Some(3e-4), steps: Some(a.policy_steps / 2), batch_size: Some(16), epochs: None };
-                cfg.eval_prompts = 64;
-                let queued = queue(&client, &name, &cfg)?;
+                let config = json!({"recipe": a.recipe.as_str(), "task": t.name(), "prompt_source": source, "prompts_per_round": a.prompts_per_round, "k": a.k, "labels_wanted": a.labels_wanted});
+                let queued = client.create_round(&NewRound { name: format!("{source}-{i}"), config: Some(config), status: Some("queued".into()) })?;
                 let r = claim(&ctx.client, &ctx.worker, ctx.lease_seconds)?.context("the queued round was not claimable")?;
                 if r.id != queued.id {
                     bail!("claimed round {} instead of {}", r.id, queued.id);
@@ -282,21 +417,20 @@ pub fn run(a: DemoArgs) -> Result<()> {
                                  "kl_to_initial": e.kl, "win_rate_vs_previous": e.win_rate, "rm_score": e.rm_score, "output": state.output, "seconds": t0.elapsed().as_secs_f64()}));
             }
             Ok(())
-        })();
-        stop.store(true, Ordering::SeqCst);
-        let l = labeler.join().map_err(|_| anyhow::anyhow!("the simulated labelers panicked"))?;
-        r.and(l)
-    });
-    result?;
+    })?;
     let report: Value = json!({"task": t.name(), "recipe": a.recipe.as_str(), "server": url, "seconds": t_all.elapsed().as_secs_f64(), "rounds": rows});
-    policy::safetensors_io::write_file_synced(&out.join("report.json"), serde_json::to_string_pretty(&report)?.as_bytes())?;
-    eprintln!("wrote {} ({:.0} s)", out.join("report.json").display(), t_all.elapsed().as_secs_f64());
+    policy::safetensors_io::write_file_synced(
+        &out.join("report.json"),
+        serde_json::to_string_pretty(&report)?.as_bytes(),
+    )?;
+    eprintln!(
+        "wrote {} ({:.0} s)",
+        out.join("report.json").display(),
+        t_all.elapsed().as_secs_f64()
+    );
     if a.keep_serving {
-        eprintln!("the annotation server stays up at {url}; Ctrl-C to stop");
-        train_loop::install_interrupt_handler();
-        while !train_loop::interrupted() {
-            std::thread::sleep(Duration::from_millis(200));
-        }
+        eprintln!("the annotation server stays up at {url}; rounds queued on its dashboard run here; Ctrl-C to stop");
+        serve_queued(&ctx, &bots, &dev)?;
     }
     drop(server);
     Ok(())

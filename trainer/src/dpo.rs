@@ -8,7 +8,9 @@
 //! (the default when `ref` is not given), which refreshes it every round;
 //! passing the original SFT model instead keeps it fixed.
 use crate::data::{PreferencePair, Sequence};
-use crate::logprobs::{masked_row_sums, sequence_logprob_sums, softplus, softplus_f64, token_logprobs, TargetBatch};
+use crate::logprobs::{
+    masked_row_sums, sequence_logprob_sums, softplus, softplus_f64, token_logprobs, TargetBatch,
+};
 use crate::policy_io::PolicyFiles;
 use anyhow::{bail, Result};
 use dfdx::prelude::*;
@@ -47,7 +49,12 @@ pub struct DpoConfig {
 
 impl Default for DpoConfig {
     fn default() -> Self {
-        DpoConfig { loss: DpoLoss::Sigmoid, beta: 0.1, label_smoothing: 0.0, rpo_alpha: 0.0 }
+        DpoConfig {
+            loss: DpoLoss::Sigmoid,
+            beta: 0.1,
+            label_smoothing: 0.0,
+            rpo_alpha: 0.0,
+        }
     }
 }
 
@@ -58,7 +65,10 @@ impl DpoConfig {
             bail!("beta must be a positive number, got {}", self.beta);
         }
         if !(0.0..0.5).contains(&self.label_smoothing) {
-            bail!("label smoothing must be in [0, 0.5), got {}", self.label_smoothing);
+            bail!(
+                "label smoothing must be in [0, 0.5), got {}",
+                self.label_smoothing
+            );
         }
         if self.loss == DpoLoss::Ipo && self.label_smoothing > 0.0 {
             bail!("label smoothing applies to the sigmoid and robust losses, not IPO");
@@ -79,7 +89,8 @@ pub fn pair_loss(cfg: &DpoConfig, cl: f64, rl: f64, len_chosen: usize, len_rejec
         DpoLoss::Sigmoid => (1.0 - e) * softplus_f64(-z) + e * softplus_f64(z),
         DpoLoss::Robust => ((1.0 - e) * softplus_f64(-z) - e * softplus_f64(z)) / (1.0 - 2.0 * e),
         DpoLoss::Ipo => {
-            let d = cl / len_chosen.max(1) as f64 - rl / len_rejected.max(1) as f64 - 1.0 / (2.0 * b);
+            let d =
+                cl / len_chosen.max(1) as f64 - rl / len_rejected.max(1) as f64 - 1.0 / (2.0 * b);
             d * d
         }
     }
@@ -98,11 +109,14 @@ pub fn loss_tensor<D: Dev, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     inv_len_r: &T1<D>,
 ) -> T1<D, T> {
     let (b, e) = (cfg.beta, cfg.label_smoothing);
-    let nll = (cfg.rpo_alpha > 0.0).then(|| (pc.with_empty_tape() * inv_len_c.clone()).negate() * cfg.rpo_alpha);
+    let nll = (cfg.rpo_alpha > 0.0)
+        .then(|| (pc.with_empty_tape() * inv_len_c.clone()).negate() * cfg.rpo_alpha);
     let cl = pc - refc.clone();
     let rl = pr - refr.clone();
     let per_pair = match cfg.loss {
-        DpoLoss::Ipo => (cl * inv_len_c.clone() - rl * inv_len_r.clone() - 1.0 / (2.0 * b)).square(),
+        DpoLoss::Ipo => {
+            (cl * inv_len_c.clone() - rl * inv_len_r.clone() - 1.0 / (2.0 * b)).square()
+        }
         loss => {
             let z = (cl - rl) * b;
             let pos = softplus(z.with_empty_tape().negate());
@@ -134,7 +148,11 @@ pub struct DpoStage {
 }
 
 /// Summed response log-probs of both sides of each pair under `model`.
-pub fn pair_logprobs<D: Dev>(model: &Llama<D>, pairs: &[PreferencePair], batch_size: usize) -> Result<Vec<(f32, f32)>> {
+pub fn pair_logprobs<D: Dev>(
+    model: &Llama<D>,
+    pairs: &[PreferencePair],
+    batch_size: usize,
+) -> Result<Vec<(f32, f32)>> {
     let seqs: Vec<(Sequence, Sequence)> = pairs.iter().map(PreferencePair::sequences).collect();
     let flat: Vec<&Sequence> = seqs.iter().flat_map(|(c, r)| [c, r]).collect();
     let s = sequence_logprob_sums(model, &flat, batch_size, 1.0)?;
@@ -143,18 +161,41 @@ pub fn pair_logprobs<D: Dev>(model: &Llama<D>, pairs: &[PreferencePair], batch_s
 
 impl DpoStage {
     /// Computes the reference log-probs with `reference` (the frozen starting policy).
-    pub fn new<D: Dev>(cfg: DpoConfig, reference: &Llama<D>, pairs: Vec<PreferencePair>, eval_pairs: Vec<PreferencePair>, files: PolicyFiles, eval_batch: usize) -> Result<Self> {
+    pub fn new<D: Dev>(
+        cfg: DpoConfig,
+        reference: &Llama<D>,
+        pairs: Vec<PreferencePair>,
+        eval_pairs: Vec<PreferencePair>,
+        files: PolicyFiles,
+        eval_batch: usize,
+    ) -> Result<Self> {
         cfg.validate()?;
         let r = pair_logprobs(reference, &pairs, eval_batch)?;
         let er = pair_logprobs(reference, &eval_pairs, eval_batch)?;
-        Ok(DpoStage { cfg, pairs, reference: r, eval_pairs, eval_reference: er, files, eval_batch })
+        Ok(DpoStage {
+            cfg,
+            pairs,
+            reference: r,
+            eval_pairs,
+            eval_reference: er,
+            files,
+            eval_batch,
+        })
     }
 
-    fn pair_metrics(&self, m: &mut Metrics, pc: f64, pr: f64, refs: (f32, f32), p: &PreferencePair) {
+    fn pair_metrics(
+        &self,
+        m: &mut Metrics,
+        pc: f64,
+        pr: f64,
+        refs: (f32, f32),
+        p: &PreferencePair,
+    ) {
         let (cl, rl) = (pc - refs.0 as f64, pr - refs.1 as f64);
         let b = self.cfg.beta as f64;
         let nll = -pc / p.chosen.len().max(1) as f64;
-        let loss = pair_loss(&self.cfg, cl, rl, p.chosen.len(), p.rejected.len()) + self.cfg.rpo_alpha as f64 * nll;
+        let loss = pair_loss(&self.cfg, cl, rl, p.chosen.len(), p.rejected.len())
+            + self.cfg.rpo_alpha as f64 * nll;
         m.add("loss", loss, 1.0);
         m.add("rewards/chosen", b * cl, 1.0);
         m.add("rewards/rejected", b * rl, 1.0);
@@ -179,30 +220,79 @@ impl<D: Dev> Stage<D> for DpoStage {
         self.pairs.len()
     }
 
-    fn micro_step(&mut self, model: &Llama<D>, examples: &[usize], scale: f32) -> Result<(ParamTensors<D>, Metrics)> {
+    fn micro_step(
+        &mut self,
+        model: &Llama<D>,
+        examples: &[usize],
+        scale: f32,
+    ) -> Result<(ParamTensors<D>, Metrics)> {
         let k = examples.len();
-        let seqs: Vec<(Sequence, Sequence)> = examples.iter().map(|&i| self.pairs[i].sequences()).collect();
+        let seqs: Vec<(Sequence, Sequence)> = examples
+            .iter()
+            .map(|&i| self.pairs[i].sequences())
+            .collect();
         // chosen rows first, then rejected rows, in one forward
-        let rows: Vec<&Sequence> = seqs.iter().map(|s| &s.0).chain(seqs.iter().map(|s| &s.1)).collect();
+        let rows: Vec<&Sequence> = seqs
+            .iter()
+            .map(|s| &s.0)
+            .chain(seqs.iter().map(|s| &s.1))
+            .collect();
         let pad = model.cfg.pad_token_id.unwrap_or(0);
         let tb = TargetBatch::new(&rows, pad)?;
-        let lp = token_logprobs(model, model.embed_tokens.trace(Gradients::leaky()), &tb, 1.0)?;
+        let lp = token_logprobs(
+            model,
+            model.embed_tokens.trace(Gradients::leaky()),
+            &tb,
+            1.0,
+        )?;
         let sums = masked_row_sums(model, lp, &tb);
         let values = sums.as_vec();
         let dev = &model.dev;
-        let pc = sums.with_empty_tape().gather(dev.tensor_from_vec((0..k).collect::<Vec<_>>(), (k,)));
+        let pc = sums
+            .with_empty_tape()
+            .gather(dev.tensor_from_vec((0..k).collect::<Vec<_>>(), (k,)));
         let pr = sums.gather(dev.tensor_from_vec((k..2 * k).collect::<Vec<_>>(), (k,)));
-        let refc = dev.tensor_from_vec(examples.iter().map(|&i| self.reference[i].0).collect::<Vec<_>>(), (k,));
-        let refr = dev.tensor_from_vec(examples.iter().map(|&i| self.reference[i].1).collect::<Vec<_>>(), (k,));
-        let inv_len_c = dev.tensor_from_vec(examples.iter().map(|&i| 1.0 / self.pairs[i].chosen.len().max(1) as f32).collect::<Vec<_>>(), (k,));
-        let inv_len_r = dev.tensor_from_vec(examples.iter().map(|&i| 1.0 / self.pairs[i].rejected.len().max(1) as f32).collect::<Vec<_>>(), (k,));
+        let refc = dev.tensor_from_vec(
+            examples
+                .iter()
+                .map(|&i| self.reference[i].0)
+                .collect::<Vec<_>>(),
+            (k,),
+        );
+        let refr = dev.tensor_from_vec(
+            examples
+                .iter()
+                .map(|&i| self.reference[i].1)
+                .collect::<Vec<_>>(),
+            (k,),
+        );
+        let inv_len_c = dev.tensor_from_vec(
+            examples
+                .iter()
+                .map(|&i| 1.0 / self.pairs[i].chosen.len().max(1) as f32)
+                .collect::<Vec<_>>(),
+            (k,),
+        );
+        let inv_len_r = dev.tensor_from_vec(
+            examples
+                .iter()
+                .map(|&i| 1.0 / self.pairs[i].rejected.len().max(1) as f32)
+                .collect::<Vec<_>>(),
+            (k,),
+        );
         let per_pair = loss_tensor(&self.cfg, pc, pr, &refc, &refr, &inv_len_c, &inv_len_r);
         let loss = per_pair.sum::<Rank0, _>() * scale;
         let mut grads = loss.backward();
         let g = ParamTensors::from_backward(model, &mut grads)?;
         let mut m = Metrics::default();
         for (j, &i) in examples.iter().enumerate() {
-            self.pair_metrics(&mut m, values[j] as f64, values[k + j] as f64, self.reference[i], &self.pairs[i]);
+            self.pair_metrics(
+                &mut m,
+                values[j] as f64,
+                values[k + j] as f64,
+                self.reference[i],
+                &self.pairs[i],
+            );
         }
         Ok((g, m))
     }
@@ -214,7 +304,13 @@ impl<D: Dev> Stage<D> for DpoStage {
         let lp = pair_logprobs(model, &self.eval_pairs, self.eval_batch)?;
         let mut m = Metrics::default();
         for (i, &(c, r)) in lp.iter().enumerate() {
-            self.pair_metrics(&mut m, c as f64, r as f64, self.eval_reference[i], &self.eval_pairs[i]);
+            self.pair_metrics(
+                &mut m,
+                c as f64,
+                r as f64,
+                self.eval_reference[i],
+                &self.eval_pairs[i],
+            );
         }
         Ok(Some(m))
     }
@@ -249,15 +345,37 @@ mod tests {
     #[test]
     fn golden_values_from_design() {
         let sig = DpoConfig::default();
-        assert!((pair_loss(&sig, CL, RL, 5, 4) - 0.620957).abs() < 1e-6, "{}", pair_loss(&sig, CL, RL, 5, 4));
-        let robust = DpoConfig { loss: DpoLoss::Robust, label_smoothing: 0.1, ..sig };
-        assert!((pair_loss(&robust, CL, RL, 5, 4) - 0.602207).abs() < 1e-6, "{}", pair_loss(&robust, CL, RL, 5, 4));
-        let ipo = DpoConfig { loss: DpoLoss::Ipo, ..sig };
-        assert!((pair_loss(&ipo, CL, RL, 5, 4) - 21.855625).abs() < 1e-6, "{}", pair_loss(&ipo, CL, RL, 5, 4));
+        assert!(
+            (pair_loss(&sig, CL, RL, 5, 4) - 0.620957).abs() < 1e-6,
+            "{}",
+            pair_loss(&sig, CL, RL, 5, 4)
+        );
+        let robust = DpoConfig {
+            loss: DpoLoss::Robust,
+            label_smoothing: 0.1,
+            ..sig
+        };
+        assert!(
+            (pair_loss(&robust, CL, RL, 5, 4) - 0.602207).abs() < 1e-6,
+            "{}",
+            pair_loss(&robust, CL, RL, 5, 4)
+        );
+        let ipo = DpoConfig {
+            loss: DpoLoss::Ipo,
+            ..sig
+        };
+        assert!(
+            (pair_loss(&ipo, CL, RL, 5, 4) - 21.855625).abs() < 1e-6,
+            "{}",
+            pair_loss(&ipo, CL, RL, 5, 4)
+        );
         // implicit rewards β·cl and β·rl
         assert!((0.1 * CL - 0.1).abs() < 1e-12 && (0.1 * RL + 0.05).abs() < 1e-12);
         // cDPO: −0.9·log σ(0.15) − 0.1·log σ(−0.15)
-        let cdpo = DpoConfig { label_smoothing: 0.1, ..sig };
+        let cdpo = DpoConfig {
+            label_smoothing: 0.1,
+            ..sig
+        };
         let want = 0.9 * softplus_f64(-0.15) + 0.1 * softplus_f64(0.15);
         assert!((pair_loss(&cdpo, CL, RL, 5, 4) - want).abs() < 1e-7);
     }
@@ -268,34 +386,99 @@ mod tests {
         let t = |x: f32| dev.tensor_from_vec(vec![x], (1,));
         for cfg in [
             DpoConfig::default(),
-            DpoConfig { loss: DpoLoss::Robust, label_smoothing: 0.1, ..DpoConfig::default() },
-            DpoConfig { label_smoothing: 0.2, ..DpoConfig::default() },
-            DpoConfig { loss: DpoLoss::Ipo, ..DpoConfig::default() },
+            DpoConfig {
+                loss: DpoLoss::Robust,
+                label_smoothing: 0.1,
+                ..DpoConfig::default()
+            },
+            DpoConfig {
+                label_smoothing: 0.2,
+                ..DpoConfig::default()
+            },
+            DpoConfig {
+                loss: DpoLoss::Ipo,
+                ..DpoConfig::default()
+            },
         ] {
             let value = |pc: f32| {
-                let l = loss_tensor(&cfg, t(pc), t(-12.0), &t(-11.0), &t(-11.5), &t(0.2), &t(0.25));
+                let l = loss_tensor(
+                    &cfg,
+                    t(pc),
+                    t(-12.0),
+                    &t(-11.0),
+                    &t(-11.5),
+                    &t(0.2),
+                    &t(0.25),
+                );
                 l.as_vec()[0] as f64
             };
-            assert!((value(-10.0) - pair_loss(&cfg, CL, RL, 5, 4)).abs() < 1e-5, "{cfg:?}");
+            assert!(
+                (value(-10.0) - pair_loss(&cfg, CL, RL, 5, 4)).abs() < 1e-5,
+                "{cfg:?}"
+            );
             // autodiff against a central difference in logπθ(y+)
             let pc = t(-10.0);
-            let l = loss_tensor(&cfg, pc.trace(Gradients::leaky()), t(-12.0).trace(Gradients::leaky()), &t(-11.0), &t(-11.5), &t(0.2), &t(0.25));
+            let l = loss_tensor(
+                &cfg,
+                pc.trace(Gradients::leaky()),
+                t(-12.0).trace(Gradients::leaky()),
+                &t(-11.0),
+                &t(-11.5),
+                &t(0.2),
+                &t(0.25),
+            );
             let g = l.sum::<Rank0, _>().backward().get(&pc).as_vec()[0] as f64;
             let h = 1e-2;
             let fd = (value(-10.0 + h as f32) - value(-10.0 - h as f32)) / (2.0 * h);
-            assert!((g - fd).abs() < 1e-3 * fd.abs().max(1.0), "{cfg:?}: {g} vs {fd}");
+            assert!(
+                (g - fd).abs() < 1e-3 * fd.abs().max(1.0),
+                "{cfg:?}: {g} vs {fd}"
+            );
         }
         // RPO adds α·NLL per token of the chosen response: 0.2 · 10/5
-        let rpo = DpoConfig { rpo_alpha: 0.2, ..DpoConfig::default() };
-        let l = loss_tensor(&rpo, t(-10.0), t(-12.0), &t(-11.0), &t(-11.5), &t(0.2), &t(0.25)).as_vec()[0] as f64;
+        let rpo = DpoConfig {
+            rpo_alpha: 0.2,
+            ..DpoConfig::default()
+        };
+        let l = loss_tensor(
+            &rpo,
+            t(-10.0),
+            t(-12.0),
+            &t(-11.0),
+            &t(-11.5),
+            &t(0.2),
+            &t(0.25),
+        )
+        .as_vec()[0] as f64;
         assert!((l - (0.620957 + 0.4)).abs() < 1e-5, "{l}");
     }
 
     #[test]
     fn settings_are_checked() {
-        assert!(DpoConfig { beta: 0.0, ..DpoConfig::default() }.validate().is_err());
-        assert!(DpoConfig { label_smoothing: 0.5, ..DpoConfig::default() }.validate().is_err());
-        assert!(DpoConfig { loss: DpoLoss::Ipo, label_smoothing: 0.1, ..DpoConfig::default() }.validate().is_err());
-        assert!(DpoConfig { rpo_alpha: -1.0, ..DpoConfig::default() }.validate().is_err());
+        assert!(DpoConfig {
+            beta: 0.0,
+            ..DpoConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(DpoConfig {
+            label_smoothing: 0.5,
+            ..DpoConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(DpoConfig {
+            loss: DpoLoss::Ipo,
+            label_smoothing: 0.1,
+            ..DpoConfig::default()
+        }
+        .validate()
+        .is_err());
+        assert!(DpoConfig {
+            rpo_alpha: -1.0,
+            ..DpoConfig::default()
+        }
+        .validate()
+        .is_err());
     }
 }

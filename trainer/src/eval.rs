@@ -35,12 +35,33 @@ pub struct EvalReport {
 }
 
 /// Responses of `model` to `prompts` at temperature 1.
-pub fn sample<D: Dev>(model: &Llama<D>, prompts: &[Prompt], max_new_tokens: usize, stop_tokens: &[u32], seed: u64, batch: usize) -> Result<Vec<Generation>> {
-    let cfg = SamplingConfig { max_new_tokens, temperature: 1.0, top_k: 0, top_p: 1.0, seed, stop_tokens: stop_tokens.to_vec() };
+pub fn sample<D: Dev>(
+    model: &Llama<D>,
+    prompts: &[Prompt],
+    max_new_tokens: usize,
+    stop_tokens: &[u32],
+    seed: u64,
+    batch: usize,
+) -> Result<Vec<Generation>> {
+    let cfg = SamplingConfig {
+        max_new_tokens,
+        temperature: 1.0,
+        top_k: 0,
+        top_p: 1.0,
+        seed,
+        stop_tokens: stop_tokens.to_vec(),
+    };
     let mut out = vec![];
     for (c, chunk) in prompts.chunks(batch.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|p| p.ids.clone()).collect();
-        out.extend(generate(model, &ids, &SamplingConfig { seed: seed.wrapping_add(c as u64 * 0x9E37_79B9), ..cfg.clone() })?);
+        out.extend(generate(
+            model,
+            &ids,
+            &SamplingConfig {
+                seed: seed.wrapping_add(c as u64 * 0x9E37_79B9),
+                ..cfg.clone()
+            },
+        )?);
     }
     Ok(out)
 }
@@ -68,11 +89,29 @@ struct Judged {
 }
 
 fn scores<D: Dev>(s: &EvalSetup<D>, prompts: &[Prompt], gens: &[Generation]) -> Result<Judged> {
-    let texts: Vec<String> = gens.iter().map(|g| s.tok.decode(&g.tokens, true)).collect::<Result<_>>()?;
-    let gold = s.gold.map(|f| prompts.iter().zip(&texts).map(|(p, t)| f(&crate::reward::prompt_text(&p.content), t)).collect());
+    let texts: Vec<String> = gens
+        .iter()
+        .map(|g| s.tok.decode(&g.tokens, true))
+        .collect::<Result<_>>()?;
+    let gold = s.gold.map(|f| {
+        prompts
+            .iter()
+            .zip(&texts)
+            .map(|(p, t)| f(&crate::reward::prompt_text(&p.content), t))
+            .collect()
+    });
     let rm = match s.reward {
         Some(r) => {
-            let sc: Vec<Scored> = prompts.iter().zip(gens).zip(&texts).map(|((p, g), t)| Scored { prompt: p, response_ids: &g.tokens, response_text: t }).collect();
+            let sc: Vec<Scored> = prompts
+                .iter()
+                .zip(gens)
+                .zip(&texts)
+                .map(|((p, g), t)| Scored {
+                    prompt: p,
+                    response_ids: &g.tokens,
+                    response_text: t,
+                })
+                .collect();
             Some(r.score(&sc)?)
         }
         None => None,
@@ -85,35 +124,74 @@ fn mean(xs: &[f32]) -> f64 {
 }
 
 /// Evaluates `policy` on `prompts`.
-pub fn evaluate<D: Dev>(policy: &Llama<D>, prompts: &[Prompt], s: &EvalSetup<D>) -> Result<EvalReport> {
+pub fn evaluate<D: Dev>(
+    policy: &Llama<D>,
+    prompts: &[Prompt],
+    s: &EvalSetup<D>,
+) -> Result<EvalReport> {
     if prompts.is_empty() {
         bail!("no prompts to evaluate on");
     }
-    let gens = sample(policy, prompts, s.max_new_tokens, &s.stop_tokens, s.seed, s.batch)?;
+    let gens = sample(
+        policy,
+        prompts,
+        s.max_new_tokens,
+        &s.stop_tokens,
+        s.seed,
+        s.batch,
+    )?;
     let Judged { gold, rm } = scores(s, prompts, &gens)?;
     let mut r = EvalReport {
         prompts: prompts.len(),
         gold_reward: gold.as_deref().map(mean),
         rm_score: rm.as_deref().map(mean),
-        response_tokens: gens.iter().map(|g| g.tokens.len() as f64).sum::<f64>() / gens.len() as f64,
+        response_tokens: gens.iter().map(|g| g.tokens.len() as f64).sum::<f64>()
+            / gens.len() as f64,
         ..EvalReport::default()
     };
     if let Some(reference) = s.reference {
-        let seqs: Vec<Sequence> = prompts.iter().zip(&gens).map(|(p, g)| Sequence::prompt_response(&p.ids, &g.tokens)).collect();
+        let seqs: Vec<Sequence> = prompts
+            .iter()
+            .zip(&gens)
+            .map(|(p, g)| Sequence::prompt_response(&p.ids, &g.tokens))
+            .collect();
         let refs: Vec<&Sequence> = seqs.iter().collect();
         let lp = sequence_logprob_sums(policy, &refs, s.batch, 1.0)?;
         let lr = sequence_logprob_sums(reference, &refs, s.batch, 1.0)?;
-        r.kl = Some(lp.iter().zip(&lr).map(|(a, b)| (a - b) as f64).sum::<f64>() / seqs.len() as f64);
+        r.kl =
+            Some(lp.iter().zip(&lr).map(|(a, b)| (a - b) as f64).sum::<f64>() / seqs.len() as f64);
     }
     if let Some(baseline) = s.baseline {
-        let bgens = sample(baseline, prompts, s.max_new_tokens, &s.stop_tokens, s.seed, s.batch)?;
-        let Judged { gold: bgold, rm: brm } = scores(s, prompts, &bgens)?;
+        let bgens = sample(
+            baseline,
+            prompts,
+            s.max_new_tokens,
+            &s.stop_tokens,
+            s.seed,
+            s.batch,
+        )?;
+        let Judged {
+            gold: bgold,
+            rm: brm,
+        } = scores(s, prompts, &bgens)?;
         let (mine, theirs, judge) = match (gold, bgold, rm, brm) {
             (Some(a), Some(b), _, _) => (a, b, "gold"),
             (_, _, Some(a), Some(b)) => (a, b, "reward_model"),
             _ => bail!("a win rate needs a gold reward or a reward model to judge"),
         };
-        let wins: f64 = mine.iter().zip(&theirs).map(|(a, b)| if a > b { 1.0 } else if a == b { 0.5 } else { 0.0 }).sum();
+        let wins: f64 = mine
+            .iter()
+            .zip(&theirs)
+            .map(|(a, b)| {
+                if a > b {
+                    1.0
+                } else if a == b {
+                    0.5
+                } else {
+                    0.0
+                }
+            })
+            .sum();
         r.win_rate = Some(wins / prompts.len() as f64);
         r.win_rate_judge = Some(judge.into());
     }

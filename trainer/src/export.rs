@@ -4,9 +4,9 @@ use crate::data::{read_prompts, Prompt};
 use crate::eval::{evaluate, EvalSetup};
 use crate::policy_io::{load_policy, PolicyFiles};
 use crate::reward::Reward;
-use anyhow::{bail, Context, Result};
 use annotation_server::api::client::Client;
 use annotation_server::api::Round;
+use anyhow::{bail, Context, Result};
 use clap::Args;
 use policy::checkpoint::Checkpoint;
 use policy::cli::{stop_tokens, DeviceKind, OnDevice};
@@ -71,11 +71,25 @@ fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
     let prompts: Vec<Prompt> = match (&a.prompts, &task) {
         (Some(p), _) => read_prompts(p, &tok)?,
         (None, Some(t)) => crate::round::eval_prompts(t.as_ref(), a.n, &tok)?,
-        (None, None) => bail!("give --task (its held-out prompts and gold reward) or --prompts FILE"),
+        (None, None) => {
+            bail!("give --task (its held-out prompts and gold reward) or --prompts FILE")
+        }
     };
-    let reward = a.reward_model.as_ref().map(|p| Reward::model(p, dev, 64)).transpose()?;
-    let reference = a.reference.as_ref().map(|p| Checkpoint::load(p, dev)).transpose()?;
-    let baseline = a.baseline.as_ref().map(|p| Checkpoint::load(p, dev)).transpose()?;
+    let reward = a
+        .reward_model
+        .as_ref()
+        .map(|p| Reward::model(p, dev, 64))
+        .transpose()?;
+    let reference = a
+        .reference
+        .as_ref()
+        .map(|p| Checkpoint::load(p, dev))
+        .transpose()?;
+    let baseline = a
+        .baseline
+        .as_ref()
+        .map(|p| Checkpoint::load(p, dev))
+        .transpose()?;
     let gold_fn = |p: &str, r: &str| task.as_ref().map_or(0.0, |t| t.gold(p, r));
     let setup = EvalSetup {
         tok: &tok,
@@ -83,7 +97,9 @@ fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
         max_new_tokens: a.max_new_tokens,
         seed: a.seed,
         batch: 64,
-        gold: task.as_ref().map(|_| &gold_fn as &dyn Fn(&str, &str) -> f32),
+        gold: task
+            .as_ref()
+            .map(|_| &gold_fn as &dyn Fn(&str, &str) -> f32),
         reward: reward.as_ref(),
         reference: reference.as_ref().map(|c| &c.model),
         baseline: baseline.as_ref().map(|c| &c.model),
@@ -121,8 +137,18 @@ pub struct ExportArgs {
 
 /// The rounds of `round`'s series up to it, in order.
 fn lineage(client: &Client, round: &Round) -> Result<Vec<Round>> {
-    let source = round.config.get("prompt_source").cloned().unwrap_or(Value::Null);
-    let mut all: Vec<Round> = client.rounds()?.into_iter().filter(|r| r.config.get("prompt_source") == Some(&source) && r.id <= round.id && r.status == "done").collect();
+    let source = round
+        .config
+        .get("prompt_source")
+        .cloned()
+        .unwrap_or(Value::Null);
+    let mut all: Vec<Round> = client
+        .rounds()?
+        .into_iter()
+        .filter(|r| {
+            r.config.get("prompt_source") == Some(&source) && r.id <= round.id && r.status == "done"
+        })
+        .collect();
     all.sort_by_key(|r| r.id);
     Ok(all)
 }
@@ -132,40 +158,86 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     let dev = dfdx::prelude::Cpu::default();
     let (dir, card) = match (a.round, &a.policy) {
         (Some(id), _) => {
-            let token = a.token.as_deref().context("--round needs a researcher token (--token or RLHF_TOKEN)")?;
+            let token = a
+                .token
+                .as_deref()
+                .context("--round needs a researcher token (--token or RLHF_TOKEN)")?;
             let client = Client::new(&a.server, token)?;
             let round = client.round(id)?;
             if round.status != "done" {
-                bail!("round {id} is `{}`, not done; export a finished round", round.status);
+                bail!(
+                    "round {id} is `{}`, not done; export a finished round",
+                    round.status
+                );
             }
-            let out = round.state.get("output").and_then(Value::as_str).map(PathBuf::from).with_context(|| format!("round {id} has no output checkpoint"))?;
+            let out = round
+                .state
+                .get("output")
+                .and_then(Value::as_str)
+                .map(PathBuf::from)
+                .with_context(|| format!("round {id} has no output checkpoint"))?;
             let rounds = lineage(&client, &round)?;
             let batches = client.batches()?;
             let ids: Vec<i64> = rounds.iter().map(|r| r.id).collect();
-            let mine: Vec<_> = batches.iter().filter(|b| b.round_id.is_some_and(|r| ids.contains(&r))).collect();
+            let mine: Vec<_> = batches
+                .iter()
+                .filter(|b| b.round_id.is_some_and(|r| ids.contains(&r)))
+                .collect();
             let comparisons: i64 = mine.iter().map(|b| b.comparisons).sum();
             let labels: i64 = mine.iter().map(|b| b.labels).sum();
-            let mut labelers: Vec<&str> = mine.iter().flat_map(|b| b.labelers.iter().map(|l| l.username.as_str())).collect();
+            let mut labelers: Vec<&str> = mine
+                .iter()
+                .flat_map(|b| b.labelers.iter().map(|l| l.username.as_str()))
+                .collect();
             labelers.sort();
             labelers.dedup();
-            (out, model_card(&round, &rounds, comparisons, labels, labelers.len()))
+            (
+                out,
+                model_card(&round, &rounds, comparisons, labels, labelers.len()),
+            )
         }
-        (None, Some(p)) => (p.clone(), format!("# {}\n\nExported by `rlhf export` from `{}`.\n", a.out.file_name().map(|s| s.to_string_lossy().to_string()).unwrap_or_default(), p.display())),
+        (None, Some(p)) => (
+            p.clone(),
+            format!(
+                "# {}\n\nExported by `rlhf export` from `{}`.\n",
+                a.out
+                    .file_name()
+                    .map(|s| s.to_string_lossy().to_string())
+                    .unwrap_or_default(),
+                p.display()
+            ),
+        ),
         (None, None) => bail!("give --round ID or --policy DIR"),
     };
-    let ck = Checkpoint::load(&dir, &dev).with_context(|| format!("cannot load {}", dir.display()))?;
+    let ck =
+        Checkpoint::load(&dir, &dev).with_context(|| format!("cannot load {}", dir.display()))?;
     let files = PolicyFiles::of(&ck);
     policy::safetensors_io::write_dir_atomic(&a.out, |tmp| {
         files.write_into(&ck.model, tmp, a.dtype)?;
         policy::safetensors_io::write_file_synced(&tmp.join("README.md"), card.as_bytes())
     })
     .with_context(|| format!("cannot write {}", a.out.display()))?;
-    eprintln!("exported {} to {} ({})", dir.display(), a.out.display(), a.dtype.hf_name());
+    eprintln!(
+        "exported {} to {} ({})",
+        dir.display(),
+        a.out.display(),
+        a.dtype.hf_name()
+    );
     Ok(())
 }
 
-fn model_card(round: &Round, rounds: &[Round], comparisons: i64, labels: i64, labelers: usize) -> String {
-    let base = round.config.get("initial_policy").and_then(Value::as_str).unwrap_or("?");
+fn model_card(
+    round: &Round,
+    rounds: &[Round],
+    comparisons: i64,
+    labels: i64,
+    labelers: usize,
+) -> String {
+    let base = round
+        .config
+        .get("initial_policy")
+        .and_then(Value::as_str)
+        .unwrap_or("?");
     let mut s = format!(
         "---\nlibrary_name: transformers\ntags: [rlhf, llama]\n---\n\n# {}\n\nAn aligned chat model exported by `rlhf export` from round {} (`{}`).\n\n\
          - Base model: `{base}`\n- Rounds: {}\n- Data: {comparisons} comparisons, {labels} labels from {labelers} labelers\n\n\
@@ -176,10 +248,30 @@ fn model_card(round: &Round, rounds: &[Round], comparisons: i64, labels: i64, la
         rounds.len()
     );
     for r in rounds {
-        let m = |k: &str| r.metrics.pointer(&format!("/summary/{k}")).and_then(Value::as_f64).map(|x| format!("{x:.3}")).unwrap_or_else(|| "-".into());
-        let recipe = r.config.get("recipe").and_then(Value::as_str).unwrap_or("?");
-        s.push_str(&format!("| {} | {recipe} | {} | {} | {} | {} |\n", r.id, m("gold_reward"), m("rm_accuracy"), m("kl"), m("win_rate")));
+        let m = |k: &str| {
+            r.metrics
+                .pointer(&format!("/summary/{k}"))
+                .and_then(Value::as_f64)
+                .map(|x| format!("{x:.3}"))
+                .unwrap_or_else(|| "-".into())
+        };
+        let recipe = r
+            .config
+            .get("recipe")
+            .and_then(Value::as_str)
+            .unwrap_or("?");
+        s.push_str(&format!(
+            "| {} | {recipe} | {} | {} | {} | {} |\n",
+            r.id,
+            m("gold_reward"),
+            m("rm_accuracy"),
+            m("kl"),
+            m("win_rate")
+        ));
     }
-    s.push_str(&format!("\nRound configuration:\n\n```json\n{}\n```\n", serde_json::to_string_pretty(&json!(round.config)).unwrap_or_default()));
+    s.push_str(&format!(
+        "\nRound configuration:\n\n```json\n{}\n```\n",
+        serde_json::to_string_pretty(&json!(round.config)).unwrap_or_default()
+    ));
     s
 }

@@ -11,20 +11,20 @@
 //!   combination, or a programmatic function.
 //! - [`data`]: TRL dataset formats (JSONL) → token sequences with loss masks.
 //! - [`cli`]: `rlhf sft|rs|dpo|ppo`.
+pub mod cli;
 pub mod data;
+pub mod demo;
+pub mod dpo;
+pub mod eval;
+pub mod export;
 pub mod logprobs;
 pub mod policy_io;
-pub mod sft;
-pub mod dpo;
-pub mod reward;
-pub mod rs;
-pub mod ppo_math;
 pub mod ppo;
-pub mod cli;
-pub mod tasks;
-pub mod simulate;
-pub mod eval;
+pub mod ppo_math;
+pub mod reward;
 pub mod round;
+pub mod rs;
+pub mod sft;
+pub mod simulate;
+pub mod tasks;
 pub mod worker;
-pub mod demo;
-pub mod export;

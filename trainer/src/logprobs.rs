@@ -19,7 +19,11 @@ impl TargetBatch {
     /// Builds the batch of `seqs`, padded with `pad`.
     pub fn new(seqs: &[&Sequence], pad: u32) -> Result<Self> {
         if let Some(i) = seqs.iter().position(|s| s.ids.len() != s.mask.len()) {
-            bail!("sequence {i} has {} tokens but {} mask entries", seqs[i].ids.len(), seqs[i].mask.len());
+            bail!(
+                "sequence {i} has {} tokens but {} mask entries",
+                seqs[i].ids.len(),
+                seqs[i].mask.len()
+            );
         }
         let rows: Vec<Vec<u32>> = seqs.iter().map(|s| s.ids.clone()).collect();
         let batch = Batch::right_padded(&rows, pad)?;
@@ -33,7 +37,11 @@ impl TargetBatch {
                 weights.push(if next && s.mask[i + 1] { 1.0 } else { 0.0 });
             }
         }
-        Ok(TargetBatch { batch, targets, weights })
+        Ok(TargetBatch {
+            batch,
+            targets,
+            weights,
+        })
     }
 
     /// Number of rows.
@@ -44,21 +52,37 @@ impl TargetBatch {
 
 /// Per-position log-probs `(rows·seq,)` of the targets under
 /// `softmax(logits / temperature)`, recording on `embed`'s tape.
-pub fn token_logprobs<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(model: &Llama<D>, embed: T2<D, T>, tb: &TargetBatch, temperature: f32) -> Result<T1<D, T>> {
+pub fn token_logprobs<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(
+    model: &Llama<D>,
+    embed: T2<D, T>,
+    tb: &TargetBatch,
+    temperature: f32,
+) -> Result<T1<D, T>> {
     let h = model.hidden(embed, &tb.batch, None)?;
     model.target_logprobs(h, &tb.targets, temperature)
 }
 
 /// Per-row sums `(rows,)` of `lp` over the trained positions.
-pub fn masked_row_sums<D: Dev, T: Tape<f32, D>>(model: &Llama<D>, lp: T1<D, T>, tb: &TargetBatch) -> T1<D, T> {
+pub fn masked_row_sums<D: Dev, T: Tape<f32, D>>(
+    model: &Llama<D>,
+    lp: T1<D, T>,
+    tb: &TargetBatch,
+) -> T1<D, T> {
     let (rows, seq) = (tb.batch.batch, tb.batch.seq);
     let w = model.dev.tensor_from_vec(tb.weights.clone(), (rows * seq,));
-    (lp * w).reshape_like(&(rows, seq)).sum::<(usize,), Axis<1>>()
+    (lp * w)
+        .reshape_like(&(rows, seq))
+        .sum::<(usize,), Axis<1>>()
 }
 
 /// Summed log-probs of the trained tokens of each sequence (no gradients),
 /// in batches of `batch_size` rows; results in input order.
-pub fn sequence_logprob_sums<D: Dev>(model: &Llama<D>, seqs: &[&Sequence], batch_size: usize, temperature: f32) -> Result<Vec<f32>> {
+pub fn sequence_logprob_sums<D: Dev>(
+    model: &Llama<D>,
+    seqs: &[&Sequence],
+    batch_size: usize,
+    temperature: f32,
+) -> Result<Vec<f32>> {
     let pad = model.cfg.pad_token_id.unwrap_or(0);
     // similar lengths together: less padding
     let mut order: Vec<usize> = (0..seqs.len()).collect();
@@ -77,7 +101,9 @@ pub fn sequence_logprob_sums<D: Dev>(model: &Llama<D>, seqs: &[&Sequence], batch
 }
 
 /// `log(1 + e^x)` elementwise, without overflow: `max(x, 0) + ln(1 + e^{−|x|})`.
-pub fn softplus<S: Shape, D: Dev, T: Tape<f32, D> + Merge<T>>(x: Tensor<S, f32, D, T>) -> Tensor<S, f32, D, T> {
+pub fn softplus<S: Shape, D: Dev, T: Tape<f32, D> + Merge<T>>(
+    x: Tensor<S, f32, D, T>,
+) -> Tensor<S, f32, D, T> {
     x.with_empty_tape().relu() + ((-(x.abs())).exp() + 1.0).ln()
 }
 
@@ -93,13 +119,18 @@ mod tests {
 
     #[test]
     fn sums_match_the_model_sequence_logprobs() {
-        let cfg = LlamaConfig::from_json(&serde_json::json!({"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 13})).unwrap();
+        let cfg = LlamaConfig::from_json(
+            &serde_json::json!({"hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 1,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 13}),
+        )
+        .unwrap();
         let m = Llama::random(cfg, &Cpu::default(), 3, 0.5).unwrap();
         let a = Sequence::prompt_response(&[1, 4, 5], &[6, 7]);
         let b = Sequence::prompt_response(&[2], &[3, 3, 9, 10]);
         let sums = sequence_logprob_sums(&m, &[&a, &b], 8, 1.0).unwrap();
-        let full = m.sequence_logprobs(&[a.ids.clone(), b.ids.clone()]).unwrap();
+        let full = m
+            .sequence_logprobs(&[a.ids.clone(), b.ids.clone()])
+            .unwrap();
         // a: targets are tokens 3 and 4 → log-probs at positions 2 and 3 (0-based, of the shifted list)
         let want_a = full[0][2] + full[0][3];
         let want_b: f32 = full[1].iter().sum();

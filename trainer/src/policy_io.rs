@@ -20,18 +20,28 @@ pub struct PolicyFiles {
 impl PolicyFiles {
     /// The files of a loaded checkpoint.
     pub fn of<D: Dev>(ck: &Checkpoint<D>) -> Self {
-        PolicyFiles { generation_config: ck.generation_config.clone(), files: ck.files.clone() }
+        PolicyFiles {
+            generation_config: ck.generation_config.clone(),
+            files: ck.files.clone(),
+        }
     }
 
     /// Writes `model` with these files into the existing directory `dir`.
     pub fn write_into<D: Dev>(&self, model: &Llama<D>, dir: &Path, dtype: DType) -> Result<()> {
-        write_model_into(model, self.generation_config.as_ref(), &self.files, dir, dtype)
+        write_model_into(
+            model,
+            self.generation_config.as_ref(),
+            &self.files,
+            dir,
+            dtype,
+        )
     }
 }
 
 /// Loads a policy checkpoint and its tokenizer.
 pub fn load_policy<D: Dev>(dir: &Path, dev: &D) -> Result<(Checkpoint<D>, Tokenizer)> {
     let ck = Checkpoint::load(dir, dev)?;
-    let tok = Tokenizer::load(dir).with_context(|| format!("{} has no usable tokenizer (tokenizer.json)", dir.display()))?;
+    let tok = Tokenizer::load(dir)
+        .with_context(|| format!("{} has no usable tokenizer (tokenizer.json)", dir.display()))?;
     Ok((ck, tok))
 }

@@ -31,7 +31,9 @@ use policy::model::{Batch, Dev, Llama, T1, T2};
 use policy::safetensors_io::write_dir_atomic;
 use policy::tokenizer::Tokenizer;
 use policy::train::{AdamW, ParamTensors};
-use policy::train_loop::{interrupted, metrics_path, open_metrics, progress_bar, step_examples, Fingerprint, LoopConfig};
+use policy::train_loop::{
+    interrupted, metrics_path, open_metrics, progress_bar, step_examples, Fingerprint, LoopConfig,
+};
 use policy::train_state;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
 use reward_model::model::RewardModel;
@@ -84,7 +86,12 @@ impl PpoConfig {
                 micro_batch: 8,
                 schedule: policy::train_loop::ScheduleKind::Linear,
                 warmup_ratio: 0.0,
-                adamw: policy::train::AdamWConfig { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.0 },
+                adamw: policy::train::AdamWConfig {
+                    beta1: 0.9,
+                    beta2: 0.999,
+                    eps: 1e-8,
+                    weight_decay: 0.0,
+                },
                 log_every: 1,
                 ..LoopConfig::default()
             },
@@ -93,7 +100,10 @@ impl PpoConfig {
             sampling: SamplingConfig::default(),
             temperature: 0.7,
             max_new_tokens: 53,
-            kl: KlController { beta: 0.05, adaptive: None },
+            kl: KlController {
+                beta: 0.05,
+                adaptive: None,
+            },
             kl_estimator: KlEstimator::K1,
             cliprange: 0.2,
             cliprange_value: 0.2,
@@ -121,7 +131,10 @@ impl PpoConfig {
             mini_batches: 8,
             ppo_epochs: 1,
             temperature: 1.0,
-            kl: KlController { beta: 0.01, adaptive: None },
+            kl: KlController {
+                beta: 0.01,
+                adaptive: None,
+            },
             ..t
         }
     }
@@ -133,13 +146,24 @@ impl PpoConfig {
             bail!("minibatches, PPO epochs and max new tokens must be at least 1");
         }
         if self.mini_batches > self.train.batch_size {
-            bail!("{} minibatches cannot split {} episodes", self.mini_batches, self.train.batch_size);
+            bail!(
+                "{} minibatches cannot split {} episodes",
+                self.mini_batches,
+                self.train.batch_size
+            );
         }
         if !(self.temperature.is_finite() && self.temperature > 0.0) {
-            bail!("PPO samples with a temperature > 0 (log-probs use it), got {}", self.temperature);
+            bail!(
+                "PPO samples with a temperature > 0 (log-probs use it), got {}",
+                self.temperature
+            );
         }
         let nonneg = |x: f32| x.is_finite() && x >= 0.0;
-        if !(nonneg(self.kl.beta) && nonneg(self.cliprange) && nonneg(self.cliprange_value) && nonneg(self.vf_coef)) {
+        if !(nonneg(self.kl.beta)
+            && nonneg(self.cliprange)
+            && nonneg(self.cliprange_value)
+            && nonneg(self.vf_coef))
+        {
             bail!("β, the clip ranges and the value coefficient must be >= 0");
         }
         if let Some((target, horizon)) = self.kl.adaptive {
@@ -185,16 +209,33 @@ struct Rollout {
 }
 
 /// Per-position values `(rows·seq,)` of the critic.
-fn token_values<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(critic: &RewardModel<D>, embed: T2<D, T>, b: &Batch) -> Result<T1<D, T>> {
+fn token_values<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(
+    critic: &RewardModel<D>,
+    embed: T2<D, T>,
+    b: &Batch,
+) -> Result<T1<D, T>> {
     let h = critic.backbone.hidden(embed, b, None)?;
     let n = b.batch * b.seq;
-    Ok(h.matmul(critic.score.clone().permute::<(usize, usize), Axes2<1, 0>>()).reshape_like(&(n,)))
+    Ok(h.matmul(
+        critic
+            .score
+            .clone()
+            .permute::<(usize, usize), Axes2<1, 0>>(),
+    )
+    .reshape_like(&(n,)))
 }
 
 /// The values at the trained positions of each row, in order.
 fn per_row(values: &[f32], tb: &TargetBatch) -> Vec<Vec<f32>> {
     let seq = tb.batch.seq;
-    (0..tb.rows()).map(|r| (0..seq).filter(|&i| tb.weights[r * seq + i] > 0.0).map(|i| values[r * seq + i]).collect()).collect()
+    (0..tb.rows())
+        .map(|r| {
+            (0..seq)
+                .filter(|&i| tb.weights[r * seq + i] > 0.0)
+                .map(|i| values[r * seq + i])
+                .collect()
+        })
+        .collect()
 }
 
 /// Per-row values at trained positions, laid out back onto the batch grid.
@@ -215,7 +256,15 @@ fn on_grid(rows: &[&Vec<f32>], tb: &TargetBatch) -> Vec<f32> {
 /// PPO over `prompts` (`tok` decodes responses for programmatic rewards), saving to `out` (the policy as a HF directory with
 /// `trainer_state/`, the critic in `out/value_model/`). Metrics go to
 /// `OUT.metrics.jsonl`, one line per iteration.
-pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Tokenizer>, prompts: &[Prompt], cfg: &PpoConfig, out: &Path, resume: Option<PpoState<D>>) -> Result<PpoOutcome> {
+pub fn train<D: Dev>(
+    m: &mut PpoModels<D>,
+    reward: &Reward<D>,
+    tok: Option<&Tokenizer>,
+    prompts: &[Prompt],
+    cfg: &PpoConfig,
+    out: &Path,
+    resume: Option<PpoState<D>>,
+) -> Result<PpoOutcome> {
     cfg.validate()?;
     if prompts.is_empty() {
         bail!("no prompts");
@@ -225,7 +274,11 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         bail!("a programmatic reward reads text: PPO needs the tokenizer to decode responses");
     }
     if m.critic.backbone.cfg.vocab_size != m.actor.cfg.vocab_size {
-        bail!("the value model's vocabulary ({}) differs from the policy's ({})", m.critic.backbone.cfg.vocab_size, m.actor.cfg.vocab_size);
+        bail!(
+            "the value model's vocabulary ({}) differs from the policy's ({})",
+            m.critic.backbone.cfg.vocab_size,
+            m.actor.cfg.vocab_size
+        );
     }
     let n = prompts.len();
     let total = cfg.iterations(n);
@@ -235,7 +288,12 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
     prompts.iter().for_each(|p| fp.feed_tokens(&p.ids));
     let identity = json!({"stage": "ppo", "data": fp.hex(), "batch_size": cfg.train.batch_size, "seed": cfg.train.seed, "total_steps": total});
     let (mut actor_opt, mut critic_opt, mut kl_ctl, start) = match resume {
-        None => (AdamW::new(&m.actor, cfg.train.adamw), AdamW::new(&m.critic, cfg.train.adamw), cfg.kl, 0),
+        None => (
+            AdamW::new(&m.actor, cfg.train.adamw),
+            AdamW::new(&m.critic, cfg.train.adamw),
+            cfg.kl,
+            0,
+        ),
         Some(s) => {
             for (k, want) in identity.as_object().expect("object") {
                 let got = s.progress.get(k).unwrap_or(&Value::Null);
@@ -243,8 +301,11 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
                     bail!("cannot resume: the checkpoint's {k} is {got} but this run's is {want} (the same prompts, batch size, seed and length are needed for an exact resume)");
                 }
             }
-            let kl: KlController = serde_json::from_value(s.progress["kl_controller"].clone()).context("checkpoint has no KL controller state")?;
-            let it = s.progress["step"].as_u64().context("checkpoint has no step")?;
+            let kl: KlController = serde_json::from_value(s.progress["kl_controller"].clone())
+                .context("checkpoint has no KL controller state")?;
+            let it = s.progress["step"]
+                .as_u64()
+                .context("checkpoint has no step")?;
             (s.actor_opt, s.critic_opt, kl, it)
         }
     };
@@ -254,19 +315,41 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         let mut p = identity.clone();
         let o = p.as_object_mut().expect("object");
         o.insert("step".into(), json!(it));
-        o.insert("kl_controller".into(), serde_json::to_value(kl).unwrap_or(Value::Null));
-        o.insert("config".into(), serde_json::to_value(cfg).unwrap_or(Value::Null));
+        o.insert(
+            "kl_controller".into(),
+            serde_json::to_value(kl).unwrap_or(Value::Null),
+        );
+        o.insert(
+            "config".into(),
+            serde_json::to_value(cfg).unwrap_or(Value::Null),
+        );
         p
     };
     let mut last = serde_json::Map::new();
     for it in start..total {
         if cfg.train.stop_after.is_some_and(|s| it >= s) || interrupted() {
-            save(m, &actor_opt, &critic_opt, &progress_json(it, &kl_ctl), out, DType::F32)?;
+            save(
+                m,
+                &actor_opt,
+                &critic_opt,
+                &progress_json(it, &kl_ctl),
+                out,
+                DType::F32,
+            )?;
             bar.abandon_with_message("stopped; resume to continue");
-            return Ok(PpoOutcome { iterations: it, total_iterations: total, finished: false, last: Value::Object(last) });
+            return Ok(PpoOutcome {
+                iterations: it,
+                total_iterations: total,
+                finished: false,
+                last: Value::Object(last),
+            });
         }
         let t_start = Instant::now();
-        let batch_prompts: Vec<&Prompt> = step_examples(it, cfg.train.batch_size, n, cfg.train.seed).into_iter().map(|i| &prompts[i]).collect();
+        let batch_prompts: Vec<&Prompt> =
+            step_examples(it, cfg.train.batch_size, n, cfg.train.seed)
+                .into_iter()
+                .map(|i| &prompts[i])
+                .collect();
         // (1) rollouts
         let ids: Vec<Vec<u32>> = batch_prompts.iter().map(|p| p.ids.clone()).collect();
         let sc = SamplingConfig {
@@ -280,17 +363,39 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         let mut gens = vec![];
         for chunk in ids.chunks(cfg.train.micro_batch.max(1) * 4) {
             let offset = gens.len() as u64;
-            gens.extend(generate(&m.actor, chunk, &SamplingConfig { seed: sc.seed.wrapping_add(offset.wrapping_mul(0x2545_F491)), ..sc.clone() })?);
+            gens.extend(generate(
+                &m.actor,
+                chunk,
+                &SamplingConfig {
+                    seed: sc.seed.wrapping_add(offset.wrapping_mul(0x2545_F491)),
+                    ..sc.clone()
+                },
+            )?);
         }
         let t_gen = t_start.elapsed().as_secs_f64();
         // text only when something reads it (a programmatic reward)
         let texts: Vec<String> = match tok {
-            Some(tok) if matches!(reward, Reward::Function(_)) => gens.iter().map(|g| tok.decode(&g.tokens, true)).collect::<Result<_>>()?,
+            Some(tok) if matches!(reward, Reward::Function(_)) => gens
+                .iter()
+                .map(|g| tok.decode(&g.tokens, true))
+                .collect::<Result<_>>()?,
             _ => vec![String::new(); gens.len()],
         };
-        let scored: Vec<Scored> = batch_prompts.iter().zip(&gens).zip(&texts).map(|((p, g), t)| Scored { prompt: p, response_ids: &g.tokens, response_text: t }).collect();
+        let scored: Vec<Scored> = batch_prompts
+            .iter()
+            .zip(&gens)
+            .zip(&texts)
+            .map(|((p, g), t)| Scored {
+                prompt: p,
+                response_ids: &g.tokens,
+                response_text: t,
+            })
+            .collect();
         let mut scores = reward.score(&scored)?;
-        let eos_missing: Vec<bool> = gens.iter().map(|g| g.finish_reason != FinishReason::Stop).collect();
+        let eos_missing: Vec<bool> = gens
+            .iter()
+            .map(|g| g.finish_reason != FinishReason::Stop)
+            .collect();
         if let Some(pen) = cfg.missing_eos_penalty {
             for (s, &miss) in scores.iter_mut().zip(&eos_missing) {
                 if miss {
@@ -299,7 +404,11 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
             }
         }
         // (2) old log-probs, reference log-probs, values
-        let seqs: Vec<Sequence> = batch_prompts.iter().zip(&gens).map(|(p, g)| Sequence::prompt_response(&p.ids, &g.tokens)).collect();
+        let seqs: Vec<Sequence> = batch_prompts
+            .iter()
+            .zip(&gens)
+            .map(|(p, g)| Sequence::prompt_response(&p.ids, &g.tokens))
+            .collect();
         let pad = m.actor.cfg.pad_token_id.unwrap_or(0);
         // The sampler's log-probs are the old policy's (softmax(logits/T), no
         // top-k/top-p), so the rollout needs no extra policy forward (as TRL).
@@ -308,20 +417,60 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         for chunk in seqs.chunks(cfg.train.micro_batch) {
             let rows: Vec<&Sequence> = chunk.iter().collect();
             let tb = TargetBatch::new(&rows, pad)?;
-            ref_logp.extend(per_row(&token_logprobs(&m.reference, m.reference.embed_tokens.clone(), &tb, cfg.temperature)?.as_vec(), &tb));
-            old_values.extend(per_row(&token_values(&m.critic, m.critic.backbone.embed_tokens.clone(), &tb.batch)?.as_vec(), &tb));
+            ref_logp.extend(per_row(
+                &token_logprobs(
+                    &m.reference,
+                    m.reference.embed_tokens.clone(),
+                    &tb,
+                    cfg.temperature,
+                )?
+                .as_vec(),
+                &tb,
+            ));
+            old_values.extend(per_row(
+                &token_values(&m.critic, m.critic.backbone.embed_tokens.clone(), &tb.batch)?
+                    .as_vec(),
+                &tb,
+            ));
         }
         // (3) rewards, advantages, returns
-        let kls: Vec<Vec<f32>> = old_logp.iter().zip(&ref_logp).map(|(a, b)| a.iter().zip(b).map(|(&x, &y)| kl(cfg.kl_estimator, x, y)).collect()).collect();
-        let mut rewards: Vec<Vec<f32>> = kls.iter().zip(&scores).map(|(k, &s)| token_rewards(k, kl_ctl.beta, s)).collect();
+        let kls: Vec<Vec<f32>> = old_logp
+            .iter()
+            .zip(&ref_logp)
+            .map(|(a, b)| {
+                a.iter()
+                    .zip(b)
+                    .map(|(&x, &y)| kl(cfg.kl_estimator, x, y))
+                    .collect()
+            })
+            .collect();
+        let mut rewards: Vec<Vec<f32>> = kls
+            .iter()
+            .zip(&scores)
+            .map(|(k, &s)| token_rewards(k, kl_ctl.beta, s))
+            .collect();
         if cfg.whiten_rewards {
             whiten_rows(&mut rewards, false);
         }
-        let raw_adv: Vec<Vec<f32>> = rewards.iter().zip(&old_values).map(|(r, v)| gae(r, v, cfg.gamma, cfg.lam)).collect();
-        let returns: Vec<Vec<f32>> = raw_adv.iter().zip(&old_values).map(|(a, v)| a.iter().zip(v).map(|(x, y)| x + y).collect()).collect();
+        let raw_adv: Vec<Vec<f32>> = rewards
+            .iter()
+            .zip(&old_values)
+            .map(|(r, v)| gae(r, v, cfg.gamma, cfg.lam))
+            .collect();
+        let returns: Vec<Vec<f32>> = raw_adv
+            .iter()
+            .zip(&old_values)
+            .map(|(a, v)| a.iter().zip(v).map(|(x, y)| x + y).collect())
+            .collect();
         let mut advantages = raw_adv;
         whiten_rows(&mut advantages, true);
-        let rollout = Rollout { seqs, old_logp, old_values, advantages, returns };
+        let rollout = Rollout {
+            seqs,
+            old_logp,
+            old_values,
+            advantages,
+            returns,
+        };
         // scoring: the reward, reference log-probs, values and advantages
         let t_score = t_start.elapsed().as_secs_f64() - t_gen;
         // (4) updates
@@ -331,10 +480,21 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         let mb = bsz.div_ceil(cfg.mini_batches);
         for epoch in 0..cfg.ppo_epochs {
             let mut order: Vec<usize> = (0..bsz).collect();
-            order.shuffle(&mut StdRng::seed_from_u64(cfg.train.seed ^ (it.wrapping_mul(0x1000_0000_01B3)).wrapping_add(epoch as u64 + 1)));
+            order.shuffle(&mut StdRng::seed_from_u64(
+                cfg.train.seed ^ (it.wrapping_mul(0x1000_0000_01B3)).wrapping_add(epoch as u64 + 1),
+            ));
             for minibatch in order.chunks(mb) {
                 let lr = cfg.train.lr * schedule.factor(actor_opt.step);
-                update(m, &mut actor_opt, &mut critic_opt, &rollout, minibatch, cfg, lr, &mut stats)?;
+                update(
+                    m,
+                    &mut actor_opt,
+                    &mut critic_opt,
+                    &rollout,
+                    minibatch,
+                    cfg,
+                    lr,
+                    &mut stats,
+                )?;
             }
         }
         let t_train = t_train0.elapsed().as_secs_f64();
@@ -342,7 +502,11 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         let seq_kl: Vec<f32> = kls.iter().map(|k| k.iter().sum()).collect();
         let mean = |xs: &[f32]| xs.iter().map(|&x| x as f64).sum::<f64>() / xs.len().max(1) as f64;
         let mean_kl = mean(&seq_kl);
-        let entropy: Vec<f32> = rollout.old_logp.iter().map(|l| -l.iter().sum::<f32>()).collect();
+        let entropy: Vec<f32> = rollout
+            .old_logp
+            .iter()
+            .map(|l| -l.iter().sum::<f32>())
+            .collect();
         let non_score: Vec<f32> = seq_kl.iter().map(|k| -kl_ctl.beta * k).collect();
         let beta_used = kl_ctl.beta;
         kl_ctl.update(mean_kl as f32, bsz);
@@ -379,12 +543,31 @@ pub fn train<D: Dev>(m: &mut PpoModels<D>, reward: &Reward<D>, tok: Option<&Toke
         bar.inc(1);
         last = line.as_object().cloned().unwrap_or_default();
         if cfg.train.save_every > 0 && done % cfg.train.save_every == 0 && done != total {
-            save(m, &actor_opt, &critic_opt, &progress_json(done, &kl_ctl), out, DType::F32)?;
+            save(
+                m,
+                &actor_opt,
+                &critic_opt,
+                &progress_json(done, &kl_ctl),
+                out,
+                DType::F32,
+            )?;
         }
     }
     bar.finish_and_clear();
-    save(m, &actor_opt, &critic_opt, &progress_json(total, &kl_ctl), out, cfg.train.dtype)?;
-    Ok(PpoOutcome { iterations: total, total_iterations: total, finished: true, last: Value::Object(last) })
+    save(
+        m,
+        &actor_opt,
+        &critic_opt,
+        &progress_json(total, &kl_ctl),
+        out,
+        cfg.train.dtype,
+    )?;
+    Ok(PpoOutcome {
+        iterations: total,
+        total_iterations: total,
+        finished: true,
+        last: Value::Object(last),
+    })
 }
 
 /// What a PPO run did.
@@ -408,13 +591,24 @@ impl UpdateStats {
         e.1 += n;
     }
     fn mean(&self, k: &str) -> f64 {
-        self.0.get(k).map_or(0.0, |&(s, n)| if n > 0.0 { s / n } else { 0.0 })
+        self.0
+            .get(k)
+            .map_or(0.0, |&(s, n)| if n > 0.0 { s / n } else { 0.0 })
     }
 }
 
 /// One optimizer step of both models on a minibatch of episodes.
 #[allow(clippy::too_many_arguments)]
-fn update<D: Dev>(m: &mut PpoModels<D>, actor_opt: &mut AdamW<D>, critic_opt: &mut AdamW<D>, r: &Rollout, minibatch: &[usize], cfg: &PpoConfig, lr: f32, stats: &mut UpdateStats) -> Result<()> {
+fn update<D: Dev>(
+    m: &mut PpoModels<D>,
+    actor_opt: &mut AdamW<D>,
+    critic_opt: &mut AdamW<D>,
+    r: &Rollout,
+    minibatch: &[usize],
+    cfg: &PpoConfig,
+    lr: f32,
+    stats: &mut UpdateStats,
+) -> Result<()> {
     let tokens: usize = minibatch.iter().map(|&i| r.old_logp[i].len()).sum();
     let scale = 1.0 / tokens.max(1) as f32;
     let (eps, cv) = (cfg.cliprange, cfg.cliprange_value);
@@ -425,11 +619,26 @@ fn update<D: Dev>(m: &mut PpoModels<D>, actor_opt: &mut AdamW<D>, critic_opt: &m
         let tb = TargetBatch::new(&rows, pad)?;
         let len = tb.rows() * tb.batch.seq;
         let dev = m.actor.dev.clone();
-        let grid = |src: &Vec<Vec<f32>>| dev.tensor_from_vec(on_grid(&micro.iter().map(|&i| &src[i]).collect::<Vec<_>>(), &tb), (len,));
+        let grid = |src: &Vec<Vec<f32>>| {
+            dev.tensor_from_vec(
+                on_grid(&micro.iter().map(|&i| &src[i]).collect::<Vec<_>>(), &tb),
+                (len,),
+            )
+        };
         let w = dev.tensor_from_vec(tb.weights.clone(), (len,));
-        let (old, adv, old_v, ret) = (grid(&r.old_logp), grid(&r.advantages), grid(&r.old_values), grid(&r.returns));
+        let (old, adv, old_v, ret) = (
+            grid(&r.old_logp),
+            grid(&r.advantages),
+            grid(&r.old_values),
+            grid(&r.returns),
+        );
         // policy: max(−A·ρ, −A·clip(ρ, 1−ε, 1+ε)), mean over response tokens
-        let new = token_logprobs(&m.actor, m.actor.embed_tokens.trace(Gradients::leaky()), &tb, cfg.temperature)?;
+        let new = token_logprobs(
+            &m.actor,
+            m.actor.embed_tokens.trace(Gradients::leaky()),
+            &tb,
+            cfg.temperature,
+        )?;
         let new_host = new.as_vec();
         let ratio = (new - old.clone()).exp();
         let pg1 = ratio.with_empty_tape() * adv.clone().negate();
@@ -444,7 +653,11 @@ fn update<D: Dev>(m: &mut PpoModels<D>, actor_opt: &mut AdamW<D>, critic_opt: &m
             Some(a) => a.add(&g),
         }
         // value: 0.5·max((V − R)², (Vclip − R)²), Vclip = V_old + clip(V − V_old, ±cv)
-        let v = token_values(&m.critic, m.critic.backbone.embed_tokens.trace(Gradients::leaky()), &tb.batch)?;
+        let v = token_values(
+            &m.critic,
+            m.critic.backbone.embed_tokens.trace(Gradients::leaky()),
+            &tb.batch,
+        )?;
         let v_host = v.as_vec();
         let vclip = (v.with_empty_tape() - old_v.clone()).clamp(-cv, cv) + old_v.clone();
         let vf1 = (v - ret.clone()).square();
@@ -467,15 +680,26 @@ fn update<D: Dev>(m: &mut PpoModels<D>, actor_opt: &mut AdamW<D>, critic_opt: &m
             let d = (new_host[i] - oldh[i]) as f64;
             let rho = d.exp();
             stats.add("approxkl", 0.5 * d * d, 1.0);
-            stats.add("clipfrac", ((rho - 1.0).abs() > eps as f64) as u8 as f64, 1.0);
+            stats.add(
+                "clipfrac",
+                ((rho - 1.0).abs() > eps as f64) as u8 as f64,
+                1.0,
+            );
             stats.add("ratio", rho, 1.0);
             stats.add("pg_loss", pg_host[i] as f64, 1.0);
             stats.add("vf_loss", vf_host[i] as f64, 1.0);
             let clipped = (v_host[i] - oldvh[i]).clamp(-cv, cv) + oldvh[i];
-            stats.add("vf_clipfrac", ((clipped - reth[i]).powi(2) > (v_host[i] - reth[i]).powi(2)) as u8 as f64, 1.0);
+            stats.add(
+                "vf_clipfrac",
+                ((clipped - reth[i]).powi(2) > (v_host[i] - reth[i]).powi(2)) as u8 as f64,
+                1.0,
+            );
         }
     }
-    let (mut ga, mut gc) = (ga.context("empty minibatch")?, gc.context("empty minibatch")?);
+    let (mut ga, mut gc) = (
+        ga.context("empty minibatch")?,
+        gc.context("empty minibatch")?,
+    );
     // one global norm over both models, as a single optimizer over both would clip
     let norm = (ga.global_norm().powi(2) + gc.global_norm().powi(2)).sqrt();
     if !norm.is_finite() {
@@ -493,7 +717,14 @@ fn update<D: Dev>(m: &mut PpoModels<D>, actor_opt: &mut AdamW<D>, critic_opt: &m
 }
 
 /// Saves actor, critic, both optimizers and the progress atomically.
-fn save<D: Dev>(m: &PpoModels<D>, actor_opt: &AdamW<D>, critic_opt: &AdamW<D>, progress: &Value, out: &Path, dtype: DType) -> Result<()> {
+fn save<D: Dev>(
+    m: &PpoModels<D>,
+    actor_opt: &AdamW<D>,
+    critic_opt: &AdamW<D>,
+    progress: &Value,
+    out: &Path,
+    dtype: DType,
+) -> Result<()> {
     write_dir_atomic(out, |tmp| {
         m.files.write_into(&m.actor, tmp, dtype)?;
         train_state::save(tmp, &m.actor, actor_opt, progress)?;
@@ -521,9 +752,19 @@ pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<PpoCheckpoi
         return Ok(None);
     }
     let ck = policy::checkpoint::Checkpoint::load(out, dev)?;
-    let critic = RewardModel::load(&out.join(VALUE_MODEL_DIR), dev).with_context(|| format!("{} has no value model", out.display()))?;
+    let critic = RewardModel::load(&out.join(VALUE_MODEL_DIR), dev)
+        .with_context(|| format!("{} has no value model", out.display()))?;
     let (actor_opt, progress) = train_state::load(out, &ck.model, dev)?;
     let (critic_opt, _) = train_state::load(&out.join(VALUE_MODEL_DIR), &critic, dev)?;
     let files = PolicyFiles::of(&ck);
-    Ok(Some(PpoCheckpoint { actor: ck.model, critic, files, state: PpoState { actor_opt, critic_opt, progress } }))
+    Ok(Some(PpoCheckpoint {
+        actor: ck.model,
+        critic,
+        files,
+        state: PpoState {
+            actor_opt,
+            critic_opt,
+            progress,
+        },
+    }))
 }

@@ -42,7 +42,11 @@ pub fn gae(rewards: &[f32], values: &[f32], gamma: f32, lambda: f32) -> Vec<f32>
     let mut adv = vec![0f32; rewards.len()];
     let mut last = 0f32;
     for t in (0..rewards.len()).rev() {
-        let next_v = if t + 1 < values.len() { values[t + 1] } else { 0.0 };
+        let next_v = if t + 1 < values.len() {
+            values[t + 1]
+        } else {
+            0.0
+        };
         let delta = rewards[t] + gamma * next_v - values[t];
         last = delta + gamma * lambda * last;
         adv[t] = last;
@@ -60,7 +64,12 @@ pub fn whiten_rows(rows: &mut [Vec<f32>], shift_mean: bool) {
     }
     let mean = rows.iter().flatten().map(|&x| x as f64).sum::<f64>() / n as f64;
     // unbiased variance, as torch.var in TRL's masked_whiten
-    let var = rows.iter().flatten().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / (n - 1) as f64;
+    let var = rows
+        .iter()
+        .flatten()
+        .map(|&x| (x as f64 - mean).powi(2))
+        .sum::<f64>()
+        / (n - 1) as f64;
     let inv = 1.0 / (var + 1e-8).sqrt();
     for x in rows.iter_mut().flatten() {
         let w = (*x as f64 - mean) * inv;
@@ -101,14 +110,23 @@ mod tests {
 
     #[test]
     fn adaptive_kl_golden_value_from_design() {
-        let mut c = KlController { beta: 0.2, adaptive: Some((6.0, 10000.0)) };
+        let mut c = KlController {
+            beta: 0.2,
+            adaptive: Some((6.0, 10000.0)),
+        };
         c.update(8.0, 256);
         assert!((c.beta as f64 - 0.201024).abs() < 1e-6, "{}", c.beta);
-        let mut fixed = KlController { beta: 0.2, adaptive: None };
+        let mut fixed = KlController {
+            beta: 0.2,
+            adaptive: None,
+        };
         fixed.update(8.0, 256);
         assert_eq!(fixed.beta, 0.2);
         // below target: β shrinks, clipped at −20%
-        let mut low = KlController { beta: 0.2, adaptive: Some((6.0, 256.0)) };
+        let mut low = KlController {
+            beta: 0.2,
+            adaptive: Some((6.0, 256.0)),
+        };
         low.update(0.0, 256);
         assert!((low.beta - 0.16).abs() < 1e-6);
     }
@@ -140,6 +158,9 @@ mod tests {
         assert!((var - 1.0).abs() < 1e-4, "{var}");
         let mut keep = vec![vec![1.0, 2.0, 3.0]];
         whiten_rows(&mut keep, false);
-        assert!((keep[0].iter().sum::<f32>() / 3.0 - 2.0).abs() < 1e-6, "mean kept");
+        assert!(
+            (keep[0].iter().sum::<f32>() / 3.0 - 2.0).abs() < 1e-6,
+            "mean kept"
+        );
     }
 }

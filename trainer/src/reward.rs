@@ -33,21 +33,38 @@ pub struct Scored<'a> {
 pub fn prompt_text(c: &Content) -> String {
     match c {
         Content::Text(t) => t.clone(),
-        Content::Chat(m) => m.iter().rev().find(|m| m.role == "user").map(|m| m.content.clone()).unwrap_or_default(),
+        Content::Chat(m) => m
+            .iter()
+            .rev()
+            .find(|m| m.role == "user")
+            .map(|m| m.content.clone())
+            .unwrap_or_default(),
     }
 }
 
 impl<D: Dev> Reward<D> {
     /// A reward model directory as a reward.
     pub fn model(dir: &Path, dev: &D, batch_size: usize) -> Result<Self> {
-        let model = RewardModel::load(dir, dev).with_context(|| format!("cannot load the reward model {}", dir.display()))?;
+        let model = RewardModel::load(dir, dev)
+            .with_context(|| format!("cannot load the reward model {}", dir.display()))?;
         Ok(Reward::Model(Box::new(SingleReward { model, batch_size })))
     }
 
     /// Llama-2's combination of a safety and a helpfulness reward model.
-    pub fn safety_helpfulness(safety: &Path, helpfulness: &Path, dev: &D, batch_size: usize) -> Result<Self> {
-        let s = RewardModel::load(safety, dev).with_context(|| format!("cannot load the safety reward model {}", safety.display()))?;
-        let h = RewardModel::load(helpfulness, dev).with_context(|| format!("cannot load the helpfulness reward model {}", helpfulness.display()))?;
+    pub fn safety_helpfulness(
+        safety: &Path,
+        helpfulness: &Path,
+        dev: &D,
+        batch_size: usize,
+    ) -> Result<Self> {
+        let s = RewardModel::load(safety, dev)
+            .with_context(|| format!("cannot load the safety reward model {}", safety.display()))?;
+        let h = RewardModel::load(helpfulness, dev).with_context(|| {
+            format!(
+                "cannot load the helpfulness reward model {}",
+                helpfulness.display()
+            )
+        })?;
         let mut c = SafetyHelpfulness::new(s, h)?;
         c.batch_size = batch_size;
         Ok(Reward::SafetyHelpfulness(Box::new(c)))
@@ -56,14 +73,18 @@ impl<D: Dev> Reward<D> {
     /// A built-in programmatic reward: `contains:WORD` (1 if the response
     /// contains WORD, case-insensitive, else 0) or `count:WORD` (how many times, up to 10).
     pub fn builtin(spec: &str) -> Result<Self> {
-        let (kind, word) = spec.split_once(':').with_context(|| format!("unknown reward function `{spec}`; expected contains:WORD or count:WORD"))?;
+        let (kind, word) = spec.split_once(':').with_context(|| {
+            format!("unknown reward function `{spec}`; expected contains:WORD or count:WORD")
+        })?;
         if word.is_empty() {
             bail!("reward function `{spec}` needs a word after the colon");
         }
         let w = word.to_lowercase();
         Ok(Reward::Function(match kind {
             "contains" => Box::new(move |_, r: &str| r.to_lowercase().contains(&w) as u8 as f32),
-            "count" => Box::new(move |_, r: &str| r.to_lowercase().matches(&w).count().min(10) as f32),
+            "count" => {
+                Box::new(move |_, r: &str| r.to_lowercase().matches(&w).count().min(10) as f32)
+            }
             _ => bail!("unknown reward function `{kind}`; expected contains:WORD or count:WORD"),
         }))
     }
@@ -82,13 +103,21 @@ impl<D: Dev> Reward<D> {
         let inputs = || -> Vec<RewardInput> {
             samples
                 .iter()
-                .map(|s| RewardInput { tokens: [s.prompt.ids.as_slice(), s.response_ids].concat(), unsafe_prompt: s.prompt.unsafe_prompt })
+                .map(|s| RewardInput {
+                    tokens: [s.prompt.ids.as_slice(), s.response_ids].concat(),
+                    unsafe_prompt: s.prompt.unsafe_prompt,
+                })
                 .collect()
         };
         let r = match self {
             Reward::Model(m) => m.rewards(&inputs())?,
-            Reward::SafetyHelpfulness(c) => c.score(&inputs())?.into_iter().map(|c| c.reward).collect(),
-            Reward::Function(f) => samples.iter().map(|s| f(&prompt_text(&s.prompt.content), s.response_text)).collect(),
+            Reward::SafetyHelpfulness(c) => {
+                c.score(&inputs())?.into_iter().map(|c| c.reward).collect()
+            }
+            Reward::Function(f) => samples
+                .iter()
+                .map(|s| f(&prompt_text(&s.prompt.content), s.response_text))
+                .collect(),
         };
         if let Some(i) = r.iter().position(|x| !x.is_finite()) {
             bail!("the reward of sample {i} is {}", r[i]);
@@ -114,10 +143,21 @@ mod tests {
 
     #[test]
     fn builtin_functions() {
-        let p = Prompt { content: Content::Text("q".into()), ids: vec![1], unsafe_prompt: false };
+        let p = Prompt {
+            content: Content::Text("q".into()),
+            ids: vec![1],
+            unsafe_prompt: false,
+        };
         let r: Reward<Cpu> = Reward::builtin("contains:Great").unwrap();
-        let s = |t: &'static str| Scored { prompt: &p, response_ids: &[], response_text: t };
-        assert_eq!(r.score(&[s("a great day"), s("meh")]).unwrap(), vec![1.0, 0.0]);
+        let s = |t: &'static str| Scored {
+            prompt: &p,
+            response_ids: &[],
+            response_text: t,
+        };
+        assert_eq!(
+            r.score(&[s("a great day"), s("meh")]).unwrap(),
+            vec![1.0, 0.0]
+        );
         let c: Reward<Cpu> = Reward::builtin("count:ab").unwrap();
         assert_eq!(c.score(&[s("ab ab AB")]).unwrap(), vec![3.0]);
         assert!(Reward::<Cpu>::builtin("nope").is_err());

@@ -15,9 +15,11 @@ use crate::cli::{DpoArgs, LoopArgs, PpoArgs, PpoPreset, RewardArgs, RsArgs, RunA
 use crate::data::Prompt;
 use crate::eval::{evaluate, EvalReport, EvalSetup};
 use crate::reward::Reward;
-use anyhow::{bail, Context, Result};
 use annotation_server::api::client::Client;
-use annotation_server::api::{CreateComparisons, ExportQuery, NewComparison, NewResponse, Round, RoundHeartbeat};
+use annotation_server::api::{
+    CreateComparisons, ExportQuery, NewComparison, NewResponse, Round, RoundHeartbeat,
+};
+use anyhow::{bail, Context, Result};
 use clap::Parser;
 use policy::checkpoint::Checkpoint;
 use policy::cli::{stop_tokens, DeviceKind};
@@ -105,13 +107,17 @@ pub struct RoundConfig {
     /// A built-in task with a gold reward (`review`, `arithmetic`), for evaluation.
     #[serde(default)]
     pub task: Option<String>,
-    /// The round's starting policy.
+    /// The round's starting policy (left out: the worker fills it, see [`crate::worker::complete_config`]).
+    #[serde(default)]
     pub policy: PathBuf,
     /// The series' first policy: reference for KL and the reward model's initialization.
+    #[serde(default)]
     pub initial_policy: PathBuf,
     /// Where the round's files go.
+    #[serde(default)]
     pub workdir: PathBuf,
     /// Server prompts with this `source` are the pool the round draws from.
+    #[serde(default)]
     pub prompt_source: String,
     /// `text`: prompts are plain text (a single user message on the server is its text); `chat`: chat template.
     #[serde(default = "d_text")]
@@ -148,6 +154,9 @@ pub struct RoundConfig {
 /// Where a round is (the round's `state` on the server).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct RoundState {
+    /// The configuration the worker completed and ran (fixed at the round's first step).
+    #[serde(default)]
+    pub config: Option<RoundConfig>,
     /// The batch of this round's comparisons, once created.
     pub batch_id: Option<i64>,
     /// Held-out accuracy of the round's reward model.
@@ -155,6 +164,17 @@ pub struct RoundState {
     /// The round's output checkpoint, once trained.
     pub output: Option<PathBuf>,
     pub eval: Option<EvalReport>,
+}
+
+/// What a worker fills into rounds queued without it (e.g. from the dashboard form).
+#[derive(Clone, Debug, Default)]
+pub struct WorkerDefaults {
+    /// Starting policy of a series' first round.
+    pub policy: Option<PathBuf>,
+    /// Each round gets the folder `round-<id>` in here.
+    pub workdir: PathBuf,
+    /// Config keys (stage settings, sampling, ...) for rounds that lack them.
+    pub config: serde_json::Map<String, Value>,
 }
 
 /// The connection of a worker to the server.
@@ -166,13 +186,22 @@ pub struct Ctx {
     pub lease_seconds: u64,
     pub device: DeviceKind,
     pub quiet: bool,
+    /// What this worker fills into rounds queued without it.
+    pub defaults: WorkerDefaults,
     /// The last progress report, re-sent in the background to keep the lease.
     pub last: std::sync::Mutex<Option<(i64, RoundHeartbeat)>>,
 }
 
 impl Ctx {
     /// A worker context.
-    pub fn new(server: &str, token: &str, worker: &str, lease_seconds: u64, device: DeviceKind, quiet: bool) -> Result<Self> {
+    pub fn new(
+        server: &str,
+        token: &str,
+        worker: &str,
+        lease_seconds: u64,
+        device: DeviceKind,
+        quiet: bool,
+    ) -> Result<Self> {
         Ok(Ctx {
             server: server.to_string(),
             token: token.to_string(),
@@ -181,12 +210,19 @@ impl Ctx {
             lease_seconds,
             device,
             quiet,
+            defaults: WorkerDefaults::default(),
             last: std::sync::Mutex::new(None),
         })
     }
 
     /// Reports progress and state; fails when the lease was lost.
-    fn beat(&self, round: i64, status: Option<&str>, state: &RoundState, metrics: &Value) -> Result<()> {
+    fn beat(
+        &self,
+        round: i64,
+        status: Option<&str>,
+        state: &RoundState,
+        metrics: &Value,
+    ) -> Result<()> {
         let hb = RoundHeartbeat {
             worker: self.worker.clone(),
             lease_seconds: Some(self.lease_seconds),
@@ -194,10 +230,16 @@ impl Ctx {
             state: Some(serde_json::to_value(state)?),
             metrics: Some(metrics.clone()),
         };
-        self.client.heartbeat_round(round, &hb).with_context(|| format!("round {round}: cannot report progress"))?;
+        self.client
+            .heartbeat_round(round, &hb)
+            .with_context(|| format!("round {round}: cannot report progress"))?;
         // the background beat only extends the lease; it never re-sends a final status
         let keep = RoundHeartbeat { status: None, ..hb };
-        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = if status.is_some() { None } else { Some((round, keep)) };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = if status.is_some() {
+            None
+        } else {
+            Some((round, keep))
+        };
         Ok(())
     }
 }
@@ -230,16 +272,30 @@ pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
     })
 }
 
-fn metrics_json(step: &str, detail: &str, summary: &BTreeMap<String, f64>, series: &BTreeMap<String, Vec<(f64, f64)>>) -> Value {
+fn metrics_json(
+    step: &str,
+    detail: &str,
+    summary: &BTreeMap<String, f64>,
+    series: &BTreeMap<String, Vec<(f64, f64)>>,
+) -> Value {
     json!({"progress": {"step": step, "detail": detail}, "summary": summary, "series": series})
 }
 
 /// Whether a training output directory holds a finished run.
 pub fn finished(dir: &Path) -> bool {
-    let p = dir.join(policy::train_state::TRAINER_STATE_DIR).join("state.json");
-    let Ok(text) = std::fs::read_to_string(p) else { return false };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else { return false };
-    let (step, total) = (v.pointer("/progress/step").and_then(Value::as_u64), v.pointer("/progress/total_steps").and_then(Value::as_u64));
+    let p = dir
+        .join(policy::train_state::TRAINER_STATE_DIR)
+        .join("state.json");
+    let Ok(text) = std::fs::read_to_string(p) else {
+        return false;
+    };
+    let Ok(v) = serde_json::from_str::<Value>(&text) else {
+        return false;
+    };
+    let (step, total) = (
+        v.pointer("/progress/step").and_then(Value::as_u64),
+        v.pointer("/progress/total_steps").and_then(Value::as_u64),
+    );
     matches!((step, total), (Some(s), Some(t)) if s >= t)
 }
 
@@ -262,31 +318,59 @@ fn loop_args(s: &StageSettings, seed: u64, quiet: bool) -> LoopArgs {
 }
 
 fn reward_args(rm: &Path) -> RewardArgs {
-    RewardArgs { reward_model: Some(rm.to_path_buf()), safety_model: None, helpfulness_model: None, reward_fn: None, score_batch: 32 }
+    RewardArgs {
+        reward_model: Some(rm.to_path_buf()),
+        safety_model: None,
+        helpfulness_model: None,
+        reward_fn: None,
+        score_batch: 32,
+    }
 }
 
-/// The round's prompts: a window of the pool, moving by `prompts_per_round` each round.
-fn pick_prompts(client: &Client, cfg: &RoundConfig) -> Result<Vec<annotation_server::api::Prompt>> {
+/// The server's prompts with this `source`, by id.
+pub fn source_prompts(
+    client: &Client,
+    source: &str,
+) -> Result<Vec<annotation_server::api::Prompt>> {
     let mut pool = vec![];
     let mut after = 0;
     loop {
         let page = client.prompts(after, 500)?;
         let Some(last) = page.last() else { break };
         after = last.id;
-        pool.extend(page.into_iter().filter(|p| p.source.as_deref() == Some(cfg.prompt_source.as_str())));
+        pool.extend(
+            page.into_iter()
+                .filter(|p| p.source.as_deref() == Some(source)),
+        );
     }
+    Ok(pool)
+}
+
+/// The round's prompts: a window of the pool, moving by `prompts_per_round` each round.
+fn pick_prompts(client: &Client, cfg: &RoundConfig) -> Result<Vec<annotation_server::api::Prompt>> {
+    let pool = source_prompts(client, &cfg.prompt_source)?;
     if pool.is_empty() {
-        bail!("the server has no prompts with source `{}`", cfg.prompt_source);
+        bail!(
+            "the server has no prompts with source `{}`",
+            cfg.prompt_source
+        );
     }
     let start = (cfg.index.saturating_sub(1) as usize * cfg.prompts_per_round) % pool.len();
-    Ok((0..cfg.prompts_per_round.min(pool.len())).map(|i| pool[(start + i) % pool.len()].clone()).collect())
+    Ok((0..cfg.prompts_per_round.min(pool.len()))
+        .map(|i| pool[(start + i) % pool.len()].clone())
+        .collect())
 }
 
 fn content_of(cfg: &RoundConfig, messages: &[annotation_server::api::ChatMessage]) -> Content {
     if cfg.prompt_format == "text" && messages.len() == 1 && messages[0].role == "user" {
         Content::Text(messages[0].content.clone())
     } else {
-        Content::Chat(messages.iter().map(|m| policy::chat::Message::new(m.role.clone(), m.content.clone())).collect())
+        Content::Chat(
+            messages
+                .iter()
+                .map(|m| policy::chat::Message::new(m.role.clone(), m.content.clone()))
+                .collect(),
+        )
     }
 }
 
@@ -306,31 +390,58 @@ fn as_text_pairs(cfg: &RoundConfig, pairs: Vec<Pair>) -> Vec<Pair> {
 }
 
 fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
-    let cfg: RoundConfig = serde_json::from_value(round.config.clone()).with_context(|| format!("round {}: bad config", round.id))?;
     let mut state: RoundState = serde_json::from_value(round.state.clone()).unwrap_or_default();
-    let dir = cfg.workdir.clone();
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut summary: BTreeMap<String, f64> = BTreeMap::new();
     let mut series: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
+    let cfg = match &state.config {
+        Some(c) => c.clone(),
+        None => {
+            let c = crate::worker::complete_config(&ctx.client, round, &ctx.defaults)?;
+            state.config = Some(c.clone());
+            ctx.beat(
+                round.id,
+                None,
+                &state,
+                &metrics_json("sample", "starting", &summary, &series),
+            )?;
+            c
+        }
+    };
+    let dir = cfg.workdir.clone();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let say = |s: &str| {
         if !ctx.quiet {
             eprintln!("round {} ({}): {s}", round.id, round.name);
         }
     };
-    let start = Checkpoint::load(&cfg.policy, dev).with_context(|| format!("round {}: cannot load its starting policy", round.id))?;
+    let start = Checkpoint::load(&cfg.policy, dev)
+        .with_context(|| format!("round {}: cannot load its starting policy", round.id))?;
     let tok = Tokenizer::load(&cfg.policy)?;
     let stops = stop_tokens(&start, &tok);
 
     // (a) + (b): sample and push comparisons, once
     if state.batch_id.is_none() {
         let batch_name = format!("round-{}", round.id);
-        let existing = ctx.client.batches()?.into_iter().find(|b| b.name == batch_name && b.comparisons > 0);
+        let existing = ctx
+            .client
+            .batches()?
+            .into_iter()
+            .find(|b| b.name == batch_name && b.comparisons > 0);
         let batch_id = match existing {
             Some(b) => b.batch_id,
             None => {
-                ctx.beat(round.id, None, &state, &metrics_json("sample", "sampling responses", &summary, &series))?;
+                ctx.beat(
+                    round.id,
+                    None,
+                    &state,
+                    &metrics_json("sample", "sampling responses", &summary, &series),
+                )?;
                 let prompts = pick_prompts(&ctx.client, &cfg)?;
-                say(&format!("sampling {} responses for {} prompts", cfg.k * prompts.len(), prompts.len()));
+                say(&format!(
+                    "sampling {} responses for {} prompts",
+                    cfg.k * prompts.len(),
+                    prompts.len()
+                ));
                 let mut comparisons = vec![];
                 for (i, p) in prompts.iter().enumerate() {
                     let content = content_of(&cfg, &p.messages);
@@ -355,14 +466,28 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
-                    comparisons.push(NewComparison { prompt_id: Some(p.id), prompt_external_id: None, responses });
+                    comparisons.push(NewComparison {
+                        prompt_id: Some(p.id),
+                        prompt_external_id: None,
+                        responses,
+                    });
                 }
-                let req = CreateComparisons { batch: batch_name, labels_wanted: Some(cfg.labels_wanted), round_id: Some(round.id), comparisons };
+                let req = CreateComparisons {
+                    batch: batch_name,
+                    labels_wanted: Some(cfg.labels_wanted),
+                    round_id: Some(round.id),
+                    comparisons,
+                };
                 ctx.client.create_comparisons(&req)?.batch_id
             }
         };
         state.batch_id = Some(batch_id);
-        ctx.beat(round.id, None, &state, &metrics_json("label", "waiting for labels", &summary, &series))?;
+        ctx.beat(
+            round.id,
+            None,
+            &state,
+            &metrics_json("label", "waiting for labels", &summary, &series),
+        )?;
     }
     let batch_id = state.batch_id.expect("set above");
 
@@ -376,40 +501,103 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
             break;
         }
         if b.labels != shown {
-            say(&format!("labels {}/{} ({} comparisons complete of {})", b.labels, b.labels + b.remaining_labels, b.complete, b.comparisons));
+            say(&format!(
+                "labels {}/{} ({} comparisons complete of {})",
+                b.labels,
+                b.labels + b.remaining_labels,
+                b.complete,
+                b.comparisons
+            ));
             shown = b.labels;
         }
         if last_beat.elapsed() > Duration::from_secs(5) {
             let detail = format!("{} of {} labels", b.labels, b.labels + b.remaining_labels);
-            ctx.beat(round.id, None, &state, &metrics_json("label", &detail, &summary, &series))?;
+            ctx.beat(
+                round.id,
+                None,
+                &state,
+                &metrics_json("label", &detail, &summary, &series),
+            )?;
             last_beat = Instant::now();
         }
-        std::thread::sleep(Duration::from_millis(if t0.elapsed() < Duration::from_secs(10) { 200 } else { 1000 }));
+        std::thread::sleep(Duration::from_millis(
+            if t0.elapsed() < Duration::from_secs(10) {
+                200
+            } else {
+                1000
+            },
+        ));
     }
-    if let Some(alpha) = ctx.client.agreement(batch_id).ok().and_then(|a| a.krippendorff_alpha) {
+    if let Some(alpha) = ctx
+        .client
+        .agreement(batch_id)
+        .ok()
+        .and_then(|a| a.krippendorff_alpha)
+    {
         summary.insert("label_agreement".into(), alpha);
     }
 
     // (d) reward model on all preference data so far
     let rm_dir = dir.join("rm");
-    let opts = DataOptions { margins: reward_model::loss::MarginTable::default(), aggregation: reward_model::data::Aggregation::PerLabeler };
-    let all_pairs = as_text_pairs(&cfg, reward_model::data::fetch_pairs(&ctx.server, &ctx.token, &ExportQuery::default(), &opts)?);
+    let opts = DataOptions {
+        margins: reward_model::loss::MarginTable::default(),
+        aggregation: reward_model::data::Aggregation::PerLabeler,
+    };
+    let all_pairs = as_text_pairs(
+        &cfg,
+        reward_model::data::fetch_pairs(&ctx.server, &ctx.token, &ExportQuery::default(), &opts)?,
+    );
     if !finished(&rm_dir) {
-        ctx.beat(round.id, None, &state, &metrics_json("reward_model", &format!("{} pairs", all_pairs.len()), &summary, &series))?;
-        say(&format!("training the reward model on {} pairs", all_pairs.len()));
+        ctx.beat(
+            round.id,
+            None,
+            &state,
+            &metrics_json(
+                "reward_model",
+                &format!("{} pairs", all_pairs.len()),
+                &summary,
+                &series,
+            ),
+        )?;
+        say(&format!(
+            "training the reward model on {} pairs",
+            all_pairs.len()
+        ));
         train_rm(&cfg, &all_pairs, &rm_dir, dev, ctx.quiet)?;
     }
     if let Ok(text) = std::fs::read_to_string(rm_dir.join("eval_report.json")) {
-        if let Some(a) = serde_json::from_str::<Value>(&text).ok().and_then(|v| v["accuracy"].as_f64()) {
+        if let Some(a) = serde_json::from_str::<Value>(&text)
+            .ok()
+            .and_then(|v| v["accuracy"].as_f64())
+        {
             state.rm_accuracy = Some(a);
             summary.insert("rm_accuracy".into(), a);
         }
     }
-    series.insert("rm_loss".into(), metric_series(&reward_model::train::metrics_path(&rm_dir), "loss"));
+    series.insert(
+        "rm_loss".into(),
+        metric_series(&reward_model::train::metrics_path(&rm_dir), "loss"),
+    );
 
     // (e) the policy
-    ctx.beat(round.id, None, &state, &metrics_json("policy", cfg.recipe.as_str(), &summary, &series))?;
-    let round_pairs: Vec<Pair> = as_text_pairs(&cfg, reward_model::data::fetch_pairs(&ctx.server, &ctx.token, &ExportQuery { round_id: Some(round.id), ..Default::default() }, &opts)?);
+    ctx.beat(
+        round.id,
+        None,
+        &state,
+        &metrics_json("policy", cfg.recipe.as_str(), &summary, &series),
+    )?;
+    let round_pairs: Vec<Pair> = as_text_pairs(
+        &cfg,
+        reward_model::data::fetch_pairs(
+            &ctx.server,
+            &ctx.token,
+            &ExportQuery {
+                round_id: Some(round.id),
+                ..Default::default()
+            },
+            &opts,
+        )?,
+    );
     let prefs = dir.join("preferences.jsonl");
     write_pairs(&prefs, &round_pairs)?;
     let prompts_file = dir.join("prompts.jsonl");
@@ -427,7 +615,12 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
         let out = dir.join(stage);
         if !finished(&out) {
             say(&format!("{stage} from {}", current.display()));
-            let run = RunArgs { policy: current.clone(), out: out.clone(), resume: true, device: ctx.device };
+            let run = RunArgs {
+                policy: current.clone(),
+                out: out.clone(),
+                resume: true,
+                device: ctx.device,
+            };
             match stage {
                 "rs" => crate::cli::run_rs(RsArgs {
                     run,
@@ -492,17 +685,33 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
             "ppo" => "objective/scores",
             _ => "loss",
         };
-        series.insert(format!("{stage}_{}", if stage == "ppo" { "reward" } else { "loss" }), metric_series(&policy::train_loop::metrics_path(&out), key));
+        series.insert(
+            format!("{stage}_{}", if stage == "ppo" { "reward" } else { "loss" }),
+            metric_series(&policy::train_loop::metrics_path(&out), key),
+        );
         if stage == "ppo" {
-            series.insert("kl".into(), metric_series(&policy::train_loop::metrics_path(&out), "objective/kl"));
+            series.insert(
+                "kl".into(),
+                metric_series(&policy::train_loop::metrics_path(&out), "objective/kl"),
+            );
         }
         current = out;
     }
 
     // (f) evaluate
-    ctx.beat(round.id, None, &state, &metrics_json("eval", "evaluating", &summary, &series))?;
+    ctx.beat(
+        round.id,
+        None,
+        &state,
+        &metrics_json("eval", "evaluating", &summary, &series),
+    )?;
     let report = evaluate_round(&cfg, &current, &rm_dir, dev)?;
-    for (k, v) in [("gold_reward", report.gold_reward), ("rm_score", report.rm_score), ("kl", report.kl), ("win_rate", report.win_rate)] {
+    for (k, v) in [
+        ("gold_reward", report.gold_reward),
+        ("rm_score", report.rm_score),
+        ("kl", report.kl),
+        ("win_rate", report.win_rate),
+    ] {
         if let Some(v) = v {
             summary.insert(k.into(), v);
         }
@@ -510,8 +719,33 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
     state.eval = Some(report);
     // (g) done
     state.output = Some(current);
-    ctx.beat(round.id, Some("done"), &state, &metrics_json("done", "", &summary, &series))?;
+    ctx.beat(
+        round.id,
+        Some("done"),
+        &state,
+        &metrics_json("done", "", &summary, &series),
+    )?;
+    write_plots(&ctx.client, &cfg)?;
     Ok(state)
+}
+
+/// Writes the plots of the round's series (every round of its prompt source,
+/// the dashboard's charts) as SVG files into `WORKDIR/plots`.
+fn write_plots(client: &Client, cfg: &RoundConfig) -> Result<()> {
+    let rounds: Vec<Round> = client
+        .rounds()?
+        .into_iter()
+        .filter(|r| crate::worker::source_of(r).as_deref() == Some(cfg.prompt_source.as_str()))
+        .collect();
+    let dir = cfg.workdir.join("plots");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    for (stem, svg) in annotation_server::plots::all_plots(&rounds) {
+        policy::safetensors_io::write_file_synced(
+            &dir.join(format!("{stem}.svg")),
+            svg.as_bytes(),
+        )?;
+    }
+    Ok(())
 }
 
 fn metric_series(path: &Path, key: &str) -> Vec<(f64, f64)> {
@@ -538,15 +772,30 @@ fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<()> {
     policy::safetensors_io::write_file_synced(path, text.as_bytes())
 }
 
-fn write_prompts(cfg: &RoundConfig, path: &Path, prompts: &[annotation_server::api::Prompt]) -> Result<()> {
+fn write_prompts(
+    cfg: &RoundConfig,
+    path: &Path,
+    prompts: &[annotation_server::api::Prompt],
+) -> Result<()> {
     let text: String = prompts
         .iter()
-        .map(|p| format!("{}\n", json!({"prompt": content_json(&content_of(cfg, &p.messages)), "tags": p.tags})))
+        .map(|p| {
+            format!(
+                "{}\n",
+                json!({"prompt": content_json(&content_of(cfg, &p.messages)), "tags": p.tags})
+            )
+        })
         .collect();
     policy::safetensors_io::write_file_synced(path, text.as_bytes())
 }
 
-fn train_rm<D: Dev>(cfg: &RoundConfig, pairs: &[Pair], out: &Path, dev: &D, quiet: bool) -> Result<()> {
+fn train_rm<D: Dev>(
+    cfg: &RoundConfig,
+    pairs: &[Pair],
+    out: &Path,
+    dev: &D,
+    quiet: bool,
+) -> Result<()> {
     use reward_model::train::{load_checkpoint, split_held_out, train, TrainConfig};
     let enc = reward_model::data::Encoder::load(&cfg.initial_policy)?;
     let (encoded, _) = reward_model::data::encode_pairs(&enc, pairs, 4096)?;
@@ -556,7 +805,10 @@ fn train_rm<D: Dev>(cfg: &RoundConfig, pairs: &[Pair], out: &Path, dev: &D, quie
     }
     let (mut rm, resume) = match load_checkpoint(out, dev)? {
         Some((rm, opt, progress)) => (rm, Some((opt, progress))),
-        None => (RewardModel::from_policy(&cfg.initial_policy, dev, cfg.seed)?, None),
+        None => (
+            RewardModel::from_policy(&cfg.initial_policy, dev, cfg.seed)?,
+            None,
+        ),
     };
     let s = &cfg.rm;
     let tc = TrainConfig {
@@ -579,17 +831,30 @@ fn train_rm<D: Dev>(cfg: &RoundConfig, pairs: &[Pair], out: &Path, dev: &D, quie
 }
 
 /// The held-out prompts of a task (disjoint from the training pool by seed).
-pub fn eval_prompts(task: &dyn crate::tasks::Task, n: usize, tok: &Tokenizer) -> Result<Vec<Prompt>> {
+pub fn eval_prompts(
+    task: &dyn crate::tasks::Task,
+    n: usize,
+    tok: &Tokenizer,
+) -> Result<Vec<Prompt>> {
     task.prompts(n, 0xE7A1)
         .into_iter()
         .map(|t| {
             let ids = tok.encode(&t, true)?;
-            Ok(Prompt { content: Content::Text(t), ids, unsafe_prompt: false })
+            Ok(Prompt {
+                content: Content::Text(t),
+                ids,
+                unsafe_prompt: false,
+            })
         })
         .collect()
 }
 
-fn evaluate_round<D: Dev>(cfg: &RoundConfig, policy_dir: &Path, rm_dir: &Path, dev: &D) -> Result<EvalReport> {
+fn evaluate_round<D: Dev>(
+    cfg: &RoundConfig,
+    policy_dir: &Path,
+    rm_dir: &Path,
+    dev: &D,
+) -> Result<EvalReport> {
     let Some(task_name) = &cfg.task else {
         return Ok(EvalReport::default());
     };

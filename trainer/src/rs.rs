@@ -58,7 +58,16 @@ impl Distribution {
     /// Summary of `xs` (empty → all zero).
     pub fn of(xs: &[f32]) -> Self {
         if xs.is_empty() {
-            return Distribution { count: 0, mean: 0.0, std: 0.0, min: 0.0, p25: 0.0, median: 0.0, p75: 0.0, max: 0.0 };
+            return Distribution {
+                count: 0,
+                mean: 0.0,
+                std: 0.0,
+                min: 0.0,
+                p25: 0.0,
+                median: 0.0,
+                p75: 0.0,
+                max: 0.0,
+            };
         }
         let mut v: Vec<f64> = xs.iter().map(|&x| x as f64).collect();
         v.sort_by(f64::total_cmp);
@@ -70,7 +79,16 @@ impl Distribution {
             let (lo, hi) = (pos.floor() as usize, pos.ceil() as usize);
             v[lo] + (v[hi] - v[lo]) * (pos - lo as f64)
         };
-        Distribution { count: v.len(), mean, std, min: v[0], p25: q(0.25), median: q(0.5), p75: q(0.75), max: v[v.len() - 1] }
+        Distribution {
+            count: v.len(),
+            mean,
+            std,
+            min: v[0],
+            p25: q(0.25),
+            median: q(0.5),
+            p75: q(0.75),
+            max: v[v.len() - 1],
+        }
     }
 }
 
@@ -89,20 +107,48 @@ pub struct RsReport {
 }
 
 /// Samples `k` responses per prompt and scores them.
-pub fn sample<D: Dev>(policy: &Llama<D>, tok: &Tokenizer, prompts: &[Prompt], reward: &Reward<D>, cfg: &RsConfig) -> Result<Vec<Sample>> {
+pub fn sample<D: Dev>(
+    policy: &Llama<D>,
+    tok: &Tokenizer,
+    prompts: &[Prompt],
+    reward: &Reward<D>,
+    cfg: &RsConfig,
+) -> Result<Vec<Sample>> {
     if cfg.k == 0 {
         bail!("K (samples per prompt) must be at least 1");
     }
-    let rows: Vec<(usize, &Prompt)> = prompts.iter().enumerate().flat_map(|(i, p)| std::iter::repeat_n((i, p), cfg.k)).collect();
+    let rows: Vec<(usize, &Prompt)> = prompts
+        .iter()
+        .enumerate()
+        .flat_map(|(i, p)| std::iter::repeat_n((i, p), cfg.k))
+        .collect();
     let bar = policy::train_loop::progress_bar(rows.len() as u64, 0, cfg.progress, "samples");
     let mut out = Vec::with_capacity(rows.len());
     for (c, chunk) in rows.chunks(cfg.gen_batch.max(1)).enumerate() {
         let ids: Vec<Vec<u32>> = chunk.iter().map(|(_, p)| p.ids.clone()).collect();
         // each chunk its own streams, so no two rows share one
-        let sc = SamplingConfig { seed: cfg.sampling.seed.wrapping_add((c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)), ..cfg.sampling.clone() };
+        let sc = SamplingConfig {
+            seed: cfg
+                .sampling
+                .seed
+                .wrapping_add((c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
+            ..cfg.sampling.clone()
+        };
         let gens = generate(policy, &ids, &sc)?;
-        let texts: Vec<String> = gens.iter().map(|g| tok.decode(&g.tokens, true)).collect::<Result<_>>()?;
-        let scored: Vec<Scored> = chunk.iter().zip(&gens).zip(&texts).map(|(((_, p), g), t)| Scored { prompt: p, response_ids: &g.tokens, response_text: t }).collect();
+        let texts: Vec<String> = gens
+            .iter()
+            .map(|g| tok.decode(&g.tokens, true))
+            .collect::<Result<_>>()?;
+        let scored: Vec<Scored> = chunk
+            .iter()
+            .zip(&gens)
+            .zip(&texts)
+            .map(|(((_, p), g), t)| Scored {
+                prompt: p,
+                response_ids: &g.tokens,
+                response_text: t,
+            })
+            .collect();
         let rewards = reward.score(&scored)?;
         for ((((i, p), g), t), r) in chunk.iter().zip(&gens).zip(texts).zip(rewards) {
             out.push(Sample {
@@ -161,30 +207,39 @@ pub fn report(samples: &[Sample], kept: &[Sample], prompts: usize, cfg: &RsConfi
 
 /// SFT sequences of kept samples (loss on the response).
 pub fn to_sequences(kept: &[Sample]) -> Vec<Sequence> {
-    kept.iter().map(|s| Sequence::prompt_response(&s.prompt_ids, &s.response_ids)).collect()
+    kept.iter()
+        .map(|s| Sequence::prompt_response(&s.prompt_ids, &s.response_ids))
+        .collect()
 }
 
 /// Writes samples as JSONL (atomically: temp file + rename).
 pub fn write_samples(path: &Path, samples: &[Sample]) -> Result<()> {
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     for s in samples {
         writeln!(tmp, "{}", serde_json::to_string(s)?)?;
     }
     tmp.as_file().sync_all()?;
-    tmp.persist(path).with_context(|| format!("cannot write {}", path.display()))?;
+    tmp.persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(())
 }
 
 /// Reads samples written by [`write_samples`]; `origin` is set to the file name.
 pub fn read_samples(path: &Path) -> Result<Vec<Sample>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     text.lines()
         .enumerate()
         .filter(|(_, l)| !l.trim().is_empty())
         .map(|(i, l)| {
-            let mut s: Sample = serde_json::from_str(l).with_context(|| format!("{}: line {}: not a sample line", path.display(), i + 1))?;
+            let mut s: Sample = serde_json::from_str(l).with_context(|| {
+                format!("{}: line {}: not a sample line", path.display(), i + 1)
+            })?;
             if s.origin == "current" {
                 s.origin = path.display().to_string();
             }
@@ -198,17 +253,41 @@ mod tests {
     use super::*;
 
     fn s(p: u32, r: f32, origin: &str) -> Sample {
-        Sample { prompt_index: p as usize, prompt_ids: vec![p], response_ids: vec![9], response: String::new(), reward: r, finished: true, origin: origin.into() }
+        Sample {
+            prompt_index: p as usize,
+            prompt_ids: vec![p],
+            response_ids: vec![9],
+            response: String::new(),
+            reward: r,
+            finished: true,
+            origin: origin.into(),
+        }
     }
 
     #[test]
     fn best_per_prompt_with_pool() {
-        let samples = vec![s(1, 0.5, "current"), s(1, 0.9, "current"), s(2, -1.0, "current"), s(2, -0.5, "current")];
+        let samples = vec![
+            s(1, 0.5, "current"),
+            s(1, 0.9, "current"),
+            s(2, -1.0, "current"),
+            s(2, -0.5, "current"),
+        ];
         let pool = vec![s(1, 0.7, "old"), s(2, 3.0, "old"), s(3, 1.0, "old")];
         let best = select_best(&samples, &pool);
-        let got: Vec<(u32, f32, &str)> = best.iter().map(|b| (b.prompt_ids[0], b.reward, b.origin.as_str())).collect();
-        assert_eq!(got, vec![(1, 0.9, "current"), (2, 3.0, "old"), (3, 1.0, "old")]);
-        let cfg = RsConfig { k: 2, sampling: SamplingConfig::default(), gen_batch: 4, progress: false };
+        let got: Vec<(u32, f32, &str)> = best
+            .iter()
+            .map(|b| (b.prompt_ids[0], b.reward, b.origin.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            vec![(1, 0.9, "current"), (2, 3.0, "old"), (3, 1.0, "old")]
+        );
+        let cfg = RsConfig {
+            k: 2,
+            sampling: SamplingConfig::default(),
+            gen_batch: 4,
+            progress: false,
+        };
         let r = report(&samples, &best, 2, &cfg);
         assert_eq!(r.kept_from_pool, 2);
         assert!((r.samples.mean - (-0.025)).abs() < 1e-6);
@@ -218,7 +297,10 @@ mod tests {
     #[test]
     fn distribution_quantiles() {
         let d = Distribution::of(&[1.0, 2.0, 3.0, 4.0, 5.0]);
-        assert_eq!((d.min, d.p25, d.median, d.p75, d.max), (1.0, 2.0, 3.0, 4.0, 5.0));
+        assert_eq!(
+            (d.min, d.p25, d.median, d.p75, d.max),
+            (1.0, 2.0, 3.0, 4.0, 5.0)
+        );
         assert!((d.std - 2f64.sqrt()).abs() < 1e-9);
     }
 }

@@ -46,10 +46,20 @@ impl<D: Dev> Stage<D> for SftStage {
         self.train[i].targets().max(1) as f64
     }
 
-    fn micro_step(&mut self, model: &Llama<D>, examples: &[usize], scale: f32) -> Result<(ParamTensors<D>, Metrics)> {
+    fn micro_step(
+        &mut self,
+        model: &Llama<D>,
+        examples: &[usize],
+        scale: f32,
+    ) -> Result<(ParamTensors<D>, Metrics)> {
         let rows: Vec<&Sequence> = examples.iter().map(|&i| &self.train[i]).collect();
         let tb = TargetBatch::new(&rows, model.cfg.pad_token_id.unwrap_or(0))?;
-        let lp = token_logprobs(model, model.embed_tokens.trace(Gradients::leaky()), &tb, 1.0)?;
+        let lp = token_logprobs(
+            model,
+            model.embed_tokens.trace(Gradients::leaky()),
+            &tb,
+            1.0,
+        )?;
         let sums = masked_row_sums(model, lp, &tb);
         let total: f64 = sums.as_vec().iter().map(|&s| s as f64).sum();
         let loss = sums.sum::<Rank0, _>().negate() * scale;
@@ -80,7 +90,11 @@ impl<D: Dev> Stage<D> for SftStage {
         let mut f = Fingerprint::default();
         for s in &self.train {
             f.feed_tokens(&s.ids);
-            f.feed(s.mask.iter().fold(0u64, |a, &m| a.wrapping_mul(3).wrapping_add(m as u64)));
+            f.feed(
+                s.mask
+                    .iter()
+                    .fold(0u64, |a, &m| a.wrapping_mul(3).wrapping_add(m as u64)),
+            );
         }
         f.hex()
     }

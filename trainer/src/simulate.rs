@@ -21,7 +21,9 @@
 //! tasks out in.
 use crate::tasks::Task;
 use annotation_server::api::client::Client;
-use annotation_server::api::{ErrorBody, NewToken, NewUser, Role, Strength, SubmitLabel, TokenCreated, UserInfo};
+use annotation_server::api::{
+    ErrorBody, NewToken, NewUser, Role, Strength, SubmitLabel, TokenCreated, UserInfo,
+};
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -46,7 +48,13 @@ pub struct SimConfig {
 
 impl Default for SimConfig {
     fn default() -> Self {
-        SimConfig { bots: 3, temperature: 0.5, disagreement: 0.0, seed: 0, strength_thresholds: [0.6, 0.3, 0.1] }
+        SimConfig {
+            bots: 3,
+            temperature: 0.5,
+            disagreement: 0.0,
+            seed: 0,
+            strength_thresholds: [0.6, 0.3, 0.1],
+        }
     }
 }
 
@@ -54,10 +62,16 @@ impl SimConfig {
     /// Checks the numbers: temperature ≥ 0, disagreement in [0, 1], thresholds finite and non-increasing.
     pub fn validate(&self) -> Result<()> {
         if !(self.temperature.is_finite() && self.temperature >= 0.0) {
-            bail!("the temperature must be a finite number ≥ 0 (got {})", self.temperature);
+            bail!(
+                "the temperature must be a finite number ≥ 0 (got {})",
+                self.temperature
+            );
         }
         if !(0.0..=1.0).contains(&self.disagreement) {
-            bail!("the disagreement must be between 0 and 1 (got {})", self.disagreement);
+            bail!(
+                "the disagreement must be between 0 and 1 (got {})",
+                self.disagreement
+            );
         }
         let t = self.strength_thresholds;
         if t.iter().any(|x| !x.is_finite()) || t[0] < t[1] || t[1] < t[2] {
@@ -126,7 +140,13 @@ pub struct Judgment {
 /// temperature 0: 1, ½ or 0 by the sign of `gap`).
 pub fn preference_probability(gap: f32, temperature: f32) -> f32 {
     if temperature <= 0.0 || !temperature.is_finite() {
-        return if gap > 0.0 { 1.0 } else if gap < 0.0 { 0.0 } else { 0.5 };
+        return if gap > 0.0 {
+            1.0
+        } else if gap < 0.0 {
+            0.0
+        } else {
+            0.5
+        };
     }
     1.0 / (1.0 + (-gap / temperature).exp())
 }
@@ -158,11 +178,24 @@ fn gumbel<R: Rng + ?Sized>(rng: &mut R) -> f64 {
 /// [module docs](self). NaN rewards count as the worst. An empty `gold` gives
 /// an empty ranking.
 pub fn judge<R: Rng + ?Sized>(gold: &[f32], cfg: &SimConfig, rng: &mut R) -> Judgment {
-    let g: Vec<f32> = gold.iter().map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x }).collect();
-    let t = if cfg.temperature.is_finite() { cfg.temperature.max(0.0) } else { 0.0 };
+    let g: Vec<f32> = gold
+        .iter()
+        .map(|&x| if x.is_nan() { f32::NEG_INFINITY } else { x })
+        .collect();
+    let t = if cfg.temperature.is_finite() {
+        cfg.temperature.max(0.0)
+    } else {
+        0.0
+    };
     let utility: Vec<f64> = g
         .iter()
-        .map(|&x| if t > 0.0 { x as f64 + t as f64 * gumbel(rng) } else { x as f64 })
+        .map(|&x| {
+            if t > 0.0 {
+                x as f64 + t as f64 * gumbel(rng)
+            } else {
+                x as f64
+            }
+        })
         .collect();
     let mut order: Vec<usize> = (0..g.len()).collect();
     order.sort_by(|&a, &b| utility[b].total_cmp(&utility[a]));
@@ -187,7 +220,9 @@ pub fn judge<R: Rng + ?Sized>(gold: &[f32], cfg: &SimConfig, rng: &mut R) -> Jud
         rank += group.len() as u32;
     }
     let strength = match (groups.first(), groups.get(1)) {
-        (Some(best), Some(next)) => strength_for_gap(g[best[0]] - g[next[0]], cfg.strength_thresholds),
+        (Some(best), Some(next)) => {
+            strength_for_gap(g[best[0]] - g[next[0]], cfg.strength_thresholds)
+        }
         _ => Strength::NegligiblyBetter,
     };
     Judgment { ranking, strength }
@@ -232,34 +267,54 @@ pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(Str
         .timeout(Duration::from_secs(60))
         .build()?;
     let unreachable = || format!("cannot reach the annotation server at {base}");
-    let resp = http.get(format!("{base}/api/users")).bearer_auth(admin_token).send().with_context(unreachable)?;
+    let resp = http
+        .get(format!("{base}/api/users"))
+        .bearer_auth(admin_token)
+        .send()
+        .with_context(unreachable)?;
     if !resp.status().is_success() {
-        return Err(http_error(resp)).context("listing users to create bot accounts (this needs an admin token)");
+        return Err(http_error(resp))
+            .context("listing users to create bot accounts (this needs an admin token)");
     }
     let users: Vec<UserInfo> = resp.json().context("reading the user list")?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let username = bot_name(i);
         match users.iter().find(|u| u.username == username) {
-            Some(u) if u.disabled => bail!("the bot account {username} is disabled; enable it or remove it first"),
+            Some(u) if u.disabled => {
+                bail!("the bot account {username} is disabled; enable it or remove it first")
+            }
             Some(_) => {}
             None => {
-                let body = NewUser { username: username.clone(), password: format!("{:032x}", rand::random::<u128>()), role: Role::Labeler };
-                let resp = http.post(format!("{base}/api/users")).bearer_auth(admin_token).json(&body).send().with_context(unreachable)?;
+                let body = NewUser {
+                    username: username.clone(),
+                    password: format!("{:032x}", rand::random::<u128>()),
+                    role: Role::Labeler,
+                };
+                let resp = http
+                    .post(format!("{base}/api/users"))
+                    .bearer_auth(admin_token)
+                    .json(&body)
+                    .send()
+                    .with_context(unreachable)?;
                 // 409: created concurrently by another run; reuse it
                 if !resp.status().is_success() && resp.status() != reqwest::StatusCode::CONFLICT {
-                    return Err(http_error(resp)).with_context(|| format!("creating the bot account {username}"));
+                    return Err(http_error(resp))
+                        .with_context(|| format!("creating the bot account {username}"));
                 }
             }
         }
         let resp = http
             .post(format!("{base}/api/users/{username}/tokens"))
             .bearer_auth(admin_token)
-            .json(&NewToken { name: Some("rlhf label simulate".into()) })
+            .json(&NewToken {
+                name: Some("rlhf label simulate".into()),
+            })
             .send()
             .with_context(unreachable)?;
         if !resp.status().is_success() {
-            return Err(http_error(resp)).with_context(|| format!("creating a token for {username}"));
+            return Err(http_error(resp))
+                .with_context(|| format!("creating a token for {username}"));
         }
         let created: TokenCreated = resp.json().context("reading the new token")?;
         out.push((username, created.token));
@@ -272,7 +327,8 @@ pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(Str
 
 /// Whether an error came from the transport (connection, timeout, body) rather than an HTTP status.
 fn is_transport(e: &anyhow::Error) -> bool {
-    e.chain().any(|c| c.downcast_ref::<reqwest::Error>().is_some())
+    e.chain()
+        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
 }
 
 /// The text the gold reward judges: the last user message (else the last message).
@@ -308,9 +364,20 @@ fn gold_by_position(task: &annotation_server::api::Task, t: &dyn Task) -> Option
 /// How often a bot retries after a transport or server error before giving up.
 const MAX_ERRORS: u32 = 3;
 
-fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn Task, cfg: &SimConfig, stop: &AtomicBool) -> Result<BotStats> {
+fn bot_loop(
+    server: &str,
+    index: usize,
+    username: &str,
+    token: &str,
+    task: &dyn Task,
+    cfg: &SimConfig,
+    stop: &AtomicBool,
+) -> Result<BotStats> {
     let client = Client::new(server, token)?;
-    let mut stats = BotStats { username: username.to_string(), ..Default::default() };
+    let mut stats = BotStats {
+        username: username.to_string(),
+        ..Default::default()
+    };
     let mut errors = 0u32;
     let mut empty = 0u32;
     while !stop.load(Ordering::SeqCst) {
@@ -319,7 +386,11 @@ fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn 
             Err(e) => {
                 errors += 1;
                 if errors >= MAX_ERRORS {
-                    let what = if is_transport(&e) { "cannot reach the annotation server at" } else { "cannot get a task from" };
+                    let what = if is_transport(&e) {
+                        "cannot reach the annotation server at"
+                    } else {
+                        "cannot get a task from"
+                    };
                     return Err(e.context(format!("{what} {server}")));
                 }
                 std::thread::sleep(Duration::from_millis(100 * errors as u64));
@@ -338,14 +409,23 @@ fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn 
         empty = 0;
         let started = Instant::now();
         let Some(gold) = gold_by_position(&t, task) else {
-            client.skip(t.comparison_id).with_context(|| format!("skipping comparison {}", t.comparison_id))?;
+            client
+                .skip(t.comparison_id)
+                .with_context(|| format!("skipping comparison {}", t.comparison_id))?;
             stats.skips += 1;
             continue;
         };
         let mut rng = StdRng::seed_from_u64(judgment_seed(cfg.seed, index, t.comparison_id));
         let j = judge(&gold, cfg, &mut rng);
-        let best = gold.iter().copied().filter(|x| !x.is_nan()).fold(f32::NEG_INFINITY, f32::max);
-        let picked_best = gold.iter().zip(&j.ranking).any(|(&g, &r)| r == 1 && g == best);
+        let best = gold
+            .iter()
+            .copied()
+            .filter(|x| !x.is_nan())
+            .fold(f32::NEG_INFINITY, f32::max);
+        let picked_best = gold
+            .iter()
+            .zip(&j.ranking)
+            .any(|(&g, &r)| r == 1 && g == best);
         let label = SubmitLabel {
             ranking: j.ranking,
             strength: j.strength,
@@ -365,7 +445,9 @@ fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn 
                 // give the task back so it is not offered to this bot again
                 errors += 1;
                 if errors >= MAX_ERRORS {
-                    return Err(e.context(format!("the server at {server} refused {MAX_ERRORS} labels in a row")));
+                    return Err(e.context(format!(
+                        "the server at {server} refused {MAX_ERRORS} labels in a row"
+                    )));
                 }
                 let _ = client.skip(t.comparison_id);
                 stats.skips += 1;
@@ -373,7 +455,9 @@ fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn 
             Err(e) => {
                 errors += 1;
                 if errors >= MAX_ERRORS {
-                    return Err(e.context(format!("cannot reach the annotation server at {server}")));
+                    return Err(
+                        e.context(format!("cannot reach the annotation server at {server}"))
+                    );
                 }
                 std::thread::sleep(Duration::from_millis(100 * errors as u64));
             }
@@ -389,7 +473,13 @@ fn bot_loop(server: &str, index: usize, username: &str, token: &str, task: &dyn 
 /// perturbed with Gumbel noise of scale = temperature (Plackett–Luce), so
 /// 2-way reduces to the BT rule of [`SimConfig::temperature`]. A server that is
 /// down or refuses the bots' tokens is an error naming the server.
-pub fn label_until_done(server: &str, bots: &[(String, String)], task: &dyn Task, cfg: &SimConfig, stop: &AtomicBool) -> Result<SimStats> {
+pub fn label_until_done(
+    server: &str,
+    bots: &[(String, String)],
+    task: &dyn Task,
+    cfg: &SimConfig,
+    stop: &AtomicBool,
+) -> Result<SimStats> {
     cfg.validate()?;
     if bots.is_empty() {
         bail!("no bot accounts to label with");
@@ -398,12 +488,17 @@ pub fn label_until_done(server: &str, bots: &[(String, String)], task: &dyn Task
         let handles: Vec<_> = bots
             .iter()
             .enumerate()
-            .map(|(i, (name, token))| s.spawn(move || bot_loop(server, i, name, token, task, cfg, stop)))
+            .map(|(i, (name, token))| {
+                s.spawn(move || bot_loop(server, i, name, token, task, cfg, stop))
+            })
             .collect();
         handles
             .into_iter()
             .zip(bots)
-            .map(|(h, (name, _))| h.join().unwrap_or_else(|_| Err(anyhow::anyhow!("bot {name} panicked"))))
+            .map(|(h, (name, _))| {
+                h.join()
+                    .unwrap_or_else(|_| Err(anyhow::anyhow!("bot {name} panicked")))
+            })
             .collect()
     });
     let mut stats = SimStats::default();
@@ -478,12 +573,16 @@ pub fn run(a: LabelArgs) -> Result<()> {
 }
 
 fn simulate(a: SimulateArgs) -> Result<()> {
-    let thresholds: [f32; 3] = a
-        .strength_thresholds
-        .as_slice()
-        .try_into()
-        .map_err(|_| anyhow::anyhow!("--strength-thresholds takes 3 numbers (significantly,better,slightly)"))?;
-    let cfg = SimConfig { bots: a.bots, temperature: a.temperature, disagreement: a.disagreement, seed: a.seed, strength_thresholds: thresholds };
+    let thresholds: [f32; 3] = a.strength_thresholds.as_slice().try_into().map_err(|_| {
+        anyhow::anyhow!("--strength-thresholds takes 3 numbers (significantly,better,slightly)")
+    })?;
+    let cfg = SimConfig {
+        bots: a.bots,
+        temperature: a.temperature,
+        disagreement: a.disagreement,
+        seed: a.seed,
+        strength_thresholds: thresholds,
+    };
     cfg.validate()?;
     if a.bots == 0 {
         bail!("--bots must be at least 1");
@@ -500,13 +599,23 @@ fn simulate(a: SimulateArgs) -> Result<()> {
         if let Err(e) = r {
             eprintln!("warning: cannot install the Ctrl-C handler ({e})");
         }
-        eprintln!("{} bots labeling {} tasks at {}; Ctrl-C to stop", a.bots, task.name(), a.server);
+        eprintln!(
+            "{} bots labeling {} tasks at {}; Ctrl-C to stop",
+            a.bots,
+            task.name(),
+            a.server
+        );
     }
     let mut total = SimStats::default();
     loop {
         let s = label_until_done(&a.server, &bots, task.as_ref(), &cfg, &STOP)?;
         if s.labels + s.skips > 0 {
-            eprintln!("labeled {} (skipped {}); {} in total", s.labels, s.skips, total.labels + s.labels);
+            eprintln!(
+                "labeled {} (skipped {}); {} in total",
+                s.labels,
+                s.skips,
+                total.labels + s.labels
+            );
         }
         total.add(&s);
         if !a.watch || STOP.load(Ordering::SeqCst) {

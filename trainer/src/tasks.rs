@@ -38,8 +38,43 @@ pub fn task(name: &str) -> anyhow::Result<Box<dyn Task>> {
     match name {
         "review" => Ok(Box::new(Review)),
         "arithmetic" => Ok(Box::new(Arithmetic)),
-        _ => anyhow::bail!("unknown task {name:?}; the built-in tasks are {}", TASKS.join(", ")),
+        _ => anyhow::bail!(
+            "unknown task {name:?}; the built-in tasks are {}",
+            TASKS.join(", ")
+        ),
     }
+}
+
+/// The server prompt source holding a built-in task's prompts.
+pub fn prompt_source(task: &dyn Task) -> String {
+    format!("task-{}", task.name())
+}
+
+/// Seed of a task's training prompts (its held-out evaluation prompts use another).
+pub const PROMPT_SEED: u64 = 1;
+
+/// Imports `n` of the task's prompts under [`prompt_source`], unless the server
+/// already has prompts with that source; returns the source.
+pub fn ensure_prompts(
+    client: &annotation_server::api::client::Client,
+    task: &dyn Task,
+    n: usize,
+) -> anyhow::Result<String> {
+    use annotation_server::api::PromptImport;
+    let source = prompt_source(task);
+    if crate::round::source_prompts(client, &source)?.is_empty() {
+        let prompts: Vec<PromptImport> = task
+            .prompts(n, PROMPT_SEED)
+            .into_iter()
+            .map(|p| PromptImport {
+                prompt: Some(p),
+                source: Some(source.clone()),
+                ..PromptImport::default()
+            })
+            .collect();
+        client.import_prompts(&prompts)?;
+    }
+    Ok(source)
 }
 
 // ---------------------------------------------------------------------------
@@ -59,8 +94,22 @@ pub struct Review;
 
 /// Positive words of the review lexicon.
 pub const POSITIVE_WORDS: &[&str] = &[
-    "good", "great", "fun", "nice", "best", "amazing", "excellent", "wonderful", "perfect", "love",
-    "loved", "liked", "enjoyed", "happy", "brilliant", "superb",
+    "good",
+    "great",
+    "fun",
+    "nice",
+    "best",
+    "amazing",
+    "excellent",
+    "wonderful",
+    "perfect",
+    "love",
+    "loved",
+    "liked",
+    "enjoyed",
+    "happy",
+    "brilliant",
+    "superb",
 ];
 /// Negative words of the review lexicon.
 pub const NEGATIVE_WORDS: &[&str] = &[
@@ -69,13 +118,31 @@ pub const NEGATIVE_WORDS: &[&str] = &[
 ];
 
 const REVIEW_NOUNS: &[&str] = &[
-    "movie", "film", "book", "phone", "game", "camera", "show", "album", "hotel", "laptop", "pizza",
-    "coffee", "song", "car",
+    "movie", "film", "book", "phone", "game", "camera", "show", "album", "hotel", "laptop",
+    "pizza", "coffee", "song", "car",
 ];
-const REVIEW_ASPECTS: &[&str] = &["story", "plot", "price", "sound", "screen", "ending", "music", "service", "taste", "design"];
-const POS_ADJ: &[&str] = &["good", "great", "fun", "nice", "amazing", "excellent", "wonderful", "perfect", "brilliant", "superb"];
-const NEG_ADJ: &[&str] = &["bad", "poor", "boring", "awful", "terrible", "dull", "broken", "sad", "weak", "cheap", "ugly", "annoying"];
-const NEUTRAL_ADJ: &[&str] = &["long", "short", "new", "old", "big", "small", "simple", "loud", "slow", "fast"];
+const REVIEW_ASPECTS: &[&str] = &[
+    "story", "plot", "price", "sound", "screen", "ending", "music", "service", "taste", "design",
+];
+const POS_ADJ: &[&str] = &[
+    "good",
+    "great",
+    "fun",
+    "nice",
+    "amazing",
+    "excellent",
+    "wonderful",
+    "perfect",
+    "brilliant",
+    "superb",
+];
+const NEG_ADJ: &[&str] = &[
+    "bad", "poor", "boring", "awful", "terrible", "dull", "broken", "sad", "weak", "cheap", "ugly",
+    "annoying",
+];
+const NEUTRAL_ADJ: &[&str] = &[
+    "long", "short", "new", "old", "big", "small", "simple", "loud", "slow", "fast",
+];
 const POS_VERB: &[&str] = &["loved", "liked", "enjoyed"];
 const NEG_VERB: &[&str] = &["hated", "disliked"];
 const INTENSIFIERS: &[&str] = &["very", "really", "so", "quite"];
@@ -121,13 +188,23 @@ fn clause(rng: &mut StdRng, tone: Tone, noun: &str) -> String {
 
 /// A review of 5–15 words, starting with a space and ending with a period.
 fn review_text(rng: &mut StdRng, good: bool, noun: &str) -> String {
-    let (main, other) = if good { (Tone::Positive, Tone::Negative) } else { (Tone::Negative, Tone::Positive) };
+    let (main, other) = if good {
+        (Tone::Positive, Tone::Negative)
+    } else {
+        (Tone::Negative, Tone::Positive)
+    };
     let clauses = rng.gen_range(2..=3);
     let mut tones = vec![main];
     for _ in 1..clauses {
         // mostly the main tone, some neutral filler, rarely a dissenting clause
         let r: f32 = rng.gen();
-        tones.push(if r < 0.6 { main } else if r < 0.9 { Tone::Neutral } else { other });
+        tones.push(if r < 0.6 {
+            main
+        } else if r < 0.9 {
+            Tone::Neutral
+        } else {
+            other
+        });
     }
     tones.shuffle(rng);
     let parts: Vec<String> = tones.iter().map(|&t| clause(rng, t, noun)).collect();
@@ -136,7 +213,9 @@ fn review_text(rng: &mut StdRng, good: bool, noun: &str) -> String {
 
 /// Words of a text: maximal runs of alphabetic characters, lowercased.
 fn words(text: &str) -> impl Iterator<Item = String> + '_ {
-    text.split(|c: char| !c.is_alphabetic()).filter(|w| !w.is_empty()).map(|w| w.to_lowercase())
+    text.split(|c: char| !c.is_alphabetic())
+        .filter(|w| !w.is_empty())
+        .map(|w| w.to_lowercase())
 }
 
 impl Task for Review {
@@ -146,7 +225,9 @@ impl Task for Review {
 
     fn prompts(&self, n: usize, seed: u64) -> Vec<String> {
         let mut rng = StdRng::seed_from_u64(seed ^ 0x5EED_0001);
-        (0..n).map(|_| format!("Review of the {}:", pick(&mut rng, REVIEW_NOUNS))).collect()
+        (0..n)
+            .map(|_| format!("Review of the {}:", pick(&mut rng, REVIEW_NOUNS)))
+            .collect()
     }
 
     fn gold(&self, _prompt: &str, response: &str) -> f32 {
@@ -216,7 +297,11 @@ const MAX_OPERAND: i64 = 20;
 pub fn arithmetic_answer(prompt: &str) -> Option<i64> {
     let body = prompt.trim().strip_prefix("Q:").unwrap_or(prompt.trim());
     let expr = body.split('=').next()?.trim();
-    let op_at = expr.char_indices().skip(1).find(|(_, c)| *c == '+' || *c == '-').map(|(i, _)| i)?;
+    let op_at = expr
+        .char_indices()
+        .skip(1)
+        .find(|(_, c)| *c == '+' || *c == '-')
+        .map(|(i, _)| i)?;
     let (a, rest) = expr.split_at(op_at);
     let op = rest.chars().next()?;
     let b = &rest[op.len_utf8()..];
@@ -233,7 +318,10 @@ pub fn arithmetic_answer(prompt: &str) -> Option<i64> {
 pub fn first_integer(text: &str) -> Option<i64> {
     let bytes = text.as_bytes();
     let start = bytes.iter().position(|b| b.is_ascii_digit())?;
-    let end = bytes[start..].iter().position(|b| !b.is_ascii_digit()).map_or(bytes.len(), |e| start + e);
+    let end = bytes[start..]
+        .iter()
+        .position(|b| !b.is_ascii_digit())
+        .map_or(bytes.len(), |e| start + e);
     let negative = start > 0 && bytes[start - 1] == b'-';
     let digits = &text[start..end];
     let v: i64 = digits.parse().ok()?;
@@ -281,7 +369,11 @@ impl Task for Arithmetic {
                 } else {
                     // off by 1–3, never negative
                     let d = rng.gen_range(1..=3);
-                    if answer >= d && rng.gen_bool(0.5) { answer - d } else { answer + d }
+                    if answer >= d && rng.gen_bool(0.5) {
+                        answer - d
+                    } else {
+                        answer + d
+                    }
                 };
                 (prompt, format!(" {shown}."))
             })

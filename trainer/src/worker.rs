@@ -1,9 +1,9 @@
 //! `rlhf worker` (claims queued rounds from the server and runs them) and
 //! `rlhf round start|status|list`.
-use crate::round::{self, Ctx, Recipe, RoundConfig, StageSettings};
-use anyhow::{bail, Context, Result};
+use crate::round::{self, Ctx, Recipe, RoundConfig, StageSettings, WorkerDefaults};
 use annotation_server::api::client::Client;
 use annotation_server::api::{NewRound, Round, RoundClaim};
+use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use policy::cli::{DeviceKind, OnDevice};
 use policy::model::Dev;
@@ -39,6 +39,14 @@ pub struct WorkerArgs {
     /// Run at most one round, then exit (with nothing queued: exit at once).
     #[arg(long)]
     pub once: bool,
+    /// Starting policy for a series' first round when the round names none
+    /// (rounds queued on the dashboard). Later rounds start from the last
+    /// finished round's output of the same prompt source.
+    #[arg(long)]
+    pub policy: Option<PathBuf>,
+    /// Where rounds queued without a work directory put their files (a folder `round-<id>` each).
+    #[arg(long, default_value = "rlhf-rounds")]
+    pub workdir: PathBuf,
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
     #[arg(long)]
@@ -123,21 +131,45 @@ pub fn run_worker(a: WorkerArgs) -> Result<()> {
 }
 
 fn default_name() -> String {
-    let host = std::fs::read_to_string("/etc/hostname").map(|s| s.trim().to_string()).unwrap_or_default();
-    format!("worker@{}", if host.is_empty() { "localhost" } else { &host })
+    let host = std::fs::read_to_string("/etc/hostname")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default();
+    format!(
+        "worker@{}",
+        if host.is_empty() { "localhost" } else { &host }
+    )
 }
 
 /// Claims the next round for `worker`: first one it already holds (a restart), then a queued or abandoned one.
 pub fn claim(client: &Client, worker: &str, lease_seconds: u64) -> Result<Option<Round>> {
-    if let Some(r) = client.rounds()?.into_iter().find(|r| r.status == "running" && r.lease_owner.as_deref() == Some(worker)) {
+    if let Some(r) = client
+        .rounds()?
+        .into_iter()
+        .find(|r| r.status == "running" && r.lease_owner.as_deref() == Some(worker))
+    {
         return Ok(Some(r));
     }
-    client.claim_round(&RoundClaim { worker: worker.to_string(), lease_seconds: Some(lease_seconds) })
+    client.claim_round(&RoundClaim {
+        worker: worker.to_string(),
+        lease_seconds: Some(lease_seconds),
+    })
 }
 
 fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
     let name = a.name.clone().unwrap_or_else(default_name);
-    let ctx = Ctx::new(&a.server.server, &a.server.token, &name, a.lease_seconds, a.device, a.quiet)?;
+    let mut ctx = Ctx::new(
+        &a.server.server,
+        &a.server.token,
+        &name,
+        a.lease_seconds,
+        a.device,
+        a.quiet,
+    )?;
+    ctx.defaults = WorkerDefaults {
+        policy: a.policy.as_deref().map(absolute).transpose()?,
+        workdir: absolute(&a.workdir)?,
+        ..WorkerDefaults::default()
+    };
     policy::train_loop::install_interrupt_handler();
     eprintln!("worker {name} polling {}", a.server.server);
     loop {
@@ -148,9 +180,19 @@ fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
             Some(r) => {
                 eprintln!("running round {} ({})", r.id, r.name);
                 match round::run(&ctx, &r, dev) {
-                    Ok(state) => eprintln!("round {} done: {}", r.id, state.output.map(|p| p.display().to_string()).unwrap_or_default()),
+                    Ok(state) => eprintln!(
+                        "round {} done: {}",
+                        r.id,
+                        state
+                            .output
+                            .map(|p| p.display().to_string())
+                            .unwrap_or_default()
+                    ),
                     Err(e) if policy::train_loop::interrupted() => {
-                        eprintln!("round {} interrupted ({e:#}); run the worker again to continue it", r.id);
+                        eprintln!(
+                            "round {} interrupted ({e:#}); run the worker again to continue it",
+                            r.id
+                        );
                         return Ok(());
                     }
                     Err(e) => {
@@ -175,14 +217,33 @@ pub fn run_round(a: RoundArgs) -> Result<()> {
     match a.command {
         RoundCommand::Start(s) => {
             let r = start(&client, &s)?;
-            eprintln!("queued round {} ({}); a worker (`rlhf worker`) will run it", r.id, r.name);
+            eprintln!(
+                "queued round {} ({}); a worker (`rlhf worker`) will run it",
+                r.id, r.name
+            );
             println!("{}", serde_json::to_string_pretty(&r)?);
         }
-        RoundCommand::Status { id } => println!("{}", serde_json::to_string_pretty(&client.round(id)?)?),
+        RoundCommand::Status { id } => {
+            println!("{}", serde_json::to_string_pretty(&client.round(id)?)?)
+        }
         RoundCommand::List => {
             for r in client.rounds()? {
-                let step = r.metrics.pointer("/progress/step").and_then(|v| v.as_str()).unwrap_or("");
-                println!("{}\t{}\t{}\t{}\t{}", r.id, r.name, r.status, step, r.metrics.get("summary").map(|v| v.to_string()).unwrap_or_default());
+                let step = r
+                    .metrics
+                    .pointer("/progress/step")
+                    .and_then(|v| v.as_str())
+                    .unwrap_or("");
+                println!(
+                    "{}\t{}\t{}\t{}\t{}",
+                    r.id,
+                    r.name,
+                    r.status,
+                    step,
+                    r.metrics
+                        .get("summary")
+                        .map(|v| v.to_string())
+                        .unwrap_or_default()
+                );
             }
         }
     }
@@ -201,7 +262,124 @@ pub fn start(client: &Client, s: &StartArgs) -> Result<Round> {
 
 /// Queues a round with this configuration.
 pub fn queue(client: &Client, name: &str, cfg: &RoundConfig) -> Result<Round> {
-    client.create_round(&NewRound { name: name.to_string(), config: Some(serde_json::to_value(cfg)?), status: Some("queued".into()) })
+    client.create_round(&NewRound {
+        name: name.to_string(),
+        config: Some(serde_json::to_value(cfg)?),
+        status: Some("queued".into()),
+    })
+}
+
+/// A round's prompt source: from the configuration its worker completed, else as queued.
+pub fn source_of(r: &Round) -> Option<String> {
+    let completed = r.state.pointer("/config/prompt_source");
+    completed
+        .or_else(|| r.config.get("prompt_source"))
+        .and_then(|v| v.as_str())
+        .map(str::to_string)
+}
+
+fn path_at(v: &serde_json::Value, pointer: &str) -> Option<PathBuf> {
+    v.pointer(pointer)
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(PathBuf::from)
+}
+
+/// Where a series of rounds (those of one prompt source, before round `before`) stands.
+struct Series {
+    /// The output of its last finished round.
+    last_output: Option<PathBuf>,
+    /// The policy its first round started from.
+    initial: Option<PathBuf>,
+    /// How many rounds it has.
+    len: u64,
+}
+
+fn series(client: &Client, source: &str, before: Option<i64>) -> Result<Series> {
+    let rounds: Vec<Round> = client
+        .rounds()?
+        .into_iter()
+        .filter(|r| source_of(r).as_deref() == Some(source) && before.is_none_or(|b| r.id < b))
+        .collect();
+    let last_done = rounds
+        .iter()
+        .filter(|r| r.status == "done")
+        .max_by_key(|r| r.id);
+    let last_output = match last_done {
+        Some(r) => Some(
+            path_at(&r.state, "/output")
+                .with_context(|| format!("round {} is done but has no output", r.id))?,
+        ),
+        None => None,
+    };
+    let initial = rounds.iter().min_by_key(|r| r.id).and_then(|r| {
+        path_at(&r.state, "/config/initial_policy")
+            .or_else(|| path_at(&r.config, "/initial_policy"))
+    });
+    Ok(Series {
+        last_output,
+        initial,
+        len: rounds.len() as u64,
+    })
+}
+
+fn check_policy(p: &Path) -> Result<()> {
+    if !p.join("config.json").is_file() {
+        bail!(
+            "{} is not a policy checkpoint (no config.json)",
+            p.display()
+        );
+    }
+    Ok(())
+}
+
+/// Completes the configuration of a round queued without some settings (the
+/// dashboard form leaves out paths): keys missing from `round.config` come
+/// from the worker's defaults; the prompt source defaults to the task's
+/// built-in prompts (imported if the server lacks them); the starting policy
+/// to the last finished round's output of the same prompt source, else the
+/// worker's `--policy`; the work directory to `WORKDIR/round-<id>`.
+pub fn complete_config(
+    client: &Client,
+    round: &Round,
+    defaults: &WorkerDefaults,
+) -> Result<RoundConfig> {
+    let mut v = defaults.config.clone();
+    match &round.config {
+        serde_json::Value::Object(m) => v.extend(m.clone()),
+        serde_json::Value::Null => {}
+        _ => bail!("round {}: its config is not a JSON object", round.id),
+    }
+    let mut cfg: RoundConfig = serde_json::from_value(serde_json::Value::Object(v))
+        .with_context(|| format!("round {}: bad config", round.id))?;
+    if cfg.prompt_source.is_empty() {
+        let name = cfg.task.as_deref().with_context(|| {
+            format!(
+                "round {}: neither a prompt source nor a task is set",
+                round.id
+            )
+        })?;
+        let task = crate::tasks::task(name)?;
+        cfg.prompt_format = "text".into();
+        cfg.prompt_source = crate::tasks::ensure_prompts(client, task.as_ref(), 4096)?;
+    }
+    let series = series(client, &cfg.prompt_source, Some(round.id))?;
+    if cfg.policy.as_os_str().is_empty() {
+        cfg.policy = series.last_output.clone().or_else(|| defaults.policy.clone()).with_context(|| {
+            format!("round {}: no starting policy; the first round of prompt source `{}` needs one (queue it with a policy, or start the worker with --policy)", round.id, cfg.prompt_source)
+        })?;
+    }
+    check_policy(&cfg.policy)?;
+    if cfg.initial_policy.as_os_str().is_empty() {
+        cfg.initial_policy = series.initial.unwrap_or_else(|| cfg.policy.clone());
+    }
+    if cfg.index == 0 {
+        cfg.index = series.len + 1;
+    }
+    if cfg.workdir.as_os_str().is_empty() {
+        cfg.workdir = defaults.workdir.join(format!("round-{}", round.id));
+    }
+    Ok(cfg)
 }
 
 /// A round's name and configuration: it records the starting policy (default:
@@ -210,23 +388,22 @@ pub fn round_config(client: &Client, s: &StartArgs) -> Result<(String, RoundConf
     if let Some(t) = &s.task {
         crate::tasks::task(t)?;
     }
-    let series: Vec<Round> = client
-        .rounds()?
-        .into_iter()
-        .filter(|r| r.config.get("prompt_source").and_then(|v| v.as_str()) == Some(s.prompt_source.as_str()))
-        .collect();
-    let last_done = series.iter().filter(|r| r.status == "done").max_by_key(|r| r.id);
-    let policy = match (&s.policy, last_done) {
+    let series = series(client, &s.prompt_source, None)?;
+    let policy = match (&s.policy, series.last_output) {
         (Some(p), _) => absolute(p)?,
-        (None, Some(r)) => r.state.get("output").and_then(|v| v.as_str()).map(PathBuf::from).with_context(|| format!("round {} has no output", r.id))?,
-        (None, None) => bail!("--policy is needed for the first round of prompt source `{}`", s.prompt_source),
+        (None, Some(p)) => p,
+        (None, None) => bail!(
+            "--policy is needed for the first round of prompt source `{}`",
+            s.prompt_source
+        ),
     };
-    if !policy.join("config.json").is_file() {
-        bail!("{} is not a policy checkpoint", policy.display());
-    }
-    let initial = series.iter().min_by_key(|r| r.id).and_then(|r| r.config.get("initial_policy").and_then(|v| v.as_str()).map(PathBuf::from)).unwrap_or_else(|| policy.clone());
-    let index = series.len() as u64 + 1;
-    let name = s.name.clone().unwrap_or_else(|| format!("{}-{index}", s.prompt_source));
+    check_policy(&policy)?;
+    let initial = series.initial.unwrap_or_else(|| policy.clone());
+    let index = series.len + 1;
+    let name = s
+        .name
+        .clone()
+        .unwrap_or_else(|| format!("{}-{index}", s.prompt_source));
     let workdir = absolute(&s.workdir)?.join(&name);
     let cfg = RoundConfig {
         recipe: s.recipe,
@@ -235,7 +412,11 @@ pub fn round_config(client: &Client, s: &StartArgs) -> Result<(String, RoundConf
         initial_policy: initial,
         workdir,
         prompt_source: s.prompt_source.clone(),
-        prompt_format: if s.text_prompts { "text".into() } else { "chat".into() },
+        prompt_format: if s.text_prompts {
+            "text".into()
+        } else {
+            "chat".into()
+        },
         index,
         prompts_per_round: s.prompts_per_round,
         k: s.k,
@@ -244,10 +425,26 @@ pub fn round_config(client: &Client, s: &StartArgs) -> Result<(String, RoundConf
         max_new_tokens: s.max_new_tokens,
         seed: s.seed,
         eval_prompts: 64,
-        rm: StageSettings { lr: s.rm_lr, steps: s.rm_steps, ..StageSettings::default() },
-        rs: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
-        dpo: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
-        ppo: StageSettings { lr: s.policy_lr, steps: s.policy_steps, ..StageSettings::default() },
+        rm: StageSettings {
+            lr: s.rm_lr,
+            steps: s.rm_steps,
+            ..StageSettings::default()
+        },
+        rs: StageSettings {
+            lr: s.policy_lr,
+            steps: s.policy_steps,
+            ..StageSettings::default()
+        },
+        dpo: StageSettings {
+            lr: s.policy_lr,
+            steps: s.policy_steps,
+            ..StageSettings::default()
+        },
+        ppo: StageSettings {
+            lr: s.policy_lr,
+            steps: s.policy_steps,
+            ..StageSettings::default()
+        },
     };
     Ok((name, cfg))
 }

@@ -1,13 +1,17 @@
 //! Simulated labelers: the choice rule's statistics, and bots labeling through
 //! a real annotation server (in-process, on a temporary SQLite file, real HTTP).
 use annotation_server::api::client::Client;
-use annotation_server::api::{CreateComparisons, ExportQuery, NewComparison, NewResponse, PromptImport, RawRow, Role, Strength};
+use annotation_server::api::{
+    CreateComparisons, ExportQuery, NewComparison, NewResponse, PromptImport, RawRow, Role,
+    Strength,
+};
 use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
 use trainer::simulate::{
-    ensure_bots, judge, label_until_done, preference_probability, strength_for_gap, LabelArgs, SimConfig,
+    ensure_bots, judge, label_until_done, preference_probability, strength_for_gap, LabelArgs,
+    SimConfig,
 };
 use trainer::tasks::task;
 
@@ -15,19 +19,36 @@ use trainer::tasks::task;
 // the choice rule
 
 fn cfg(temperature: f32, disagreement: f32) -> SimConfig {
-    SimConfig { bots: 3, temperature, disagreement, seed: 0, strength_thresholds: [0.6, 0.3, 0.1] }
+    SimConfig {
+        bots: 3,
+        temperature,
+        disagreement,
+        seed: 0,
+        strength_thresholds: [0.6, 0.3, 0.1],
+    }
 }
 
 #[test]
 fn two_way_choices_follow_bradley_terry() {
     let mut rng = StdRng::seed_from_u64(1);
     let n = 40_000;
-    for (gap, t) in [(0.5f32, 1.0f32), (1.0, 0.5), (0.2, 2.0), (-0.7, 0.3), (0.0, 1.0)] {
+    for (gap, t) in [
+        (0.5f32, 1.0f32),
+        (1.0, 0.5),
+        (0.2, 2.0),
+        (-0.7, 0.3),
+        (0.0, 1.0),
+    ] {
         let c = cfg(t, 0.0);
-        let wins = (0..n).filter(|_| judge(&[0.3 + gap, 0.3], &c, &mut rng).ranking == vec![1, 2]).count();
+        let wins = (0..n)
+            .filter(|_| judge(&[0.3 + gap, 0.3], &c, &mut rng).ranking == vec![1, 2])
+            .count();
         let p = wins as f64 / n as f64;
         let want = 1.0 / (1.0 + (-(gap / t) as f64).exp());
-        assert!((p - want).abs() < 0.01, "gap {gap} T {t}: {p} vs σ = {want}");
+        assert!(
+            (p - want).abs() < 0.01,
+            "gap {gap} T {t}: {p} vs σ = {want}"
+        );
         assert!((preference_probability(gap, t) as f64 - want).abs() < 1e-6);
     }
 }
@@ -54,7 +75,11 @@ fn k_way_rankings_follow_plackett_luce() {
     let z: f64 = w.iter().sum();
     for i in 0..4 {
         let p = first[i] as f64 / n as f64;
-        assert!((p - w[i] / z).abs() < 0.01, "first place {i}: {p} vs {}", w[i] / z);
+        assert!(
+            (p - w[i] / z).abs() < 0.01,
+            "first place {i}: {p} vs {}",
+            w[i] / z
+        );
     }
     // order 0 > 1 > 3 > 2
     let pl = w[0] / z * w[1] / (w[1] + w[2] + w[3]) * w[3] / (w[2] + w[3]);
@@ -67,7 +92,10 @@ fn temperature_zero_picks_the_gold_order_and_ties_share_a_rank() {
     let mut rng = StdRng::seed_from_u64(3);
     let c = cfg(0.0, 0.0);
     for _ in 0..100 {
-        assert_eq!(judge(&[0.1, 0.9, -0.5], &c, &mut rng).ranking, vec![2, 1, 3]);
+        assert_eq!(
+            judge(&[0.1, 0.9, -0.5], &c, &mut rng).ranking,
+            vec![2, 1, 3]
+        );
     }
     let j = judge(&[0.0, 1.0, 0.0, 1.0], &c, &mut rng);
     assert_eq!(j.ranking, vec![3, 1, 3, 1]);
@@ -88,11 +116,16 @@ fn disagreement_flips_that_fraction_of_choices() {
     let mut rng = StdRng::seed_from_u64(4);
     let c = cfg(0.0, 0.3);
     let n = 20_000;
-    let flipped = (0..n).filter(|_| judge(&[1.0, 0.0, -1.0], &c, &mut rng).ranking == vec![2, 1, 3]).count();
+    let flipped = (0..n)
+        .filter(|_| judge(&[1.0, 0.0, -1.0], &c, &mut rng).ranking == vec![2, 1, 3])
+        .count();
     let p = flipped as f64 / n as f64;
     assert!((p - 0.3).abs() < 0.015, "{p}");
     // a flipped choice is "negligibly better" (the bot chose the worse one)
-    let j = (0..100).map(|_| judge(&[1.0, 0.0], &c, &mut rng)).find(|j| j.ranking == vec![2, 1]).unwrap();
+    let j = (0..100)
+        .map(|_| judge(&[1.0, 0.0], &c, &mut rng))
+        .find(|j| j.ranking == vec![2, 1])
+        .unwrap();
     assert_eq!(j.strength, Strength::NegligiblyBetter);
 }
 
@@ -110,11 +143,27 @@ fn strength_follows_the_gold_gap() {
 
 #[test]
 fn bad_configurations_are_errors() {
-    for c in [cfg(-1.0, 0.0), cfg(f32::NAN, 0.0), cfg(0.5, 1.5), cfg(0.5, -0.1), SimConfig { strength_thresholds: [0.1, 0.3, 0.6], ..cfg(0.5, 0.0) }] {
+    for c in [
+        cfg(-1.0, 0.0),
+        cfg(f32::NAN, 0.0),
+        cfg(0.5, 1.5),
+        cfg(0.5, -0.1),
+        SimConfig {
+            strength_thresholds: [0.1, 0.3, 0.6],
+            ..cfg(0.5, 0.0)
+        },
+    ] {
         assert!(c.validate().is_err(), "{c:?}");
         let stop = AtomicBool::new(false);
         let bots = vec![("sim-bot-0".to_string(), "x".to_string())];
-        assert!(label_until_done("http://127.0.0.1:9", &bots, task("review").unwrap().as_ref(), &c, &stop).is_err());
+        assert!(label_until_done(
+            "http://127.0.0.1:9",
+            &bots,
+            task("review").unwrap().as_ref(),
+            &c,
+            &stop
+        )
+        .is_err());
     }
     assert!(SimConfig::default().validate().is_ok());
 }
@@ -135,22 +184,49 @@ fn start_server() -> Server {
     use annotation_server::{accounts, db, server::RunningServer, state};
     let dir = tempfile::tempdir().unwrap();
     let url = format!("sqlite://{}", dir.path().join("sim.sqlite").display());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
     let (server, admin) = rt.block_on(async {
         let conn = db::connect_and_migrate(&url).await.expect("migrate");
-        accounts::create_user(&conn, "admin", "password123", Role::Admin, None).await.unwrap();
-        let admin = accounts::create_token(&conn, "admin", None, None).await.unwrap();
+        accounts::create_user(&conn, "admin", "password123", Role::Admin, None)
+            .await
+            .unwrap();
+        let admin = accounts::create_token(&conn, "admin", None, None)
+            .await
+            .unwrap();
         let st = state::AppState::new(conn, state::Config::default());
-        (RunningServer::start(st, "127.0.0.1:0").await.expect("bind"), admin)
+        (
+            RunningServer::start(st, "127.0.0.1:0").await.expect("bind"),
+            admin,
+        )
     });
-    Server { url: server.url(), admin, _server: server, _rt: rt, _dir: dir }
+    Server {
+        url: server.url(),
+        admin,
+        _server: server,
+        _rt: rt,
+        _dir: dir,
+    }
 }
 
 /// Imports one prompt per response set and creates a batch of comparisons; returns the batch id.
-fn create_batch(s: &Server, name: &str, prompt: &str, sets: &[Vec<&str>], labels_wanted: u32) -> (i64, Vec<i64>) {
+fn create_batch(
+    s: &Server,
+    name: &str,
+    prompt: &str,
+    sets: &[Vec<&str>],
+    labels_wanted: u32,
+) -> (i64, Vec<i64>) {
     let c = Client::new(&s.url, &s.admin).unwrap();
     let imports: Vec<PromptImport> = (0..sets.len())
-        .map(|i| PromptImport { id: Some(format!("{name}-{i}")), prompt: Some(prompt.to_string()), ..Default::default() })
+        .map(|i| PromptImport {
+            id: Some(format!("{name}-{i}")),
+            prompt: Some(prompt.to_string()),
+            ..Default::default()
+        })
         .collect();
     let ids = c.import_prompts(&imports).unwrap().prompt_ids;
     let comparisons = sets
@@ -158,12 +234,23 @@ fn create_batch(s: &Server, name: &str, prompt: &str, sets: &[Vec<&str>], labels
         .zip(&ids)
         .map(|(set, &id)| NewComparison {
             prompt_id: Some(id),
-            responses: set.iter().map(|t| NewResponse { text: t.to_string(), ..Default::default() }).collect(),
+            responses: set
+                .iter()
+                .map(|t| NewResponse {
+                    text: t.to_string(),
+                    ..Default::default()
+                })
+                .collect(),
             ..Default::default()
         })
         .collect();
     let created = c
-        .create_comparisons(&CreateComparisons { batch: name.into(), labels_wanted: Some(labels_wanted), comparisons, ..Default::default() })
+        .create_comparisons(&CreateComparisons {
+            batch: name.into(),
+            labels_wanted: Some(labels_wanted),
+            comparisons,
+            ..Default::default()
+        })
         .unwrap();
     (created.batch_id, created.comparison_ids)
 }
@@ -171,7 +258,13 @@ fn create_batch(s: &Server, name: &str, prompt: &str, sets: &[Vec<&str>], labels
 fn raw(s: &Server, batch_id: i64) -> BTreeMap<i64, Vec<RawRow>> {
     let c = Client::new(&s.url, &s.admin).unwrap();
     let mut by: BTreeMap<i64, Vec<RawRow>> = BTreeMap::new();
-    for r in c.export_raw(ExportQuery { batch_id: Some(batch_id), ..Default::default() }).unwrap() {
+    for r in c
+        .export_raw(ExportQuery {
+            batch_id: Some(batch_id),
+            ..Default::default()
+        })
+        .unwrap()
+    {
         by.entry(r.comparison_id).or_default().push(r);
     }
     by
@@ -188,17 +281,35 @@ const E: &str = " it was bad and i hated it and the plot is dull."; // -0.75
 fn bots_label_every_comparison_with_the_gold_winner_at_temperature_zero() {
     let s = start_server();
     let t = task("review").unwrap();
-    let sets = vec![vec![A, D], vec![D, A], vec![B, A], vec![C, B], vec![E, D], vec![A, B, C], vec![D, C, E, A], vec![C, "\u{1F600} 非常 great ✨"]];
+    let sets = vec![
+        vec![A, D],
+        vec![D, A],
+        vec![B, A],
+        vec![C, B],
+        vec![E, D],
+        vec![A, B, C],
+        vec![D, C, E, A],
+        vec![C, "\u{1F600} 非常 great ✨"],
+    ];
     let (batch, ids) = create_batch(&s, "t0", "Review of the movie:", &sets, 2);
     let bots = ensure_bots(&s.url, &s.admin, 3).unwrap();
-    assert_eq!(bots.iter().map(|b| b.0.as_str()).collect::<Vec<_>>(), ["sim-bot-0", "sim-bot-1", "sim-bot-2"]);
-    let c = SimConfig { temperature: 0.0, ..cfg(0.0, 0.0) };
+    assert_eq!(
+        bots.iter().map(|b| b.0.as_str()).collect::<Vec<_>>(),
+        ["sim-bot-0", "sim-bot-1", "sim-bot-2"]
+    );
+    let c = SimConfig {
+        temperature: 0.0,
+        ..cfg(0.0, 0.0)
+    };
     let stop = AtomicBool::new(false);
     let stats = label_until_done(&s.url, &bots, t.as_ref(), &c, &stop).unwrap();
     assert_eq!(stats.labels, 2 * sets.len(), "{stats:?}");
     assert_eq!(stats.gold_winner, stats.labels);
     assert_eq!(stats.skips, 0);
-    assert_eq!(stats.bots.iter().map(|b| b.labels).sum::<usize>(), stats.labels);
+    assert_eq!(
+        stats.bots.iter().map(|b| b.labels).sum::<usize>(),
+        stats.labels
+    );
 
     let rows = raw(&s, batch);
     assert_eq!(rows.keys().copied().collect::<Vec<_>>(), ids);
@@ -207,9 +318,15 @@ fn bots_label_every_comparison_with_the_gold_winner_at_temperature_zero() {
         let labels = &rows[id];
         assert_eq!(labels.len(), 2, "comparison {id}");
         assert_ne!(labels[0].labeler, labels[1].labeler, "distinct labelers");
-        let gold: Vec<f32> = set.iter().map(|r| t.gold("Review of the movie:", r)).collect();
+        let gold: Vec<f32> = set
+            .iter()
+            .map(|r| t.gold("Review of the movie:", r))
+            .collect();
         // the gold order; equal gold shares a rank (the last case: both score 0)
-        let want: Vec<u32> = gold.iter().map(|g| 1 + gold.iter().filter(|h| *h > g).count() as u32).collect();
+        let want: Vec<u32> = gold
+            .iter()
+            .map(|g| 1 + gold.iter().filter(|h| *h > g).count() as u32)
+            .collect();
         let mut sorted = gold.clone();
         sorted.sort_by(|a, b| b.total_cmp(a));
         let gap = sorted[0] - sorted[1];
@@ -231,11 +348,17 @@ fn bots_label_every_comparison_with_the_gold_winner_at_temperature_zero() {
             strengths.insert(l.strength.as_str());
         }
     }
-    assert!(strengths.len() >= 3, "the cases cover several strength levels: {strengths:?}");
+    assert!(
+        strengths.len() >= 3,
+        "the cases cover several strength levels: {strengths:?}"
+    );
 
     // nothing left: a second run labels nothing; the accounts are reused
     let again = ensure_bots(&s.url, &s.admin, 3).unwrap();
-    assert_eq!(again.iter().map(|b| &b.0).collect::<Vec<_>>(), bots.iter().map(|b| &b.0).collect::<Vec<_>>());
+    assert_eq!(
+        again.iter().map(|b| &b.0).collect::<Vec<_>>(),
+        bots.iter().map(|b| &b.0).collect::<Vec<_>>()
+    );
     let stats = label_until_done(&s.url, &again, t.as_ref(), &c, &stop).unwrap();
     assert_eq!(stats.labels, 0);
     // a stop request before starting labels nothing either
@@ -248,10 +371,15 @@ fn bots_label_every_comparison_with_the_gold_winner_at_temperature_zero() {
 fn bots_disagree_at_a_high_temperature() {
     let s = start_server();
     let t = task("review").unwrap();
-    let sets: Vec<Vec<&str>> = (0..30).map(|i| if i % 2 == 0 { vec![A, D] } else { vec![D, A] }).collect();
+    let sets: Vec<Vec<&str>> = (0..30)
+        .map(|i| if i % 2 == 0 { vec![A, D] } else { vec![D, A] })
+        .collect();
     let (batch, ids) = create_batch(&s, "hot", "Review of the movie:", &sets, 3);
     let bots = ensure_bots(&s.url, &s.admin, 3).unwrap();
-    let c = SimConfig { seed: 11, ..cfg(2.0, 0.0) };
+    let c = SimConfig {
+        seed: 11,
+        ..cfg(2.0, 0.0)
+    };
     let stats = label_until_done(&s.url, &bots, t.as_ref(), &c, &AtomicBool::new(false)).unwrap();
     assert_eq!(stats.labels, 90);
     let rows = raw(&s, batch);
@@ -266,7 +394,10 @@ fn bots_disagree_at_a_high_temperature() {
         split += (votes != 0 && votes != 3) as usize;
     }
     // P(prefer A) = σ(1.417 / 2) ≈ 0.67: about 60 of 90
-    assert!((46..=76).contains(&prefer_a), "{prefer_a} of 90 prefer the gold winner");
+    assert!(
+        (46..=76).contains(&prefer_a),
+        "{prefer_a} of 90 prefer the gold winner"
+    );
     assert!(split >= 5, "bots disagree on some comparisons: {split}");
     assert_eq!(stats.gold_winner, prefer_a);
 }
@@ -285,11 +416,30 @@ fn the_cli_labels_arithmetic_through_the_server() {
     }
     let s = start_server();
     let t = task("arithmetic").unwrap();
-    let sets = vec![vec![" 19.", " 18."], vec![" 20.", " 19.", " 17."], vec![" 5.", " 6."]];
+    let sets = vec![
+        vec![" 19.", " 18."],
+        vec![" 20.", " 19.", " 17."],
+        vec![" 5.", " 6."],
+    ];
     let (batch, ids) = create_batch(&s, "cli", "Q: 12+7=", &sets, 2);
     let cli = Cli::try_parse_from([
-        "rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--task", "arithmetic", "--bots", "2", "--temperature", "0", "--seed", "3",
-        "--strength-thresholds", "0.9,0.5,0.2",
+        "rlhf",
+        "label",
+        "simulate",
+        "--server",
+        &s.url,
+        "--token",
+        &s.admin,
+        "--task",
+        "arithmetic",
+        "--bots",
+        "2",
+        "--temperature",
+        "0",
+        "--seed",
+        "3",
+        "--strength-thresholds",
+        "0.9,0.5,0.2",
     ])
     .unwrap();
     let Cmd::Label(a) = cli.cmd;
@@ -299,33 +449,98 @@ fn the_cli_labels_arithmetic_through_the_server() {
         for l in &rows[id] {
             for (pos, r) in set.iter().enumerate() {
                 // the right answer first; wrong answers tie
-                let want = if t.gold("Q: 12+7=", r) == 1.0 { 1 } else if set.iter().any(|x| t.gold("Q: 12+7=", x) == 1.0) { 2 } else { 1 };
+                let want = if t.gold("Q: 12+7=", r) == 1.0 {
+                    1
+                } else if set.iter().any(|x| t.gold("Q: 12+7=", x) == 1.0) {
+                    2
+                } else {
+                    1
+                };
                 assert_eq!(l.ranking[pos], want, "{set:?} {:?}", l.ranking);
             }
         }
         assert_eq!(rows[id].len(), 2);
     }
     // a bad option is a parse error, a bad value a clear error
-    assert!(Cli::try_parse_from(["rlhf", "label", "simulate", "--token", "x", "--task", "poetry"]).is_err());
-    let cli = Cli::try_parse_from(["rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--temperature=-1"]).unwrap();
+    assert!(
+        Cli::try_parse_from(["rlhf", "label", "simulate", "--token", "x", "--task", "poetry"])
+            .is_err()
+    );
+    let cli = Cli::try_parse_from([
+        "rlhf",
+        "label",
+        "simulate",
+        "--server",
+        &s.url,
+        "--token",
+        &s.admin,
+        "--temperature=-1",
+    ])
+    .unwrap();
     let Cmd::Label(a) = cli.cmd;
-    assert!(trainer::simulate::run(a).unwrap_err().to_string().contains("temperature"));
-    let cli = Cli::try_parse_from(["rlhf", "label", "simulate", "--server", &s.url, "--token", &s.admin, "--strength-thresholds", "0.5,0.1"]).unwrap();
+    assert!(trainer::simulate::run(a)
+        .unwrap_err()
+        .to_string()
+        .contains("temperature"));
+    let cli = Cli::try_parse_from([
+        "rlhf",
+        "label",
+        "simulate",
+        "--server",
+        &s.url,
+        "--token",
+        &s.admin,
+        "--strength-thresholds",
+        "0.5,0.1",
+    ])
+    .unwrap();
     let Cmd::Label(a) = cli.cmd;
-    assert!(trainer::simulate::run(a).unwrap_err().to_string().contains("3 numbers"));
+    assert!(trainer::simulate::run(a)
+        .unwrap_err()
+        .to_string()
+        .contains("3 numbers"));
 }
 
 #[test]
 fn unreachable_servers_and_wrong_tokens_are_clear_errors() {
     // a port nobody listens on
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let url = format!("http://127.0.0.1:{port}");
     let e = format!("{:#}", ensure_bots(&url, "tok", 2).unwrap_err());
-    assert!(e.contains("cannot reach the annotation server") && e.contains(&url), "{e}");
+    assert!(
+        e.contains("cannot reach the annotation server") && e.contains(&url),
+        "{e}"
+    );
     let bots = vec![("sim-bot-0".to_string(), "tok".to_string())];
-    let e = format!("{:#}", label_until_done(&url, &bots, task("review").unwrap().as_ref(), &cfg(0.0, 0.0), &AtomicBool::new(false)).unwrap_err());
-    assert!(e.contains("cannot reach the annotation server") && e.contains(&url) && e.contains("sim-bot-0"), "{e}");
-    assert!(label_until_done(&url, &[], task("review").unwrap().as_ref(), &cfg(0.0, 0.0), &AtomicBool::new(false)).is_err());
+    let e = format!(
+        "{:#}",
+        label_until_done(
+            &url,
+            &bots,
+            task("review").unwrap().as_ref(),
+            &cfg(0.0, 0.0),
+            &AtomicBool::new(false)
+        )
+        .unwrap_err()
+    );
+    assert!(
+        e.contains("cannot reach the annotation server")
+            && e.contains(&url)
+            && e.contains("sim-bot-0"),
+        "{e}"
+    );
+    assert!(label_until_done(
+        &url,
+        &[],
+        task("review").unwrap().as_ref(),
+        &cfg(0.0, 0.0),
+        &AtomicBool::new(false)
+    )
+    .is_err());
 
     let s = start_server();
     let e = format!("{:#}", ensure_bots(&s.url, "not-a-token", 1).unwrap_err());
@@ -336,6 +551,16 @@ fn unreachable_servers_and_wrong_tokens_are_clear_errors() {
     assert!(e.contains("admin token") && e.contains("403"), "{e}");
     // bots with a bad token
     let bad = vec![("sim-bot-0".to_string(), "wrong".to_string())];
-    let e = format!("{:#}", label_until_done(&s.url, &bad, task("review").unwrap().as_ref(), &cfg(0.0, 0.0), &AtomicBool::new(false)).unwrap_err());
+    let e = format!(
+        "{:#}",
+        label_until_done(
+            &s.url,
+            &bad,
+            task("review").unwrap().as_ref(),
+            &cfg(0.0, 0.0),
+            &AtomicBool::new(false)
+        )
+        .unwrap_err()
+    );
     assert!(e.contains("401") && e.contains(&s.url), "{e}");
 }

@@ -13,7 +13,7 @@ use policy::train_loop::{self, metrics_path, LoopConfig, ScheduleKind};
 use reward_model::model::RewardModel;
 use serde_json::json;
 use std::path::{Path, PathBuf};
-use trainer::data::{sft_example, Prompt, PreferencePair, Sequence};
+use trainer::data::{sft_example, PreferencePair, Prompt, Sequence};
 use trainer::dpo::{pair_logprobs, DpoConfig, DpoStage};
 use trainer::policy_io::{load_policy, PolicyFiles};
 use trainer::ppo::{self, PpoConfig, PpoModels};
@@ -44,7 +44,17 @@ fn tiny_policy(dir: &Path, seed: u64) -> PathBuf {
 }
 
 fn cfg(steps: u64, batch: usize, micro: usize, lr: f32) -> LoopConfig {
-    LoopConfig { lr, batch_size: batch, micro_batch: micro, max_steps: Some(steps), schedule: ScheduleKind::Constant, warmup_ratio: 0.0, log_every: 1, progress: false, ..LoopConfig::default() }
+    LoopConfig {
+        lr,
+        batch_size: batch,
+        micro_batch: micro,
+        max_steps: Some(steps),
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        log_every: 1,
+        progress: false,
+        ..LoopConfig::default()
+    }
 }
 
 fn sft_data(tok: &Tokenizer) -> Vec<Sequence> {
@@ -55,7 +65,15 @@ fn sft_data(tok: &Tokenizer) -> Vec<Sequence> {
 
 fn max_diff(a: &Llama<Cpu>, b: &Llama<Cpu>) -> f32 {
     let (ta, tb) = (a.to_host_tensors(), b.to_host_tensors());
-    ta.iter().map(|(k, x)| x.data.iter().zip(&tb[k].data).map(|(p, q)| (p - q).abs()).fold(0f32, f32::max)).fold(0f32, f32::max)
+    ta.iter()
+        .map(|(k, x)| {
+            x.data
+                .iter()
+                .zip(&tb[k].data)
+                .map(|(p, q)| (p - q).abs())
+                .fold(0f32, f32::max)
+        })
+        .fold(0f32, f32::max)
 }
 
 #[test]
@@ -67,12 +85,32 @@ fn sft_lowers_response_nll_and_leaves_prompt_tokens_out_of_the_loss() {
     let completion_tokens = tok.encode(" Yes, the sky is blue.", false).unwrap().len() + 1;
     assert!(data.iter().all(|s| s.targets() == completion_tokens));
     let before = mean_nll(&ck.model, &data, 8).unwrap();
-    let first_batch: Vec<Sequence> = train_loop::step_examples(0, 4, data.len(), 0).into_iter().map(|i| data[i].clone()).collect();
+    let first_batch: Vec<Sequence> = train_loop::step_examples(0, 4, data.len(), 0)
+        .into_iter()
+        .map(|i| data[i].clone())
+        .collect();
     let first_batch_nll = mean_nll(&ck.model, &first_batch, 8).unwrap();
     // the prompt tokens as targets instead
-    let prompts_only: Vec<Sequence> = data.iter().map(|s| Sequence { ids: s.ids.clone(), mask: s.mask.iter().enumerate().map(|(i, &m)| i > 0 && !m).collect() }).collect();
+    let prompts_only: Vec<Sequence> = data
+        .iter()
+        .map(|s| Sequence {
+            ids: s.ids.clone(),
+            mask: s
+                .mask
+                .iter()
+                .enumerate()
+                .map(|(i, &m)| i > 0 && !m)
+                .collect(),
+        })
+        .collect();
     let prompt_before = mean_nll(&ck.model, &prompts_only, 8).unwrap();
-    let mut stage = SftStage { train: data.clone(), eval: data.clone(), files: PolicyFiles::of(&ck), eval_batch: 8, name: "sft" };
+    let mut stage = SftStage {
+        train: data.clone(),
+        eval: data.clone(),
+        files: PolicyFiles::of(&ck),
+        eval_batch: 8,
+        name: "sft",
+    };
     let out = dir.path().join("sft");
     let o = train_loop::run(&mut ck.model, &mut stage, &cfg(40, 4, 4, 1e-2), &out, None).unwrap();
     assert!(o.finished);
@@ -81,13 +119,27 @@ fn sft_lowers_response_nll_and_leaves_prompt_tokens_out_of_the_loss() {
     eprintln!("response NLL {before:.3} -> {after:.3}; prompt-token NLL {prompt_before:.3} -> {prompt_after:.3}");
     assert!(after < before * 0.1, "response NLL {before} -> {after}");
     // the prompts (mostly the same words) were never targets, so they were not learned
-    assert!(prompt_after > 0.5 * prompt_before, "prompt-token NLL {prompt_before} -> {prompt_after}: prompts leaked into the loss");
+    assert!(
+        prompt_after > 0.5 * prompt_before,
+        "prompt-token NLL {prompt_before} -> {prompt_after}: prompts leaked into the loss"
+    );
     // the first logged loss is the response-only NLL of the first batch
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     let first = lines[0]["loss"].as_f64().unwrap();
-    assert!((first - first_batch_nll).abs() < 1e-4, "first loss {first} vs response NLL of the batch {first_batch_nll}");
+    assert!(
+        (first - first_batch_nll).abs() < 1e-4,
+        "first loss {first} vs response NLL of the batch {first_batch_nll}"
+    );
     for k in ["loss", "grad_norm", "learning_rate", "epoch", "num_tokens"] {
-        assert!(lines[0][k].is_number(), "metrics line lacks {k}: {}", lines[0]);
+        assert!(
+            lines[0][k].is_number(),
+            "metrics line lacks {k}: {}",
+            lines[0]
+        );
     }
     assert!(lines.last().unwrap()["eval_loss"].as_f64().unwrap() < before);
     // the output is a complete checkpoint that generates
@@ -103,33 +155,84 @@ fn resume_and_micro_batches_give_the_same_weights() {
     let dev = Cpu::default();
     let (ck, tok) = load_policy(&path, &dev).unwrap();
     let data = sft_data(&tok);
-    let stage = |ck: &Checkpoint<Cpu>| SftStage { train: data.clone(), eval: vec![], files: PolicyFiles::of(ck), eval_batch: 8, name: "sft" };
+    let stage = |ck: &Checkpoint<Cpu>| SftStage {
+        train: data.clone(),
+        eval: vec![],
+        files: PolicyFiles::of(ck),
+        eval_batch: 8,
+        name: "sft",
+    };
     // batch 5 over 12 examples: steps straddle epochs; cosine schedule with warmup
-    let c = LoopConfig { schedule: ScheduleKind::Cosine, warmup_ratio: 0.2, ..cfg(7, 5, 5, 2e-3) };
+    let c = LoopConfig {
+        schedule: ScheduleKind::Cosine,
+        warmup_ratio: 0.2,
+        ..cfg(7, 5, 5, 2e-3)
+    };
     let mut a = ck.model.clone();
     train_loop::run(&mut a, &mut stage(&ck), &c, &dir.path().join("a"), None).unwrap();
     // micro-batches of 2 accumulate to the same update (loss = mean over the batch's tokens)
     let mut m = ck.model.clone();
-    train_loop::run(&mut m, &mut stage(&ck), &LoopConfig { micro_batch: 2, ..c.clone() }, &dir.path().join("m"), None).unwrap();
-    assert!(max_diff(&a, &m) < 2e-5, "micro-batching changed the weights by {}", max_diff(&a, &m));
+    train_loop::run(
+        &mut m,
+        &mut stage(&ck),
+        &LoopConfig {
+            micro_batch: 2,
+            ..c.clone()
+        },
+        &dir.path().join("m"),
+        None,
+    )
+    .unwrap();
+    assert!(
+        max_diff(&a, &m) < 2e-5,
+        "micro-batching changed the weights by {}",
+        max_diff(&a, &m)
+    );
     // stop after 3 steps, resume from disk
     let out = dir.path().join("b");
     let mut b = ck.model.clone();
-    let first = train_loop::run(&mut b, &mut stage(&ck), &LoopConfig { stop_after: Some(3), ..c.clone() }, &out, None).unwrap();
+    let first = train_loop::run(
+        &mut b,
+        &mut stage(&ck),
+        &LoopConfig {
+            stop_after: Some(3),
+            ..c.clone()
+        },
+        &out,
+        None,
+    )
+    .unwrap();
     assert!(!first.finished && first.steps == 3);
     let (ck2, _) = load_policy(&out, &dev).unwrap();
-    let state = train_loop::load_state(&out, &ck2.model, &dev).unwrap().expect("a checkpoint");
+    let state = train_loop::load_state(&out, &ck2.model, &dev)
+        .unwrap()
+        .expect("a checkpoint");
     assert_eq!(state.1["cursor"], 15);
     let mut b = ck2.model;
     let done = train_loop::run(&mut b, &mut stage(&ck), &c, &out, Some(state)).unwrap();
     assert!(done.finished);
     assert_eq!(max_diff(&a, &b), 0.0, "resumed run differs");
-    let steps = |p: &Path| -> Vec<u64> { std::fs::read_to_string(metrics_path(p)).unwrap().lines().map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["step"].as_u64().unwrap()).collect() };
+    let steps = |p: &Path| -> Vec<u64> {
+        std::fs::read_to_string(metrics_path(p))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["step"]
+                    .as_u64()
+                    .unwrap()
+            })
+            .collect()
+    };
     assert_eq!(steps(&dir.path().join("a")), steps(&out));
     // resuming on other data is refused
     let (ck3, _) = load_policy(&out, &dev).unwrap();
-    let state = train_loop::load_state(&out, &ck3.model, &dev).unwrap().unwrap();
-    let mut other = SftStage { train: data[1..].to_vec(), ..stage(&ck) };
+    let state = train_loop::load_state(&out, &ck3.model, &dev)
+        .unwrap()
+        .unwrap();
+    let mut other = SftStage {
+        train: data[1..].to_vec(),
+        ..stage(&ck)
+    };
     let e = train_loop::run(&mut ck3.model.clone(), &mut other, &c, &out, Some(state)).unwrap_err();
     assert!(format!("{e:#}").contains("cannot resume"), "{e:#}");
 }
@@ -140,9 +243,17 @@ fn preference_pairs(tok: &Tokenizer) -> Vec<PreferencePair> {
     (0..16)
         .map(|i| {
             let p = t(&format!("Review {i}:"));
-            let (prompt, chosen) = enc.prompt_response(&p, &t(" a wonderful, lovely film")).unwrap();
-            let (_, rejected) = enc.prompt_response(&p, &t(" a dull and boring mess")).unwrap();
-            PreferencePair { prompt, chosen, rejected }
+            let (prompt, chosen) = enc
+                .prompt_response(&p, &t(" a wonderful, lovely film"))
+                .unwrap();
+            let (_, rejected) = enc
+                .prompt_response(&p, &t(" a dull and boring mess"))
+                .unwrap();
+            PreferencePair {
+                prompt,
+                chosen,
+                rejected,
+            }
         })
         .collect()
 }
@@ -153,16 +264,46 @@ fn dpo_raises_preference_accuracy_on_its_training_pairs() {
     let (mut ck, tok) = load_policy(&tiny_policy(dir.path(), 3), &Cpu::default()).unwrap();
     let pairs = preference_pairs(&tok);
     let reference = ck.model.clone();
-    let mut stage = DpoStage::new(DpoConfig::default(), &reference, pairs.clone(), vec![], PolicyFiles::of(&ck), 8).unwrap();
+    let mut stage = DpoStage::new(
+        DpoConfig::default(),
+        &reference,
+        pairs.clone(),
+        vec![],
+        PolicyFiles::of(&ck),
+        8,
+    )
+    .unwrap();
     let out = dir.path().join("dpo");
     train_loop::run(&mut ck.model, &mut stage, &cfg(20, 8, 4, 2e-3), &out, None).unwrap();
-    let (pol, refp) = (pair_logprobs(&ck.model, &pairs, 8).unwrap(), pair_logprobs(&reference, &pairs, 8).unwrap());
-    let acc = pol.iter().zip(&refp).filter(|((c, r), (rc, rr))| c - rc > r - rr).count() as f64 / pairs.len() as f64;
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let (pol, refp) = (
+        pair_logprobs(&ck.model, &pairs, 8).unwrap(),
+        pair_logprobs(&reference, &pairs, 8).unwrap(),
+    );
+    let acc = pol
+        .iter()
+        .zip(&refp)
+        .filter(|((c, r), (rc, rr))| c - rc > r - rr)
+        .count() as f64
+        / pairs.len() as f64;
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     // at the start the policy is the reference: Δ = 0, loss = ln 2, no pair counted as won
-    assert!((lines[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-4, "{}", lines[0]);
+    assert!(
+        (lines[0]["loss"].as_f64().unwrap() - 2f64.ln()).abs() < 1e-4,
+        "{}",
+        lines[0]
+    );
     assert_eq!(lines[0]["rewards/accuracies"], 0.0);
-    for k in ["rewards/chosen", "rewards/rejected", "rewards/margins", "logps/chosen", "logps/rejected"] {
+    for k in [
+        "rewards/chosen",
+        "rewards/rejected",
+        "rewards/margins",
+        "logps/chosen",
+        "logps/rejected",
+    ] {
         assert!(lines[0][k].is_number(), "metrics line lacks {k}");
     }
     let last = lines.last().unwrap();
@@ -176,8 +317,14 @@ fn prompts(tok: &Tokenizer, n: usize) -> Vec<Prompt> {
     (0..n)
         .map(|i| {
             let content = reward_model::data::Content::Text(format!("Tell me about day {i}."));
-            let ids = tok.encode(&format!("Tell me about day {i}."), true).unwrap();
-            Prompt { content, ids, unsafe_prompt: false }
+            let ids = tok
+                .encode(&format!("Tell me about day {i}."), true)
+                .unwrap();
+            Prompt {
+                content,
+                ids,
+                unsafe_prompt: false,
+            }
         })
         .collect()
 }
@@ -190,29 +337,82 @@ fn rejection_sampling_raises_the_reward_model_score_of_greedy_outputs() {
     let (mut ck, tok) = load_policy(&path, &dev).unwrap();
     // a reward model with a random head on another random backbone: some fixed scoring rule
     let rm = RewardModel::from_policy(&tiny_policy(dir.path(), 40), &dev, 9).unwrap();
-    let reward = Reward::Model(Box::new(reward_model::combine::SingleReward { model: rm, batch_size: 32 }));
+    let reward = Reward::Model(Box::new(reward_model::combine::SingleReward {
+        model: rm,
+        batch_size: 32,
+    }));
     let ps = prompts(&tok, 16);
     let greedy_score = |m: &Llama<Cpu>| {
         let ids: Vec<Vec<u32>> = ps.iter().map(|p| p.ids.clone()).collect();
-        let g = generate(m, &ids, &SamplingConfig { max_new_tokens: 8, temperature: 0.0, ..SamplingConfig::default() }).unwrap();
-        let texts: Vec<String> = g.iter().map(|x| tok.decode(&x.tokens, true).unwrap()).collect();
-        let s: Vec<Scored> = ps.iter().zip(&g).zip(&texts).map(|((p, x), t)| Scored { prompt: p, response_ids: &x.tokens, response_text: t }).collect();
+        let g = generate(
+            m,
+            &ids,
+            &SamplingConfig {
+                max_new_tokens: 8,
+                temperature: 0.0,
+                ..SamplingConfig::default()
+            },
+        )
+        .unwrap();
+        let texts: Vec<String> = g
+            .iter()
+            .map(|x| tok.decode(&x.tokens, true).unwrap())
+            .collect();
+        let s: Vec<Scored> = ps
+            .iter()
+            .zip(&g)
+            .zip(&texts)
+            .map(|((p, x), t)| Scored {
+                prompt: p,
+                response_ids: &x.tokens,
+                response_text: t,
+            })
+            .collect();
         let r = reward.score(&s).unwrap();
         r.iter().sum::<f32>() / r.len() as f32
     };
     let before = greedy_score(&ck.model);
-    let rc = RsConfig { k: 8, sampling: SamplingConfig { max_new_tokens: 8, temperature: 1.0, seed: 1, ..SamplingConfig::default() }, gen_batch: 64, progress: false };
+    let rc = RsConfig {
+        k: 8,
+        sampling: SamplingConfig {
+            max_new_tokens: 8,
+            temperature: 1.0,
+            seed: 1,
+            ..SamplingConfig::default()
+        },
+        gen_batch: 64,
+        progress: false,
+    };
     let samples = rs::sample(&ck.model, &tok, &ps, &reward, &rc).unwrap();
     assert_eq!(samples.len(), 16 * 8);
     let kept = rs::select_best(&samples, &[]);
     let report = rs::report(&samples, &kept, ps.len(), &rc);
     assert_eq!(kept.len(), 16);
     assert!(report.kept.mean > report.samples.mean);
-    let mut stage = SftStage { train: rs::to_sequences(&kept), eval: vec![], files: PolicyFiles::of(&ck), eval_batch: 16, name: "rs" };
-    train_loop::run(&mut ck.model, &mut stage, &cfg(60, 8, 8, 1e-2), &dir.path().join("rs"), None).unwrap();
+    let mut stage = SftStage {
+        train: rs::to_sequences(&kept),
+        eval: vec![],
+        files: PolicyFiles::of(&ck),
+        eval_batch: 16,
+        name: "rs",
+    };
+    train_loop::run(
+        &mut ck.model,
+        &mut stage,
+        &cfg(60, 8, 8, 1e-2),
+        &dir.path().join("rs"),
+        None,
+    )
+    .unwrap();
     let after = greedy_score(&ck.model);
-    eprintln!("RS: greedy RM score {before:.3} -> {after:.3}; samples mean {:.3}, kept mean {:.3}", report.samples.mean, report.kept.mean);
-    assert!(after > before + 0.5 * (report.kept.mean - report.samples.mean) as f32, "greedy score {before} -> {after}");
+    eprintln!(
+        "RS: greedy RM score {before:.3} -> {after:.3}; samples mean {:.3}, kept mean {:.3}",
+        report.samples.mean, report.kept.mean
+    );
+    assert!(
+        after > before + 0.5 * (report.kept.mean - report.samples.mean) as f32,
+        "greedy score {before} -> {after}"
+    );
 }
 
 fn ppo_setup(dir: &Path, seed: u64) -> (PpoModels<Cpu>, Tokenizer, Vec<Prompt>) {
@@ -222,22 +422,49 @@ fn ppo_setup(dir: &Path, seed: u64) -> (PpoModels<Cpu>, Tokenizer, Vec<Prompt>) 
     let critic = RewardModel::from_policy(&path, &dev, 1).unwrap();
     let files = PolicyFiles::of(&ck);
     let ps = prompts(&tok, 32);
-    (PpoModels { reference: ck.model.clone(), actor: ck.model, critic, files }, tok, ps)
+    (
+        PpoModels {
+            reference: ck.model.clone(),
+            actor: ck.model,
+            critic,
+            files,
+        },
+        tok,
+        ps,
+    )
 }
 
 /// Reward: the share of characters of the response that are the letter `e`.
 fn letter_e() -> Reward<Cpu> {
-    Reward::Function(Box::new(|_, r: &str| if r.is_empty() { 0.0 } else { r.chars().filter(|&c| c == 'e').count() as f32 / r.chars().count() as f32 * 4.0 }))
+    Reward::Function(Box::new(|_, r: &str| {
+        if r.is_empty() {
+            0.0
+        } else {
+            r.chars().filter(|&c| c == 'e').count() as f32 / r.chars().count() as f32 * 4.0
+        }
+    }))
 }
 
 fn ppo_cfg(iterations: u64) -> PpoConfig {
     let mut c = PpoConfig::trl();
-    c.train = LoopConfig { lr: 3e-3, batch_size: 16, micro_batch: 8, max_steps: Some(iterations), schedule: ScheduleKind::Constant, warmup_ratio: 0.0, progress: false, ..c.train };
+    c.train = LoopConfig {
+        lr: 3e-3,
+        batch_size: 16,
+        micro_batch: 8,
+        max_steps: Some(iterations),
+        schedule: ScheduleKind::Constant,
+        warmup_ratio: 0.0,
+        progress: false,
+        ..c.train
+    };
     c.ppo_epochs = 2;
     c.mini_batches = 2;
     c.max_new_tokens = 6;
     c.temperature = 1.0;
-    c.kl = KlController { beta: 0.05, adaptive: Some((2.0, 100.0)) };
+    c.kl = KlController {
+        beta: 0.05,
+        adaptive: Some((2.0, 100.0)),
+    };
     c
 }
 
@@ -246,19 +473,53 @@ fn ppo_raises_a_programmatic_reward_with_bounded_kl() {
     let dir = tempfile::tempdir().unwrap();
     let (mut m, tok, ps) = ppo_setup(dir.path(), 5);
     let out = dir.path().join("ppo");
-    let o = ppo::train(&mut m, &letter_e(), Some(&tok), &ps, &ppo_cfg(14), &out, None).unwrap();
+    let o = ppo::train(
+        &mut m,
+        &letter_e(),
+        Some(&tok),
+        &ps,
+        &ppo_cfg(14),
+        &out,
+        None,
+    )
+    .unwrap();
     assert!(o.finished);
-    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out)).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<serde_json::Value> = std::fs::read_to_string(metrics_path(&out))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 14);
     let score = |l: &serde_json::Value| l["objective/scores"].as_f64().unwrap();
     let first: f64 = lines[..3].iter().map(score).sum::<f64>() / 3.0;
     let last: f64 = lines[11..].iter().map(score).sum::<f64>() / 3.0;
-    let kl = lines[11..].iter().map(|l| l["objective/kl"].as_f64().unwrap()).fold(0f64, f64::max);
-    eprintln!("PPO: score {first:.3} -> {last:.3}, kl {kl:.3}; last line {}", lines[13]);
+    let kl = lines[11..]
+        .iter()
+        .map(|l| l["objective/kl"].as_f64().unwrap())
+        .fold(0f64, f64::max);
+    eprintln!(
+        "PPO: score {first:.3} -> {last:.3}, kl {kl:.3}; last line {}",
+        lines[13]
+    );
     assert!(last > first + 0.1, "mean reward {first} -> {last}");
     assert!(kl < 10.0, "KL to the reference {kl}");
-    for k in ["objective/kl", "objective/rlhf_reward", "objective/entropy", "policy/clipfrac_avg", "policy/approxkl_avg", "loss/value_avg", "eps", "time/generate_s", "time/train_s", "kl_coef"] {
-        assert!(lines[0][k].is_number(), "metrics line lacks {k}: {}", lines[0]);
+    for k in [
+        "objective/kl",
+        "objective/rlhf_reward",
+        "objective/entropy",
+        "policy/clipfrac_avg",
+        "policy/approxkl_avg",
+        "loss/value_avg",
+        "eps",
+        "time/generate_s",
+        "time/train_s",
+        "kl_coef",
+    ] {
+        assert!(
+            lines[0][k].is_number(),
+            "metrics line lacks {k}: {}",
+            lines[0]
+        );
     }
     // the adaptive controller moved β
     assert_ne!(lines[13]["kl_coef"].as_f64().unwrap(), 0.05);
@@ -272,17 +533,65 @@ fn ppo_resume_is_exact() {
     let dir = tempfile::tempdir().unwrap();
     let (mut a, tok, ps) = ppo_setup(dir.path(), 6);
     let c = ppo_cfg(4);
-    ppo::train(&mut a, &letter_e(), Some(&tok), &ps, &c, &dir.path().join("a"), None).unwrap();
+    ppo::train(
+        &mut a,
+        &letter_e(),
+        Some(&tok),
+        &ps,
+        &c,
+        &dir.path().join("a"),
+        None,
+    )
+    .unwrap();
     let (mut b, _, _) = ppo_setup(dir.path(), 6);
     let out = dir.path().join("b");
-    let first = ppo::train(&mut b, &letter_e(), Some(&tok), &ps, &PpoConfig { train: LoopConfig { stop_after: Some(2), ..c.train.clone() }, ..c.clone() }, &out, None).unwrap();
+    let first = ppo::train(
+        &mut b,
+        &letter_e(),
+        Some(&tok),
+        &ps,
+        &PpoConfig {
+            train: LoopConfig {
+                stop_after: Some(2),
+                ..c.train.clone()
+            },
+            ..c.clone()
+        },
+        &out,
+        None,
+    )
+    .unwrap();
     assert!(!first.finished);
-    let saved = ppo::load_checkpoint(&out, &Cpu::default()).unwrap().expect("checkpoint");
-    let mut b = PpoModels { actor: saved.actor, critic: saved.critic, reference: b.reference, files: saved.files };
-    let done = ppo::train(&mut b, &letter_e(), Some(&tok), &ps, &c, &out, Some(saved.state)).unwrap();
+    let saved = ppo::load_checkpoint(&out, &Cpu::default())
+        .unwrap()
+        .expect("checkpoint");
+    let mut b = PpoModels {
+        actor: saved.actor,
+        critic: saved.critic,
+        reference: b.reference,
+        files: saved.files,
+    };
+    let done = ppo::train(
+        &mut b,
+        &letter_e(),
+        Some(&tok),
+        &ps,
+        &c,
+        &out,
+        Some(saved.state),
+    )
+    .unwrap();
     assert!(done.finished);
-    assert_eq!(max_diff(&a.actor, &b.actor), 0.0, "actor differs after resume");
-    assert_eq!(a.critic.to_host_tensors(), b.critic.to_host_tensors(), "critic differs after resume");
+    assert_eq!(
+        max_diff(&a.actor, &b.actor),
+        0.0,
+        "actor differs after resume"
+    );
+    assert_eq!(
+        a.critic.to_host_tensors(),
+        b.critic.to_host_tensors(),
+        "critic differs after resume"
+    );
 }
 
 #[test]
@@ -293,16 +602,30 @@ fn safety_and_helpfulness_rewards_follow_the_prompt_tag() {
     let (_, tok) = load_policy(&path, &dev).unwrap();
     let safety = RewardModel::from_policy(&path, &dev, 1).unwrap();
     let help = RewardModel::from_policy(&path, &dev, 2).unwrap();
-    let mut combo = reward_model::combine::SafetyHelpfulness::new(safety.clone(), help.clone()).unwrap();
+    let mut combo =
+        reward_model::combine::SafetyHelpfulness::new(safety.clone(), help.clone()).unwrap();
     combo.whiten = false;
     combo.threshold = 0.0; // σ(safety) < 0 never holds: only the tag decides
     let reward = Reward::SafetyHelpfulness(Box::new(combo));
     let mut ps = prompts(&tok, 2);
     ps[1].unsafe_prompt = true;
     let resp = tok.encode(" fine", false).unwrap();
-    let s: Vec<Scored> = ps.iter().map(|p| Scored { prompt: p, response_ids: &resp, response_text: " fine" }).collect();
+    let s: Vec<Scored> = ps
+        .iter()
+        .map(|p| Scored {
+            prompt: p,
+            response_ids: &resp,
+            response_text: " fine",
+        })
+        .collect();
     let got = reward.score(&s).unwrap();
     let seq = |p: &Prompt| vec![[p.ids.as_slice(), resp.as_slice()].concat()];
-    assert!((got[0] - help.rewards(&seq(&ps[0]), 1).unwrap()[0]).abs() < 1e-5, "safe prompt → helpfulness");
-    assert!((got[1] - safety.rewards(&seq(&ps[1]), 1).unwrap()[0]).abs() < 1e-5, "unsafe prompt → safety");
+    assert!(
+        (got[0] - help.rewards(&seq(&ps[0]), 1).unwrap()[0]).abs() < 1e-5,
+        "safe prompt → helpfulness"
+    );
+    assert!(
+        (got[1] - safety.rewards(&seq(&ps[1]), 1).unwrap()[0]).abs() < 1e-5,
+        "unsafe prompt → safety"
+    );
 }

@@ -12,7 +12,10 @@ fn tasks_by_name() {
         assert_eq!(task(n).unwrap().name(), *n);
     }
     let e = task("poetry").err().unwrap().to_string();
-    assert!(e.contains("poetry") && e.contains("review") && e.contains("arithmetic"), "{e}");
+    assert!(
+        e.contains("poetry") && e.contains("review") && e.contains("arithmetic"),
+        "{e}"
+    );
     assert!(task("").is_err());
 }
 
@@ -53,7 +56,10 @@ fn review_gold_on_hand_written_cases() {
     let g = |r: &str| t.gold("Review of the movie:", r);
     // (distinct positive − distinct negative) / (positive + negative + 1)
     assert_eq!(g(" a great movie."), 0.5);
-    assert_eq!(g(" the plot is great and i loved it and a fun movie."), 0.75);
+    assert_eq!(
+        g(" the plot is great and i loved it and a fun movie."),
+        0.75
+    );
     assert_eq!(g(" it was awful and boring."), -2.0 / 3.0);
     assert_eq!(g(" the movie was long."), 0.0);
     assert_eq!(g(" great but the ending is bad."), 0.0);
@@ -82,7 +88,11 @@ fn arithmetic_gold_on_hand_written_cases() {
     assert_eq!(t.gold("Q: 12+7=", "19"), 1.0);
     assert_eq!(t.gold("Q: 12+7=", " 19 apples, or 20."), 1.0);
     assert_eq!(t.gold("Q: 12+7=", " 20."), 0.0);
-    assert_eq!(t.gold("Q: 12+7=", " 18. no, 19."), 0.0, "only the first number counts");
+    assert_eq!(
+        t.gold("Q: 12+7=", " 18. no, 19."),
+        0.0,
+        "only the first number counts"
+    );
     assert_eq!(t.gold("Q: 12+7=", " nineteen."), 0.0);
     assert_eq!(t.gold("Q: 12+7=", " 190."), 0.0);
     assert_eq!(t.gold("Q: 12-7=", " 5."), 1.0);
@@ -111,9 +121,17 @@ fn corpora_are_mixed_and_short() {
         let golds: Vec<f32> = c.iter().map(|(p, r)| t.gold(p, r)).collect();
         let good = golds.iter().filter(|&&g| g > 0.0).count();
         let bad = golds.iter().filter(|&&g| g <= 0.0).count();
-        assert!((160..=240).contains(&good) && (160..=240).contains(&bad), "{}: {good} good, {bad} bad", t.name());
+        assert!(
+            (160..=240).contains(&good) && (160..=240).contains(&bad),
+            "{}: {good} good, {bad} bad",
+            t.name()
+        );
         for (p, r) in &c {
-            assert!(r.starts_with(' ') && r.ends_with('.'), "{}: {r:?}", t.name());
+            assert!(
+                r.starts_with(' ') && r.ends_with('.'),
+                "{}: {r:?}",
+                t.name()
+            );
             assert!(r.len() <= 100 && p.len() <= 40, "{}: {p:?} {r:?}", t.name());
             assert!(p.is_ascii() && r.is_ascii());
         }
@@ -145,8 +163,16 @@ fn corpus_vocabulary_is_small() {
     // a byte-level BPE of a few hundred tokens must cover it well
     for t in all() {
         let corpus = t.corpus(2000, 0);
-        let chars: std::collections::BTreeSet<char> = corpus.iter().flat_map(|(p, r)| p.chars().chain(r.chars())).collect();
-        assert!(chars.len() <= 40, "{}: {} distinct characters", t.name(), chars.len());
+        let chars: std::collections::BTreeSet<char> = corpus
+            .iter()
+            .flat_map(|(p, r)| p.chars().chain(r.chars()))
+            .collect();
+        assert!(
+            chars.len() <= 40,
+            "{}: {} distinct characters",
+            t.name(),
+            chars.len()
+        );
         if t.name() == "review" {
             let words: std::collections::BTreeSet<&str> = corpus
                 .iter()
@@ -182,12 +208,20 @@ fn hostile_strings_do_not_panic() {
         for p in hostile {
             for r in hostile {
                 let g = t.gold(p, r);
-                assert!(g.is_finite() && (-1.0..=1.0).contains(&g), "{} {g}", t.name());
+                assert!(
+                    g.is_finite() && (-1.0..=1.0).contains(&g),
+                    "{} {g}",
+                    t.name()
+                );
             }
         }
     }
     let a = task("arithmetic").unwrap();
     assert_eq!(a.gold("Q: 9223372036854775807+1=", " 0"), 0.0);
     assert_eq!(a.gold("Q: 1+1=", &"9".repeat(100)), 0.0);
-    assert_eq!(a.gold("Q: 1+1=", "٢ 2"), 1.0, "non-ASCII digits are not numbers");
+    assert_eq!(
+        a.gold("Q: 1+1=", "٢ 2"),
+        1.0,
+        "non-ASCII digits are not numbers"
+    );
 }

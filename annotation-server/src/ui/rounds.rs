@@ -31,6 +31,10 @@ pub struct QueueForm {
     prompts_per_round: String,
     k: String,
     labels_wanted: String,
+    /// Blank: the task's built-in prompts (the worker imports them).
+    prompt_source: String,
+    /// A path on the worker's machine; blank: the series' last output or the worker's `--policy`.
+    policy: String,
 }
 
 impl Default for QueueForm {
@@ -42,6 +46,8 @@ impl Default for QueueForm {
             prompts_per_round: "32".into(),
             k: "4".into(),
             labels_wanted: "1".into(),
+            prompt_source: String::new(),
+            policy: String::new(),
         }
     }
 }
@@ -60,6 +66,8 @@ impl QueueForm {
             prompts_per_round: get("prompts_per_round"),
             k: get("k"),
             labels_wanted: get("labels_wanted"),
+            prompt_source: get("prompt_source"),
+            policy: get("policy"),
         }
     }
 
@@ -81,15 +89,33 @@ impl QueueForm {
         let prompts = int(&self.prompts_per_round, "Prompts per round", 1, 100_000)?;
         let k = int(&self.k, "Samples per prompt (K)", 2, 16)?;
         let labels = int(&self.labels_wanted, "Labels wanted per comparison", 1, 100)?;
+        if self.prompt_source.chars().count() > 200
+            || self.prompt_source.chars().any(char::is_control)
+        {
+            return Err("Prompt source: at most 200 characters, no control characters.".into());
+        }
+        if self.policy.chars().count() > 4096 || self.policy.chars().any(char::is_control) {
+            return Err(
+                "Starting policy: a path of at most 4096 characters, no control characters.".into(),
+            );
+        }
+        let mut config = serde_json::json!({
+            "recipe": self.recipe,
+            "task": self.task,
+            "prompts_per_round": prompts,
+            "k": k,
+            "labels_wanted": labels,
+        });
+        // left out when blank: the worker fills them (see `rlhf worker --help`)
+        if !self.prompt_source.is_empty() {
+            config["prompt_source"] = self.prompt_source.clone().into();
+        }
+        if !self.policy.is_empty() {
+            config["policy"] = self.policy.clone().into();
+        }
         Ok(NewRound {
             name: self.name.clone(),
-            config: Some(serde_json::json!({
-                "recipe": self.recipe,
-                "task": self.task,
-                "prompts_per_round": prompts,
-                "k": k,
-                "labels_wanted": labels,
-            })),
+            config: Some(config),
             status: Some(rounds::QUEUED.into()),
         })
     }
@@ -205,8 +231,10 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
          <label>Prompts per round <input name=\"prompts_per_round\" type=\"number\" min=\"1\" max=\"100000\" value=\"{}\" required></label>\
          <label>Samples per prompt (K) <input name=\"k\" type=\"number\" min=\"2\" max=\"16\" value=\"{}\" required></label>\
          <label>Labels wanted per comparison <input name=\"labels_wanted\" type=\"number\" min=\"1\" max=\"100\" value=\"{}\" required></label>\
+         <label>Prompt source <input name=\"prompt_source\" value=\"{}\" maxlength=\"200\" placeholder=\"the task's prompts\"></label>\
+         <label>Starting policy <input name=\"policy\" value=\"{}\" maxlength=\"4096\" placeholder=\"last round's output\"></label>\
          <button class=\"primary\" type=\"submit\">Queue</button>\
-         <p class=\"progress\">A worker (<code>rlhf worker</code>) claims queued rounds and runs them.</p></form>",
+         <p class=\"progress\">A worker (<code>rlhf worker</code>) claims queued rounds and runs them. Blank prompt source: the task's built-in prompts; blank starting policy: the last finished round's output of the same prompt source, else the worker's <code>--policy</code>.</p></form>",
         esc(csrf),
         esc(&f.name),
         select("recipe", &RECIPES, &f.recipe),
@@ -214,6 +242,8 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
         esc(&f.prompts_per_round),
         esc(&f.k),
         esc(&f.labels_wanted),
+        esc(&f.prompt_source),
+        esc(&f.policy),
     );
     let figures: String = metrics
         .iter()
