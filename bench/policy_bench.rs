@@ -50,11 +50,27 @@ fn run<D: Dev>(what: &str, dev: D, device: &str) {
     match what {
         "train" => {
             let (b, t) = (8, 128);
-            let rows: Vec<Vec<u32>> = (0..b).map(|_| (0..t).map(|_| rng.gen_range(1..cfg.vocab_size as u32)).collect()).collect();
+            let rows: Vec<Vec<u32>> = (0..b)
+                .map(|_| {
+                    (0..t)
+                        .map(|_| rng.gen_range(1..cfg.vocab_size as u32))
+                        .collect()
+                })
+                .collect();
             let batch = Batch::right_padded(&rows, 0).unwrap();
-            let targets: Vec<u32> = (0..b * t).map(|i| if (i + 1) % t == 0 { 0 } else { batch.tokens[i + 1] }).collect();
+            let targets: Vec<u32> = (0..b * t)
+                .map(|i| {
+                    if (i + 1) % t == 0 {
+                        0
+                    } else {
+                        batch.tokens[i + 1]
+                    }
+                })
+                .collect();
             let step = || {
-                let h = model.hidden(model.embed_tokens.trace(Gradients::leaky()), &batch, None).unwrap();
+                let h = model
+                    .hidden(model.embed_tokens.trace(Gradients::leaky()), &batch, None)
+                    .unwrap();
                 let lp = model.target_logprobs(h, &targets, 1.0).unwrap();
                 let loss = lp.mean::<Rank0, _>().negate();
                 let mut grads = loss.backward();
@@ -78,9 +94,27 @@ fn run<D: Dev>(what: &str, dev: D, device: &str) {
         "generate" => {
             let (b, prompt_len, new) = (16, 16, 128);
             // prompts of different lengths (8..=16 tokens)
-            let prompts: Vec<Vec<u32>> = (0..b).map(|i| (0..prompt_len - (i % 9)).map(|_| rng.gen_range(1..cfg.vocab_size as u32)).collect()).collect();
-            let sc = SamplingConfig { max_new_tokens: new, temperature: 0.0, ..Default::default() };
-            generate(&model, &prompts[..2], &SamplingConfig { max_new_tokens: 4, ..sc.clone() }).unwrap();
+            let prompts: Vec<Vec<u32>> = (0..b)
+                .map(|i| {
+                    (0..prompt_len - (i % 9))
+                        .map(|_| rng.gen_range(1..cfg.vocab_size as u32))
+                        .collect()
+                })
+                .collect();
+            let sc = SamplingConfig {
+                max_new_tokens: new,
+                temperature: 0.0,
+                ..Default::default()
+            };
+            generate(
+                &model,
+                &prompts[..2],
+                &SamplingConfig {
+                    max_new_tokens: 4,
+                    ..sc.clone()
+                },
+            )
+            .unwrap();
             let t0 = Instant::now();
             let out = generate(&model, &prompts, &sc).unwrap();
             let secs = t0.elapsed().as_secs_f64();
@@ -96,5 +130,8 @@ fn run<D: Dev>(what: &str, dev: D, device: &str) {
 }
 
 fn rayon_threads() -> usize {
-    std::env::var("RAYON_NUM_THREADS").ok().and_then(|s| s.parse().ok()).unwrap_or(0)
+    std::env::var("RAYON_NUM_THREADS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
 }

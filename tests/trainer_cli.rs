@@ -123,7 +123,7 @@ fn ctrl_c_stops_at_a_step_boundary_with_a_resumable_checkpoint() {
     ok(&["policy", "init", "--out", &model, "--hidden-size", "16", "--intermediate-size", "32", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab-size", "280"]);
     let data = write_jsonl(&tmp.path().join("sft.jsonl"), &[json!({"prompt": "a", "completion": " b c d"}), json!({"prompt": "e", "completion": " f g"})]);
     let out = d("run");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+    let child = Command::new(env!("CARGO_BIN_EXE_rlhf"))
         .args(["sft", "--policy", &model, "--data", &data, "--out", &out, "--max-steps", "1000000", "--batch-size", "2", "--log-every", "1", "--quiet"])
         .stderr(std::process::Stdio::piped())
         .spawn()

@@ -3,8 +3,8 @@
 //! tokenizer files, loaded and saved exactly.
 use crate::config::{DType, LlamaConfig};
 use crate::model::{Dev, Llama};
-use crate::tokenizer::TOKENIZER_FILES;
 use crate::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors};
+use crate::tokenizer::TOKENIZER_FILES;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
@@ -30,27 +30,48 @@ impl<D: Dev> Checkpoint<D> {
         }
         let cfg = LlamaConfig::load(dir)?;
         let tensors = read_dir_tensors(dir)?;
-        let model = Llama::from_tensors(cfg, tensors, dev).with_context(|| format!("cannot load weights from {}", dir.display()))?;
+        let model = Llama::from_tensors(cfg, tensors, dev)
+            .with_context(|| format!("cannot load weights from {}", dir.display()))?;
         let gen_path = dir.join("generation_config.json");
         let generation_config = if gen_path.exists() {
             let text = std::fs::read_to_string(&gen_path)?;
-            Some(serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", gen_path.display()))?)
+            Some(
+                serde_json::from_str(&text)
+                    .with_context(|| format!("{} is not valid JSON", gen_path.display()))?,
+            )
         } else {
             None
         };
         let files = read_tokenizer_files(dir)?;
-        Ok(Checkpoint { model, generation_config, files })
+        Ok(Checkpoint {
+            model,
+            generation_config,
+            files,
+        })
     }
 
     /// Saves atomically as a HF directory with weights in `dtype`.
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<()> {
-        save_model(&self.model, self.generation_config.as_ref(), &self.files, dir, dtype)
+        save_model(
+            &self.model,
+            self.generation_config.as_ref(),
+            &self.files,
+            dir,
+            dtype,
+        )
     }
 
     /// End-of-sequence ids: generation_config's, else config's.
     pub fn eos_ids(&self) -> Vec<u32> {
-        let from_gen: Vec<u32> = match self.generation_config.as_ref().and_then(|g| g.get("eos_token_id")) {
-            Some(Value::Array(a)) => a.iter().filter_map(|v| v.as_u64().map(|x| x as u32)).collect(),
+        let from_gen: Vec<u32> = match self
+            .generation_config
+            .as_ref()
+            .and_then(|g| g.get("eos_token_id"))
+        {
+            Some(Value::Array(a)) => a
+                .iter()
+                .filter_map(|v| v.as_u64().map(|x| x as u32))
+                .collect(),
             Some(v) => v.as_u64().map(|x| vec![x as u32]).unwrap_or_default(),
             None => vec![],
         };
@@ -68,7 +89,10 @@ pub fn read_tokenizer_files(dir: &Path) -> Result<BTreeMap<String, Vec<u8>>> {
     for f in TOKENIZER_FILES {
         let p = dir.join(f);
         if p.is_file() {
-            files.insert(f.to_string(), std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?);
+            files.insert(
+                f.to_string(),
+                std::fs::read(&p).with_context(|| format!("cannot read {}", p.display()))?,
+            );
         }
     }
     Ok(files)
@@ -82,8 +106,10 @@ pub fn save_model<D: Dev>(
     dir: &Path,
     dtype: DType,
 ) -> Result<()> {
-    write_dir_atomic(dir, |tmp| write_model_into(model, generation_config, files, tmp, dtype))
-        .with_context(|| format!("cannot save checkpoint to {}", dir.display()))
+    write_dir_atomic(dir, |tmp| {
+        write_model_into(model, generation_config, files, tmp, dtype)
+    })
+    .with_context(|| format!("cannot save checkpoint to {}", dir.display()))
 }
 
 /// Writes a model's HF files (config, generation config, tokenizer files,
@@ -98,13 +124,24 @@ pub fn write_model_into<D: Dev>(
 ) -> Result<()> {
     let mut cfg = model.cfg.clone();
     cfg.dtype = dtype;
-    write_file_synced(&dir.join("config.json"), serde_json::to_string_pretty(&cfg.to_json())?.as_bytes())?;
+    write_file_synced(
+        &dir.join("config.json"),
+        serde_json::to_string_pretty(&cfg.to_json())?.as_bytes(),
+    )?;
     let gen = generation_config.cloned().unwrap_or_else(|| {
         json!({"bos_token_id": cfg.bos_token_id, "eos_token_id": cfg.eos_token_ids, "pad_token_id": cfg.pad_token_id})
     });
-    write_file_synced(&dir.join("generation_config.json"), serde_json::to_string_pretty(&gen)?.as_bytes())?;
+    write_file_synced(
+        &dir.join("generation_config.json"),
+        serde_json::to_string_pretty(&gen)?.as_bytes(),
+    )?;
     for (name, bytes) in files {
         write_file_synced(&dir.join(name), bytes)?;
     }
-    write_tensors(dir, &model.to_host_tensors(), dtype, DEFAULT_MAX_SHARD_BYTES)
+    write_tensors(
+        dir,
+        &model.to_host_tensors(),
+        dtype,
+        DEFAULT_MAX_SHARD_BYTES,
+    )
 }

@@ -34,7 +34,7 @@ pub enum PolicyCommand {
         #[arg(long)]
         out: PathBuf,
         /// Storage dtype of the output weights (default: the input's).
-        #[arg(long, value_parser = parse_dtype)]
+        #[arg(long)]
         dtype: Option<DType>,
     },
     /// Generate text from a prompt or a chat.
@@ -99,12 +99,8 @@ pub struct InitArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Storage dtype of the weights.
-    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
+    #[arg(long, default_value = "float32")]
     pub dtype: DType,
-}
-
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).map_err(|e| e.to_string())
 }
 
 /// Options of `rlhf policy generate`.
@@ -219,7 +215,11 @@ fn run_on<D: Dev>(cmd: PolicyCommand, dev: &D) -> Result<()> {
         }
         PolicyCommand::Generate(a) => generate_cmd(&a, &dev),
         PolicyCommand::Logprobs(a) => logprobs_cmd(&a, &dev),
-        PolicyCommand::Render { model, chat, no_generation_prompt } => {
+        PolicyCommand::Render {
+            model,
+            chat,
+            no_generation_prompt,
+        } => {
             let v = render_command(&model, &chat, !no_generation_prompt)?;
             print_stdout(&serde_json::to_string_pretty(&v)?)
         }
@@ -235,7 +235,14 @@ pub fn init<D: Dev>(a: &InitArgs, dev: &D) -> Result<LlamaConfig> {
     };
     let hidden = a.hidden_size.unwrap_or(h);
     let heads = a.heads.unwrap_or(nh);
-    let bpe = train_from_corpus(a.corpus.as_deref(), &BpeOptions { vocab_size: a.vocab_size.unwrap_or(v), model_max_length: Some(a.max_position_embeddings), ..Default::default() })?;
+    let bpe = train_from_corpus(
+        a.corpus.as_deref(),
+        &BpeOptions {
+            vocab_size: a.vocab_size.unwrap_or(v),
+            model_max_length: Some(a.max_position_embeddings),
+            ..Default::default()
+        },
+    )?;
     let sp = bpe.special;
     let cfg = LlamaConfig::from_json(&json!({
         "hidden_size": hidden,
@@ -277,7 +284,13 @@ pub fn init<D: Dev>(a: &InitArgs, dev: &D) -> Result<LlamaConfig> {
 fn info<D: Dev>(dir: &Path, _dev: &D) -> Result<()> {
     let cfg = LlamaConfig::load(dir)?;
     let tok = Tokenizer::load(dir).ok();
-    let template = tok.as_ref().map(|t| if t.chat_template(None).is_some() { "checkpoint" } else { "built-in" });
+    let template = tok.as_ref().map(|t| {
+        if t.chat_template(None).is_some() {
+            "checkpoint"
+        } else {
+            "built-in"
+        }
+    });
     let v = json!({
         "parameters": cfg.num_parameters(),
         "config": cfg.to_json(),
@@ -315,7 +328,11 @@ fn generate_cmd<D: Dev>(a: &GenerateArgs, dev: &D) -> Result<()> {
             let messages = load_messages(path)?;
             vec![apply_chat_template(&tok, &messages, true)?]
         }
-        None => a.prompt.iter().map(|p| Ok((p.clone(), tok.encode(p, true)?))).collect::<Result<_>>()?,
+        None => a
+            .prompt
+            .iter()
+            .map(|p| Ok((p.clone(), tok.encode(p, true)?)))
+            .collect::<Result<_>>()?,
     };
     let cfg = SamplingConfig {
         max_new_tokens: a.max_new_tokens,
@@ -346,9 +363,16 @@ fn generate_cmd<D: Dev>(a: &GenerateArgs, dev: &D) -> Result<()> {
 fn parse_logprobs_line(line: &str, tok: &Tokenizer) -> Result<Vec<u32>> {
     let v: Value = serde_json::from_str(line).context("not valid JSON")?;
     if let Some(t) = v.get("tokens") {
-        let arr = t.as_array().context("`tokens` must be a list of token ids")?;
+        let arr = t
+            .as_array()
+            .context("`tokens` must be a list of token ids")?;
         arr.iter()
-            .map(|x| x.as_u64().filter(|&x| x <= u32::MAX as u64).map(|x| x as u32).context("`tokens` must hold non-negative integers"))
+            .map(|x| {
+                x.as_u64()
+                    .filter(|&x| x <= u32::MAX as u64)
+                    .map(|x| x as u32)
+                    .context("`tokens` must hold non-negative integers")
+            })
             .collect()
     } else if let Some(t) = v.get("text") {
         tok.encode(t.as_str().context("`text` must be a string")?, true)
@@ -360,30 +384,46 @@ fn parse_logprobs_line(line: &str, tok: &Tokenizer) -> Result<Vec<u32>> {
 fn logprobs_cmd<D: Dev>(a: &LogprobsArgs, dev: &D) -> Result<()> {
     let ck = Checkpoint::load(&a.model, dev)?;
     let tok = Tokenizer::load(&a.model).ok();
-    let input = std::fs::File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
+    let input = std::fs::File::open(&a.input)
+        .with_context(|| format!("cannot open {}", a.input.display()))?;
     let mut seqs = vec![];
     for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
+        let line =
+            line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
         let ids = match &tok {
             Some(t) => parse_logprobs_line(&line, t),
-            None if line.contains("\"text\"") => bail!("{}: line {}: `text` needs tokenizer files in {}", a.input.display(), i + 1, a.model.display()),
+            None if line.contains("\"text\"") => bail!(
+                "{}: line {}: `text` needs tokenizer files in {}",
+                a.input.display(),
+                i + 1,
+                a.model.display()
+            ),
             None => {
                 let v: Value = serde_json::from_str(&line).context("not valid JSON")?;
-                serde_json::from_value::<Vec<u32>>(v["tokens"].clone()).context("`tokens` must be a list of token ids")
+                serde_json::from_value::<Vec<u32>>(v["tokens"].clone())
+                    .context("`tokens` must be a list of token ids")
             }
         }
         .with_context(|| format!("{}: line {}", a.input.display(), i + 1))?;
         if ids.len() < 2 {
-            bail!("{}: line {}: needs at least 2 tokens", a.input.display(), i + 1);
+            bail!(
+                "{}: line {}: needs at least 2 tokens",
+                a.input.display(),
+                i + 1
+            );
         }
         seqs.push(ids);
     }
-    let bar = ProgressBar::new(seqs.len() as u64).with_style(ProgressStyle::with_template("{bar:40} {pos}/{len} sequences {eta}")?);
+    let bar = ProgressBar::new(seqs.len() as u64).with_style(ProgressStyle::with_template(
+        "{bar:40} {pos}/{len} sequences {eta}",
+    )?);
     let tmp = a.output.with_extension("jsonl.partial");
-    let mut w = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
+    let mut w = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    );
     // Similar lengths batch together, so little compute goes to padding.
     let mut order: Vec<usize> = (0..seqs.len()).collect();
     order.sort_by_key(|&i| seqs[i].len());
@@ -402,7 +442,12 @@ fn logprobs_cmd<D: Dev>(a: &LogprobsArgs, dev: &D) -> Result<()> {
     }
     w.flush()?;
     drop(w);
-    std::fs::rename(&tmp, &a.output).with_context(|| format!("cannot write {}", a.output.display()))?;
-    eprintln!("wrote log-probs of {} sequences to {}", seqs.len(), a.output.display());
+    std::fs::rename(&tmp, &a.output)
+        .with_context(|| format!("cannot write {}", a.output.display()))?;
+    eprintln!(
+        "wrote log-probs of {} sequences to {}",
+        seqs.len(),
+        a.output.display()
+    );
     Ok(())
 }

@@ -80,10 +80,9 @@ pub struct LlamaConfig {
 fn get_usize(m: &Map<String, Value>, key: &str) -> Result<Option<usize>> {
     match m.get(key) {
         None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_u64()
-            .map(|x| Some(x as usize))
-            .with_context(|| format!("config.json: field `{key}` must be a non-negative integer, got {v}")),
+        Some(v) => v.as_u64().map(|x| Some(x as usize)).with_context(|| {
+            format!("config.json: field `{key}` must be a non-negative integer, got {v}")
+        }),
     }
 }
 
@@ -157,7 +156,9 @@ fn parse_rope(obj: &Map<String, Value>, field: &str) -> Result<RopeScaling> {
         .and_then(Value::as_str)
         .unwrap_or("default");
     let num = |k: &str| -> Result<f64> {
-        get_f64(obj, k)?.with_context(|| format!("config.json: `{field}.{k}` is required for rope type {kind:?}"))
+        get_f64(obj, k)?.with_context(|| {
+            format!("config.json: `{field}.{k}` is required for rope type {kind:?}")
+        })
     };
     Ok(match kind {
         "default" => RopeScaling::Default,
@@ -213,8 +214,12 @@ impl LlamaConfig {
         }
         let hidden_size = req_usize(m, "hidden_size")?;
         let num_attention_heads = req_usize(m, "num_attention_heads")?;
-        let num_key_value_heads = get_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
-        if num_attention_heads == 0 || num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
+        let num_key_value_heads =
+            get_usize(m, "num_key_value_heads")?.unwrap_or(num_attention_heads);
+        if num_attention_heads == 0
+            || num_key_value_heads == 0
+            || num_attention_heads % num_key_value_heads != 0
+        {
             bail!(
                 "config.json: `num_attention_heads` ({num_attention_heads}) must be a positive multiple of `num_key_value_heads` ({num_key_value_heads})"
             );
@@ -226,20 +231,30 @@ impl LlamaConfig {
         // transformers 5 moved rope_theta and the scaling into `rope_parameters`.
         let (rope_theta, rope_scaling) = match m.get("rope_parameters") {
             Some(Value::Object(p)) => (
-                get_f64(p, "rope_theta")?.or(get_f64(m, "rope_theta")?).unwrap_or(10000.0),
+                get_f64(p, "rope_theta")?
+                    .or(get_f64(m, "rope_theta")?)
+                    .unwrap_or(10000.0),
                 parse_rope(p, "rope_parameters")?,
             ),
             Some(Value::Null) | None => {
                 let scaling = match m.get("rope_scaling") {
                     Some(Value::Object(s)) => parse_rope(s, "rope_scaling")?,
                     Some(Value::Null) | None => RopeScaling::Default,
-                    Some(other) => bail!("config.json: field `rope_scaling` must be an object or null, got {other}"),
+                    Some(other) => bail!(
+                        "config.json: field `rope_scaling` must be an object or null, got {other}"
+                    ),
                 };
                 (get_f64(m, "rope_theta")?.unwrap_or(10000.0), scaling)
             }
-            Some(other) => bail!("config.json: field `rope_parameters` must be an object, got {other}"),
+            Some(other) => {
+                bail!("config.json: field `rope_parameters` must be an object, got {other}")
+            }
         };
-        let dtype = match m.get("dtype").or_else(|| m.get("torch_dtype")).and_then(Value::as_str) {
+        let dtype = match m
+            .get("dtype")
+            .or_else(|| m.get("torch_dtype"))
+            .and_then(Value::as_str)
+        {
             Some(s) => DType::parse(s).context("config.json: field `torch_dtype`/`dtype`")?,
             None => DType::F32,
         };
@@ -282,9 +297,17 @@ impl LlamaConfig {
                 bail!("config.json: `{name}` must be positive");
             }
         }
-        for id in self.eos_token_ids.iter().chain(self.bos_token_id.iter()).chain(self.pad_token_id.iter()) {
+        for id in self
+            .eos_token_ids
+            .iter()
+            .chain(self.bos_token_id.iter())
+            .chain(self.pad_token_id.iter())
+        {
             if *id as usize >= self.vocab_size {
-                bail!("config.json: special token id {id} is outside the vocabulary ({})", self.vocab_size);
+                bail!(
+                    "config.json: special token id {id} is outside the vocabulary ({})",
+                    self.vocab_size
+                );
             }
         }
         Ok(())
@@ -306,7 +329,12 @@ impl LlamaConfig {
         match self.rope_scaling {
             RopeScaling::Default => inv,
             RopeScaling::Linear { factor } => inv.iter().map(|f| f / factor as f32).collect(),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => {
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => {
                 let (factor, lo, hi, old) = (
                     factor as f32,
                     low_freq_factor as f32,
@@ -318,7 +346,11 @@ impl LlamaConfig {
                 inv.iter()
                     .map(|&f| {
                         let wavelen = 2.0 * std::f32::consts::PI / f;
-                        let scaled = if wavelen > low_freq_wavelen { f / factor } else { f };
+                        let scaled = if wavelen > low_freq_wavelen {
+                            f / factor
+                        } else {
+                            f
+                        };
                         let medium = (high_freq_wavelen..=low_freq_wavelen).contains(&wavelen);
                         if medium {
                             let smooth = (old / wavelen - lo) / (hi - lo);
@@ -339,7 +371,12 @@ impl LlamaConfig {
         let rope_scaling = match &self.rope_scaling {
             RopeScaling::Default => Value::Null,
             RopeScaling::Linear { factor } => json!({"rope_type": "linear", "factor": factor}),
-            RopeScaling::Llama3 { factor, low_freq_factor, high_freq_factor, original_max_position_embeddings } => json!({
+            RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            } => json!({
                 "rope_type": "llama3",
                 "factor": factor,
                 "low_freq_factor": low_freq_factor,
@@ -415,7 +452,10 @@ mod tests {
     fn rope_scaling_spellings() {
         let mut a = base();
         a["rope_scaling"] = json!({"type": "linear", "factor": 2.0});
-        assert_eq!(LlamaConfig::from_json(&a).unwrap().rope_scaling, RopeScaling::Linear { factor: 2.0 });
+        assert_eq!(
+            LlamaConfig::from_json(&a).unwrap().rope_scaling,
+            RopeScaling::Linear { factor: 2.0 }
+        );
         let mut b = base();
         b["rope_parameters"] = json!({"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0,
             "low_freq_factor": 1.0, "high_freq_factor": 4.0, "original_max_position_embeddings": 8192});
@@ -432,13 +472,22 @@ mod tests {
     fn rejects_unsupported_fields_by_name() {
         let mut a = base();
         a["attention_bias"] = json!(true);
-        assert!(LlamaConfig::from_json(&a).unwrap_err().to_string().contains("attention_bias"));
+        assert!(LlamaConfig::from_json(&a)
+            .unwrap_err()
+            .to_string()
+            .contains("attention_bias"));
         let mut b = base();
         b["model_type"] = json!("mistral");
-        assert!(LlamaConfig::from_json(&b).unwrap_err().to_string().contains("model_type"));
+        assert!(LlamaConfig::from_json(&b)
+            .unwrap_err()
+            .to_string()
+            .contains("model_type"));
         let mut c = base();
         c.as_object_mut().unwrap().remove("vocab_size");
-        assert!(LlamaConfig::from_json(&c).unwrap_err().to_string().contains("vocab_size"));
+        assert!(LlamaConfig::from_json(&c)
+            .unwrap_err()
+            .to_string()
+            .contains("vocab_size"));
         let mut d = base();
         d["eos_token_id"] = json!([1, 2]);
         d["dtype"] = json!("bfloat16");
@@ -458,5 +507,13 @@ mod tests {
         let back = LlamaConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(c, back);
         assert_eq!(c.to_json()["custom"], "kept");
+    }
+}
+
+/// So clap parses `--dtype` (float32, bfloat16, float16, and their short names).
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DType::parse(s).map_err(|e| e.to_string())
     }
 }

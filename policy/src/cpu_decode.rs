@@ -103,7 +103,13 @@ impl HostKv {
         let cap = cap.max(1);
         let per = batch * m.nkv * cap * m.hd;
         let zeros = || (0..m.layers.len()).map(|_| vec![0.0; per]).collect();
-        HostKv { k: zeros(), v: zeros(), batch, cap, len: 0 }
+        HostKv {
+            k: zeros(),
+            v: zeros(),
+            batch,
+            cap,
+            len: 0,
+        }
     }
 
     /// Makes room for `total` tokens per row (at least doubling), keeping the stored ones.
@@ -197,7 +203,15 @@ impl pulp::WithSimd for AttnOne<'_> {
 
     #[inline(always)]
     fn with_simd<S: pulp::Simd>(self, _simd: S) {
-        let AttnOne { q, k, v, mask, scores, out, scale } = self;
+        let AttnOne {
+            q,
+            k,
+            v,
+            mask,
+            scores,
+            out,
+            scale,
+        } = self;
         let hd = q.len();
         let mut m = f32::NEG_INFINITY;
         let mut any = false;
@@ -237,7 +251,14 @@ impl HostModel {
     /// (row-major `batch × seq`) and `key_mask` (row-major
     /// `batch × (kv.len + seq)`); appends their keys and values to `kv` and
     /// returns the logits `(batch, vocab)` of each row's last token.
-    pub(crate) fn step(&self, kv: &mut HostKv, tokens: &[u32], positions: &[usize], key_mask: &[bool], seq: usize) -> Vec<f32> {
+    pub(crate) fn step(
+        &self,
+        kv: &mut HostKv,
+        tokens: &[u32],
+        positions: &[usize],
+        key_mask: &[bool],
+        seq: usize,
+    ) -> Vec<f32> {
         let (d, hd, nh, nkv) = (self.d, self.hd, self.nh, self.nkv);
         let g = nh / nkv;
         let bs = kv.batch;
@@ -279,8 +300,10 @@ impl HostModel {
                     let r = b * seq + s;
                     for j in 0..nkv {
                         let dst = ((b * nkv + j) * kv.cap + past + s) * hd;
-                        kc[dst..dst + hd].copy_from_slice(&k[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
-                        vc[dst..dst + hd].copy_from_slice(&v[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
+                        kc[dst..dst + hd]
+                            .copy_from_slice(&k[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
+                        vc[dst..dst + hd]
+                            .copy_from_slice(&v[(r * nkv + j) * hd..(r * nkv + j + 1) * hd]);
                     }
                 }
             }
@@ -310,7 +333,10 @@ impl HostModel {
             }
             rms_norm(&h, &l.ln2, self.eps, &mut xn);
             xwt(&xn, n, d, &l.wgu, 2 * self.f, &mut gu);
-            for (row, a) in gu.chunks_exact(2 * self.f).zip(act.chunks_exact_mut(self.f)) {
+            for (row, a) in gu
+                .chunks_exact(2 * self.f)
+                .zip(act.chunks_exact_mut(self.f))
+            {
                 let (gate, up) = row.split_at(self.f);
                 for ((av, &gv), &uv) in a.iter_mut().zip(gate).zip(up) {
                     let sig = 1.0 / (1.0 + (-gv).exp());
@@ -327,10 +353,22 @@ impl HostModel {
         let mut last = vec![0f32; bs * d];
         for b in 0..bs {
             let r = b * seq + seq - 1;
-            rms_norm(&h[r * d..(r + 1) * d], &self.norm, self.eps, &mut last[b * d..(b + 1) * d]);
+            rms_norm(
+                &h[r * d..(r + 1) * d],
+                &self.norm,
+                self.eps,
+                &mut last[b * d..(b + 1) * d],
+            );
         }
         let mut logits = vec![0f32; bs * self.vocab];
-        xwt(&last, bs, d, self.head.as_ref().unwrap_or(&self.embed), self.vocab, &mut logits);
+        xwt(
+            &last,
+            bs,
+            d,
+            self.head.as_ref().unwrap_or(&self.embed),
+            self.vocab,
+            &mut logits,
+        );
         logits
     }
 }
@@ -354,7 +392,13 @@ mod tests {
             let mut kv = HostKv::new(&m, 2, cap);
             // Prefill 3 tokens per row (row 1 left-padded by one), then 6 single steps.
             let mut rows = [vec![true, true, true], vec![false, true, true]];
-            let mut out = m.step(&mut kv, &[4, 7, 9, 0, 3, 5], &[0, 1, 2, 0, 0, 1], &rows.concat(), 3);
+            let mut out = m.step(
+                &mut kv,
+                &[4, 7, 9, 0, 3, 5],
+                &[0, 1, 2, 0, 0, 1],
+                &rows.concat(),
+                3,
+            );
             for step in 0..6usize {
                 rows.iter_mut().for_each(|r| r.push(true));
                 let tokens = [step as u32 + 1, step as u32 + 2];

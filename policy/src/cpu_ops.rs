@@ -45,7 +45,12 @@ impl SendPtr {
 /// `x / sqrt(mean(x²) + eps) * w` over each row of `x: (rows, d)`.
 pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let (n, d) = *x.shape();
-    assert_eq!(w.shape().0, d, "rms_norm: weight of {} for rows of {d}", w.shape().0);
+    assert_eq!(
+        w.shape().0,
+        d,
+        "rms_norm: weight of {} for rows of {d}",
+        w.shape().0
+    );
     let x = x.reshape_like(&(n, d));
     let w = w.clone().reshape_like(&(d,));
     let (x, mut tape) = x.split_tape();
@@ -53,16 +58,19 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let wh = host1(&w);
     let mut y = vec![0f32; n * d];
     let mut inv = vec![0f32; n];
-    y.par_chunks_mut(ROWS * d).zip(inv.par_chunks_mut(ROWS)).enumerate().for_each(|(bi, (yb, ib))| {
-        for (i, (yr, r)) in yb.chunks_exact_mut(d).zip(ib.iter_mut()).enumerate() {
-            let xr = &xh[(bi * ROWS + i) * d..(bi * ROWS + i + 1) * d];
-            let var = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
-            *r = (var + eps).sqrt().recip();
-            for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(&wh) {
-                *o = xv * *r * wv;
+    y.par_chunks_mut(ROWS * d)
+        .zip(inv.par_chunks_mut(ROWS))
+        .enumerate()
+        .for_each(|(bi, (yb, ib))| {
+            for (i, (yr, r)) in yb.chunks_exact_mut(d).zip(ib.iter_mut()).enumerate() {
+                let xr = &xh[(bi * ROWS + i) * d..(bi * ROWS + i + 1) * d];
+                let var = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                *r = (var + eps).sqrt().recip();
+                for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(&wh) {
+                    *o = xv * *r * wv;
+                }
             }
-        }
-    });
+        });
     let y = x.device().tensor_from_vec(y, (n, d));
     let (x_ghost, w_ghost, y_ghost) = (x.ghost(), w.ghost(), y.ghost());
     drop(x);
@@ -94,7 +102,12 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
                     let r = inv[i];
                     // y_j = x_j·r·w_j with r = (Σx²/d + eps)^-½:
                     // dx_k = r·w_k·gy_k − x_k·r³/d · Σ_j gy_j·w_j·x_j
-                    let s: f32 = gr.iter().zip(&wh).zip(xr).map(|((g, w), x)| g * w * x).sum();
+                    let s: f32 = gr
+                        .iter()
+                        .zip(&wh)
+                        .zip(xr)
+                        .map(|((g, w), x)| g * w * x)
+                        .sum();
                     let c = s * r * r * r / d as f32;
                     // SAFETY: row i of gx belongs to this task alone.
                     let gxr = unsafe { std::slice::from_raw_parts_mut(gx.get().add(i * d), d) };
@@ -183,7 +196,10 @@ pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
 pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     let shape = *x.shape();
     let (n, hd) = shape;
-    assert!(*cos.shape() == shape && *sin.shape() == shape && hd % 2 == 0, "rope: shapes");
+    assert!(
+        *cos.shape() == shape && *sin.shape() == shape && hd % 2 == 0,
+        "rope: shapes"
+    );
     let half = hd / 2;
     let x = x.reshape_like(&shape);
     let (x, mut tape) = x.split_tape();
@@ -191,17 +207,23 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     let ch = host2(&cos.clone().reshape_like(&shape));
     let sh = host2(&sin.clone().reshape_like(&shape));
     let mut y = vec![0f32; n * hd];
-    y.par_chunks_mut(ROWS * 8 * hd).enumerate().for_each(|(bi, yb)| {
-        let off = bi * ROWS * 8 * hd;
-        for (ri, yr) in yb.chunks_exact_mut(hd).enumerate() {
-            let o = off + ri * hd;
-            let (xr, cr, sr) = (&xh[o..o + hd], &ch[o..o + hd], &sh[o..o + hd]);
-            for j in 0..hd {
-                let rot = if j < half { -xr[j + half] } else { xr[j - half] };
-                yr[j] = xr[j] * cr[j] + rot * sr[j];
+    y.par_chunks_mut(ROWS * 8 * hd)
+        .enumerate()
+        .for_each(|(bi, yb)| {
+            let off = bi * ROWS * 8 * hd;
+            for (ri, yr) in yb.chunks_exact_mut(hd).enumerate() {
+                let o = off + ri * hd;
+                let (xr, cr, sr) = (&xh[o..o + hd], &ch[o..o + hd], &sh[o..o + hd]);
+                for j in 0..hd {
+                    let rot = if j < half {
+                        -xr[j + half]
+                    } else {
+                        xr[j - half]
+                    };
+                    yr[j] = xr[j] * cr[j] + rot * sr[j];
+                }
             }
-        }
-    });
+        });
     drop(xh);
     let y = x.device().tensor_from_vec(y, shape);
     let (x_ghost, y_ghost) = (x.ghost(), y.ghost());
@@ -219,17 +241,23 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
         // SAFETY: gy is n×hd, read only.
         let gy = unsafe { std::slice::from_raw_parts(gy as *const f32, n * hd) };
         // dx = gy·cos + rotate_halfᵀ(gy·sin), rotate_halfᵀ(z)_k = z_{k+half} (k < half), −z_{k−half} otherwise.
-        gx.par_chunks_mut(ROWS * 8 * hd).enumerate().for_each(|(bi, gb)| {
-            let off = bi * ROWS * 8 * hd;
-            for (ri, gr) in gb.chunks_exact_mut(hd).enumerate() {
-                let o = off + ri * hd;
-                let (g, c, s) = (&gy[o..o + hd], &ch[o..o + hd], &sh[o..o + hd]);
-                for k in 0..hd {
-                    let rt = if k < half { g[k + half] * s[k + half] } else { -(g[k - half] * s[k - half]) };
-                    gr[k] += g[k] * c[k] + rt;
+        gx.par_chunks_mut(ROWS * 8 * hd)
+            .enumerate()
+            .for_each(|(bi, gb)| {
+                let off = bi * ROWS * 8 * hd;
+                for (ri, gr) in gb.chunks_exact_mut(hd).enumerate() {
+                    let o = off + ri * hd;
+                    let (g, c, s) = (&gy[o..o + hd], &ch[o..o + hd], &sh[o..o + hd]);
+                    for k in 0..hd {
+                        let rt = if k < half {
+                            g[k + half] * s[k + half]
+                        } else {
+                            -(g[k - half] * s[k - half])
+                        };
+                        gr[k] += g[k] * c[k] + rt;
+                    }
                 }
-            }
-        });
+            });
         Ok(())
     });
     y.put_tape(tape)
@@ -251,9 +279,39 @@ pub struct AttnDims {
 /// # Safety
 /// As for `gemm::gemm`: every pointer valid for its extents, `dst` not overlapping the inputs.
 #[allow(clippy::too_many_arguments)]
-unsafe fn gemm1(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, acc: bool, a: *const f32, a_rs: usize, a_cs: usize, b: *const f32, b_rs: usize, b_cs: usize) {
+unsafe fn gemm1(
+    m: usize,
+    n: usize,
+    k: usize,
+    dst: *mut f32,
+    dst_rs: usize,
+    acc: bool,
+    a: *const f32,
+    a_rs: usize,
+    a_cs: usize,
+    b: *const f32,
+    b_rs: usize,
+    b_cs: usize,
+) {
     gemm::gemm(
-        m, n, k, dst, 1, dst_rs as isize, acc, a, a_cs as isize, a_rs as isize, b, b_cs as isize, b_rs as isize, 1.0, 1.0, false, false, false,
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        acc,
+        a,
+        a_cs as isize,
+        a_rs as isize,
+        b,
+        b_cs as isize,
+        b_rs as isize,
+        1.0,
+        1.0,
+        false,
+        false,
+        false,
         gemm::Parallelism::None,
     );
 }
@@ -264,16 +322,29 @@ unsafe fn gemm1(m: usize, n: usize, k: usize, dst: *mut f32, dst_rs: usize, acc:
 /// `mask` is the additive mask `(batch, seq, seq)` (0 or −1e9), added to the
 /// scaled scores before the softmax, as the dfdx composition does.
 pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask: &[f32]) -> M<T> {
-    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = a;
+    let AttnDims {
+        batch: bs,
+        seq: t,
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+    } = a;
     let n = bs * t;
     let g = nh / nkv;
-    assert!(nkv > 0 && nh % nkv == 0, "attention: {nh} heads over {nkv} KV heads");
+    assert!(
+        nkv > 0 && nh % nkv == 0,
+        "attention: {nh} heads over {nkv} KV heads"
+    );
     assert_eq!(*q.shape(), (n * nh, hd), "attention: q shape");
     assert_eq!(*k.shape(), (n * nkv, hd), "attention: k shape");
     assert_eq!(*v.shape(), (n, nkv * hd), "attention: v shape");
     assert_eq!(mask.len(), bs * t * t, "attention: mask shape");
     let scale = 1.0 / (hd as f32).sqrt();
-    let (q, k, v) = (q.reshape_like(&(n * nh, hd)), k.reshape_like(&(n * nkv, hd)), v.reshape_like(&(n, nkv * hd)));
+    let (q, k, v) = (
+        q.reshape_like(&(n * nh, hd)),
+        k.reshape_like(&(n * nkv, hd)),
+        v.reshape_like(&(n, nkv * hd)),
+    );
     let (q, tq) = q.split_tape();
     let (k, tk) = k.split_tape();
     let (v, tv) = v.split_tape();
@@ -285,40 +356,68 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
     let (rq, rk, ro) = (nh * hd, nkv * hd, nh * hd);
     let outp = SendPtr(out.as_mut_ptr());
     // One task per (batch row, KV head): its query heads' probabilities and outputs.
-    p.par_chunks_mut(g * t * t).enumerate().for_each(|(task, pb)| {
-        let (b, j) = (task / nkv, task % nkv);
-        for (gi, ph) in pb.chunks_exact_mut(t * t).enumerate() {
-            let h = j * g + gi;
-            // SAFETY: q/k/v rows of batch b are in bounds with the strides given; ph is t×t;
-            // out's columns of head h in batch b's rows are written by this task only.
-            unsafe {
-                gemm1(t, t, hd, ph.as_mut_ptr(), t, false, qh.as_ptr().add(b * t * rq + h * hd), rq, 1, kh.as_ptr().add(b * t * rk + j * hd), 1, rk);
-            }
-            for (s, row) in ph.chunks_exact_mut(t).enumerate() {
-                let mrow = &mask[(b * t + s) * t..(b * t + s + 1) * t];
-                let mut m = f32::NEG_INFINITY;
-                for (x, &mv) in row.iter_mut().zip(mrow) {
-                    *x = *x * scale + mv;
-                    m = m.max(*x);
+    p.par_chunks_mut(g * t * t)
+        .enumerate()
+        .for_each(|(task, pb)| {
+            let (b, j) = (task / nkv, task % nkv);
+            for (gi, ph) in pb.chunks_exact_mut(t * t).enumerate() {
+                let h = j * g + gi;
+                // SAFETY: q/k/v rows of batch b are in bounds with the strides given; ph is t×t;
+                // out's columns of head h in batch b's rows are written by this task only.
+                unsafe {
+                    gemm1(
+                        t,
+                        t,
+                        hd,
+                        ph.as_mut_ptr(),
+                        t,
+                        false,
+                        qh.as_ptr().add(b * t * rq + h * hd),
+                        rq,
+                        1,
+                        kh.as_ptr().add(b * t * rk + j * hd),
+                        1,
+                        rk,
+                    );
                 }
-                let mut sum = 0f32;
-                for x in row.iter_mut() {
-                    // Masked keys sit ~1e9 below the max; exp is exactly 0 there
-                    // (f32 exp underflows below −103.97), without libm's slow underflow path.
-                    let z = *x - m;
-                    *x = if z < -104.0 { 0.0 } else { z.exp() };
-                    sum += *x;
+                for (s, row) in ph.chunks_exact_mut(t).enumerate() {
+                    let mrow = &mask[(b * t + s) * t..(b * t + s + 1) * t];
+                    let mut m = f32::NEG_INFINITY;
+                    for (x, &mv) in row.iter_mut().zip(mrow) {
+                        *x = *x * scale + mv;
+                        m = m.max(*x);
+                    }
+                    let mut sum = 0f32;
+                    for x in row.iter_mut() {
+                        // Masked keys sit ~1e9 below the max; exp is exactly 0 there
+                        // (f32 exp underflows below −103.97), without libm's slow underflow path.
+                        let z = *x - m;
+                        *x = if z < -104.0 { 0.0 } else { z.exp() };
+                        sum += *x;
+                    }
+                    let inv = 1.0 / sum;
+                    for x in row.iter_mut() {
+                        *x *= inv;
+                    }
                 }
-                let inv = 1.0 / sum;
-                for x in row.iter_mut() {
-                    *x *= inv;
+                unsafe {
+                    gemm1(
+                        t,
+                        hd,
+                        t,
+                        outp.get().add(b * t * ro + h * hd),
+                        ro,
+                        false,
+                        ph.as_ptr(),
+                        t,
+                        1,
+                        vh.as_ptr().add(b * t * rk + j * hd),
+                        rk,
+                        1,
+                    );
                 }
             }
-            unsafe {
-                gemm1(t, hd, t, outp.get().add(b * t * ro + h * hd), ro, false, ph.as_ptr(), t, 1, vh.as_ptr().add(b * t * rk + j * hd), rk, 1);
-            }
-        }
-    });
+        });
     let y = q.device().tensor_from_vec(out, (n, nh * hd));
     let (q_ghost, k_ghost, v_ghost, y_ghost) = (q.ghost(), k.ghost(), v.ghost(), y.ghost());
     drop((q, k, v));
@@ -339,7 +438,10 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
         let gv = grads.get_or_alloc_mut(&v_ghost)?;
         assert_eq!(gv.len(), n * nkv * hd);
         let gv = SendPtr(gv.as_mut_ptr());
-        assert!(gq.0 != gk.0 && gk.0 != gv.0 && gq.0 != gv.0, "attention: inputs share a gradient buffer");
+        assert!(
+            gq.0 != gk.0 && gk.0 != gv.0 && gq.0 != gv.0,
+            "attention: inputs share a gradient buffer"
+        );
         (0..bs * nkv).into_par_iter().for_each_init(
             || vec![0f32; t * t],
             |ds, task| {
@@ -353,7 +455,20 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                     unsafe {
                         let go = gy.add(b * t * ro + h * hd);
                         // dP = dO·Vᵀ
-                        gemm1(t, t, hd, ds.as_mut_ptr(), t, false, go, ro, 1, vh.as_ptr().add(b * t * rk + j * hd), 1, rk);
+                        gemm1(
+                            t,
+                            t,
+                            hd,
+                            ds.as_mut_ptr(),
+                            t,
+                            false,
+                            go,
+                            ro,
+                            1,
+                            vh.as_ptr().add(b * t * rk + j * hd),
+                            1,
+                            rk,
+                        );
                         // dS = P ⊙ (dP − rowsum(dP ⊙ P)), then through the scale.
                         for (row, prow) in ds.chunks_exact_mut(t).zip(ph.chunks_exact(t)) {
                             let dot: f32 = row.iter().zip(prow).map(|(d, p)| d * p).sum();
@@ -362,9 +477,48 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                             }
                         }
                         // dQ += dS·K ; dK += dSᵀ·Q ; dV += Pᵀ·dO
-                        gemm1(t, hd, t, gq.get().add(b * t * rq + h * hd), rq, true, ds.as_ptr(), t, 1, kh.as_ptr().add(b * t * rk + j * hd), rk, 1);
-                        gemm1(t, hd, t, gk.get().add(b * t * rk + j * hd), rk, true, ds.as_ptr(), 1, t, qh.as_ptr().add(b * t * rq + h * hd), rq, 1);
-                        gemm1(t, hd, t, gv.get().add(b * t * rk + j * hd), rk, true, ph.as_ptr(), 1, t, go, ro, 1);
+                        gemm1(
+                            t,
+                            hd,
+                            t,
+                            gq.get().add(b * t * rq + h * hd),
+                            rq,
+                            true,
+                            ds.as_ptr(),
+                            t,
+                            1,
+                            kh.as_ptr().add(b * t * rk + j * hd),
+                            rk,
+                            1,
+                        );
+                        gemm1(
+                            t,
+                            hd,
+                            t,
+                            gk.get().add(b * t * rk + j * hd),
+                            rk,
+                            true,
+                            ds.as_ptr(),
+                            1,
+                            t,
+                            qh.as_ptr().add(b * t * rq + h * hd),
+                            rq,
+                            1,
+                        );
+                        gemm1(
+                            t,
+                            hd,
+                            t,
+                            gv.get().add(b * t * rk + j * hd),
+                            rk,
+                            true,
+                            ph.as_ptr(),
+                            1,
+                            t,
+                            go,
+                            ro,
+                            1,
+                        );
                     }
                 }
             },
@@ -377,8 +531,16 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
 /// `log_softmax(logits·scale)[i, targets[i]]` for each row `i`.
 pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale: f32) -> V<T> {
     let (n, vocab) = *logits.shape();
-    assert_eq!(targets.len(), n, "target_logprobs: {} targets for {n} rows", targets.len());
-    assert!(targets.iter().all(|&t| t < vocab), "target_logprobs: target out of range");
+    assert_eq!(
+        targets.len(),
+        n,
+        "target_logprobs: {} targets for {n} rows",
+        targets.len()
+    );
+    assert!(
+        targets.iter().all(|&t| t < vocab),
+        "target_logprobs: target out of range"
+    );
     let logits = logits.reshape_like(&(n, vocab));
     let (l, mut tape) = logits.split_tape();
     let lh = host2(&l);
@@ -390,13 +552,18 @@ pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale
         .with_min_len(ROWS)
         .map(|i| {
             let row = &lh[i * vocab..(i + 1) * vocab];
-            let m = row.iter().map(|&v| scaled(v)).fold(f32::NEG_INFINITY, f32::max);
+            let m = row
+                .iter()
+                .map(|&v| scaled(v))
+                .fold(f32::NEG_INFINITY, f32::max);
             let sum: f32 = row.iter().map(|&v| (scaled(v) - m).exp()).sum();
             let lse = m + sum.ln();
             (lse, scaled(row[targets[i]]) - lse)
         })
         .collect();
-    let y = l.device().tensor_from_vec(rows.iter().map(|r| r.1).collect(), (n,));
+    let y = l
+        .device()
+        .tensor_from_vec(rows.iter().map(|r| r.1).collect(), (n,));
     let (l_ghost, y_ghost) = (l.ghost(), y.ghost());
     drop(l);
     tape.add_backward_op(move |grads| {
@@ -408,14 +575,17 @@ pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale
         let gl = grads.get_or_alloc_mut(&l_ghost)?;
         assert_eq!(gl.len(), n * vocab);
         // d/dx_j (x_t − lse) = δ_jt − softmax_j, then through the scale.
-        gl.par_chunks_mut(vocab).enumerate().with_min_len(ROWS).for_each(|(i, gr)| {
-            let (g, lse) = (gy[i], rows[i].0);
-            let row = &lh[i * vocab..(i + 1) * vocab];
-            for (o, &v) in gr.iter_mut().zip(row) {
-                *o -= g * (scaled(v) - lse).exp() * scale;
-            }
-            gr[targets[i]] += g * scale;
-        });
+        gl.par_chunks_mut(vocab)
+            .enumerate()
+            .with_min_len(ROWS)
+            .for_each(|(i, gr)| {
+                let (g, lse) = (gy[i], rows[i].0);
+                let row = &lh[i * vocab..(i + 1) * vocab];
+                for (o, &v) in gr.iter_mut().zip(row) {
+                    *o -= g * (scaled(v) - lse).exp() * scale;
+                }
+                gr[targets[i]] += g * scale;
+            });
         Ok(())
     });
     y.put_tape(tape)
@@ -427,7 +597,10 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
-        dev.tensor_from_vec((0..r * c).map(|_| rng.gen_range(-2.0f32..2.0)).collect(), (r, c))
+        dev.tensor_from_vec(
+            (0..r * c).map(|_| rng.gen_range(-2.0f32..2.0)).collect(),
+            (r, c),
+        )
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
@@ -446,7 +619,10 @@ mod tests {
         let var = x.with_empty_tape().square().mean::<(usize,), Axis<1>>();
         let inv = (var + eps).sqrt().recip();
         let xn = x * inv.broadcast_like::<(usize, usize), Axis<1>>(&shape);
-        xn * w.clone().retaped::<Tp>().broadcast_like::<(usize, usize), Axis<0>>(&shape)
+        xn * w
+            .clone()
+            .retaped::<Tp>()
+            .broadcast_like::<(usize, usize), Axis<0>>(&shape)
     }
 
     #[test]
@@ -456,14 +632,16 @@ mod tests {
         for &(n, vocab, temp) in &[(1usize, 5usize, 1.0f32), (37, 50, 1.0), (20, 33, 0.7)] {
             let l = rand_mat(&dev, &mut rng, n, vocab);
             let targets: Vec<usize> = (0..n).map(|_| rng.gen_range(0..vocab)).collect();
-            let w: V = dev.tensor_from_vec((0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (n,));
+            let w: V =
+                dev.tensor_from_vec((0..n).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (n,));
             let run = |fused: bool| {
                 let x = l.trace(Gradients::leaky());
                 let y = if fused {
                     target_logprobs(x, &targets, 1.0 / temp)
                 } else {
                     let x = if temp != 1.0 { x * (1.0 / temp) } else { x };
-                    x.log_softmax::<Axis<1>>().select(dev.tensor_from_vec(targets.clone(), (n,)))
+                    x.log_softmax::<Axis<1>>()
+                        .select(dev.tensor_from_vec(targets.clone(), (n,)))
                 };
                 let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
                 let g = (y * w.clone()).sum::<Rank0, _>().backward();
@@ -479,8 +657,19 @@ mod tests {
     fn attention_matches_dfdx_composition_forward_and_backward() {
         let dev = Cpu::default();
         let mut rng = StdRng::seed_from_u64(9);
-        for &(bs, t, nh, nkv, hd) in &[(1usize, 1usize, 2usize, 1usize, 4usize), (3, 5, 4, 2, 8), (2, 7, 6, 3, 16), (2, 4, 2, 2, 8)] {
-            let dims = AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd };
+        for &(bs, t, nh, nkv, hd) in &[
+            (1usize, 1usize, 2usize, 1usize, 4usize),
+            (3, 5, 4, 2, 8),
+            (2, 7, 6, 3, 16),
+            (2, 4, 2, 2, 8),
+        ] {
+            let dims = AttnDims {
+                batch: bs,
+                seq: t,
+                heads: nh,
+                kv_heads: nkv,
+                head_dim: hd,
+            };
             let n = bs * t;
             let q = rand_mat(&dev, &mut rng, n * nh, hd);
             let k = rand_mat(&dev, &mut rng, n * nkv, hd);
@@ -511,10 +700,19 @@ mod tests {
                 let (kn, tape) = kt.split_tape();
                 let vt = v.clone().put_tape(tape);
                 let (qt, kt) = (qn.put_tape(Tp::default()), kn.put_tape(Tp::default()));
-                let y = if fused { attention(qt, kt, vt, dims, &host) } else { crate::model::dfdx_attention(qt, kt, vt, dims, &mask4) };
+                let y = if fused {
+                    attention(qt, kt, vt, dims, &host)
+                } else {
+                    crate::model::dfdx_attention(qt, kt, vt, dims, &mask4)
+                };
                 let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
                 let g = (y * up.clone()).sum::<Rank0, _>().backward();
-                (yv, g.get(&q).as_vec(), g.get(&k).as_vec(), g.get(&v).as_vec())
+                (
+                    yv,
+                    g.get(&q).as_vec(),
+                    g.get(&k).as_vec(),
+                    g.get(&v).as_vec(),
+                )
             };
             let (a, b) = (run(true), run(false));
             assert_close(&a.0, &b.0, "attn y");
@@ -532,7 +730,8 @@ mod tests {
             let x = rand_mat(&dev, &mut rng, n, d);
             let x2 = rand_mat(&dev, &mut rng, n, d);
             let up = rand_mat(&dev, &mut rng, n, d);
-            let w: V = dev.tensor_from_vec((0..d).map(|_| rng.gen_range(0.5f32..1.5)).collect(), (d,));
+            let w: V =
+                dev.tensor_from_vec((0..d).map(|_| rng.gen_range(0.5f32..1.5)).collect(), (d,));
             let ang = rand_mat(&dev, &mut rng, n, d);
             let (cos, sin) = (ang.clone().cos(), ang.sin());
             let rot_t = {
@@ -549,7 +748,9 @@ mod tests {
 
             // RMSNorm
             let g_ref = loss(rms_ref(x.trace(Gradients::leaky()), &w, 1e-5)).backward();
-            let y_ref = rms_ref(x.clone().retaped::<Tp>(), &w, 1e-5).retaped::<NoneTape>().as_vec();
+            let y_ref = rms_ref(x.clone().retaped::<Tp>(), &w, 1e-5)
+                .retaped::<NoneTape>()
+                .as_vec();
             let g = loss(rms_norm(x.trace(Gradients::leaky()), &w, 1e-5)).backward();
             assert_close(&rms_norm(x.clone(), &w, 1e-5).as_vec(), &y_ref, "rms y");
             assert_close(&g.get(&x).as_vec(), &g_ref.get(&x).as_vec(), "rms dx");
@@ -575,11 +776,18 @@ mod tests {
             // RoPE
             if d % 2 == 0 {
                 let rope_ref = |a: M<Tp>| {
-                    let rotated = a.with_empty_tape().matmul(rot_t.clone().retaped::<Tp>().permute::<(usize, usize), Axes2<1, 0>>()) * sin.clone();
+                    let rotated = a.with_empty_tape().matmul(
+                        rot_t
+                            .clone()
+                            .retaped::<Tp>()
+                            .permute::<(usize, usize), Axes2<1, 0>>(),
+                    ) * sin.clone();
                     a * cos.clone() + rotated
                 };
                 let g_ref = loss(rope_ref(x.trace(Gradients::leaky()))).backward();
-                let y_ref = rope_ref(x.clone().retaped::<Tp>()).retaped::<NoneTape>().as_vec();
+                let y_ref = rope_ref(x.clone().retaped::<Tp>())
+                    .retaped::<NoneTape>()
+                    .as_vec();
                 let g = loss(rope(x.trace(Gradients::leaky()), &cos, &sin)).backward();
                 assert_close(&rope(x.clone(), &cos, &sin).as_vec(), &y_ref, "rope y");
                 assert_close(&g.get(&x).as_vec(), &g_ref.get(&x).as_vec(), "rope dx");

@@ -26,7 +26,14 @@ pub struct SamplingConfig {
 
 impl Default for SamplingConfig {
     fn default() -> Self {
-        SamplingConfig { max_new_tokens: 64, temperature: 1.0, top_k: 0, top_p: 1.0, seed: 0, stop_tokens: vec![] }
+        SamplingConfig {
+            max_new_tokens: 64,
+            temperature: 1.0,
+            top_k: 0,
+            top_p: 1.0,
+            seed: 0,
+            stop_tokens: vec![],
+        }
     }
 }
 
@@ -60,10 +67,17 @@ fn log_softmax(x: &[f32]) -> Vec<f32> {
 /// Picks a token from one row of logits; returns it with its log-prob.
 pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> (u32, f32) {
     if cfg.temperature <= 0.0 {
-        let (best, _) = logits
-            .iter()
-            .enumerate()
-            .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| if v > bv { (i, v) } else { (bi, bv) });
+        let (best, _) =
+            logits
+                .iter()
+                .enumerate()
+                .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+                    if v > bv {
+                        (i, v)
+                    } else {
+                        (bi, bv)
+                    }
+                });
         return (best as u32, log_softmax(logits)[best]);
     }
     let scaled: Vec<f32> = logits.iter().map(|v| v / cfg.temperature).collect();
@@ -99,7 +113,11 @@ pub fn sample_token(logits: &[f32], cfg: &SamplingConfig, rng: &mut StdRng) -> (
 }
 
 /// Generates a continuation for every prompt, all in one batch.
-pub fn generate<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingConfig) -> Result<Vec<Generation>> {
+pub fn generate<D: Dev>(
+    model: &Llama<D>,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+) -> Result<Vec<Generation>> {
     generate_on(model, prompts, cfg, D::HOST_DECODING)
 }
 
@@ -118,20 +136,36 @@ impl<D: Dev> Engine<D> {
         match self {
             Engine::Dfdx(cache) => {
                 let hidden = model.hidden(model.embed_tokens.clone(), batch, Some(cache))?;
-                let idx = model.dev.tensor_from_vec(last_rows.to_vec(), (batch.batch,));
+                let idx = model
+                    .dev
+                    .tensor_from_vec(last_rows.to_vec(), (batch.batch,));
                 let last = dfdx::tensor_ops::GatherTo::gather(hidden, idx);
                 Ok(model.logits(last).as_vec())
             }
             Engine::Host(m, kv) => {
-                debug_assert!(last_rows.iter().enumerate().all(|(b, &r)| r == b * batch.seq + batch.seq - 1));
+                debug_assert!(last_rows
+                    .iter()
+                    .enumerate()
+                    .all(|(b, &r)| r == b * batch.seq + batch.seq - 1));
                 model.check_tokens(&batch.tokens)?;
-                Ok(m.step(kv, &batch.tokens, &batch.positions, &batch.key_mask, batch.seq))
+                Ok(m.step(
+                    kv,
+                    &batch.tokens,
+                    &batch.positions,
+                    &batch.key_mask,
+                    batch.seq,
+                ))
             }
         }
     }
 }
 
-fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingConfig, host: bool) -> Result<Vec<Generation>> {
+fn generate_on<D: Dev>(
+    model: &Llama<D>,
+    prompts: &[Vec<u32>],
+    cfg: &SamplingConfig,
+    host: bool,
+) -> Result<Vec<Generation>> {
     if prompts.is_empty() {
         return Ok(vec![]);
     }
@@ -139,7 +173,10 @@ fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCon
         bail!("prompt {i} is empty; generation needs at least one prompt token");
     }
     if !(cfg.temperature >= 0.0 && cfg.temperature.is_finite()) {
-        bail!("temperature must be a finite number >= 0, got {}", cfg.temperature);
+        bail!(
+            "temperature must be a finite number >= 0, got {}",
+            cfg.temperature
+        );
     }
     if !(cfg.top_p > 0.0 && cfg.top_p <= 1.0) {
         bail!("top_p must be in (0, 1], got {}", cfg.top_p);
@@ -147,7 +184,13 @@ fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCon
     let pad = model.cfg.pad_token_id.unwrap_or(0);
     let bsz = prompts.len();
     let plen = prompts.iter().map(Vec::len).max().unwrap();
-    let mut batch = Batch { batch: bsz, seq: plen, tokens: vec![], positions: vec![], key_mask: vec![] };
+    let mut batch = Batch {
+        batch: bsz,
+        seq: plen,
+        tokens: vec![],
+        positions: vec![],
+        key_mask: vec![],
+    };
     for p in prompts {
         let offset = plen - p.len();
         for j in 0..plen {
@@ -159,10 +202,20 @@ fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCon
     }
     let mut key_mask: Vec<Vec<bool>> = batch.key_mask.chunks(plen).map(<[bool]>::to_vec).collect();
     let mut rngs: Vec<StdRng> = (0..bsz)
-        .map(|i| StdRng::seed_from_u64(cfg.seed.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(i as u64)))
+        .map(|i| {
+            StdRng::seed_from_u64(
+                cfg.seed
+                    .wrapping_mul(0x9E37_79B9_7F4A_7C15)
+                    .wrapping_add(i as u64),
+            )
+        })
         .collect();
     let mut out: Vec<Generation> = (0..bsz)
-        .map(|_| Generation { tokens: vec![], logprobs: vec![], finish_reason: FinishReason::Length })
+        .map(|_| Generation {
+            tokens: vec![],
+            logprobs: vec![],
+            finish_reason: FinishReason::Length,
+        })
         .collect();
     if cfg.max_new_tokens == 0 {
         return Ok(out);
@@ -208,7 +261,13 @@ fn generate_on<D: Dev>(model: &Llama<D>, prompts: &[Vec<u32>], cfg: &SamplingCon
             key_mask[b].push(!done[b]);
             mask.extend_from_slice(&key_mask[b]);
         }
-        batch = Batch { batch: bsz, seq: 1, tokens: next, positions, key_mask: mask };
+        batch = Batch {
+            batch: bsz,
+            seq: 1,
+            tokens: next,
+            positions,
+            key_mask: mask,
+        };
         last_rows = (0..bsz).collect();
     }
     Ok(out)
@@ -231,10 +290,26 @@ mod tests {
         }))
         .unwrap();
         let model = Llama::random(cfg, &Cpu::default(), 3, 0.2).unwrap();
-        let prompts: Vec<Vec<u32>> = vec![vec![5, 9, 13, 2, 40], vec![7], vec![11, 3, 60], vec![1, 2, 3, 4, 5, 6, 7, 8]];
+        let prompts: Vec<Vec<u32>> = vec![
+            vec![5, 9, 13, 2, 40],
+            vec![7],
+            vec![11, 3, 60],
+            vec![1, 2, 3, 4, 5, 6, 7, 8],
+        ];
         for sc in [
-            SamplingConfig { max_new_tokens: 12, temperature: 0.0, ..Default::default() },
-            SamplingConfig { max_new_tokens: 9, temperature: 0.8, top_k: 20, seed: 5, stop_tokens: vec![17, 23], ..Default::default() },
+            SamplingConfig {
+                max_new_tokens: 12,
+                temperature: 0.0,
+                ..Default::default()
+            },
+            SamplingConfig {
+                max_new_tokens: 9,
+                temperature: 0.8,
+                top_k: 20,
+                seed: 5,
+                stop_tokens: vec![17, 23],
+                ..Default::default()
+            },
         ] {
             let a = generate_on(&model, &prompts, &sc, false).unwrap();
             let b = generate_on(&model, &prompts, &sc, true).unwrap();

@@ -34,11 +34,18 @@ pub trait DeviceKernels: Device<f32> {
         dfdx_linear(x, w)
     }
     /// `x / sqrt(mean(x²) + eps) * w` over each row.
-    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T1<Self>, eps: f64) -> T2<Self, T> {
+    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(
+        x: T2<Self, T>,
+        w: &T1<Self>,
+        eps: f64,
+    ) -> T2<Self, T> {
         dfdx_rms_norm(x, w, eps)
     }
     /// `silu(gate) * up`.
-    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(gate: T2<Self, T>, up: T2<Self, T>) -> T2<Self, T> {
+    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(
+        gate: T2<Self, T>,
+        up: T2<Self, T>,
+    ) -> T2<Self, T> {
         // silu(g) = g * sigmoid(g)
         let act = gate.with_empty_tape().sigmoid() * gate;
         act * up
@@ -47,24 +54,47 @@ pub trait DeviceKernels: Device<f32> {
     /// `q: (n*heads, hd)`, `k: (n*kv_heads, hd)`, `v: (n, kv_heads*hd)` →
     /// `(n, heads*hd)`; `mask` is the additive mask in the folded layout
     /// `(batch, kv_heads, group*seq, seq)`, `host_mask` the same per batch row `(batch, seq, seq)`.
-    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(q: T2<Self, T>, k: T2<Self, T>, v: T2<Self, T>, dims: AttnDims, mask: &T4<Self>, host_mask: &[f32]) -> T2<Self, T> {
+    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(
+        q: T2<Self, T>,
+        k: T2<Self, T>,
+        v: T2<Self, T>,
+        dims: AttnDims,
+        mask: &T4<Self>,
+        host_mask: &[f32],
+    ) -> T2<Self, T> {
         let _ = host_mask;
         dfdx_attention(q, k, v, dims, mask)
     }
     /// `log_softmax(logits * scale)` at each row's target.
-    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(logits: T2<Self, T>, targets: &[usize], scale: f32) -> T1<Self, T> {
+    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(
+        logits: T2<Self, T>,
+        targets: &[usize],
+        scale: f32,
+    ) -> T1<Self, T> {
         let logits = if scale != 1.0 { logits * scale } else { logits };
         let dev = logits.device().clone();
-        logits.log_softmax::<Axis<1>>().select(dev.tensor_from_vec(targets.to_vec(), (targets.len(),)))
+        logits
+            .log_softmax::<Axis<1>>()
+            .select(dev.tensor_from_vec(targets.to_vec(), (targets.len(),)))
     }
     /// Rotate-half RoPE of rows of one head: `x*cos + rotate_half(x)*sin`;
     /// `rot_t` is the transposed rotate-half matrix.
-    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, rot_t: &T2<Self>) -> T2<Self, T> {
+    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(
+        x: T2<Self, T>,
+        cos: &T2<Self>,
+        sin: &T2<Self>,
+        rot_t: &T2<Self>,
+    ) -> T2<Self, T> {
         dfdx_rope(x, cos, sin, rot_t)
     }
 }
 
-fn dfdx_rope<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, cos: &T2<D>, sin: &T2<D>, rot_t: &T2<D>) -> T2<D, T> {
+fn dfdx_rope<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
+    x: T2<D, T>,
+    cos: &T2<D>,
+    sin: &T2<D>,
+    rot_t: &T2<D>,
+) -> T2<D, T> {
     let rotated = dfdx_linear(x.with_empty_tape(), rot_t) * sin.clone();
     x * cos.clone() + rotated
 }
@@ -74,19 +104,42 @@ impl DeviceKernels for Cpu {
     fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
         crate::cpu_linear::linear(x, w)
     }
-    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T1<Self>, eps: f64) -> T2<Self, T> {
+    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(
+        x: T2<Self, T>,
+        w: &T1<Self>,
+        eps: f64,
+    ) -> T2<Self, T> {
         crate::cpu_ops::rms_norm(x, w, eps as f32)
     }
-    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(gate: T2<Self, T>, up: T2<Self, T>) -> T2<Self, T> {
+    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(
+        gate: T2<Self, T>,
+        up: T2<Self, T>,
+    ) -> T2<Self, T> {
         crate::cpu_ops::swiglu(gate, up)
     }
-    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, cos: &T2<Self>, sin: &T2<Self>, _rot_t: &T2<Self>) -> T2<Self, T> {
+    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(
+        x: T2<Self, T>,
+        cos: &T2<Self>,
+        sin: &T2<Self>,
+        _rot_t: &T2<Self>,
+    ) -> T2<Self, T> {
         crate::cpu_ops::rope(x, cos, sin)
     }
-    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(q: T2<Self, T>, k: T2<Self, T>, v: T2<Self, T>, dims: AttnDims, _mask: &T4<Self>, host_mask: &[f32]) -> T2<Self, T> {
+    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(
+        q: T2<Self, T>,
+        k: T2<Self, T>,
+        v: T2<Self, T>,
+        dims: AttnDims,
+        _mask: &T4<Self>,
+        host_mask: &[f32],
+    ) -> T2<Self, T> {
         crate::cpu_ops::attention(q, k, v, dims, host_mask)
     }
-    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(logits: T2<Self, T>, targets: &[usize], scale: f32) -> T1<Self, T> {
+    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(
+        logits: T2<Self, T>,
+        targets: &[usize],
+        scale: f32,
+    ) -> T1<Self, T> {
         crate::cpu_ops::target_logprobs(logits, targets, scale)
     }
 }
@@ -99,21 +152,48 @@ pub use crate::cpu_ops::AttnDims;
 /// Folds the query heads sharing a KV head into the row dimension:
 /// q `(b, kv, g*t, hd)`, k and v `(b, kv, t, hd)` (views, not copies, where dfdx allows).
 #[allow(clippy::type_complexity)]
-fn fold_heads<D: Device<f32>, T: Tape<f32, D>>(q: T2<D, T>, k: T2<D, T>, v: T2<D, T>, a: AttnDims) -> (T4<D, T>, T4<D, T>, T4<D, T>) {
-    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = a;
+fn fold_heads<D: Device<f32>, T: Tape<f32, D>>(
+    q: T2<D, T>,
+    k: T2<D, T>,
+    v: T2<D, T>,
+    a: AttnDims,
+) -> (T4<D, T>, T4<D, T>, T4<D, T>) {
+    let AttnDims {
+        batch: bs,
+        seq: t,
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+    } = a;
     let g = nh / nkv;
     let q = q
         .reshape_like(&(bs, t, nkv, g, hd))
         .permute::<(usize, usize, usize, usize, usize), Axes5<0, 2, 3, 1, 4>>()
         .reshape_like(&(bs, nkv, g * t, hd));
-    let k = k.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
-    let v = v.reshape_like(&(bs, t, nkv, hd)).permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+    let k = k
+        .reshape_like(&(bs, t, nkv, hd))
+        .permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
+    let v = v
+        .reshape_like(&(bs, t, nkv, hd))
+        .permute::<(usize, usize, usize, usize), Axes4<0, 2, 1, 3>>();
     (q, k, v)
 }
 
 /// [`DeviceKernels::attention`] as dfdx ops.
-pub(crate) fn dfdx_attention<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(q: T2<D, T>, k: T2<D, T>, v: T2<D, T>, dims: AttnDims, mask: &T4<D>) -> T2<D, T> {
-    let AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd } = dims;
+pub(crate) fn dfdx_attention<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
+    q: T2<D, T>,
+    k: T2<D, T>,
+    v: T2<D, T>,
+    dims: AttnDims,
+    mask: &T4<D>,
+) -> T2<D, T> {
+    let AttnDims {
+        batch: bs,
+        seq: t,
+        heads: nh,
+        kv_heads: nkv,
+        head_dim: hd,
+    } = dims;
     let g = nh / nkv;
     let (q, k, v) = fold_heads(q, k, v, dims);
     let out = attend(q, k, v, mask, hd);
@@ -123,7 +203,13 @@ pub(crate) fn dfdx_attention<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
 }
 
 /// softmax(q·kᵀ/√hd + mask)·v in the folded layout, `(b, kv, g*t, hd)`.
-fn attend<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(q: T4<D, T>, k: T4<D, T>, v: T4<D, T>, mask: &T4<D>, hd: usize) -> T4<D, T> {
+fn attend<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
+    q: T4<D, T>,
+    k: T4<D, T>,
+    v: T4<D, T>,
+    mask: &T4<D>,
+    hd: usize,
+) -> T4<D, T> {
     let kt = k.permute::<(usize, usize, usize, usize), Axes4<0, 1, 3, 2>>();
     let scores = q.matmul(kt) * (1.0 / (hd as f32).sqrt()) + mask.clone();
     scores.softmax::<Axis<3>>().matmul(v)
@@ -192,7 +278,13 @@ impl Batch {
         if rows.is_empty() || seq == 0 {
             bail!("empty input: at least one non-empty sequence is needed");
         }
-        let mut b = Batch { batch: rows.len(), seq, tokens: vec![], positions: vec![], key_mask: vec![] };
+        let mut b = Batch {
+            batch: rows.len(),
+            seq,
+            tokens: vec![],
+            positions: vec![],
+            key_mask: vec![],
+        };
         for r in rows {
             for i in 0..seq {
                 let real = i < r.len();
@@ -216,7 +308,11 @@ pub struct KvCache<D: Dev> {
 impl<D: Dev> KvCache<D> {
     /// An empty cache.
     pub fn new() -> Self {
-        KvCache { k: vec![], v: vec![], len: 0 }
+        KvCache {
+            k: vec![],
+            v: vec![],
+            len: 0,
+        }
     }
 }
 
@@ -242,22 +338,38 @@ fn linear<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> 
 }
 
 /// `Linear` on dfdx's matmul, for devices without their own op.
-fn dfdx_linear<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T2<D>) -> T2<D, T> {
+fn dfdx_linear<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
+    x: T2<D, T>,
+    w: &T2<D>,
+) -> T2<D, T> {
     if x.shape().0 <= 32 {
         // Few rows (decoding): W·xᵀ reads the weight in its stored row-major
         // layout instead of packing a transposed copy of it on every call.
         let (m, n) = (x.shape().0, w.shape().0);
         let xt = x.permute::<(usize, usize), Axes2<1, 0>>();
-        return w.clone().retaped::<T>().matmul(xt).permute::<(usize, usize), Axes2<1, 0>>().reshape_like(&(m, n));
+        return w
+            .clone()
+            .retaped::<T>()
+            .matmul(xt)
+            .permute::<(usize, usize), Axes2<1, 0>>()
+            .reshape_like(&(m, n));
     }
     x.matmul(w.clone().permute::<(usize, usize), Axes2<1, 0>>())
 }
 
-fn rms_norm<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, eps: f64) -> T2<D, T> {
+fn rms_norm<D: Dev, T: Tape<f32, D> + Merge<NoneTape>>(
+    x: T2<D, T>,
+    w: &T1<D>,
+    eps: f64,
+) -> T2<D, T> {
     D::rms_norm(x, w, eps)
 }
 
-fn dfdx_rms_norm<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>, w: &T1<D>, eps: f64) -> T2<D, T> {
+fn dfdx_rms_norm<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
+    x: T2<D, T>,
+    w: &T1<D>,
+    eps: f64,
+) -> T2<D, T> {
     let shape = *x.shape();
     let var = x.with_empty_tape().square().mean::<(usize,), Axis<1>>();
     let inv = (var + eps as f32).sqrt().recip();
@@ -267,14 +379,22 @@ fn dfdx_rms_norm<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(x: T2<D, T>,
 
 impl<D: Dev> Llama<D> {
     /// Builds a model from HF-named host tensors, checking every name and shape.
-    pub fn from_tensors(cfg: LlamaConfig, tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+    pub fn from_tensors(
+        cfg: LlamaConfig,
+        tensors: BTreeMap<String, HostTensor>,
+        dev: &D,
+    ) -> Result<Self> {
         Self::build(cfg, tensors, dev, true)
     }
 
     /// Builds only the backbone (no LM head) from HF-named tensors: for reward
     /// and value models, whose heads live elsewhere. Any `lm_head.weight` is
     /// ignored; [`Llama::params`] then lists no head.
-    pub fn backbone_from_tensors(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D) -> Result<Self> {
+    pub fn backbone_from_tensors(
+        cfg: LlamaConfig,
+        mut tensors: BTreeMap<String, HostTensor>,
+        dev: &D,
+    ) -> Result<Self> {
         tensors.remove("lm_head.weight");
         let mut cfg = cfg;
         let tied = cfg.tie_word_embeddings;
@@ -284,15 +404,26 @@ impl<D: Dev> Llama<D> {
         Ok(m)
     }
 
-    fn build(cfg: LlamaConfig, mut tensors: BTreeMap<String, HostTensor>, dev: &D, with_head: bool) -> Result<Self> {
+    fn build(
+        cfg: LlamaConfig,
+        mut tensors: BTreeMap<String, HostTensor>,
+        dev: &D,
+        with_head: bool,
+    ) -> Result<Self> {
         cfg.validate()?;
         let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
         let q_out = cfg.num_attention_heads * cfg.head_dim;
         let kv_out = cfg.num_key_value_heads * cfg.head_dim;
         let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
-            let t = tensors.remove(name).with_context(|| format!("checkpoint is missing tensor `{name}`"))?;
+            let t = tensors
+                .remove(name)
+                .with_context(|| format!("checkpoint is missing tensor `{name}`"))?;
             if t.shape != shape {
-                bail!("tensor `{name}` has shape {:?}, expected {:?}", t.shape, shape);
+                bail!(
+                    "tensor `{name}` has shape {:?}, expected {:?}",
+                    t.shape,
+                    shape
+                );
             }
             if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
                 bail!("tensor `{name}` contains a non-finite value ({bad})");
@@ -307,11 +438,30 @@ impl<D: Dev> Llama<D> {
             let p = format!("model.layers.{i}");
             layers.push(Layer {
                 input_layernorm: vec1(take(&format!("{p}.input_layernorm.weight"), &[d])?, d),
-                q_proj: mat(take(&format!("{p}.self_attn.q_proj.weight"), &[q_out, d])?, q_out, d),
-                k_proj: mat(take(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, d])?, kv_out, d),
-                v_proj: mat(take(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, d])?, kv_out, d),
-                o_proj: mat(take(&format!("{p}.self_attn.o_proj.weight"), &[d, q_out])?, d, q_out),
-                post_attention_layernorm: vec1(take(&format!("{p}.post_attention_layernorm.weight"), &[d])?, d),
+                q_proj: mat(
+                    take(&format!("{p}.self_attn.q_proj.weight"), &[q_out, d])?,
+                    q_out,
+                    d,
+                ),
+                k_proj: mat(
+                    take(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, d])?,
+                    kv_out,
+                    d,
+                ),
+                v_proj: mat(
+                    take(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, d])?,
+                    kv_out,
+                    d,
+                ),
+                o_proj: mat(
+                    take(&format!("{p}.self_attn.o_proj.weight"), &[d, q_out])?,
+                    d,
+                    q_out,
+                ),
+                post_attention_layernorm: vec1(
+                    take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
+                    d,
+                ),
                 gate_proj: mat(take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?, f, d),
                 up_proj: mat(take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?, f, d),
                 down_proj: mat(take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?, d, f),
@@ -330,10 +480,24 @@ impl<D: Dev> Llama<D> {
         if let Some(extra) = tensors.keys().next() {
             bail!("checkpoint has an unexpected tensor `{extra}` (is this a Llama causal LM?)");
         }
-        Ok(Self::assemble(cfg, embed_tokens, layers, norm, lm_head, dev))
+        Ok(Self::assemble(
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dev,
+        ))
     }
 
-    fn assemble(cfg: LlamaConfig, embed_tokens: T2<D>, layers: Vec<Layer<D>>, norm: T1<D>, lm_head: Option<T2<D>>, dev: &D) -> Self {
+    fn assemble(
+        cfg: LlamaConfig,
+        embed_tokens: T2<D>,
+        layers: Vec<Layer<D>>,
+        norm: T1<D>,
+        lm_head: Option<T2<D>>,
+        dev: &D,
+    ) -> Self {
         let hd = cfg.head_dim;
         let half = hd / 2;
         // rotate_half(x) = cat(-x[half..], x[..half]): out[j] = -x[j+half] for j < half, x[j-half] otherwise;
@@ -344,7 +508,15 @@ impl<D: Dev> Llama<D> {
             rot_t[(j + half) * hd + j] = 1.0;
         }
         let rot_t = dev.tensor_from_vec(rot_t, (hd, hd));
-        Llama { cfg, embed_tokens, layers, norm, lm_head, dev: dev.clone(), rot_t }
+        Llama {
+            cfg,
+            embed_tokens,
+            layers,
+            norm,
+            lm_head,
+            dev: dev.clone(),
+            rot_t,
+        }
     }
 
     /// A model with random weights (normal, std `init_std`; norms at 1), as HF initializes.
@@ -356,7 +528,11 @@ impl<D: Dev> Llama<D> {
         let mut tensors = BTreeMap::new();
         for (name, shape) in cfg_param_shapes(&cfg) {
             let n: usize = shape.iter().product();
-            let data = if shape.len() == 1 { vec![1.0; n] } else { (0..n).map(|_| normal.sample(&mut rng)).collect() };
+            let data = if shape.len() == 1 {
+                vec![1.0; n]
+            } else {
+                (0..n).map(|_| normal.sample(&mut rng)).collect()
+            };
             tensors.insert(name, HostTensor { shape, data });
         }
         Self::from_tensors(cfg, tensors, dev)
@@ -364,20 +540,53 @@ impl<D: Dev> Llama<D> {
 
     /// Every parameter with its HF name, in a fixed order.
     pub fn params(&self) -> Vec<(String, ParamRef<'_, D>)> {
-        let mut out = vec![("model.embed_tokens.weight".to_string(), ParamRef::Matrix(&self.embed_tokens))];
+        let mut out = vec![(
+            "model.embed_tokens.weight".to_string(),
+            ParamRef::Matrix(&self.embed_tokens),
+        )];
         for (i, l) in self.layers.iter().enumerate() {
             let p = format!("model.layers.{i}");
-            out.push((format!("{p}.input_layernorm.weight"), ParamRef::Vector(&l.input_layernorm)));
-            out.push((format!("{p}.self_attn.q_proj.weight"), ParamRef::Matrix(&l.q_proj)));
-            out.push((format!("{p}.self_attn.k_proj.weight"), ParamRef::Matrix(&l.k_proj)));
-            out.push((format!("{p}.self_attn.v_proj.weight"), ParamRef::Matrix(&l.v_proj)));
-            out.push((format!("{p}.self_attn.o_proj.weight"), ParamRef::Matrix(&l.o_proj)));
-            out.push((format!("{p}.post_attention_layernorm.weight"), ParamRef::Vector(&l.post_attention_layernorm)));
-            out.push((format!("{p}.mlp.gate_proj.weight"), ParamRef::Matrix(&l.gate_proj)));
-            out.push((format!("{p}.mlp.up_proj.weight"), ParamRef::Matrix(&l.up_proj)));
-            out.push((format!("{p}.mlp.down_proj.weight"), ParamRef::Matrix(&l.down_proj)));
+            out.push((
+                format!("{p}.input_layernorm.weight"),
+                ParamRef::Vector(&l.input_layernorm),
+            ));
+            out.push((
+                format!("{p}.self_attn.q_proj.weight"),
+                ParamRef::Matrix(&l.q_proj),
+            ));
+            out.push((
+                format!("{p}.self_attn.k_proj.weight"),
+                ParamRef::Matrix(&l.k_proj),
+            ));
+            out.push((
+                format!("{p}.self_attn.v_proj.weight"),
+                ParamRef::Matrix(&l.v_proj),
+            ));
+            out.push((
+                format!("{p}.self_attn.o_proj.weight"),
+                ParamRef::Matrix(&l.o_proj),
+            ));
+            out.push((
+                format!("{p}.post_attention_layernorm.weight"),
+                ParamRef::Vector(&l.post_attention_layernorm),
+            ));
+            out.push((
+                format!("{p}.mlp.gate_proj.weight"),
+                ParamRef::Matrix(&l.gate_proj),
+            ));
+            out.push((
+                format!("{p}.mlp.up_proj.weight"),
+                ParamRef::Matrix(&l.up_proj),
+            ));
+            out.push((
+                format!("{p}.mlp.down_proj.weight"),
+                ParamRef::Matrix(&l.down_proj),
+            ));
         }
-        out.push(("model.norm.weight".to_string(), ParamRef::Vector(&self.norm)));
+        out.push((
+            "model.norm.weight".to_string(),
+            ParamRef::Vector(&self.norm),
+        ));
         if let Some(h) = &self.lm_head {
             out.push(("lm_head.weight".to_string(), ParamRef::Matrix(h)));
         }
@@ -411,8 +620,14 @@ impl<D: Dev> Llama<D> {
             .into_iter()
             .map(|(name, p)| {
                 let t = match p {
-                    ParamRef::Vector(t) => HostTensor { shape: vec![t.shape().0], data: t.as_vec() },
-                    ParamRef::Matrix(t) => HostTensor { shape: vec![t.shape().0, t.shape().1], data: t.as_vec() },
+                    ParamRef::Vector(t) => HostTensor {
+                        shape: vec![t.shape().0],
+                        data: t.as_vec(),
+                    },
+                    ParamRef::Matrix(t) => HostTensor {
+                        shape: vec![t.shape().0, t.shape().1],
+                        data: t.as_vec(),
+                    },
                 };
                 (name, t)
             })
@@ -426,14 +641,22 @@ impl<D: Dev> Llama<D> {
 
     pub(crate) fn check_tokens(&self, tokens: &[u32]) -> Result<()> {
         if let Some(t) = tokens.iter().find(|&&t| t as usize >= self.cfg.vocab_size) {
-            bail!("token id {t} is out of range for a vocabulary of {}", self.cfg.vocab_size);
+            bail!(
+                "token id {t} is out of range for a vocabulary of {}",
+                self.cfg.vocab_size
+            );
         }
         Ok(())
     }
 
     fn context(&self, b: &Batch, past: usize) -> Ctx<D> {
         let cfg = &self.cfg;
-        let (hd, nh, nkv, g) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.group_size());
+        let (hd, nh, nkv, g) = (
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.group_size(),
+        );
         let inv = cfg.inv_freq();
         let rows = b.batch * b.seq;
         // One cos/sin row per token, then repeated per head.
@@ -483,7 +706,12 @@ impl<D: Dev> Llama<D> {
         }
     }
 
-    fn rope<T: Tape<f32, D> + Merge<NoneTape>>(&self, x: T2<D, T>, cos: &T2<D>, sin: &T2<D>) -> T2<D, T> {
+    fn rope<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        x: T2<D, T>,
+        cos: &T2<D>,
+        sin: &T2<D>,
+    ) -> T2<D, T> {
         D::rope(x, cos, sin, &self.rot_t)
     }
 
@@ -498,16 +726,30 @@ impl<D: Dev> Llama<D> {
         let cfg = &self.cfg;
         let l = &self.layers[li];
         let (bs, t) = (b.batch, b.seq);
-        let (hd, nh, nkv, g) = (cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads, cfg.group_size());
+        let (hd, nh, nkv, g) = (
+            cfg.head_dim,
+            cfg.num_attention_heads,
+            cfg.num_key_value_heads,
+            cfg.group_size(),
+        );
         let n = bs * t;
         let q = linear(x.with_empty_tape(), &l.q_proj).reshape_like(&(n * nh, hd));
         let k = linear(x.with_empty_tape(), &l.k_proj).reshape_like(&(n * nkv, hd));
         let v = linear(x, &l.v_proj);
         let q = self.rope(q, &ctx.cos_q, &ctx.sin_q);
         let k = self.rope(k, &ctx.cos_k, &ctx.sin_k);
-        let dims = AttnDims { batch: bs, seq: t, heads: nh, kv_heads: nkv, head_dim: hd };
+        let dims = AttnDims {
+            batch: bs,
+            seq: t,
+            heads: nh,
+            kv_heads: nkv,
+            head_dim: hd,
+        };
         let Some(c) = cache else {
-            return linear(D::attention(q, k, v, dims, &ctx.mask, &ctx.host_mask), &l.o_proj);
+            return linear(
+                D::attention(q, k, v, dims, &ctx.mask, &ctx.host_mask),
+                &l.o_proj,
+            );
         };
         let (q, k, v) = fold_heads(q, k, v, dims);
         let (k, v) = if li < c.k.len() {
@@ -518,7 +760,10 @@ impl<D: Dev> Llama<D> {
             (k, v)
         } else {
             // Contiguous copies, so the next concat is cheap.
-            let (k, v) = (k.reshape_like(&(bs, nkv, t, hd)), v.reshape_like(&(bs, nkv, t, hd)));
+            let (k, v) = (
+                k.reshape_like(&(bs, nkv, t, hd)),
+                v.reshape_like(&(bs, nkv, t, hd)),
+            );
             c.k.push(k.retaped::<NoneTape>());
             c.v.push(v.retaped::<NoneTape>());
             (k, v)
@@ -544,19 +789,31 @@ impl<D: Dev> Llama<D> {
     ) -> Result<T2<D, T>> {
         self.check_tokens(&b.tokens)?;
         let past = cache.as_ref().map_or(0, |c| c.len);
-        if b.tokens.len() != b.batch * b.seq || b.positions.len() != b.batch * b.seq || b.key_mask.len() != b.batch * (past + b.seq) {
+        if b.tokens.len() != b.batch * b.seq
+            || b.positions.len() != b.batch * b.seq
+            || b.key_mask.len() != b.batch * (past + b.seq)
+        {
             bail!("inconsistent batch: {} tokens, {} positions, {} mask entries for {}x{} (+{past} cached)", b.tokens.len(), b.positions.len(), b.key_mask.len(), b.batch, b.seq);
         }
         if b.batch == 0 || b.seq == 0 {
             bail!("empty input");
         }
         let ctx = self.context(b, past);
-        let idx = self.dev.tensor_from_vec(b.tokens.iter().map(|&t| t as usize).collect(), (b.batch * b.seq,));
+        let idx = self.dev.tensor_from_vec(
+            b.tokens.iter().map(|&t| t as usize).collect(),
+            (b.batch * b.seq,),
+        );
         let mut h: T2<D, T> = embed.gather(idx);
         let eps = self.cfg.rms_norm_eps;
         for (li, l) in self.layers.iter().enumerate() {
             let residual = h.with_empty_tape();
-            let a = self.attention(li, rms_norm(h, &l.input_layernorm, eps), b, &ctx, cache.as_deref_mut());
+            let a = self.attention(
+                li,
+                rms_norm(h, &l.input_layernorm, eps),
+                b,
+                &ctx,
+                cache.as_deref_mut(),
+            );
             h = a + residual;
             let residual = h.with_empty_tape();
             let x = rms_norm(h, &l.post_attention_layernorm, eps);
@@ -603,11 +860,19 @@ impl<D: Dev> Llama<D> {
         let mut targets = Vec::with_capacity(b.batch * b.seq);
         for r in 0..b.batch {
             for i in 0..b.seq {
-                targets.push(if i + 1 < b.seq { b.tokens[r * b.seq + i + 1] } else { pad });
+                targets.push(if i + 1 < b.seq {
+                    b.tokens[r * b.seq + i + 1]
+                } else {
+                    pad
+                });
             }
         }
         let lp = self.target_logprobs(h, &targets, 1.0)?.as_vec();
-        Ok(seqs.iter().enumerate().map(|(r, s)| lp[r * b.seq..r * b.seq + s.len() - 1].to_vec()).collect())
+        Ok(seqs
+            .iter()
+            .enumerate()
+            .map(|(r, s)| lp[r * b.seq..r * b.seq + s.len() - 1].to_vec())
+            .collect())
     }
 }
 
@@ -644,7 +909,10 @@ mod tests {
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
         assert_eq!(a.len(), b.len(), "{what}: lengths");
         for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!((x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())), "{what}[{i}]: {x} vs {y}");
+            assert!(
+                (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())),
+                "{what}[{i}]: {x} vs {y}"
+            );
         }
     }
 
@@ -659,20 +927,39 @@ mod tests {
         let dev = Cpu::default();
         let model = Llama::random(cfg, &dev, 2, 0.3).unwrap();
         let mut rng = StdRng::seed_from_u64(8);
-        let mut mat = |r: usize, c: usize| dev.tensor_from_vec((0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(), (r, c));
+        let mut mat = |r: usize, c: usize| {
+            dev.tensor_from_vec(
+                (0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
+                (r, c),
+            )
+        };
         for rows in [4, 40] {
             let hd = model.cfg.head_dim;
             let (x, w, up) = (mat(rows, hd), mat(24, hd), mat(rows, 24));
             let (cos, sin, up_r) = (mat(rows, hd), mat(rows, hd), mat(rows, hd));
             let run = |cpu: bool| {
                 let g = Gradients::leaky();
-                let y = if cpu { Cpu::linear(x.trace(g), &w) } else { dfdx_linear(x.trace(g), &w) };
+                let y = if cpu {
+                    Cpu::linear(x.trace(g), &w)
+                } else {
+                    dfdx_linear(x.trace(g), &w)
+                };
                 let yv = y.with_empty_tape().retaped::<NoneTape>().as_vec();
                 let g = (y * up.clone()).sum::<Rank0, _>().backward();
-                let r = if cpu { Cpu::rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t) } else { dfdx_rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t) };
+                let r = if cpu {
+                    Cpu::rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t)
+                } else {
+                    dfdx_rope(x.trace(Gradients::leaky()), &cos, &sin, &model.rot_t)
+                };
                 let rv = r.with_empty_tape().retaped::<NoneTape>().as_vec();
                 let gr = (r * up_r.clone()).sum::<Rank0, _>().backward();
-                (yv, g.get(&x).as_vec(), g.get(&w).as_vec(), rv, gr.get(&x).as_vec())
+                (
+                    yv,
+                    g.get(&x).as_vec(),
+                    g.get(&w).as_vec(),
+                    rv,
+                    gr.get(&x).as_vec(),
+                )
             };
             let (a, b) = (run(true), run(false));
             assert_close(&a.0, &b.0, "linear y");

@@ -24,7 +24,10 @@ pub fn f32_to_bf16(x: f32) -> u16 {
 fn decode(view: &TensorView<'_>, name: &str) -> Result<Vec<f32>> {
     let bytes = view.data();
     let out: Vec<f32> = match view.dtype() {
-        StDtype::F32 => bytes.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+        StDtype::F32 => bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
         StDtype::BF16 => bytes
             .chunks_exact(2)
             .map(|c| half::bf16::from_bits(u16::from_le_bytes([c[0], c[1]])).to_f32())
@@ -45,21 +48,30 @@ pub fn read_dir_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let files: Vec<PathBuf> = if single.exists() {
         vec![single]
     } else if index.exists() {
-        let text = std::fs::read_to_string(&index).with_context(|| format!("cannot read {}", index.display()))?;
-        let v: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", index.display()))?;
+        let text = std::fs::read_to_string(&index)
+            .with_context(|| format!("cannot read {}", index.display()))?;
+        let v: Value = serde_json::from_str(&text)
+            .with_context(|| format!("{} is not valid JSON", index.display()))?;
         let map = v
             .get("weight_map")
             .and_then(Value::as_object)
             .with_context(|| format!("{}: missing `weight_map`", index.display()))?;
         let mut shards: Vec<String> = map
             .values()
-            .map(|s| s.as_str().map(str::to_string).context("weight_map values must be file names"))
+            .map(|s| {
+                s.as_str()
+                    .map(str::to_string)
+                    .context("weight_map values must be file names")
+            })
             .collect::<Result<_>>()?;
         shards.sort();
         shards.dedup();
         for s in &shards {
             if s.contains('/') || s.contains("..") {
-                bail!("{}: shard name {s:?} must be a plain file name", index.display());
+                bail!(
+                    "{}: shard name {s:?} must be a plain file name",
+                    index.display()
+                );
             }
         }
         shards.into_iter().map(|s| dir.join(s)).collect()
@@ -72,10 +84,20 @@ pub fn read_dir_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
     let mut out = BTreeMap::new();
     for f in files {
         let bytes = std::fs::read(&f).with_context(|| format!("cannot read {}", f.display()))?;
-        let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a valid safetensors file", f.display()))?;
+        let st = SafeTensors::deserialize(&bytes)
+            .with_context(|| format!("{} is not a valid safetensors file", f.display()))?;
         for (name, view) in st.tensors() {
             let data = decode(&view, &name).with_context(|| format!("in {}", f.display()))?;
-            if out.insert(name.clone(), HostTensor { shape: view.shape().to_vec(), data }).is_some() {
+            if out
+                .insert(
+                    name.clone(),
+                    HostTensor {
+                        shape: view.shape().to_vec(),
+                        data,
+                    },
+                )
+                .is_some()
+            {
                 bail!("tensor `{name}` appears in more than one shard");
             }
         }
@@ -86,8 +108,16 @@ pub fn read_dir_tensors(dir: &Path) -> Result<BTreeMap<String, HostTensor>> {
 fn encode(t: &HostTensor, dtype: DType) -> Vec<u8> {
     match dtype {
         DType::F32 => t.data.iter().flat_map(|x| x.to_le_bytes()).collect(),
-        DType::BF16 => t.data.iter().flat_map(|&x| f32_to_bf16(x).to_le_bytes()).collect(),
-        DType::F16 => t.data.iter().flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes()).collect(),
+        DType::BF16 => t
+            .data
+            .iter()
+            .flat_map(|&x| f32_to_bf16(x).to_le_bytes())
+            .collect(),
+        DType::F16 => t
+            .data
+            .iter()
+            .flat_map(|&x| half::f16::from_f32(x).to_bits().to_le_bytes())
+            .collect(),
     }
 }
 
@@ -101,8 +131,16 @@ fn st_dtype(d: DType) -> StDtype {
 
 /// Writes tensors into `dir` as HF does: `model.safetensors`, or shards of at
 /// most `max_shard_bytes` plus an index when they do not fit in one.
-pub fn write_tensors(dir: &Path, tensors: &BTreeMap<String, HostTensor>, dtype: DType, max_shard_bytes: usize) -> Result<()> {
-    let encoded: Vec<(&String, &HostTensor, Vec<u8>)> = tensors.iter().map(|(n, t)| (n, t, encode(t, dtype))).collect();
+pub fn write_tensors(
+    dir: &Path,
+    tensors: &BTreeMap<String, HostTensor>,
+    dtype: DType,
+    max_shard_bytes: usize,
+) -> Result<()> {
+    let encoded: Vec<(&String, &HostTensor, Vec<u8>)> = tensors
+        .iter()
+        .map(|(n, t)| (n, t, encode(t, dtype)))
+        .collect();
     let mut shards: Vec<Vec<usize>> = vec![vec![]];
     let mut size = 0usize;
     for (i, (_, _, bytes)) in encoded.iter().enumerate() {
@@ -113,17 +151,25 @@ pub fn write_tensors(dir: &Path, tensors: &BTreeMap<String, HostTensor>, dtype: 
         shards.last_mut().unwrap().push(i);
         size += bytes.len();
     }
-    let metadata: Option<HashMap<String, String>> = Some([("format".to_string(), "pt".to_string())].into());
+    let metadata: Option<HashMap<String, String>> =
+        Some([("format".to_string(), "pt".to_string())].into());
     let n = shards.len();
     let mut weight_map = serde_json::Map::new();
     for (si, shard) in shards.iter().enumerate() {
-        let file = if n == 1 { "model.safetensors".to_string() } else { format!("model-{:05}-of-{:05}.safetensors", si + 1, n) };
+        let file = if n == 1 {
+            "model.safetensors".to_string()
+        } else {
+            format!("model-{:05}-of-{:05}.safetensors", si + 1, n)
+        };
         let views: Vec<(String, TensorView<'_>)> = shard
             .iter()
             .map(|&i| {
                 let (name, t, bytes) = &encoded[i];
                 weight_map.insert((*name).clone(), json!(file));
-                Ok(((*name).clone(), TensorView::new(st_dtype(dtype), t.shape.clone(), bytes)?))
+                Ok((
+                    (*name).clone(),
+                    TensorView::new(st_dtype(dtype), t.shape.clone(), bytes)?,
+                ))
             })
             .collect::<Result<_>>()?;
         let data = safetensors::serialize(views, &metadata)?;
@@ -132,15 +178,20 @@ pub fn write_tensors(dir: &Path, tensors: &BTreeMap<String, HostTensor>, dtype: 
     if n > 1 {
         let total: usize = encoded.iter().map(|e| e.2.len()).sum();
         let index = json!({"metadata": {"total_size": total}, "weight_map": weight_map});
-        write_file_synced(&dir.join("model.safetensors.index.json"), serde_json::to_string_pretty(&index)?.as_bytes())?;
+        write_file_synced(
+            &dir.join("model.safetensors.index.json"),
+            serde_json::to_string_pretty(&index)?.as_bytes(),
+        )?;
     }
     Ok(())
 }
 
 /// Writes a file and flushes it to disk.
 pub fn write_file_synced(path: &Path, data: &[u8]) -> Result<()> {
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(data).with_context(|| format!("cannot write {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(data)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     f.sync_all()?;
     Ok(())
 }
@@ -153,21 +204,34 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
         Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    std::fs::create_dir_all(&parent).with_context(|| format!("cannot create {}", parent.display()))?;
-    let name = dir.file_name().context("checkpoint path has no final component")?.to_string_lossy().to_string();
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    let name = dir
+        .file_name()
+        .context("checkpoint path has no final component")?
+        .to_string_lossy()
+        .to_string();
     let tmp = tempfile::Builder::new()
         .prefix(&format!(".{name}.tmp-"))
         .tempdir_in(&parent)
-        .with_context(|| format!("cannot create a temporary directory in {}", parent.display()))?;
+        .with_context(|| {
+            format!(
+                "cannot create a temporary directory in {}",
+                parent.display()
+            )
+        })?;
     fill(tmp.path())?;
     let tmp = tmp.keep();
     if dir.exists() {
         let old = parent.join(format!(".{name}.old-{}", std::process::id()));
-        std::fs::rename(dir, &old).with_context(|| format!("cannot move the old {} aside", dir.display()))?;
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;
+        std::fs::rename(dir, &old)
+            .with_context(|| format!("cannot move the old {} aside", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;
         std::fs::remove_dir_all(&old).ok();
     } else {
-        std::fs::rename(&tmp, dir).with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;
+        std::fs::rename(&tmp, dir)
+            .with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;
     }
     if let Ok(d) = std::fs::File::open(&parent) {
         d.sync_all().ok();
@@ -191,7 +255,13 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let mut m = BTreeMap::new();
         for i in 0..5 {
-            m.insert(format!("t{i}"), HostTensor { shape: vec![2, 3], data: (0..6).map(|x| (x + i) as f32 * 0.5).collect() });
+            m.insert(
+                format!("t{i}"),
+                HostTensor {
+                    shape: vec![2, 3],
+                    data: (0..6).map(|x| (x + i) as f32 * 0.5).collect(),
+                },
+            );
         }
         write_tensors(d.path(), &m, DType::F32, 50).unwrap();
         assert!(d.path().join("model.safetensors.index.json").exists());
@@ -204,8 +274,15 @@ mod tests {
     #[test]
     fn garbage_file_is_an_error() {
         let d = tempfile::tempdir().unwrap();
-        std::fs::write(d.path().join("model.safetensors"), b"not a safetensors file").unwrap();
+        std::fs::write(
+            d.path().join("model.safetensors"),
+            b"not a safetensors file",
+        )
+        .unwrap();
         let e = read_dir_tensors(d.path()).unwrap_err();
-        assert!(format!("{e:#}").contains("not a valid safetensors"), "{e:#}");
+        assert!(
+            format!("{e:#}").contains("not a valid safetensors"),
+            "{e:#}"
+        );
     }
 }

@@ -68,8 +68,14 @@ impl<D: Dev> Slot<D> {
     /// Copies to the host.
     pub fn to_host(&self) -> HostTensor {
         match self {
-            Slot::Vector(t) => HostTensor { shape: vec![t.shape().0], data: t.as_vec() },
-            Slot::Matrix(t) => HostTensor { shape: vec![t.shape().0, t.shape().1], data: t.as_vec() },
+            Slot::Vector(t) => HostTensor {
+                shape: vec![t.shape().0],
+                data: t.as_vec(),
+            },
+            Slot::Matrix(t) => HostTensor {
+                shape: vec![t.shape().0, t.shape().1],
+                data: t.as_vec(),
+            },
         }
     }
 }
@@ -81,7 +87,12 @@ pub struct ParamTensors<D: Dev>(pub Vec<Slot<D>>);
 impl<D: Dev> ParamTensors<D> {
     /// Zeros shaped like every parameter of `m`.
     pub fn zeros(m: &impl HasParams<D>) -> Self {
-        ParamTensors(m.params().iter().map(|(_, p)| Slot::zeros_like(p)).collect())
+        ParamTensors(
+            m.params()
+                .iter()
+                .map(|(_, p)| Slot::zeros_like(p))
+                .collect(),
+        )
     }
 
     /// Takes the parameters' gradients out of a backward pass (zeros for
@@ -91,11 +102,15 @@ impl<D: Dev> ParamTensors<D> {
         for (name, p) in m.params() {
             let slot = match p {
                 ParamRef::Vector(t) => {
-                    grads.try_alloc_for(t).map_err(|e| anyhow::anyhow!("gradient of {name}: {e:?}"))?;
+                    grads
+                        .try_alloc_for(t)
+                        .map_err(|e| anyhow::anyhow!("gradient of {name}: {e:?}"))?;
                     Slot::Vector(grads.get(t))
                 }
                 ParamRef::Matrix(t) => {
-                    grads.try_alloc_for(t).map_err(|e| anyhow::anyhow!("gradient of {name}: {e:?}"))?;
+                    grads
+                        .try_alloc_for(t)
+                        .map_err(|e| anyhow::anyhow!("gradient of {name}: {e:?}"))?;
                     Slot::Matrix(grads.get(t))
                 }
             };
@@ -134,25 +149,42 @@ impl<D: Dev> ParamTensors<D> {
 
     /// Copies to host tensors keyed by the parameter names of `m`.
     pub fn to_host(&self, m: &impl HasParams<D>) -> BTreeMap<String, HostTensor> {
-        m.params().into_iter().zip(&self.0).map(|((n, _), s)| (n, s.to_host())).collect()
+        m.params()
+            .into_iter()
+            .zip(&self.0)
+            .map(|((n, _), s)| (n, s.to_host()))
+            .collect()
     }
 
     /// Loads host tensors keyed by the parameter names of `m` (shapes checked).
-    pub fn from_host(m: &impl HasParams<D>, dev: &D, mut host: BTreeMap<String, HostTensor>) -> Result<Self> {
+    pub fn from_host(
+        m: &impl HasParams<D>,
+        dev: &D,
+        mut host: BTreeMap<String, HostTensor>,
+    ) -> Result<Self> {
         let mut out = vec![];
         for (name, p) in m.params() {
-            let t = host.remove(&name).ok_or_else(|| anyhow::anyhow!("missing tensor `{name}`"))?;
+            let t = host
+                .remove(&name)
+                .ok_or_else(|| anyhow::anyhow!("missing tensor `{name}`"))?;
             let slot = match p {
                 ParamRef::Vector(v) => {
                     if t.shape != [v.shape().0] {
-                        bail!("tensor `{name}` has shape {:?}, expected [{}]", t.shape, v.shape().0);
+                        bail!(
+                            "tensor `{name}` has shape {:?}, expected [{}]",
+                            t.shape,
+                            v.shape().0
+                        );
                     }
                     Slot::Vector(dev.tensor_from_vec(t.data, (v.shape().0,)))
                 }
                 ParamRef::Matrix(w) => {
                     let (r, c) = *w.shape();
                     if t.shape != [r, c] {
-                        bail!("tensor `{name}` has shape {:?}, expected [{r}, {c}]", t.shape);
+                        bail!(
+                            "tensor `{name}` has shape {:?}, expected [{r}, {c}]",
+                            t.shape
+                        );
                     }
                     Slot::Matrix(dev.tensor_from_vec(t.data, (r, c)))
                 }
@@ -174,7 +206,12 @@ pub struct AdamWConfig {
 
 impl Default for AdamWConfig {
     fn default() -> Self {
-        AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-5, weight_decay: 0.1 }
+        AdamWConfig {
+            beta1: 0.9,
+            beta2: 0.95,
+            eps: 1e-5,
+            weight_decay: 0.1,
+        }
     }
 }
 
@@ -187,7 +224,13 @@ pub struct AdamW<D: Dev> {
     pub v: ParamTensors<D>,
 }
 
-fn adamw_step<S: Shape, D: Dev>(p: &mut Tensor<S, f32, D>, g: &Tensor<S, f32, D>, m: &mut Tensor<S, f32, D>, v: &mut Tensor<S, f32, D>, k: &StepConsts) {
+fn adamw_step<S: Shape, D: Dev>(
+    p: &mut Tensor<S, f32, D>,
+    g: &Tensor<S, f32, D>,
+    m: &mut Tensor<S, f32, D>,
+    v: &mut Tensor<S, f32, D>,
+    k: &StepConsts,
+) {
     *m = m.clone() * k.b1 + g.clone() * (1.0 - k.b1);
     *v = v.clone() * k.b2 + g.clone().square() * (1.0 - k.b2);
     let denom = (v.clone() * (1.0 / k.bc2)).sqrt() + k.eps;
@@ -209,7 +252,12 @@ struct StepConsts {
 impl<D: Dev> AdamW<D> {
     /// Fresh state for the parameters of `m`.
     pub fn new(m: &impl HasParams<D>, cfg: AdamWConfig) -> Self {
-        AdamW { cfg, step: 0, m: ParamTensors::zeros(m), v: ParamTensors::zeros(m) }
+        AdamW {
+            cfg,
+            step: 0,
+            m: ParamTensors::zeros(m),
+            v: ParamTensors::zeros(m),
+        }
     }
 
     /// One update with learning rate `lr`. Weight decay applies to matrices
@@ -249,7 +297,11 @@ pub enum Schedule {
     /// Constant after linear warmup.
     Constant { warmup: u64 },
     /// Linear warmup, then cosine decay to `min_ratio` × peak (Llama-2: 10%).
-    Cosine { warmup: u64, total: u64, min_ratio: f32 },
+    Cosine {
+        warmup: u64,
+        total: u64,
+        min_ratio: f32,
+    },
     /// Linear warmup, then linear decay to 0 (transformers' default).
     Linear { warmup: u64, total: u64 },
 }
@@ -257,13 +309,24 @@ pub enum Schedule {
 impl Schedule {
     /// The multiplier of the peak learning rate at optimizer step `step` (0-based).
     pub fn factor(&self, step: u64) -> f32 {
-        let warm = |w: u64| if w > 0 && step < w { Some((step + 1) as f32 / w as f32) } else { None };
+        let warm = |w: u64| {
+            if w > 0 && step < w {
+                Some((step + 1) as f32 / w as f32)
+            } else {
+                None
+            }
+        };
         match *self {
             Schedule::Constant { warmup } => warm(warmup).unwrap_or(1.0),
-            Schedule::Cosine { warmup, total, min_ratio } => warm(warmup).unwrap_or_else(|| {
+            Schedule::Cosine {
+                warmup,
+                total,
+                min_ratio,
+            } => warm(warmup).unwrap_or_else(|| {
                 let span = total.saturating_sub(warmup).max(1) as f32;
                 let progress = ((step - warmup.min(step)) as f32 / span).min(1.0);
-                min_ratio + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos())
+                min_ratio
+                    + (1.0 - min_ratio) * 0.5 * (1.0 + (std::f32::consts::PI * progress).cos())
             }),
             Schedule::Linear { warmup, total } => warm(warmup).unwrap_or_else(|| {
                 let span = total.saturating_sub(warmup).max(1) as f32;
@@ -279,7 +342,11 @@ mod tests {
 
     #[test]
     fn cosine_schedule_shape() {
-        let s = Schedule::Cosine { warmup: 3, total: 103, min_ratio: 0.1 };
+        let s = Schedule::Cosine {
+            warmup: 3,
+            total: 103,
+            min_ratio: 0.1,
+        };
         assert!((s.factor(0) - 1.0 / 3.0).abs() < 1e-6);
         assert!((s.factor(2) - 1.0).abs() < 1e-6);
         assert!((s.factor(3) - 1.0).abs() < 1e-6);
@@ -297,21 +364,44 @@ mod tests {
         }
         impl<D: Dev> HasParams<D> for Two<D> {
             fn params(&self) -> Vec<(String, ParamRef<'_, D>)> {
-                vec![("a".into(), ParamRef::Vector(&self.a)), ("b".into(), ParamRef::Matrix(&self.b))]
+                vec![
+                    ("a".into(), ParamRef::Vector(&self.a)),
+                    ("b".into(), ParamRef::Matrix(&self.b)),
+                ]
             }
             fn params_mut(&mut self) -> Vec<ParamMut<'_, D>> {
                 vec![ParamMut::Vector(&mut self.a), ParamMut::Matrix(&mut self.b)]
             }
         }
         let dev = Cpu::default();
-        let mut m = Two { a: dev.tensor_from_vec(vec![1.0, -2.0], (2,)), b: dev.tensor_from_vec(vec![0.5], (1, 1)) };
-        let mut opt = AdamW::new(&m, AdamWConfig { beta1: 0.9, beta2: 0.95, eps: 1e-5, weight_decay: 0.1 });
-        let g = ParamTensors(vec![Slot::Vector(dev.tensor_from_vec(vec![0.1, -0.3], (2,))), Slot::Matrix(dev.tensor_from_vec(vec![2.0], (1, 1)))]);
+        let mut m = Two {
+            a: dev.tensor_from_vec(vec![1.0, -2.0], (2,)),
+            b: dev.tensor_from_vec(vec![0.5], (1, 1)),
+        };
+        let mut opt = AdamW::new(
+            &m,
+            AdamWConfig {
+                beta1: 0.9,
+                beta2: 0.95,
+                eps: 1e-5,
+                weight_decay: 0.1,
+            },
+        );
+        let g = ParamTensors(vec![
+            Slot::Vector(dev.tensor_from_vec(vec![0.1, -0.3], (2,))),
+            Slot::Matrix(dev.tensor_from_vec(vec![2.0], (1, 1))),
+        ]);
         opt.update(&mut m, &g, 0.01);
         // After one step m̂ = g and v̂ = g², so the update is lr·g/(|g|+eps) ≈ ±lr.
         let a = m.a.as_vec();
-        assert!((a[0] - (1.0 - 0.01 * 0.1 / (0.1 + 1e-5))).abs() < 1e-6, "{a:?}");
-        assert!((a[1] - (-2.0 + 0.01 * 0.3 / (0.3 + 1e-5))).abs() < 1e-6, "{a:?}");
+        assert!(
+            (a[0] - (1.0 - 0.01 * 0.1 / (0.1 + 1e-5))).abs() < 1e-6,
+            "{a:?}"
+        );
+        assert!(
+            (a[1] - (-2.0 + 0.01 * 0.3 / (0.3 + 1e-5))).abs() < 1e-6,
+            "{a:?}"
+        );
         let b = m.b.as_vec()[0];
         let want = 0.5 * (1.0 - 0.01 * 0.1) - 0.01 * 2.0 / (2.0 + 1e-5);
         assert!((b - want).abs() < 1e-6, "{b} vs {want}");
@@ -320,7 +410,10 @@ mod tests {
     #[test]
     fn clipping_bounds_the_global_norm() {
         let dev = Cpu::default();
-        let mut g: ParamTensors<Cpu> = ParamTensors(vec![Slot::Vector(dev.tensor_from_vec(vec![3.0, 4.0], (2,))), Slot::Matrix(dev.tensor_from_vec(vec![12.0], (1, 1)))]);
+        let mut g: ParamTensors<Cpu> = ParamTensors(vec![
+            Slot::Vector(dev.tensor_from_vec(vec![3.0, 4.0], (2,))),
+            Slot::Matrix(dev.tensor_from_vec(vec![12.0], (1, 1))),
+        ]);
         let before = g.clip_global_norm(1.0);
         assert!((before - 13.0).abs() < 1e-5);
         assert!((g.global_norm() - 1.0).abs() < 1e-4);

@@ -46,6 +46,87 @@ pub enum ScheduleKind {
     Constant,
 }
 
+/// Optimizer, schedule and bookkeeping (stage defaults in brackets).
+#[derive(clap::Args, Debug, Clone)]
+pub struct LoopArgs {
+    /// Peak learning rate [sft/rs/rm 1e-5, dpo 1e-6, ppo: preset].
+    #[arg(long)]
+    pub lr: Option<f32>,
+    /// Examples per optimizer step (ppo: episodes per iteration) [32; ppo: preset].
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    /// Examples per forward/backward pass; gradients are accumulated, so memory follows this.
+    #[arg(long, default_value_t = 8)]
+    pub micro_batch: usize,
+    /// Passes over the data (ppo: over the prompts) [1].
+    #[arg(long)]
+    pub epochs: Option<f32>,
+    /// Number of optimizer steps (ppo: iterations); overrides --epochs.
+    #[arg(long)]
+    pub max_steps: Option<u64>,
+    /// Learning-rate schedule after warmup [cosine; ppo: preset].
+    #[arg(long, value_enum)]
+    pub schedule: Option<ScheduleKind>,
+    /// Fraction of steps of linear warmup [0.03; ppo: preset].
+    #[arg(long)]
+    pub warmup_ratio: Option<f32>,
+    /// The cosine schedule ends at this fraction of the peak.
+    #[arg(long, default_value_t = 0.1)]
+    pub min_lr_ratio: f32,
+    /// Global gradient-norm clip.
+    #[arg(long, default_value_t = 1.0)]
+    pub max_grad_norm: f32,
+    /// AdamW decoupled weight decay (on matrices) [0.1; ppo: preset].
+    #[arg(long)]
+    pub weight_decay: Option<f32>,
+    /// Seed of the data order and of sampling.
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Write a metrics line every N steps [10; ppo: 1].
+    #[arg(long)]
+    pub log_every: Option<u64>,
+    /// Evaluate on the held-out set every N steps (0 = at the end only).
+    #[arg(long, default_value_t = 0)]
+    pub eval_every: u64,
+    /// Save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C).
+    #[arg(long, default_value_t = 0)]
+    pub save_every: u64,
+    /// Stop after N steps with a checkpoint, as if interrupted (for testing resume).
+    #[arg(long, hide = true)]
+    pub stop_after: Option<u64>,
+    /// Storage dtype of the final weights (float32, bfloat16, float16).
+    #[arg(long, default_value = "float32")]
+    pub dtype: DType,
+    /// No progress bar.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+impl LoopArgs {
+    /// `base` (the stage's defaults) with what the user gave.
+    pub fn apply(&self, base: LoopConfig) -> LoopConfig {
+        let mut c = base;
+        c.lr = self.lr.unwrap_or(c.lr);
+        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
+        c.micro_batch = self.micro_batch;
+        c.epochs = self.epochs.unwrap_or(c.epochs);
+        c.max_steps = self.max_steps.or(c.max_steps);
+        c.schedule = self.schedule.unwrap_or(c.schedule);
+        c.warmup_ratio = self.warmup_ratio.unwrap_or(c.warmup_ratio);
+        c.min_lr_ratio = self.min_lr_ratio;
+        c.max_grad_norm = self.max_grad_norm;
+        c.adamw.weight_decay = self.weight_decay.unwrap_or(c.adamw.weight_decay);
+        c.seed = self.seed;
+        c.log_every = self.log_every.unwrap_or(c.log_every);
+        c.eval_every = self.eval_every;
+        c.save_every = self.save_every;
+        c.stop_after = self.stop_after;
+        c.dtype = self.dtype;
+        c.progress = !self.quiet;
+        c
+    }
+}
+
 /// Settings of the shared loop (defaults: Llama-2's fine-tuning recipe).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct LoopConfig {
@@ -132,21 +213,32 @@ impl LoopConfig {
             bail!("warmup ratio must be in [0, 1) and the minimum lr ratio in [0, 1]");
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
-            bail!("the gradient clip must be a positive number, got {}", self.max_grad_norm);
+            bail!(
+                "the gradient clip must be a positive number, got {}",
+                self.max_grad_norm
+            );
         }
         Ok(())
     }
 
     /// Total optimizer steps for `n` training examples.
     pub fn total_steps(&self, n: usize) -> u64 {
-        self.max_steps.unwrap_or_else(|| ((self.epochs as f64 * n as f64) / self.batch_size as f64).ceil().max(1.0) as u64)
+        self.max_steps.unwrap_or_else(|| {
+            ((self.epochs as f64 * n as f64) / self.batch_size as f64)
+                .ceil()
+                .max(1.0) as u64
+        })
     }
 
     /// The learning-rate schedule over `total` steps.
     pub fn schedule(&self, total: u64) -> Schedule {
         let warmup = (self.warmup_ratio as f64 * total as f64).ceil() as u64;
         match self.schedule {
-            ScheduleKind::Cosine => Schedule::Cosine { warmup, total, min_ratio: self.min_lr_ratio },
+            ScheduleKind::Cosine => Schedule::Cosine {
+                warmup,
+                total,
+                min_ratio: self.min_lr_ratio,
+            },
             ScheduleKind::Linear => Schedule::Linear { warmup, total },
             ScheduleKind::Constant => Schedule::Constant { warmup },
         }
@@ -174,7 +266,10 @@ impl Metrics {
 
     /// The mean of each metric.
     pub fn means(&self) -> BTreeMap<String, f64> {
-        self.0.iter().map(|(k, &(s, w))| (k.clone(), if w > 0.0 { s / w } else { 0.0 })).collect()
+        self.0
+            .iter()
+            .map(|(k, &(s, w))| (k.clone(), if w > 0.0 { s / w } else { 0.0 }))
+            .collect()
     }
 }
 
@@ -197,7 +292,12 @@ pub trait Stage<D: Dev> {
     }
     /// Gradients of `scale × (sum of the item losses of examples)` and the
     /// metric sums of those examples (before the update).
-    fn micro_step(&mut self, model: &Self::Model, examples: &[usize], scale: f32) -> Result<(ParamTensors<D>, Metrics)>;
+    fn micro_step(
+        &mut self,
+        model: &Self::Model,
+        examples: &[usize],
+        scale: f32,
+    ) -> Result<(ParamTensors<D>, Metrics)>;
     /// Held-out metrics, logged with an `eval_` prefix; None without a held-out set.
     fn evaluate(&mut self, model: &Self::Model) -> Result<Option<Metrics>> {
         let _ = model;
@@ -299,26 +399,40 @@ pub fn metrics_path(out: &Path) -> PathBuf {
 /// lines of steps already done, so the file reads like one uninterrupted run.
 pub fn open_metrics(path: &Path, start: u64) -> Result<std::io::BufWriter<std::fs::File>> {
     let kept = if start > 0 && path.exists() {
-        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))?;
         text.lines()
-            .filter(|l| serde_json::from_str::<Value>(l).ok().and_then(|v| v.get("step").and_then(Value::as_u64)).is_some_and(|s| s <= start))
+            .filter(|l| {
+                serde_json::from_str::<Value>(l)
+                    .ok()
+                    .and_then(|v| v.get("step").and_then(Value::as_u64))
+                    .is_some_and(|s| s <= start)
+            })
             .map(|l| format!("{l}\n"))
             .collect::<String>()
     } else {
         String::new()
     };
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent).with_context(|| format!("cannot create {}", parent.display()))?;
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut f =
+        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
     f.write_all(kept.as_bytes())?;
     Ok(std::io::BufWriter::new(f))
 }
 
 /// A progress bar over `total` steps (hidden when `show` is false).
 pub fn progress_bar(total: u64, start: u64, show: bool, unit: &str) -> ProgressBar {
-    let bar = if show { ProgressBar::new(total) } else { ProgressBar::hidden() };
-    if let Ok(style) = ProgressStyle::with_template(&format!("{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} {{eta}}")) {
+    let bar = if show {
+        ProgressBar::new(total)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(&format!(
+        "{{bar:30}} {{pos}}/{{len}} {unit} {{msg}} {{eta}}"
+    )) {
         bar.set_style(style);
     }
     bar.set_position(start);
@@ -341,16 +455,28 @@ pub struct Outcome {
 
 /// The optimizer and progress of a run saved in `out`, for `model` (already
 /// loaded from `out`); None if `out` holds no training state.
-pub fn load_state<D: Dev>(out: &Path, model: &impl HasParams<D>, dev: &D) -> Result<Option<(AdamW<D>, Value)>> {
+pub fn load_state<D: Dev>(
+    out: &Path,
+    model: &impl HasParams<D>,
+    dev: &D,
+) -> Result<Option<(AdamW<D>, Value)>> {
     if !train_state::exists(out) {
         return Ok(None);
     }
-    let s = train_state::load(out, model, dev).with_context(|| format!("cannot resume from {}", out.display()))?;
+    let s = train_state::load(out, model, dev)
+        .with_context(|| format!("cannot resume from {}", out.display()))?;
     Ok(Some(s))
 }
 
 /// Saves model + training state atomically (weights in f32 so a resume is exact).
-pub fn save_checkpoint<D: Dev, S: Stage<D>>(stage: &S, model: &S::Model, opt: &AdamW<D>, progress: &Value, out: &Path, dtype: DType) -> Result<()> {
+pub fn save_checkpoint<D: Dev, S: Stage<D>>(
+    stage: &S,
+    model: &S::Model,
+    opt: &AdamW<D>,
+    progress: &Value,
+    out: &Path,
+    dtype: DType,
+) -> Result<()> {
     write_dir_atomic(out, |tmp| {
         stage.write_model(model, tmp, dtype)?;
         train_state::save(tmp, model, opt, progress)
@@ -371,7 +497,13 @@ fn eval_line(step: u64, m: &BTreeMap<String, f64>) -> Value {
 /// `trainer_state/`). `resume` is [`load_state`]`(out)` with `model` loaded
 /// from the same checkpoint; it must come from a run on the same data, batch
 /// size, seed and length. Metrics go to [`metrics_path`]`(out)`.
-pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopConfig, out: &Path, resume: Option<(AdamW<D>, Value)>) -> Result<Outcome> {
+pub fn run<D: Dev, S: Stage<D>>(
+    model: &mut S::Model,
+    stage: &mut S,
+    cfg: &LoopConfig,
+    out: &Path,
+    resume: Option<(AdamW<D>, Value)>,
+) -> Result<Outcome> {
     cfg.validate()?;
     let n = stage.len();
     if n == 0 {
@@ -399,9 +531,15 @@ pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopC
         let m = p.as_object_mut().expect("object");
         m.insert("step".into(), json!(step));
         m.insert("cursor".into(), json!(step * cfg.batch_size as u64));
-        m.insert("epoch".into(), json!((step * cfg.batch_size as u64) as f64 / n as f64));
+        m.insert(
+            "epoch".into(),
+            json!((step * cfg.batch_size as u64) as f64 / n as f64),
+        );
         m.insert("examples".into(), json!(n));
-        m.insert("config".into(), serde_json::to_value(cfg).unwrap_or(Value::Null));
+        m.insert(
+            "config".into(),
+            serde_json::to_value(cfg).unwrap_or(Value::Null),
+        );
         p
     };
     if cfg.dtype != DType::F32 && (cfg.save_every > 0 || cfg.stop_after.is_some()) {
@@ -417,14 +555,22 @@ pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopC
         if cfg.stop_after.is_some_and(|s| step >= s) || interrupted() {
             save_checkpoint(stage, model, &opt, &progress_json(step), out, DType::F32)?;
             bar.abandon_with_message("stopped; resume to continue");
-            return Ok(Outcome { steps: step, total_steps: total, finished: false, last_train, eval: None });
+            return Ok(Outcome {
+                steps: step,
+                total_steps: total,
+                finished: false,
+                last_train,
+                eval: None,
+            });
         }
         let examples = step_examples(step, cfg.batch_size, n, cfg.seed);
         let weight: f64 = examples.iter().map(|&i| stage.weight(i)).sum();
         let scale = (1.0 / weight.max(1.0)) as f32;
         let mut acc: Option<ParamTensors<D>> = None;
         for micro in examples.chunks(cfg.micro_batch) {
-            let (g, m) = stage.micro_step(model, micro, scale).with_context(|| format!("optimizer step {}", step + 1))?;
+            let (g, m) = stage
+                .micro_step(model, micro, scale)
+                .with_context(|| format!("optimizer step {}", step + 1))?;
             window.merge(&m);
             match &mut acc {
                 None => acc = Some(g),
@@ -435,7 +581,10 @@ pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopC
         let mut grads = acc.expect("a step has at least one example");
         let norm = grads.clip_global_norm(cfg.max_grad_norm);
         if !norm.is_finite() {
-            bail!("optimizer step {}: the gradient norm is {norm}; lower the learning rate", step + 1);
+            bail!(
+                "optimizer step {}: the gradient norm is {norm}; lower the learning rate",
+                step + 1
+            );
         }
         window.add("grad_norm", norm as f64, 1.0);
         let lr = cfg.lr * schedule.factor(step);
@@ -446,15 +595,26 @@ pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopC
             let means = window.means();
             let mut line = serde_json::Map::new();
             line.insert("step".into(), json!(done));
-            line.insert("epoch".into(), json!((done * cfg.batch_size as u64) as f64 / n as f64));
+            line.insert(
+                "epoch".into(),
+                json!((done * cfg.batch_size as u64) as f64 / n as f64),
+            );
             line.insert("learning_rate".into(), json!(lr));
             for (k, v) in &means {
                 line.insert(k.clone(), json!(v));
             }
-            line.insert("train_samples_per_second".into(), json!(window_examples as f64 / t0.elapsed().as_secs_f64().max(1e-9)));
+            line.insert(
+                "train_samples_per_second".into(),
+                json!(window_examples as f64 / t0.elapsed().as_secs_f64().max(1e-9)),
+            );
             writeln!(metrics, "{}", Value::Object(line))?;
             metrics.flush()?;
-            bar.set_message(means.get("loss").map(|l| format!("loss {l:.4}")).unwrap_or_default());
+            bar.set_message(
+                means
+                    .get("loss")
+                    .map(|l| format!("loss {l:.4}"))
+                    .unwrap_or_default(),
+            );
             last_train = means;
             window = Metrics::default();
             window_examples = 0;
@@ -478,7 +638,13 @@ pub fn run<D: Dev, S: Stage<D>>(model: &mut S::Model, stage: &mut S, cfg: &LoopC
         metrics.flush()?;
     }
     save_checkpoint(stage, model, &opt, &progress_json(total), out, cfg.dtype)?;
-    Ok(Outcome { steps: total, total_steps: total, finished: true, last_train, eval })
+    Ok(Outcome {
+        steps: total,
+        total_steps: total,
+        finished: true,
+        last_train,
+        eval,
+    })
 }
 
 #[cfg(test)]
@@ -518,11 +684,26 @@ mod tests {
         let ok = LoopConfig::default();
         assert!(ok.validate().is_ok());
         for bad in [
-            LoopConfig { lr: 0.0, ..LoopConfig::default() },
-            LoopConfig { micro_batch: 0, ..LoopConfig::default() },
-            LoopConfig { max_grad_norm: f32::NAN, ..LoopConfig::default() },
-            LoopConfig { warmup_ratio: 1.0, ..LoopConfig::default() },
-            LoopConfig { max_steps: Some(0), ..LoopConfig::default() },
+            LoopConfig {
+                lr: 0.0,
+                ..LoopConfig::default()
+            },
+            LoopConfig {
+                micro_batch: 0,
+                ..LoopConfig::default()
+            },
+            LoopConfig {
+                max_grad_norm: f32::NAN,
+                ..LoopConfig::default()
+            },
+            LoopConfig {
+                warmup_ratio: 1.0,
+                ..LoopConfig::default()
+            },
+            LoopConfig {
+                max_steps: Some(0),
+                ..LoopConfig::default()
+            },
         ] {
             assert!(bad.validate().is_err(), "{bad:?}");
         }

@@ -32,7 +32,12 @@ const FORMAT_VERSION: u64 = 1;
 ///
 /// `progress` is free-form JSON owned by the trainer (data cursor, seed,
 /// metrics so far, the config the run was started with, ...).
-pub fn save<D: Dev>(ckpt_dir: &Path, model: &impl HasParams<D>, opt: &AdamW<D>, progress: &Value) -> Result<()> {
+pub fn save<D: Dev>(
+    ckpt_dir: &Path,
+    model: &impl HasParams<D>,
+    opt: &AdamW<D>,
+    progress: &Value,
+) -> Result<()> {
     let dir = ckpt_dir.join(TRAINER_STATE_DIR);
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let mut tensors: BTreeMap<String, HostTensor> = BTreeMap::new();
@@ -43,44 +48,79 @@ pub fn save<D: Dev>(ckpt_dir: &Path, model: &impl HasParams<D>, opt: &AdamW<D>, 
         tensors.insert(format!("v.{name}"), t);
     }
     // f32 keeps the moments exact, so a resumed run is bit-identical.
-    let tmp = tempfile::tempdir_in(&dir).context("cannot create a temporary directory for the optimizer state")?;
+    let tmp = tempfile::tempdir_in(&dir)
+        .context("cannot create a temporary directory for the optimizer state")?;
     write_tensors(tmp.path(), &tensors, DType::F32, usize::MAX)?;
-    std::fs::rename(tmp.path().join("model.safetensors"), dir.join("optimizer.safetensors"))
-        .context("cannot write optimizer.safetensors")?;
+    std::fs::rename(
+        tmp.path().join("model.safetensors"),
+        dir.join("optimizer.safetensors"),
+    )
+    .context("cannot write optimizer.safetensors")?;
     let state = json!({
         "format_version": FORMAT_VERSION,
         "optimizer": {"step": opt.step, "config": serde_json::to_value(opt.cfg)?},
         "progress": progress,
     });
-    write_file_synced(&dir.join("state.json"), serde_json::to_string_pretty(&state)?.as_bytes())
+    write_file_synced(
+        &dir.join("state.json"),
+        serde_json::to_string_pretty(&state)?.as_bytes(),
+    )
 }
 
 /// Whether `ckpt_dir` holds a training state.
 pub fn exists(ckpt_dir: &Path) -> bool {
-    ckpt_dir.join(TRAINER_STATE_DIR).join("state.json").is_file()
+    ckpt_dir
+        .join(TRAINER_STATE_DIR)
+        .join("state.json")
+        .is_file()
 }
 
 /// Reads the optimizer (for the parameters of `model`, shapes checked) and
 /// the progress JSON written by [`save`].
-pub fn load<D: Dev>(ckpt_dir: &Path, model: &impl HasParams<D>, dev: &D) -> Result<(AdamW<D>, Value)> {
+pub fn load<D: Dev>(
+    ckpt_dir: &Path,
+    model: &impl HasParams<D>,
+    dev: &D,
+) -> Result<(AdamW<D>, Value)> {
     let dir = ckpt_dir.join(TRAINER_STATE_DIR);
     let state_path = dir.join("state.json");
-    let text = std::fs::read_to_string(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
-    let state: Value = serde_json::from_str(&text).with_context(|| format!("{} is not valid JSON", state_path.display()))?;
-    let version = state.get("format_version").and_then(Value::as_u64).unwrap_or(0);
+    let text = std::fs::read_to_string(&state_path)
+        .with_context(|| format!("cannot read {}", state_path.display()))?;
+    let state: Value = serde_json::from_str(&text)
+        .with_context(|| format!("{} is not valid JSON", state_path.display()))?;
+    let version = state
+        .get("format_version")
+        .and_then(Value::as_u64)
+        .unwrap_or(0);
     if version != FORMAT_VERSION {
-        bail!("{}: training state format {version} is not supported (expected {FORMAT_VERSION})", state_path.display());
+        bail!(
+            "{}: training state format {version} is not supported (expected {FORMAT_VERSION})",
+            state_path.display()
+        );
     }
     let step = state
         .pointer("/optimizer/step")
         .and_then(Value::as_u64)
         .with_context(|| format!("{}: missing optimizer.step", state_path.display()))?;
-    let cfg: AdamWConfig = serde_json::from_value(state.pointer("/optimizer/config").cloned().unwrap_or(Value::Null))
-        .with_context(|| format!("{}: bad optimizer.config", state_path.display()))?;
+    let cfg: AdamWConfig = serde_json::from_value(
+        state
+            .pointer("/optimizer/config")
+            .cloned()
+            .unwrap_or(Value::Null),
+    )
+    .with_context(|| format!("{}: bad optimizer.config", state_path.display()))?;
     // read_dir_tensors wants `model.safetensors`; read the one file through a link-free copy path.
     let tmp = tempfile::tempdir().context("cannot create a temporary directory")?;
-    std::fs::copy(dir.join("optimizer.safetensors"), tmp.path().join("model.safetensors"))
-        .with_context(|| format!("cannot read {}", dir.join("optimizer.safetensors").display()))?;
+    std::fs::copy(
+        dir.join("optimizer.safetensors"),
+        tmp.path().join("model.safetensors"),
+    )
+    .with_context(|| {
+        format!(
+            "cannot read {}",
+            dir.join("optimizer.safetensors").display()
+        )
+    })?;
     let all = read_dir_tensors(tmp.path())?;
     let (mut m, mut v) = (BTreeMap::new(), BTreeMap::new());
     for (name, t) in all {
@@ -92,8 +132,10 @@ pub fn load<D: Dev>(ckpt_dir: &Path, model: &impl HasParams<D>, dev: &D) -> Resu
             bail!("optimizer state has an unexpected tensor `{name}`");
         }
     }
-    let m = ParamTensors::from_host(model, dev, m).context("optimizer first moments do not match the model")?;
-    let v = ParamTensors::from_host(model, dev, v).context("optimizer second moments do not match the model")?;
+    let m = ParamTensors::from_host(model, dev, m)
+        .context("optimizer first moments do not match the model")?;
+    let v = ParamTensors::from_host(model, dev, v)
+        .context("optimizer second moments do not match the model")?;
     let progress = state.get("progress").cloned().unwrap_or(Value::Null);
     Ok((AdamW { cfg, step, m, v }, progress))
 }
@@ -107,8 +149,11 @@ mod tests {
     use dfdx::prelude::*;
 
     fn tiny(layers: usize) -> Llama<Cpu> {
-        let cfg = LlamaConfig::from_json(&json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 11})).unwrap();
+        let cfg = LlamaConfig::from_json(
+            &json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
+            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 11}),
+        )
+        .unwrap();
         Llama::random(cfg, &Cpu::default(), 1, 0.5).unwrap()
     }
 
@@ -118,10 +163,15 @@ mod tests {
         let m = tiny(1);
         let mut opt = AdamW::new(&m, AdamWConfig::default());
         // non-trivial moments: one update with gradients equal to the weights
-        let g = ParamTensors(m.params().iter().map(|(_, p)| match p {
-            crate::model::ParamRef::Vector(t) => Slot::Vector((*t).clone()),
-            crate::model::ParamRef::Matrix(t) => Slot::Matrix((*t).clone()),
-        }).collect());
+        let g = ParamTensors(
+            m.params()
+                .iter()
+                .map(|(_, p)| match p {
+                    crate::model::ParamRef::Vector(t) => Slot::Vector((*t).clone()),
+                    crate::model::ParamRef::Matrix(t) => Slot::Matrix((*t).clone()),
+                })
+                .collect(),
+        );
         let mut m2 = m.clone();
         opt.update(&mut m2, &g, 1e-3);
         let dir = tempfile::tempdir().unwrap();

@@ -27,7 +27,11 @@ fn cuda_logprobs_and_greedy_match_cpu() {
         for (x, y) in la.iter().flatten().zip(lb.iter().flatten()) {
             assert!((x - y).abs() < 1e-4, "{name}: cpu {x} vs cuda {y}");
         }
-        let cfg = SamplingConfig { max_new_tokens: 10, temperature: 0.0, ..Default::default() };
+        let cfg = SamplingConfig {
+            max_new_tokens: 10,
+            temperature: 0.0,
+            ..Default::default()
+        };
         let ga = generate(&a.model, &seqs, &cfg).unwrap();
         let gb = generate(&b.model, &seqs, &cfg).unwrap();
         for (x, y) in ga.iter().zip(&gb) {

@@ -28,13 +28,19 @@ fn loss_and_grads(m: &Llama<Cpu>) -> (f32, ParamTensors<Cpu>) {
     for r in 0..b.batch {
         for i in 0..b.seq {
             let has_next = i + 1 < b.seq && b.key_mask[r * b.seq + i + 1];
-            targets.push(if has_next { b.tokens[r * b.seq + i + 1] } else { 0 });
+            targets.push(if has_next {
+                b.tokens[r * b.seq + i + 1]
+            } else {
+                0
+            });
             weights.push(if has_next { 1.0f32 } else { 0.0 });
         }
     }
     let n: f32 = weights.iter().sum();
     let dev = m.dev.clone();
-    let h = m.hidden(m.embed_tokens.trace(Gradients::leaky()), &b, None).unwrap();
+    let h = m
+        .hidden(m.embed_tokens.trace(Gradients::leaky()), &b, None)
+        .unwrap();
     let lp = m.target_logprobs(h, &targets, 1.0).unwrap();
     let w = dev.tensor_from_vec(weights, (b.batch * b.seq,));
     let loss = (lp * w).sum::<Rank0, _>() * (-1.0 / n);
@@ -79,7 +85,10 @@ fn check(tied: bool) {
             nudge(&mut m, pi, idx, eps);
             let fd = (up - down) / (2.0 * eps);
             let an = g[idx];
-            assert!((fd - an).abs() <= 2e-3 + 2e-2 * an.abs(), "{name}[{idx}]: analytic {an} vs numeric {fd} (tied={tied})");
+            assert!(
+                (fd - an).abs() <= 2e-3 + 2e-2 * an.abs(),
+                "{name}[{idx}]: analytic {an} vs numeric {fd} (tied={tied})"
+            );
             checked += 1;
         }
     }
@@ -87,9 +96,14 @@ fn check(tied: bool) {
     // padding does not leak into the loss: the embedding row of the pad token
     // is used only at padded positions, so its gradient is exactly zero.
     if !tied {
-        let Slot::Matrix(e) = &grads.0[0] else { panic!() };
+        let Slot::Matrix(e) = &grads.0[0] else {
+            panic!()
+        };
         let row0 = &e.as_vec()[..8];
-        assert!(row0.iter().all(|&x| x == 0.0), "pad row got gradient {row0:?}");
+        assert!(
+            row0.iter().all(|&x| x == 0.0),
+            "pad row got gradient {row0:?}"
+        );
     }
 }
 

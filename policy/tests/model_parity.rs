@@ -10,39 +10,66 @@ const CASES: &[&str] = &["gqa_llama3_rope", "tied_bf16", "mqa_linear_sharded"];
 const TOL: f32 = 1e-4;
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/model")
+        .join(name)
 }
 
 fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap()).unwrap()
+    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
+        .unwrap()
 }
 
 fn ids(v: &Value) -> Vec<u32> {
-    v.as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u32)
+        .collect()
 }
 
 fn floats(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 fn assert_close(ours: &[f32], theirs: &[f32], what: &str) {
     assert_eq!(ours.len(), theirs.len(), "{what}: length");
-    let m = ours.iter().zip(theirs).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+    let m = ours
+        .iter()
+        .zip(theirs)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
     eprintln!("{what}: max err {m:e}");
     for (i, (a, b)) in ours.iter().zip(theirs).enumerate() {
-        assert!((a - b).abs() <= TOL, "{what}: token {i}: ours {a} vs transformers {b}");
+        assert!(
+            (a - b).abs() <= TOL,
+            "{what}: token {i}: ours {a} vs transformers {b}"
+        );
     }
 }
 
 fn check_logprobs(ck: &Checkpoint<Cpu>, exp: &Value, name: &str) {
-    let seqs: Vec<Vec<u32>> = exp["sequences"].as_array().unwrap().iter().map(|s| ids(&s["tokens"])).collect();
+    let seqs: Vec<Vec<u32>> = exp["sequences"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| ids(&s["tokens"]))
+        .collect();
     // one at a time
     for (s, e) in seqs.iter().zip(exp["sequences"].as_array().unwrap()) {
         if s.len() < 2 {
             continue;
         }
         let ours = ck.model.sequence_logprobs(std::slice::from_ref(s)).unwrap();
-        assert_close(&ours[0], &floats(&e["logprobs"]), &format!("{name} single len {}", s.len()));
+        assert_close(
+            &ours[0],
+            &floats(&e["logprobs"]),
+            &format!("{name} single len {}", s.len()),
+        );
     }
     // right-padded batch
     let long: Vec<Vec<u32>> = seqs.iter().filter(|s| s.len() >= 2).cloned().collect();
@@ -72,7 +99,11 @@ fn save_then_load_gives_the_same_model() {
         ck.save(&out, dtype).unwrap();
         let back = Checkpoint::load(&out, &dev).unwrap();
         assert_eq!(back.model.cfg, ck.model.cfg, "{name}: config");
-        assert_eq!(back.model.to_host_tensors(), ck.model.to_host_tensors(), "{name}: weights");
+        assert_eq!(
+            back.model.to_host_tensors(),
+            ck.model.to_host_tensors(),
+            "{name}: weights"
+        );
         check_logprobs(&back, &expected(name), name);
         // the safetensors header carries HF's metadata and the storage dtype
         let bytes = std::fs::read(out.join("model.safetensors")).unwrap();

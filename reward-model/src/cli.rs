@@ -7,9 +7,8 @@ use crate::train::{evaluate, load_checkpoint, metrics_path, split_held_out, trai
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use policy::cli::{DeviceKind, OnDevice};
-use policy::config::DType;
 use policy::model::Dev;
-use policy::train::AdamWConfig;
+use policy::train_loop::LoopArgs;
 use serde_json::{json, Value};
 use std::io::{BufRead, BufWriter, Write};
 use std::path::{Path, PathBuf};
@@ -53,10 +52,6 @@ fn parse_margins(s: &str) -> Result<MarginTable, String> {
     MarginTable::parse(s).map_err(|e| e.to_string())
 }
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).map_err(|e| e.to_string())
-}
-
 /// Options of `rlhf rm train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
@@ -94,51 +89,11 @@ pub struct TrainArgs {
     pub eval_fraction: f32,
     #[command(flatten)]
     pub data_args: DataArgs,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-5)]
-    pub lr: f32,
-    /// Pairs per optimizer step.
-    #[arg(long, default_value_t = 32)]
-    pub batch_size: usize,
-    /// Pairs per forward/backward pass (gradients are accumulated).
-    #[arg(long, default_value_t = 8)]
-    pub micro_batch: usize,
-    #[arg(long, default_value_t = 1.0)]
-    pub epochs: f32,
-    /// Number of optimizer steps (overrides --epochs).
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    #[arg(long, default_value_t = 0.03)]
-    pub warmup_ratio: f32,
-    /// Final learning rate as a fraction of the peak (cosine schedule).
-    #[arg(long, default_value_t = 0.1)]
-    pub min_lr_ratio: f32,
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
-    #[arg(long, default_value_t = 0.1)]
-    pub weight_decay: f32,
     /// Weight of the reward-centering term c·mean((r_c + r_r)²) (e.g. 0.01); 0 = off.
     #[arg(long, default_value_t = 0.0)]
     pub centering: f32,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    #[arg(long, default_value_t = 10)]
-    pub log_every: u64,
-    /// Evaluate every N steps (0 = at the end only).
-    #[arg(long, default_value_t = 0)]
-    pub eval_every: u64,
-    /// Save a resumable checkpoint every N steps (0 = at the end only).
-    #[arg(long, default_value_t = 0)]
-    pub save_every: u64,
-    /// Stop after N steps with a checkpoint, as if interrupted (for testing resume).
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
-    /// Storage dtype of the final weights.
-    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
-    pub dtype: DType,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub opt: LoopArgs,
 }
 
 /// Options of `rlhf rm eval`.
@@ -203,14 +158,20 @@ fn run_on<D: Dev>(cmd: RmCommand, dev: &D) -> Result<()> {
 }
 
 fn data_options(a: &DataArgs) -> DataOptions {
-    DataOptions { margins: a.margins, aggregation: a.aggregation }
+    DataOptions {
+        margins: a.margins,
+        aggregation: a.aggregation,
+    }
 }
 
 fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
     let resume = if a.resume {
         let state = load_checkpoint(&a.out, dev)?;
         if state.is_none() && a.init.is_none() {
-            bail!("--resume: {} holds no training state to resume, and no --init was given", a.out.display());
+            bail!(
+                "--resume: {} holds no training state to resume, and no --init was given",
+                a.out.display()
+            );
         }
         state
     } else {
@@ -225,71 +186,88 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
             (rm, a.out.clone(), Some((opt, progress)))
         }
         None => {
-            let init = a.init.as_ref().context("--init is required: a policy checkpoint (e.g. the SFT model) or a reward model")?;
-            (RewardModel::load_or_init(init, dev, a.seed)?, init.clone(), None)
+            let init = a.init.as_ref().context(
+                "--init is required: a policy checkpoint (e.g. the SFT model) or a reward model",
+            )?;
+            (
+                RewardModel::load_or_init(init, dev, a.opt.seed)?,
+                init.clone(),
+                None,
+            )
         }
     };
     let enc = Encoder::load(&tok_dir)?;
     let opts = data_options(&a.data_args);
-    let mut pairs = vec![];
-    for p in &a.data {
-        pairs.extend(read_pairs(p, &opts)?);
-    }
-    if let Some(server) = &a.server {
-        let token = a.token.as_deref().context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
-        let q = annotation_server::api::ExportQuery { batch_id: a.batch_id, round_id: a.round_id, ..Default::default() };
-        let got = crate::data::fetch_pairs(server, token, &q, &opts)?;
-        eprintln!("read {} pairs from {server}", got.len());
-        pairs.extend(got);
-    }
+    let q = annotation_server::api::ExportQuery {
+        batch_id: a.batch_id,
+        round_id: a.round_id,
+        ..Default::default()
+    };
+    let pairs =
+        crate::data::read_sources(&a.data, a.server.as_deref(), a.token.as_deref(), &q, &opts)?;
     let (encoded, dropped) = encode_pairs(&enc, &pairs, a.data_args.max_len)?;
     let (train_pairs, eval_pairs) = match &a.eval_data {
         Some(p) => {
             let (e, d2) = encode_pairs(&enc, &read_pairs(p, &opts)?, a.data_args.max_len)?;
             if d2 > 0 {
-                eprintln!("dropped {d2} held-out pairs longer than {} tokens", a.data_args.max_len);
+                eprintln!(
+                    "dropped {d2} held-out pairs longer than {} tokens",
+                    a.data_args.max_len
+                );
             }
             (encoded, e)
         }
-        None => split_held_out(encoded, a.eval_fraction, a.seed)?,
+        None => split_held_out(encoded, a.eval_fraction, a.opt.seed)?,
     };
     if dropped > 0 {
-        eprintln!("dropped {dropped} pairs longer than {} tokens", a.data_args.max_len);
+        eprintln!(
+            "dropped {dropped} pairs longer than {} tokens",
+            a.data_args.max_len
+        );
     }
     if train_pairs.is_empty() {
-        bail!("no training pairs left (read {} pairs from {} file(s){})", pairs.len(), a.data.len(), if a.server.is_some() { " and the server" } else { "" });
+        bail!(
+            "no training pairs left (read {} pairs from {} file(s){})",
+            pairs.len(),
+            a.data.len(),
+            if a.server.is_some() {
+                " and the server"
+            } else {
+                ""
+            }
+        );
     }
-    let cfg = TrainConfig {
-        lr: a.lr,
-        batch_size: a.batch_size,
-        micro_batch: a.micro_batch,
-        epochs: a.epochs,
-        max_steps: a.max_steps,
-        warmup_ratio: a.warmup_ratio,
-        min_lr_ratio: a.min_lr_ratio,
-        max_grad_norm: a.max_grad_norm,
-        adamw: AdamWConfig { weight_decay: a.weight_decay, ..AdamWConfig::default() },
-        centering: a.centering,
-        seed: a.seed,
-        log_every: a.log_every,
-        eval_every: a.eval_every,
-        save_every: a.save_every,
-        stop_after: a.stop_after,
-        eval_batch: a.micro_batch.max(1) * 2,
-        progress: !a.quiet,
-        dtype: a.dtype,
-    };
-    eprintln!("training on {} pairs, {} held out, {} steps", train_pairs.len(), eval_pairs.len(), cfg.total_steps(train_pairs.len()));
+    let cfg = TrainConfig::from_loop(
+        &a.opt.apply(TrainConfig::default().loop_config()),
+        a.centering,
+        a.opt.micro_batch.max(1) * 2,
+    );
+    eprintln!(
+        "training on {} pairs, {} held out, {} steps",
+        train_pairs.len(),
+        eval_pairs.len(),
+        cfg.total_steps(train_pairs.len())
+    );
     policy::train_loop::install_interrupt_handler();
     let o = train(&mut rm, &train_pairs, &eval_pairs, &cfg, &a.out, opt)?;
     if !o.finished {
-        eprintln!("stopped after step {} of {}; continue with --resume", o.steps, o.total_steps);
+        eprintln!(
+            "stopped after step {} of {}; continue with --resume",
+            o.steps, o.total_steps
+        );
         return Ok(());
     }
     if let Some(r) = &o.eval {
-        eprintln!("held-out: accuracy {:.4}, loss {:.4}, mean margin {:.4}, ECE {:.4}", r.accuracy, r.loss, r.mean_margin, r.ece);
+        eprintln!(
+            "held-out: accuracy {:.4}, loss {:.4}, mean margin {:.4}, ECE {:.4}",
+            r.accuracy, r.loss, r.mean_margin, r.ece
+        );
     }
-    eprintln!("wrote {} (metrics: {})", a.out.display(), metrics_path(&a.out).display());
+    eprintln!(
+        "wrote {} (metrics: {})",
+        a.out.display(),
+        metrics_path(&a.out).display()
+    );
     Ok(())
 }
 
@@ -318,7 +296,9 @@ fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
 pub fn parse_score_line(v: &Value) -> Result<(Content, Content)> {
     let obj = v.as_object().context("each line must be a JSON object")?;
     if let Some(m) = obj.get("messages") {
-        let Content::Chat(msgs) = Content::from_json(m, "messages")? else { bail!("`messages` must be a list of chat messages") };
+        let Content::Chat(msgs) = Content::from_json(m, "messages")? else {
+            bail!("`messages` must be a list of chat messages")
+        };
         if msgs.is_empty() {
             bail!("`messages` is empty");
         }
@@ -331,28 +311,37 @@ pub fn parse_score_line(v: &Value) -> Result<(Content, Content)> {
         Some(p) => Content::from_json(p, "prompt")?,
         None => bail!("a line needs `prompt` and `response`, `messages`, or `text`"),
     };
-    let resp = obj.get("response").or_else(|| obj.get("completion")).context("missing `response`")?;
+    let resp = obj
+        .get("response")
+        .or_else(|| obj.get("completion"))
+        .context("missing `response`")?;
     Ok((prompt, Content::from_json(resp, "response")?))
 }
 
 fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
     let rm = RewardModel::load(&a.model, dev)?;
     let enc = Encoder::load(&a.model)?;
-    let input = std::fs::File::open(&a.input).with_context(|| format!("cannot open {}", a.input.display()))?;
+    let input = std::fs::File::open(&a.input)
+        .with_context(|| format!("cannot open {}", a.input.display()))?;
     let mut seqs = vec![];
     let mut ids = vec![];
     let mut unsafe_flags = vec![];
     for (i, line) in std::io::BufReader::new(input).lines().enumerate() {
-        let line = line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
+        let line =
+            line.with_context(|| format!("{}: cannot read line {}", a.input.display(), i + 1))?;
         if line.trim().is_empty() {
             continue;
         }
         let at = || format!("{}: line {}", a.input.display(), i + 1);
-        let v: Value = serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
+        let v: Value =
+            serde_json::from_str(&line).with_context(|| format!("{}: not valid JSON", at()))?;
         let (p, r) = parse_score_line(&v).with_context(at)?;
         seqs.push(enc.encode(&p, &r).with_context(at)?);
         ids.push(v.get("id").cloned());
-        let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| t.iter().any(|x| x.as_str() == Some("unsafe")));
+        let tagged = v
+            .get("tags")
+            .and_then(Value::as_array)
+            .is_some_and(|t| t.iter().any(|x| x.as_str() == Some("unsafe")));
         unsafe_flags.push(v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged);
     }
     if let Some(safety_dir) = &a.safety_model {
@@ -360,7 +349,14 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
         let mut combo = SafetyHelpfulness::new(safety, rm)?;
         combo.threshold = a.safety_threshold;
         combo.batch_size = a.batch_size;
-        let inputs: Vec<RewardInput> = seqs.into_iter().zip(&unsafe_flags).map(|(tokens, &u)| RewardInput { tokens, unsafe_prompt: u }).collect();
+        let inputs: Vec<RewardInput> = seqs
+            .into_iter()
+            .zip(&unsafe_flags)
+            .map(|(tokens, &u)| RewardInput {
+                tokens,
+                unsafe_prompt: u,
+            })
+            .collect();
         let scored = combo.score(&inputs)?;
         write_jsonl_atomic(&a.output, scored.iter().zip(&ids).map(|(c, id)| {
             let src = match c.source {
@@ -373,7 +369,11 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
             }
             o
         }))?;
-        eprintln!("scored {} lines with safety + helpfulness into {}", scored.len(), a.output.display());
+        eprintln!(
+            "scored {} lines with safety + helpfulness into {}",
+            scored.len(),
+            a.output.display()
+        );
         return Ok(());
     }
     let bar = indicatif::ProgressBar::new(seqs.len() as u64);
@@ -383,20 +383,25 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
         bar.inc(chunk.len() as u64);
     }
     bar.finish_and_clear();
-    write_jsonl_atomic(&a.output, raw.iter().zip(&ids).map(|(&s, id)| {
-        let mut o = json!({"reward": rm.normalization.apply(s), "score": s});
-        if let Some(id) = id {
-            o["id"] = id.clone();
-        }
-        o
-    }))?;
+    write_jsonl_atomic(
+        &a.output,
+        raw.iter().zip(&ids).map(|(&s, id)| {
+            let mut o = json!({"reward": rm.normalization.apply(s), "score": s});
+            if let Some(id) = id {
+                o["id"] = id.clone();
+            }
+            o
+        }),
+    )?;
     eprintln!("scored {} lines into {}", raw.len(), a.output.display());
     Ok(())
 }
 
 fn write_jsonl_atomic(path: &Path, lines: impl Iterator<Item = Value>) -> Result<()> {
     let tmp = path.with_extension("jsonl.partial");
-    let mut w = BufWriter::new(std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?);
+    let mut w = BufWriter::new(
+        std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?,
+    );
     for l in lines {
         writeln!(w, "{l}")?;
     }

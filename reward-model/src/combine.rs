@@ -60,9 +60,19 @@ pub fn sigmoid(x: f32) -> f32 {
 /// Llama-2's selection on rewards `x` (log-odds): the safety reward where the
 /// prompt is unsafe or `σ(x_safety) < threshold`, else the helpfulness reward.
 /// Returns `logit(σ(x))` of the chosen reward (= the reward) and its source.
-pub fn select(safety: &[f32], helpfulness: &[f32], unsafe_prompt: &[bool], threshold: f32) -> Result<Vec<(f32, Source)>> {
+pub fn select(
+    safety: &[f32],
+    helpfulness: &[f32],
+    unsafe_prompt: &[bool],
+    threshold: f32,
+) -> Result<Vec<(f32, Source)>> {
     if safety.len() != helpfulness.len() || safety.len() != unsafe_prompt.len() {
-        bail!("safety ({}), helpfulness ({}) and prompt tags ({}) differ in length", safety.len(), helpfulness.len(), unsafe_prompt.len());
+        bail!(
+            "safety ({}), helpfulness ({}) and prompt tags ({}) differ in length",
+            safety.len(),
+            helpfulness.len(),
+            unsafe_prompt.len()
+        );
     }
     if !(0.0..=1.0).contains(&threshold) {
         bail!("the safety threshold is a probability in [0, 1], got {threshold}");
@@ -71,7 +81,13 @@ pub fn select(safety: &[f32], helpfulness: &[f32], unsafe_prompt: &[bool], thres
         .iter()
         .zip(helpfulness)
         .zip(unsafe_prompt)
-        .map(|((&s, &h), &u)| if u || sigmoid(s) < threshold { (s, Source::Safety) } else { (h, Source::Helpfulness) })
+        .map(|((&s, &h), &u)| {
+            if u || sigmoid(s) < threshold {
+                (s, Source::Safety)
+            } else {
+                (h, Source::Helpfulness)
+            }
+        })
         .collect())
 }
 
@@ -84,7 +100,9 @@ pub fn whiten(xs: &[f32]) -> Vec<f32> {
     let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n;
     let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
     let std = var.sqrt().max(1e-8);
-    xs.iter().map(|&x| ((x as f64 - mean) / std) as f32).collect()
+    xs.iter()
+        .map(|&x| ((x as f64 - mean) / std) as f32)
+        .collect()
 }
 
 /// Llama-2's safety + helpfulness reward.
@@ -110,7 +128,13 @@ impl<D: Dev> SafetyHelpfulness<D> {
                 helpfulness.backbone.cfg.vocab_size
             );
         }
-        Ok(SafetyHelpfulness { safety, helpfulness, threshold: 0.15, whiten: true, batch_size: 16 })
+        Ok(SafetyHelpfulness {
+            safety,
+            helpfulness,
+            threshold: 0.15,
+            whiten: true,
+            batch_size: 16,
+        })
     }
 
     /// Combined rewards with both models' rewards and which one was used.
@@ -122,12 +146,23 @@ impl<D: Dev> SafetyHelpfulness<D> {
         let sel = select(&s, &h, &tags, self.threshold)?;
         let picked: Vec<f32> = sel.iter().map(|x| x.0).collect();
         let rewards = if self.whiten { whiten(&picked) } else { picked };
-        Ok((0..inputs.len()).map(|i| Combined { reward: rewards[i], source: sel[i].1, safety: s[i], helpfulness: h[i] }).collect())
+        Ok((0..inputs.len())
+            .map(|i| Combined {
+                reward: rewards[i],
+                source: sel[i].1,
+                safety: s[i],
+                helpfulness: h[i],
+            })
+            .collect())
     }
 
     /// Combined rewards and which model each came from.
     pub fn rewards_with_source(&self, inputs: &[RewardInput]) -> Result<Vec<(f32, Source)>> {
-        Ok(self.score(inputs)?.into_iter().map(|c| (c.reward, c.source)).collect())
+        Ok(self
+            .score(inputs)?
+            .into_iter()
+            .map(|c| (c.reward, c.source))
+            .collect())
     }
 }
 
@@ -145,7 +180,11 @@ pub struct Combined {
 
 impl<D: Dev> RewardFunction for SafetyHelpfulness<D> {
     fn rewards(&self, inputs: &[RewardInput]) -> Result<Vec<f32>> {
-        Ok(self.rewards_with_source(inputs)?.into_iter().map(|x| x.0).collect())
+        Ok(self
+            .rewards_with_source(inputs)?
+            .into_iter()
+            .map(|x| x.0)
+            .collect())
     }
 }
 
@@ -162,7 +201,16 @@ mod tests {
         let u = [false, false, true, false, false];
         let got = select(&s, &h, &u, 0.15).unwrap();
         use Source::*;
-        assert_eq!(got, vec![(-3.0, Safety), (2.0, Helpfulness), (2.0, Safety), (0.3, Helpfulness), (-1.8, Safety)]);
+        assert_eq!(
+            got,
+            vec![
+                (-3.0, Safety),
+                (2.0, Helpfulness),
+                (2.0, Safety),
+                (0.3, Helpfulness),
+                (-1.8, Safety)
+            ]
+        );
         assert!(select(&s, &h[..2], &u, 0.15).is_err());
         assert!(select(&s, &h, &u, 1.5).is_err());
     }

@@ -71,7 +71,17 @@ pub struct Pair {
 }
 
 /// How judgments of several labelers on one comparison are used.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    clap::ValueEnum,
+    serde::Serialize,
+    serde::Deserialize,
+)]
 pub enum Aggregation {
     /// Every labeler's judgment is its own pair (Llama-2).
     #[default]
@@ -88,7 +98,10 @@ pub struct DataOptions {
     pub aggregation: Aggregation,
 }
 
-fn margin_of(obj: &serde_json::Map<String, Value>, table: &MarginTable) -> Result<(f32, Option<Strength>)> {
+fn margin_of(
+    obj: &serde_json::Map<String, Value>,
+    table: &MarginTable,
+) -> Result<(f32, Option<Strength>)> {
     let strength = match obj.get("strength") {
         None | Some(Value::Null) => None,
         Some(Value::String(s)) => Some(Strength::parse(s)?),
@@ -104,7 +117,10 @@ fn margin_of(obj: &serde_json::Map<String, Value>, table: &MarginTable) -> Resul
     match obj.get("margin") {
         None | Some(Value::Null) => Ok((0.0, None)),
         Some(v) => {
-            let m = v.as_f64().filter(|x| x.is_finite()).with_context(|| format!("`margin` must be a finite number, got {v}"))?;
+            let m = v
+                .as_f64()
+                .filter(|x| x.is_finite())
+                .with_context(|| format!("`margin` must be a finite number, got {v}"))?;
             Ok((m as f32, None))
         }
     }
@@ -121,19 +137,48 @@ pub fn parse_line(v: &Value, line_no: usize, table: &MarginTable) -> Result<Vec<
         Some(p) => Content::from_json(p, "prompt")?,
     };
     let (margin, strength) = margin_of(obj, table)?;
-    let labeler = obj.get("labeler").or_else(|| obj.get("labeler_id")).map(|l| l.as_str().map(str::to_string).unwrap_or_else(|| l.to_string()));
-    let group = obj.get("comparison_id").map(|c| format!("comparison:{c}")).unwrap_or_else(|| format!("line:{line_no}"));
+    let labeler = obj
+        .get("labeler")
+        .or_else(|| obj.get("labeler_id"))
+        .map(|l| {
+            l.as_str()
+                .map(str::to_string)
+                .unwrap_or_else(|| l.to_string())
+        });
+    let group = obj
+        .get("comparison_id")
+        .map(|c| format!("comparison:{c}"))
+        .unwrap_or_else(|| format!("line:{line_no}"));
     if obj.contains_key("chosen") || obj.contains_key("rejected") {
         let chosen = Content::from_json(obj.get("chosen").context("missing `chosen`")?, "chosen")?;
-        let rejected = Content::from_json(obj.get("rejected").context("missing `rejected`")?, "rejected")?;
-        return Ok(vec![Pair { group, prompt, chosen, rejected, margin, strength, labeler }]);
+        let rejected = Content::from_json(
+            obj.get("rejected").context("missing `rejected`")?,
+            "rejected",
+        )?;
+        return Ok(vec![Pair {
+            group,
+            prompt,
+            chosen,
+            rejected,
+            margin,
+            strength,
+            labeler,
+        }]);
     }
-    let responses = obj.get("responses").and_then(Value::as_array).context("a line needs `chosen` and `rejected`, or `responses`")?;
+    let responses = obj
+        .get("responses")
+        .and_then(Value::as_array)
+        .context("a line needs `chosen` and `rejected`, or `responses`")?;
     let mut texts = vec![];
     let mut positions = vec![];
     for (i, r) in responses.iter().enumerate() {
         texts.push(Content::from_json(r, &format!("responses[{i}]"))?);
-        positions.push(r.get("position").and_then(Value::as_u64).map(|p| p as usize).unwrap_or(i));
+        positions.push(
+            r.get("position")
+                .and_then(Value::as_u64)
+                .map(|p| p as usize)
+                .unwrap_or(i),
+        );
     }
     if texts.len() < 2 {
         bail!("`responses` needs at least two responses to compare");
@@ -142,18 +187,38 @@ pub fn parse_line(v: &Value, line_no: usize, table: &MarginTable) -> Result<Vec<
     let ranks: Vec<u64> = match obj.get("ranking") {
         None | Some(Value::Null) => (1..=texts.len() as u64).collect(),
         Some(r) => {
-            let r: Vec<u64> = serde_json::from_value(r.clone()).context("`ranking` must be a list of ranks (1 = best)")?;
+            let r: Vec<u64> = serde_json::from_value(r.clone())
+                .context("`ranking` must be a list of ranks (1 = best)")?;
             if r.len() != texts.len() {
-                bail!("`ranking` has {} ranks for {} responses", r.len(), texts.len());
+                bail!(
+                    "`ranking` has {} ranks for {} responses",
+                    r.len(),
+                    texts.len()
+                );
             }
-            positions.iter().map(|&p| r.get(p).copied().with_context(|| format!("response position {p} has no rank"))).collect::<Result<_>>()?
+            positions
+                .iter()
+                .map(|&p| {
+                    r.get(p)
+                        .copied()
+                        .with_context(|| format!("response position {p} has no rank"))
+                })
+                .collect::<Result<_>>()?
         }
     };
     let mut out = vec![];
     for i in 0..texts.len() {
         for j in 0..texts.len() {
             if ranks[i] < ranks[j] {
-                out.push(Pair { group: group.clone(), prompt: prompt.clone(), chosen: texts[i].clone(), rejected: texts[j].clone(), margin, strength, labeler: labeler.clone() });
+                out.push(Pair {
+                    group: group.clone(),
+                    prompt: prompt.clone(),
+                    chosen: texts[i].clone(),
+                    rejected: texts[j].clone(),
+                    margin,
+                    strength,
+                    labeler: labeler.clone(),
+                });
             }
         }
     }
@@ -167,8 +232,12 @@ pub fn parse_pairs(text: &str, source: &str, opts: &DataOptions) -> Result<Vec<P
         if line.trim().is_empty() {
             continue;
         }
-        let v: Value = serde_json::from_str(line).with_context(|| format!("{source}: line {}: not valid JSON", i + 1))?;
-        pairs.extend(parse_line(&v, i + 1, &opts.margins).with_context(|| format!("{source}: line {}", i + 1))?);
+        let v: Value = serde_json::from_str(line)
+            .with_context(|| format!("{source}: line {}: not valid JSON", i + 1))?;
+        pairs.extend(
+            parse_line(&v, i + 1, &opts.margins)
+                .with_context(|| format!("{source}: line {}", i + 1))?,
+        );
     }
     Ok(match opts.aggregation {
         Aggregation::PerLabeler => pairs,
@@ -178,15 +247,44 @@ pub fn parse_pairs(text: &str, source: &str, opts: &DataOptions) -> Result<Vec<P
 
 /// Reads a JSONL preference file.
 pub fn read_pairs(path: &Path, opts: &DataOptions) -> Result<Vec<Pair>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
     parse_pairs(&text, &path.display().to_string(), opts)
+}
+
+/// Pairs from JSONL files, then (with a `server` URL and a researcher `token`)
+/// from the annotation server's export filtered by `query`: the CLI's `--data`,
+/// `--server` and `--token`.
+pub fn read_sources(
+    files: &[std::path::PathBuf],
+    server: Option<&str>,
+    token: Option<&str>,
+    query: &annotation_server::api::ExportQuery,
+    opts: &DataOptions,
+) -> Result<Vec<Pair>> {
+    let mut pairs = vec![];
+    for p in files {
+        pairs.extend(read_pairs(p, opts)?);
+    }
+    if let Some(url) = server {
+        let token = token.context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
+        let got = fetch_pairs(url, token, query, opts)?;
+        eprintln!("read {} pairs from {url}", got.len());
+        pairs.extend(got);
+    }
+    Ok(pairs)
 }
 
 /// Reads preference data from the annotation server over HTTP (its
 /// `GET /api/export`, researcher token): the raw per-labeler judgments
 /// (rankings, strengths, labelers), filtered by `query` (batch, round, time),
 /// then aggregated as `opts` says.
-pub fn fetch_pairs(server: &str, token: &str, query: &annotation_server::api::ExportQuery, opts: &DataOptions) -> Result<Vec<Pair>> {
+pub fn fetch_pairs(
+    server: &str,
+    token: &str,
+    query: &annotation_server::api::ExportQuery,
+    opts: &DataOptions,
+) -> Result<Vec<Pair>> {
     let client = annotation_server::api::client::Client::new(server, token)?;
     let mut q = query.clone();
     q.format = Some(annotation_server::api::ExportFormat::Raw);
@@ -195,8 +293,11 @@ pub fn fetch_pairs(server: &str, token: &str, query: &annotation_server::api::Ex
     client
         .export_lines(&q, |line| {
             n += 1;
-            let v: Value = serde_json::from_str(line).with_context(|| format!("export line {n}: not valid JSON"))?;
-            pairs.extend(parse_line(&v, n, &opts.margins).with_context(|| format!("export line {n}"))?);
+            let v: Value = serde_json::from_str(line)
+                .with_context(|| format!("export line {n}: not valid JSON"))?;
+            pairs.extend(
+                parse_line(&v, n, &opts.margins).with_context(|| format!("export line {n}"))?,
+            );
             Ok(())
         })
         .with_context(|| format!("cannot read the export of {server}"))?;
@@ -214,7 +315,11 @@ pub fn consensus(pairs: Vec<Pair>) -> Vec<Pair> {
     for p in pairs {
         let (c, r) = (p.chosen.key(), p.rejected.key());
         let forward = c <= r;
-        let key = if forward { (p.prompt.key(), c, r) } else { (p.prompt.key(), r, c) };
+        let key = if forward {
+            (p.prompt.key(), c, r)
+        } else {
+            (p.prompt.key(), r, c)
+        };
         let e = groups.entry(key).or_default();
         if forward {
             e.0.push(p)
@@ -238,7 +343,10 @@ pub fn consensus(pairs: Vec<Pair>) -> Vec<Pair> {
         for s in winners.iter().filter_map(|p| p.strength) {
             *counts.entry(s).or_default() += 1;
         }
-        p.strength = counts.into_iter().max_by_key(|&(s, n)| (n, s)).map(|(s, _)| s);
+        p.strength = counts
+            .into_iter()
+            .max_by_key(|&(s, n)| (n, s))
+            .map(|(s, _)| s);
         out.push(p);
     }
     out
@@ -255,8 +363,12 @@ pub struct Encoder {
 impl Encoder {
     /// An encoder with the tokenizer of a model directory.
     pub fn load(dir: &Path) -> Result<Self> {
-        let tokenizer = Tokenizer::load(dir).with_context(|| format!("{} has no usable tokenizer", dir.display()))?;
-        Ok(Encoder { tokenizer, append_eos: true })
+        let tokenizer = Tokenizer::load(dir)
+            .with_context(|| format!("{} has no usable tokenizer", dir.display()))?;
+        Ok(Encoder {
+            tokenizer,
+            append_eos: true,
+        })
     }
 
     /// Token ids of `prompt` followed by `response`.
@@ -307,17 +419,31 @@ pub struct EncodedPair {
 /// Tokenizes pairs; pairs with a side longer than `max_len` tokens are
 /// dropped (truncating would cut the end, where the reward is read).
 /// Returns the kept pairs and the number dropped.
-pub fn encode_pairs(enc: &Encoder, pairs: &[Pair], max_len: usize) -> Result<(Vec<EncodedPair>, usize)> {
+pub fn encode_pairs(
+    enc: &Encoder,
+    pairs: &[Pair],
+    max_len: usize,
+) -> Result<(Vec<EncodedPair>, usize)> {
     let mut out = vec![];
     let mut dropped = 0;
     for (i, p) in pairs.iter().enumerate() {
-        let chosen = enc.encode(&p.prompt, &p.chosen).with_context(|| format!("pair {i} ({}): chosen", p.group))?;
-        let rejected = enc.encode(&p.prompt, &p.rejected).with_context(|| format!("pair {i} ({}): rejected", p.group))?;
+        let chosen = enc
+            .encode(&p.prompt, &p.chosen)
+            .with_context(|| format!("pair {i} ({}): chosen", p.group))?;
+        let rejected = enc
+            .encode(&p.prompt, &p.rejected)
+            .with_context(|| format!("pair {i} ({}): rejected", p.group))?;
         if chosen.len() > max_len || rejected.len() > max_len {
             dropped += 1;
             continue;
         }
-        out.push(EncodedPair { group: p.group.clone(), chosen, rejected, margin: p.margin, strength: p.strength });
+        out.push(EncodedPair {
+            group: p.group.clone(),
+            chosen,
+            rejected,
+            margin: p.margin,
+            strength: p.strength,
+        });
     }
     Ok((out, dropped))
 }
@@ -347,8 +473,14 @@ mod tests {
         assert_eq!(p[0].prompt, Content::Text("Q?".into()));
         assert_eq!(p[1].margin, 3.0);
         assert!(matches!(&p[1].chosen, Content::Chat(m) if m[0].content == "hello"));
-        let off = DataOptions { margins: MarginTable::off(), ..opts() };
-        assert!(parse_pairs(&text, "t", &off).unwrap().iter().all(|p| p.margin == 0.0));
+        let off = DataOptions {
+            margins: MarginTable::off(),
+            ..opts()
+        };
+        assert!(parse_pairs(&text, "t", &off)
+            .unwrap()
+            .iter()
+            .all(|p| p.margin == 0.0));
     }
 
     #[test]
@@ -357,23 +489,58 @@ mod tests {
         let line = json!({"comparison_id": 7, "prompt": "p", "responses": [{"position": 0, "text": "A"}, {"position": 1, "text": "B"}, {"position": 2, "text": "C"}],
                           "ranking": [3, 1, 1], "strength": "better", "labeler": "ann"});
         let p = parse_line(&line, 1, &MarginTable::default()).unwrap();
-        let got: Vec<(String, String)> = p.iter().map(|p| match (&p.chosen, &p.rejected) {
-            (Content::Text(a), Content::Text(b)) => (a.clone(), b.clone()),
-            _ => unreachable!(),
-        }).collect();
-        assert_eq!(got, vec![("B".into(), "A".into()), ("C".into(), "A".into())]);
-        assert!(p.iter().all(|p| p.margin == 2.0 && p.group == "comparison:7" && p.labeler.as_deref() == Some("ann")));
+        let got: Vec<(String, String)> = p
+            .iter()
+            .map(|p| match (&p.chosen, &p.rejected) {
+                (Content::Text(a), Content::Text(b)) => (a.clone(), b.clone()),
+                _ => unreachable!(),
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![("B".into(), "A".into()), ("C".into(), "A".into())]
+        );
+        assert!(p.iter().all(|p| p.margin == 2.0
+            && p.group == "comparison:7"
+            && p.labeler.as_deref() == Some("ann")));
         // best first without ranking: 3 responses → 3 pairs
-        assert_eq!(parse_line(&json!({"prompt": "p", "responses": ["x", "y", "z"]}), 1, &MarginTable::off()).unwrap().len(), 3);
+        assert_eq!(
+            parse_line(
+                &json!({"prompt": "p", "responses": ["x", "y", "z"]}),
+                1,
+                &MarginTable::off()
+            )
+            .unwrap()
+            .len(),
+            3
+        );
     }
 
     #[test]
     fn consensus_takes_the_majority_and_skips_ties() {
-        let mk = |c: &str, r: &str, s: &str| json!({"comparison_id": 1, "prompt": "p", "chosen": c, "rejected": r, "strength": s}).to_string();
-        let text = [mk("A", "B", "better"), mk("A", "B", "significantly_better"), mk("B", "A", "slightly_better"), mk("C", "D", "better"), mk("D", "C", "better")].join("\n");
+        let mk = |c: &str, r: &str, s: &str| {
+            json!({"comparison_id": 1, "prompt": "p", "chosen": c, "rejected": r, "strength": s})
+                .to_string()
+        };
+        let text = [
+            mk("A", "B", "better"),
+            mk("A", "B", "significantly_better"),
+            mk("B", "A", "slightly_better"),
+            mk("C", "D", "better"),
+            mk("D", "C", "better"),
+        ]
+        .join("\n");
         let per = parse_pairs(&text, "t", &opts()).unwrap();
         assert_eq!(per.len(), 5);
-        let c = parse_pairs(&text, "t", &DataOptions { aggregation: Aggregation::Consensus, ..opts() }).unwrap();
+        let c = parse_pairs(
+            &text,
+            "t",
+            &DataOptions {
+                aggregation: Aggregation::Consensus,
+                ..opts()
+            },
+        )
+        .unwrap();
         assert_eq!(c.len(), 1, "C/D is a tie");
         assert_eq!(c[0].chosen, Content::Text("A".into()));
         assert_eq!(c[0].margin, 2.5);
@@ -385,8 +552,12 @@ mod tests {
         assert!(e("{not json").contains("f.jsonl: line 1: not valid JSON"));
         assert!(e(r#"{"chosen": "a"}"#).contains("missing `rejected`"));
         assert!(e(r#"{"chosen": "a", "rejected": 3}"#).contains("`rejected` must be"));
-        assert!(e(r#"{"chosen": "a", "rejected": "b", "strength": "huge"}"#).contains("unknown preference strength"));
-        assert!(e(r#"{"prompt": "p", "responses": ["a", "b"], "ranking": [1]}"#).contains("1 ranks for 2 responses"));
+        assert!(e(r#"{"chosen": "a", "rejected": "b", "strength": "huge"}"#)
+            .contains("unknown preference strength"));
+        assert!(
+            e(r#"{"prompt": "p", "responses": ["a", "b"], "ranking": [1]}"#)
+                .contains("1 ranks for 2 responses")
+        );
         assert!(e(r#"{"prompt": "p"}"#).contains("needs `chosen` and `rejected`"));
         assert!(e("[1, 2]").contains("JSON object"));
     }

@@ -15,9 +15,9 @@
 //!   evaluation report, normalization, exact resume (`trainer_state/`).
 //! - [`combine`]: [`combine::RewardFunction`] and Llama-2's safety + helpfulness reward.
 //! - [`cli`]: `rlhf rm train|eval|score`.
+pub mod cli;
+pub mod combine;
+pub mod data;
 pub mod loss;
 pub mod model;
-pub mod data;
 pub mod train;
-pub mod combine;
-pub mod cli;

@@ -22,7 +22,12 @@ pub enum Strength {
 
 impl Strength {
     /// All levels, weakest first.
-    pub const ALL: [Strength; 4] = [Strength::NegligiblyBetter, Strength::SlightlyBetter, Strength::Better, Strength::SignificantlyBetter];
+    pub const ALL: [Strength; 4] = [
+        Strength::NegligiblyBetter,
+        Strength::SlightlyBetter,
+        Strength::Better,
+        Strength::SignificantlyBetter,
+    ];
 
     /// The annotation server's name (`significantly_better`, `better`,
     /// `slightly_better`, `negligibly_better`).
@@ -68,17 +73,32 @@ impl Default for MarginTable {
 impl MarginTable {
     /// Llama-2's "large" margins (3, 2, 1, 0): DESIGN §7's default.
     pub fn llama2_large() -> Self {
-        MarginTable { significantly_better: 3.0, better: 2.0, slightly_better: 1.0, negligibly_better: 0.0 }
+        MarginTable {
+            significantly_better: 3.0,
+            better: 2.0,
+            slightly_better: 1.0,
+            negligibly_better: 0.0,
+        }
     }
 
     /// Llama-2's "small" margins (1, 2/3, 1/3, 0).
     pub fn llama2_small() -> Self {
-        MarginTable { significantly_better: 1.0, better: 2.0 / 3.0, slightly_better: 1.0 / 3.0, negligibly_better: 0.0 }
+        MarginTable {
+            significantly_better: 1.0,
+            better: 2.0 / 3.0,
+            slightly_better: 1.0 / 3.0,
+            negligibly_better: 0.0,
+        }
     }
 
     /// No margin (Llama-3).
     pub fn off() -> Self {
-        MarginTable { significantly_better: 0.0, better: 0.0, slightly_better: 0.0, negligibly_better: 0.0 }
+        MarginTable {
+            significantly_better: 0.0,
+            better: 0.0,
+            slightly_better: 0.0,
+            negligibly_better: 0.0,
+        }
     }
 
     /// Parses `large`, `small`, `off`, or four comma-separated numbers
@@ -90,13 +110,24 @@ impl MarginTable {
             "off" | "none" | "0" => return Ok(Self::off()),
             _ => {}
         }
-        let v: Vec<f32> = s.split(',').map(|x| x.trim().parse::<f32>()).collect::<Result<_, _>>().map_err(|_| {
-            anyhow::anyhow!("margin table {s:?}: expected large, small, off, or four numbers like 3,2,1,0")
-        })?;
+        let v: Vec<f32> = s
+            .split(',')
+            .map(|x| x.trim().parse::<f32>())
+            .collect::<Result<_, _>>()
+            .map_err(|_| {
+                anyhow::anyhow!(
+                    "margin table {s:?}: expected large, small, off, or four numbers like 3,2,1,0"
+                )
+            })?;
         if v.len() != 4 || v.iter().any(|x| !x.is_finite()) {
             bail!("margin table {s:?}: expected four finite numbers (significantly better, better, slightly better, negligibly better)");
         }
-        Ok(MarginTable { significantly_better: v[0], better: v[1], slightly_better: v[2], negligibly_better: v[3] })
+        Ok(MarginTable {
+            significantly_better: v[0],
+            better: v[1],
+            slightly_better: v[2],
+            negligibly_better: v[3],
+        })
     }
 
     /// Whether every margin is zero.
@@ -126,13 +157,29 @@ pub fn bt_loss(r_chosen: f64, r_rejected: f64, margin: f64) -> f64 {
 }
 
 /// Full loss on host values: mean BT loss plus `centering · mean((r_c + r_r)²)`.
-pub fn pairwise_loss(chosen: &[f64], rejected: &[f64], margins: &[f64], centering: f64) -> Result<f64> {
+pub fn pairwise_loss(
+    chosen: &[f64],
+    rejected: &[f64],
+    margins: &[f64],
+    centering: f64,
+) -> Result<f64> {
     if chosen.len() != rejected.len() || chosen.len() != margins.len() || chosen.is_empty() {
         bail!("pairwise loss needs the same non-zero number of chosen rewards, rejected rewards and margins ({}, {}, {})", chosen.len(), rejected.len(), margins.len());
     }
     let n = chosen.len() as f64;
-    let bt: f64 = chosen.iter().zip(rejected).zip(margins).map(|((&c, &r), &m)| bt_loss(c, r, m)).sum::<f64>() / n;
-    let center: f64 = chosen.iter().zip(rejected).map(|(&c, &r)| (c + r) * (c + r)).sum::<f64>() / n;
+    let bt: f64 = chosen
+        .iter()
+        .zip(rejected)
+        .zip(margins)
+        .map(|((&c, &r), &m)| bt_loss(c, r, m))
+        .sum::<f64>()
+        / n;
+    let center: f64 = chosen
+        .iter()
+        .zip(rejected)
+        .map(|(&c, &r)| (c + r) * (c + r))
+        .sum::<f64>()
+        / n;
     Ok(bt + centering * center)
 }
 
@@ -175,8 +222,16 @@ mod tests {
     #[test]
     fn golden_values_from_design() {
         // DESIGN §7: r_c = 1.2, r_r = 0.3 → 0.341154; with margin 0.5 → 0.513015.
-        assert!((bt_loss(1.2, 0.3, 0.0) - 0.341154).abs() < 1e-6, "{}", bt_loss(1.2, 0.3, 0.0));
-        assert!((bt_loss(1.2, 0.3, 0.5) - 0.513015).abs() < 1e-6, "{}", bt_loss(1.2, 0.3, 0.5));
+        assert!(
+            (bt_loss(1.2, 0.3, 0.0) - 0.341154).abs() < 1e-6,
+            "{}",
+            bt_loss(1.2, 0.3, 0.0)
+        );
+        assert!(
+            (bt_loss(1.2, 0.3, 0.5) - 0.513015).abs() < 1e-6,
+            "{}",
+            bt_loss(1.2, 0.3, 0.5)
+        );
     }
 
     #[test]
@@ -200,29 +255,68 @@ mod tests {
         let rc = dev.tensor_from_vec(vec![1.2f32, -0.4, 30.0], (3,));
         let rr = dev.tensor_from_vec(vec![0.3f32, 0.9, -30.0], (3,));
         let m = dev.tensor_from_vec(vec![0.0f32, 0.5, 2.0], (3,));
-        let want = pairwise_loss(&[1.2, -0.4, 30.0], &[0.3, 0.9, -30.0], &[0.0, 0.5, 2.0], 0.01).unwrap();
+        let want = pairwise_loss(
+            &[1.2, -0.4, 30.0],
+            &[0.3, 0.9, -30.0],
+            &[0.0, 0.5, 2.0],
+            0.01,
+        )
+        .unwrap();
         let g = Gradients::leaky();
-        let loss = pairwise_loss_tensor(rc.trace(g), rr.trace(Gradients::leaky()), &m, 0.01, 1.0 / 3.0);
-        assert!((loss.array() as f64 - want).abs() < 1e-5, "{} vs {want}", loss.array());
+        let loss = pairwise_loss_tensor(
+            rc.trace(g),
+            rr.trace(Gradients::leaky()),
+            &m,
+            0.01,
+            1.0 / 3.0,
+        );
+        assert!(
+            (loss.array() as f64 - want).abs() < 1e-5,
+            "{} vs {want}",
+            loss.array()
+        );
         let grads = loss.backward();
         // d/dr_c of softplus(−(r_c − r_r − m))/n + c(r_c + r_r)²/n = (−σ(−d) + 2c(r_c + r_r))/n
         let gc = grads.get(&rc).as_vec();
-        for (i, (c, r, mm)) in [(1.2f64, 0.3, 0.0), (-0.4, 0.9, 0.5), (30.0, -30.0, 2.0)].into_iter().enumerate() {
+        for (i, (c, r, mm)) in [(1.2f64, 0.3, 0.0), (-0.4, 0.9, 0.5), (30.0, -30.0, 2.0)]
+            .into_iter()
+            .enumerate()
+        {
             let d = c - r - mm;
             let want = (-1.0 / (1.0 + d.exp()) + 0.02 * (c + r)) / 3.0;
-            assert!((gc[i] as f64 - want).abs() < 1e-5, "grad {i}: {} vs {want}", gc[i]);
+            assert!(
+                (gc[i] as f64 - want).abs() < 1e-5,
+                "grad {i}: {} vs {want}",
+                gc[i]
+            );
         }
     }
 
     #[test]
     fn strengths_and_tables_parse() {
-        assert_eq!(Strength::parse("Significantly better").unwrap(), Strength::SignificantlyBetter);
-        assert_eq!(Strength::parse("unsure").unwrap(), Strength::NegligiblyBetter);
+        assert_eq!(
+            Strength::parse("Significantly better").unwrap(),
+            Strength::SignificantlyBetter
+        );
+        assert_eq!(
+            Strength::parse("unsure").unwrap(),
+            Strength::NegligiblyBetter
+        );
         assert_eq!(Strength::parse("2").unwrap(), Strength::Better);
         assert!(Strength::parse("much").is_err());
-        assert_eq!(MarginTable::parse("large").unwrap().margin(Strength::Better), 2.0);
+        assert_eq!(
+            MarginTable::parse("large")
+                .unwrap()
+                .margin(Strength::Better),
+            2.0
+        );
         assert!(MarginTable::parse("off").unwrap().is_off());
-        assert_eq!(MarginTable::parse("4, 2, 1, 0").unwrap().significantly_better, 4.0);
+        assert_eq!(
+            MarginTable::parse("4, 2, 1, 0")
+                .unwrap()
+                .significantly_better,
+            4.0
+        );
         assert!(MarginTable::parse("1,2").is_err());
     }
 }

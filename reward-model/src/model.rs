@@ -7,7 +7,9 @@ use dfdx::prelude::*;
 use policy::checkpoint::read_tokenizer_files;
 use policy::config::{DType, LlamaConfig};
 use policy::model::{Batch, Dev, Llama, ParamMut, ParamRef, T1, T2};
-use policy::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors, HostTensor};
+use policy::safetensors_io::{
+    read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors, HostTensor,
+};
 use policy::train::HasParams;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
@@ -30,7 +32,10 @@ pub struct Normalization {
 
 impl Default for Normalization {
     fn default() -> Self {
-        Normalization { gain: 1.0, bias: 0.0 }
+        Normalization {
+            gain: 1.0,
+            bias: 0.0,
+        }
     }
 }
 
@@ -46,7 +51,10 @@ impl Normalization {
         let var = raw.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n;
         let std = var.sqrt();
         let gain = if std > 1e-8 { 1.0 / std } else { 1.0 };
-        Ok(Normalization { gain: gain as f32, bias: (-mean * gain) as f32 })
+        Ok(Normalization {
+            gain: gain as f32,
+            bias: (-mean * gain) as f32,
+        })
     }
 
     /// Applies the normalization.
@@ -81,18 +89,25 @@ impl<D: Dev> HasParams<D> for RewardModel<D> {
     }
 }
 
-
 /// Index of the last real token of each row, from the key mask (never from
 /// comparing ids with the pad token: when pad == EOS, a sequence ending in
 /// EOS would otherwise be read one token early — or at its first EOS).
 pub fn last_token_indices(b: &Batch) -> Result<Vec<usize>> {
     if b.key_mask.len() != b.batch * b.seq {
-        bail!("batch key mask has {} entries for {}x{} tokens (a KV-cached batch cannot be scored)", b.key_mask.len(), b.batch, b.seq);
+        bail!(
+            "batch key mask has {} entries for {}x{} tokens (a KV-cached batch cannot be scored)",
+            b.key_mask.len(),
+            b.batch,
+            b.seq
+        );
     }
     (0..b.batch)
         .map(|r| {
             let row = &b.key_mask[r * b.seq..(r + 1) * b.seq];
-            let last = row.iter().rposition(|&m| m).with_context(|| format!("row {r} has no real token"))?;
+            let last = row
+                .iter()
+                .rposition(|&m| m)
+                .with_context(|| format!("row {r} has no real token"))?;
             Ok(r * b.seq + last)
         })
         .collect()
@@ -113,11 +128,17 @@ impl<D: Dev> RewardModel<D> {
         let data: Vec<f32> = (0..d)
             .map(|_| {
                 let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
-                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * init_std
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32
+                    * init_std
             })
             .collect();
         let score = backbone.dev.tensor_from_vec(data, (1, d));
-        Ok(RewardModel { backbone, score, normalization: Normalization::default(), files: BTreeMap::new() })
+        Ok(RewardModel {
+            backbone,
+            score,
+            normalization: Normalization::default(),
+            files: BTreeMap::new(),
+        })
     }
 
     /// Loads a reward-model directory written by [`RewardModel::save`] or by
@@ -129,7 +150,10 @@ impl<D: Dev> RewardModel<D> {
         let cfg = LlamaConfig::load(dir)?;
         if let Some(n) = cfg.extra.get("num_labels").and_then(Value::as_u64) {
             if n != 1 {
-                bail!("{}: num_labels is {n}; a reward model has exactly 1", dir.display());
+                bail!(
+                    "{}: num_labels is {n}; a reward model has exactly 1",
+                    dir.display()
+                );
             }
         }
         let mut tensors = read_dir_tensors(dir)?;
@@ -137,15 +161,25 @@ impl<D: Dev> RewardModel<D> {
             .remove(SCORE_WEIGHT)
             .with_context(|| format!("{} has no `{SCORE_WEIGHT}`: not a reward model (to start one from a policy checkpoint, use RewardModel::from_policy)", dir.display()))?;
         if head.shape != [1, cfg.hidden_size] {
-            bail!("`{SCORE_WEIGHT}` has shape {:?}, expected [1, {}]", head.shape, cfg.hidden_size);
+            bail!(
+                "`{SCORE_WEIGHT}` has shape {:?}, expected [1, {}]",
+                head.shape,
+                cfg.hidden_size
+            );
         }
         if head.data.iter().any(|x| !x.is_finite()) {
             bail!("`{SCORE_WEIGHT}` contains a non-finite value");
         }
         let d = cfg.hidden_size;
-        let backbone = Llama::backbone_from_tensors(cfg, tensors, dev).with_context(|| format!("cannot load the backbone from {}", dir.display()))?;
+        let backbone = Llama::backbone_from_tensors(cfg, tensors, dev)
+            .with_context(|| format!("cannot load the backbone from {}", dir.display()))?;
         let normalization = read_normalization(dir)?.unwrap_or_default();
-        Ok(RewardModel { backbone, score: dev.tensor_from_vec(head.data, (1, d)), normalization, files: read_tokenizer_files(dir)? })
+        Ok(RewardModel {
+            backbone,
+            score: dev.tensor_from_vec(head.data, (1, d)),
+            normalization,
+            files: read_tokenizer_files(dir)?,
+        })
     }
 
     /// Starts a reward model from a causal-LM checkpoint (e.g. the SFT
@@ -156,7 +190,8 @@ impl<D: Dev> RewardModel<D> {
         }
         let cfg = LlamaConfig::load(dir)?;
         let tensors = read_dir_tensors(dir)?;
-        let backbone = Llama::backbone_from_tensors(cfg, tensors, dev).with_context(|| format!("cannot load the backbone from {}", dir.display()))?;
+        let backbone = Llama::backbone_from_tensors(cfg, tensors, dev)
+            .with_context(|| format!("cannot load the backbone from {}", dir.display()))?;
         let mut rm = Self::from_backbone(backbone, seed, 0.02)?;
         rm.files = read_tokenizer_files(dir)?;
         Ok(rm)
@@ -165,7 +200,8 @@ impl<D: Dev> RewardModel<D> {
     /// [`RewardModel::load`] when `dir` holds a reward model (`score.weight`),
     /// else [`RewardModel::from_policy`].
     pub fn load_or_init(dir: &Path, dev: &D, seed: u64) -> Result<Self> {
-        let tensors = read_dir_tensors(dir).with_context(|| format!("cannot read weights from {}", dir.display()))?;
+        let tensors = read_dir_tensors(dir)
+            .with_context(|| format!("cannot read weights from {}", dir.display()))?;
         if tensors.contains_key(SCORE_WEIGHT) {
             Self::load(dir, dev)
         } else {
@@ -178,7 +214,9 @@ impl<D: Dev> RewardModel<D> {
     /// the first EOS, else 0.
     pub fn pad_id(&self) -> u32 {
         let c = &self.backbone.cfg;
-        c.pad_token_id.or_else(|| c.eos_token_ids.first().copied()).unwrap_or(0)
+        c.pad_token_id
+            .or_else(|| c.eos_token_ids.first().copied())
+            .unwrap_or(0)
     }
 
     /// The HF `config.json` of this model.
@@ -188,7 +226,10 @@ impl<D: Dev> RewardModel<D> {
         cfg.pad_token_id = Some(self.pad_id());
         let mut v = cfg.to_json();
         let m = v.as_object_mut().expect("config JSON is an object");
-        m.insert("architectures".into(), json!(["LlamaForSequenceClassification"]));
+        m.insert(
+            "architectures".into(),
+            json!(["LlamaForSequenceClassification"]),
+        );
         m.insert("num_labels".into(), json!(1));
         m.insert("id2label".into(), json!({"0": "LABEL_0"}));
         m.insert("label2id".into(), json!({"LABEL_0": 0}));
@@ -200,30 +241,49 @@ impl<D: Dev> RewardModel<D> {
     /// The weights under their HF names (`model.*`, `score.weight`).
     pub fn to_host_tensors(&self) -> BTreeMap<String, HostTensor> {
         let mut t = self.backbone.to_host_tensors();
-        t.insert(SCORE_WEIGHT.to_string(), HostTensor { shape: vec![1, self.backbone.cfg.hidden_size], data: self.score.as_vec() });
+        t.insert(
+            SCORE_WEIGHT.to_string(),
+            HostTensor {
+                shape: vec![1, self.backbone.cfg.hidden_size],
+                data: self.score.as_vec(),
+            },
+        );
         t
     }
 
     /// Writes the directory contents (config, weights, tokenizer files,
     /// normalization) into an existing directory `dir`.
     pub fn write_into(&self, dir: &Path, dtype: DType) -> Result<()> {
-        write_file_synced(&dir.join("config.json"), serde_json::to_string_pretty(&self.hf_config(dtype))?.as_bytes())?;
+        write_file_synced(
+            &dir.join("config.json"),
+            serde_json::to_string_pretty(&self.hf_config(dtype))?.as_bytes(),
+        )?;
         for (name, bytes) in &self.files {
             write_file_synced(&dir.join(name), bytes)?;
         }
         write_normalization(dir, &self.normalization)?;
-        write_tensors(dir, &self.to_host_tensors(), dtype, policy::checkpoint::DEFAULT_MAX_SHARD_BYTES)
+        write_tensors(
+            dir,
+            &self.to_host_tensors(),
+            dtype,
+            policy::checkpoint::DEFAULT_MAX_SHARD_BYTES,
+        )
     }
 
     /// Saves atomically as a HF `LlamaForSequenceClassification` directory.
     pub fn save(&self, dir: &Path, dtype: DType) -> Result<()> {
-        write_dir_atomic(dir, |tmp| self.write_into(tmp, dtype)).with_context(|| format!("cannot save the reward model to {}", dir.display()))
+        write_dir_atomic(dir, |tmp| self.write_into(tmp, dtype))
+            .with_context(|| format!("cannot save the reward model to {}", dir.display()))
     }
 
     /// Raw scores `(batch,)` of a batch, differentiable: pass
     /// `embed_tokens.trace(grads)` as `embed` to train, `embed_tokens.clone()`
     /// to score.
-    pub fn forward<T: Tape<f32, D> + Merge<NoneTape>>(&self, embed: T2<D, T>, b: &Batch) -> Result<T1<D, T>> {
+    pub fn forward<T: Tape<f32, D> + Merge<NoneTape>>(
+        &self,
+        embed: T2<D, T>,
+        b: &Batch,
+    ) -> Result<T1<D, T>> {
         let last = last_token_indices(b)?;
         let h = self.backbone.hidden(embed, b, None)?;
         let idx = self.backbone.dev.tensor_from_vec(last, (b.batch,));
@@ -244,7 +304,9 @@ impl<D: Dev> RewardModel<D> {
         for chunk in order.chunks(batch_size.max(1)) {
             let rows: Vec<Vec<u32>> = chunk.iter().map(|&i| seqs[i].clone()).collect();
             let b = Batch::right_padded(&rows, self.pad_id())?;
-            let s = self.forward(self.backbone.embed_tokens.clone(), &b)?.as_vec();
+            let s = self
+                .forward(self.backbone.embed_tokens.clone(), &b)?
+                .as_vec();
             for (&i, v) in chunk.iter().zip(s) {
                 out[i] = v;
             }
@@ -254,7 +316,11 @@ impl<D: Dev> RewardModel<D> {
 
     /// Normalized rewards of token sequences (the library API the trainer uses).
     pub fn rewards(&self, seqs: &[Vec<u32>], batch_size: usize) -> Result<Vec<f32>> {
-        Ok(self.raw_scores(seqs, batch_size)?.into_iter().map(|r| self.normalization.apply(r)).collect())
+        Ok(self
+            .raw_scores(seqs, batch_size)?
+            .into_iter()
+            .map(|r| self.normalization.apply(r))
+            .collect())
     }
 }
 
@@ -264,15 +330,27 @@ pub fn read_normalization(dir: &Path) -> Result<Option<Normalization>> {
     if !p.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
-    let n: Normalization = serde_json::from_str(&text).with_context(|| format!("{}: expected {{\"gain\": number, \"bias\": number}}", p.display()))?;
+    let text =
+        std::fs::read_to_string(&p).with_context(|| format!("cannot read {}", p.display()))?;
+    let n: Normalization = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"gain\": number, \"bias\": number}}",
+            p.display()
+        )
+    })?;
     if !(n.gain.is_finite() && n.bias.is_finite()) || n.gain == 0.0 {
-        bail!("{}: gain must be a non-zero finite number and bias finite", p.display());
+        bail!(
+            "{}: gain must be a non-zero finite number and bias finite",
+            p.display()
+        );
     }
     Ok(Some(n))
 }
 
 fn write_normalization(dir: &Path, n: &Normalization) -> Result<()> {
     let v = json!({"gain": n.gain, "bias": n.bias, "formula": "reward = gain * score + bias"});
-    write_file_synced(&dir.join(NORMALIZATION_FILE), serde_json::to_string_pretty(&v)?.as_bytes())
+    write_file_synced(
+        &dir.join(NORMALIZATION_FILE),
+        serde_json::to_string_pretty(&v)?.as_bytes(),
+    )
 }

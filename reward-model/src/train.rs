@@ -41,6 +41,9 @@ pub struct TrainConfig {
     pub min_lr_ratio: f32,
     /// Global gradient-norm clip.
     pub max_grad_norm: f32,
+    /// Shape of the schedule after warmup (Llama-2: cosine).
+    #[serde(default)]
+    pub schedule: ScheduleKind,
     pub adamw: AdamWConfig,
     /// Weight `c` of the centering term `c·mean((r_c + r_r)²)`; 0 = off.
     pub centering: f32,
@@ -79,6 +82,7 @@ impl Default for TrainConfig {
             warmup_ratio: 0.03,
             min_lr_ratio: 0.1,
             max_grad_norm: 1.0,
+            schedule: ScheduleKind::Cosine,
             adamw: AdamWConfig::default(),
             centering: 0.0,
             seed: 0,
@@ -110,6 +114,31 @@ impl TrainConfig {
         self.loop_config().total_steps(n)
     }
 
+    /// Reward-model settings from the shared loop's, with the centering weight and evaluation batch.
+    pub fn from_loop(l: &LoopConfig, centering: f32, eval_batch: usize) -> TrainConfig {
+        TrainConfig {
+            lr: l.lr,
+            batch_size: l.batch_size,
+            micro_batch: l.micro_batch,
+            epochs: l.epochs,
+            max_steps: l.max_steps,
+            warmup_ratio: l.warmup_ratio,
+            min_lr_ratio: l.min_lr_ratio,
+            max_grad_norm: l.max_grad_norm,
+            schedule: l.schedule,
+            adamw: l.adamw,
+            centering,
+            seed: l.seed,
+            log_every: l.log_every,
+            eval_every: l.eval_every,
+            save_every: l.save_every,
+            stop_after: l.stop_after,
+            eval_batch,
+            progress: l.progress,
+            dtype: l.dtype,
+        }
+    }
+
     /// The shared loop's settings.
     pub fn loop_config(&self) -> LoopConfig {
         LoopConfig {
@@ -118,7 +147,7 @@ impl TrainConfig {
             micro_batch: self.micro_batch,
             epochs: self.epochs,
             max_steps: self.max_steps,
-            schedule: ScheduleKind::Cosine,
+            schedule: self.schedule,
             warmup_ratio: self.warmup_ratio,
             min_lr_ratio: self.min_lr_ratio,
             max_grad_norm: self.max_grad_norm,
@@ -136,17 +165,36 @@ impl TrainConfig {
 
 /// Splits pairs into training and held-out sets by comparison (`group`), so
 /// pairs expanded from one ranking never straddle the split. Deterministic in `seed`.
-pub fn split_held_out(pairs: Vec<EncodedPair>, fraction: f32, seed: u64) -> Result<(Vec<EncodedPair>, Vec<EncodedPair>)> {
+pub fn split_held_out(
+    pairs: Vec<EncodedPair>,
+    fraction: f32,
+    seed: u64,
+) -> Result<(Vec<EncodedPair>, Vec<EncodedPair>)> {
+    split_by_group(pairs, |p| p.group.clone(), fraction, seed)
+}
+
+/// Splits `items` into (train, held-out) with about `fraction` of the groups
+/// held out, whole: items of one group (e.g. the pairs of one comparison or
+/// prompt) never land on both sides, so held-out metrics are not inflated by
+/// leakage. Deterministic in `seed`.
+pub fn split_by_group<T, K: Ord + Clone + std::hash::Hash>(
+    items: Vec<T>,
+    group: impl Fn(&T) -> K,
+    fraction: f32,
+    seed: u64,
+) -> Result<(Vec<T>, Vec<T>)> {
     if !(0.0..1.0).contains(&fraction) {
         bail!("held-out fraction must be in [0, 1), got {fraction}");
     }
-    let mut groups: Vec<String> = pairs.iter().map(|p| p.group.clone()).collect();
+    let mut groups: Vec<K> = items.iter().map(&group).collect();
     groups.sort();
     groups.dedup();
     groups.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_5917));
     let n_eval = (groups.len() as f64 * fraction as f64).round() as usize;
-    let eval_groups: std::collections::HashSet<&String> = groups[..n_eval].iter().collect();
-    let (eval, train): (Vec<_>, Vec<_>) = pairs.into_iter().partition(|p| eval_groups.contains(&p.group));
+    let eval_groups: std::collections::HashSet<&K> = groups[..n_eval].iter().collect();
+    let (eval, train): (Vec<_>, Vec<_>) = items
+        .into_iter()
+        .partition(|p| eval_groups.contains(&group(p)));
     Ok((train, eval))
 }
 
@@ -187,14 +235,22 @@ pub struct EvalReport {
 }
 
 /// Raw rewards of chosen and rejected sides.
-pub fn pair_scores<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize) -> Result<(Vec<f32>, Vec<f32>)> {
+pub fn pair_scores<D: Dev>(
+    rm: &RewardModel<D>,
+    pairs: &[EncodedPair],
+    batch: usize,
+) -> Result<(Vec<f32>, Vec<f32>)> {
     let c: Vec<Vec<u32>> = pairs.iter().map(|p| p.chosen.clone()).collect();
     let r: Vec<Vec<u32>> = pairs.iter().map(|p| p.rejected.clone()).collect();
     Ok((rm.raw_scores(&c, batch)?, rm.raw_scores(&r, batch)?))
 }
 
 /// Loss, accuracy (overall and by strength), mean margin and calibration.
-pub fn evaluate<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize) -> Result<EvalReport> {
+pub fn evaluate<D: Dev>(
+    rm: &RewardModel<D>,
+    pairs: &[EncodedPair],
+    batch: usize,
+) -> Result<EvalReport> {
     if pairs.is_empty() {
         bail!("no pairs to evaluate");
     }
@@ -212,7 +268,11 @@ pub fn evaluate<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize
         let ok = d > 0.0;
         correct += ok as usize;
         margin += d;
-        let level = p.strength.map(Strength::as_str).unwrap_or("unlabeled").to_string();
+        let level = p
+            .strength
+            .map(Strength::as_str)
+            .unwrap_or("unlabeled")
+            .to_string();
         let e = levels.entry(level).or_default();
         e.0 += 1;
         e.1 += ok as usize;
@@ -230,23 +290,45 @@ pub fn evaluate<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize
             hi: 0.5 + 0.5 * (i + 1) as f64 / BINS as f64,
             count,
             confidence: if count > 0 { conf / count as f64 } else { 0.0 },
-            accuracy: if count > 0 { ok as f64 / count as f64 } else { 0.0 },
+            accuracy: if count > 0 {
+                ok as f64 / count as f64
+            } else {
+                0.0
+            },
         })
         .collect();
-    let ece = calibration.iter().map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs()).sum();
+    let ece = calibration
+        .iter()
+        .map(|b| b.count as f64 / n * (b.accuracy - b.confidence).abs())
+        .sum();
     Ok(EvalReport {
         pairs: pairs.len(),
         loss: loss / n,
         accuracy: correct as f64 / n,
         mean_margin: margin / n,
-        by_strength: levels.into_iter().map(|(k, (cnt, ok))| (k, LevelStats { count: cnt, accuracy: ok as f64 / cnt as f64 })).collect(),
+        by_strength: levels
+            .into_iter()
+            .map(|(k, (cnt, ok))| {
+                (
+                    k,
+                    LevelStats {
+                        count: cnt,
+                        accuracy: ok as f64 / cnt as f64,
+                    },
+                )
+            })
+            .collect(),
         calibration,
         ece,
     })
 }
 
 /// Fits the normalization on the rewards of every response of `pairs`.
-pub fn fit_normalization<D: Dev>(rm: &RewardModel<D>, pairs: &[EncodedPair], batch: usize) -> Result<Normalization> {
+pub fn fit_normalization<D: Dev>(
+    rm: &RewardModel<D>,
+    pairs: &[EncodedPair],
+    batch: usize,
+) -> Result<Normalization> {
     let (c, r) = pair_scores(rm, pairs, batch)?;
     Normalization::fit(&[c, r].concat())
 }
@@ -279,11 +361,20 @@ pub struct StepStats {
 
 /// Gradients of `scale × Σ pair losses` over one micro-batch (chosen and
 /// rejected rows in one right-padded batch), with the pairs' statistics.
-fn micro_grads<D: Dev>(rm: &RewardModel<D>, micro: &[&EncodedPair], centering: f32, scale: f32) -> Result<(ParamTensors<D>, StepStats)> {
+fn micro_grads<D: Dev>(
+    rm: &RewardModel<D>,
+    micro: &[&EncodedPair],
+    centering: f32,
+    scale: f32,
+) -> Result<(ParamTensors<D>, StepStats)> {
     let pad = rm.pad_id();
     let dev = rm.backbone.dev.clone();
     let k = micro.len();
-    let rows: Vec<Vec<u32>> = micro.iter().map(|p| p.chosen.clone()).chain(micro.iter().map(|p| p.rejected.clone())).collect();
+    let rows: Vec<Vec<u32>> = micro
+        .iter()
+        .map(|p| p.chosen.clone())
+        .chain(micro.iter().map(|p| p.rejected.clone()))
+        .collect();
     let b = Batch::right_padded(&rows, pad)?;
     let rewards = rm.forward(rm.backbone.embed_tokens.trace(Gradients::leaky()), &b)?;
     let values = rewards.as_vec();
@@ -291,7 +382,10 @@ fn micro_grads<D: Dev>(rm: &RewardModel<D>, micro: &[&EncodedPair], centering: f
     let ir = dev.tensor_from_vec((k..2 * k).collect::<Vec<usize>>(), (k,));
     let rc = rewards.with_empty_tape().gather(ic);
     let rr = rewards.gather(ir);
-    let mut st = StepStats { pairs: k, ..StepStats::default() };
+    let mut st = StepStats {
+        pairs: k,
+        ..StepStats::default()
+    };
     for (j, p) in micro.iter().enumerate() {
         let (c, r) = (values[j] as f64, values[k + j] as f64);
         st.loss_sum += bt_loss(c, r, p.margin as f64) + centering as f64 * (c + r) * (c + r);
@@ -368,7 +462,8 @@ pub fn load_checkpoint<D: Dev>(out: &Path, dev: &D) -> Result<Option<Checkpoint<
         return Ok(None);
     }
     let rm = RewardModel::load(out, dev)?;
-    let (opt, progress) = train_state::load(out, &rm, dev).with_context(|| format!("cannot resume from {}", out.display()))?;
+    let (opt, progress) = train_state::load(out, &rm, dev)
+        .with_context(|| format!("cannot resume from {}", out.display()))?;
     Ok(Some((rm, opt, progress)))
 }
 
@@ -393,7 +488,12 @@ impl<D: Dev> Stage<D> for RmStage<'_> {
         self.train.len()
     }
 
-    fn micro_step(&mut self, rm: &RewardModel<D>, examples: &[usize], scale: f32) -> Result<(ParamTensors<D>, Metrics)> {
+    fn micro_step(
+        &mut self,
+        rm: &RewardModel<D>,
+        examples: &[usize],
+        scale: f32,
+    ) -> Result<(ParamTensors<D>, Metrics)> {
         let micro: Vec<&EncodedPair> = examples.iter().map(|&i| &self.train[i]).collect();
         let (g, st) = micro_grads(rm, &micro, self.centering, scale)?;
         let mut m = Metrics::default();
@@ -419,7 +519,11 @@ impl<D: Dev> Stage<D> for RmStage<'_> {
 
     fn finish(&mut self, rm: &mut RewardModel<D>) -> Result<()> {
         // normalization on the held-out responses (the training ones if there are none)
-        let reference = if self.eval.is_empty() { self.train } else { self.eval };
+        let reference = if self.eval.is_empty() {
+            self.train
+        } else {
+            self.eval
+        };
         rm.normalization = fit_normalization(rm, reference, self.eval_batch)?;
         Ok(())
     }
@@ -427,7 +531,10 @@ impl<D: Dev> Stage<D> for RmStage<'_> {
     fn write_model(&self, rm: &RewardModel<D>, dir: &Path, dtype: DType) -> Result<()> {
         rm.write_into(dir, dtype)?;
         if let Some(r) = &self.report {
-            write_file_synced(&dir.join("eval_report.json"), serde_json::to_string_pretty(r)?.as_bytes())?;
+            write_file_synced(
+                &dir.join("eval_report.json"),
+                serde_json::to_string_pretty(r)?.as_bytes(),
+            )?;
         }
         Ok(())
     }
@@ -455,7 +562,18 @@ pub fn train<D: Dev>(
     if train.is_empty() {
         bail!("no training pairs");
     }
-    let mut stage = RmStage { train, eval, centering: cfg.centering, eval_batch: cfg.eval_batch, report: None };
+    let mut stage = RmStage {
+        train,
+        eval,
+        centering: cfg.centering,
+        eval_batch: cfg.eval_batch,
+        report: None,
+    };
     let o = train_loop::run(rm, &mut stage, &cfg.loop_config(), out, resume)?;
-    Ok(TrainOutcome { steps: o.steps, total_steps: o.total_steps, finished: o.finished, eval: if o.finished { stage.report } else { None } })
+    Ok(TrainOutcome {
+        steps: o.steps,
+        total_steps: o.total_steps,
+        finished: o.finished,
+        eval: if o.finished { stage.report } else { None },
+    })
 }

@@ -15,7 +15,6 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 use policy::checkpoint::Checkpoint;
 use policy::cli::{stop_tokens, DeviceKind, OnDevice};
-use policy::config::DType;
 use policy::generate::SamplingConfig;
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
@@ -27,9 +26,7 @@ use reward_model::loss::MarginTable;
 use reward_model::model::RewardModel;
 use std::path::{Path, PathBuf};
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).map_err(|e| e.to_string())
-}
+pub use policy::train_loop::LoopArgs;
 
 /// Where the run starts, where it goes, on which device.
 #[derive(Args, Debug, Clone)]
@@ -46,87 +43,6 @@ pub struct RunArgs {
     /// Device to run on.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
-}
-
-/// Optimizer, schedule and bookkeeping (stage defaults in brackets).
-#[derive(Args, Debug, Clone)]
-pub struct LoopArgs {
-    /// Peak learning rate [sft/rs 1e-5, dpo 1e-6, ppo: preset].
-    #[arg(long)]
-    pub lr: Option<f32>,
-    /// Examples per optimizer step (ppo: episodes per iteration) [32; ppo: preset].
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    /// Examples per forward/backward pass; gradients are accumulated, so memory follows this.
-    #[arg(long, default_value_t = 8)]
-    pub micro_batch: usize,
-    /// Passes over the data (ppo: over the prompts) [1].
-    #[arg(long)]
-    pub epochs: Option<f32>,
-    /// Number of optimizer steps (ppo: iterations); overrides --epochs.
-    #[arg(long)]
-    pub max_steps: Option<u64>,
-    /// Learning-rate schedule after warmup [cosine; ppo: preset].
-    #[arg(long, value_enum)]
-    pub schedule: Option<ScheduleKind>,
-    /// Fraction of steps of linear warmup [0.03; ppo: preset].
-    #[arg(long)]
-    pub warmup_ratio: Option<f32>,
-    /// The cosine schedule ends at this fraction of the peak.
-    #[arg(long, default_value_t = 0.1)]
-    pub min_lr_ratio: f32,
-    /// Global gradient-norm clip.
-    #[arg(long, default_value_t = 1.0)]
-    pub max_grad_norm: f32,
-    /// AdamW decoupled weight decay (on matrices) [0.1; ppo: preset].
-    #[arg(long)]
-    pub weight_decay: Option<f32>,
-    /// Seed of the data order and of sampling.
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Write a metrics line every N steps [10; ppo: 1].
-    #[arg(long)]
-    pub log_every: Option<u64>,
-    /// Evaluate on the held-out set every N steps (0 = at the end only).
-    #[arg(long, default_value_t = 0)]
-    pub eval_every: u64,
-    /// Save a resumable checkpoint every N steps (0 = only at the end and on Ctrl-C).
-    #[arg(long, default_value_t = 0)]
-    pub save_every: u64,
-    /// Stop after N steps with a checkpoint, as if interrupted (for testing resume).
-    #[arg(long, hide = true)]
-    pub stop_after: Option<u64>,
-    /// Storage dtype of the final weights (float32, bfloat16, float16).
-    #[arg(long, default_value = "float32", value_parser = parse_dtype)]
-    pub dtype: DType,
-    /// No progress bar.
-    #[arg(long)]
-    pub quiet: bool,
-}
-
-impl LoopArgs {
-    /// `base` (the stage's defaults) with what the user gave.
-    pub fn apply(&self, base: LoopConfig) -> LoopConfig {
-        let mut c = base;
-        c.lr = self.lr.unwrap_or(c.lr);
-        c.batch_size = self.batch_size.unwrap_or(c.batch_size);
-        c.micro_batch = self.micro_batch;
-        c.epochs = self.epochs.unwrap_or(c.epochs);
-        c.max_steps = self.max_steps.or(c.max_steps);
-        c.schedule = self.schedule.unwrap_or(c.schedule);
-        c.warmup_ratio = self.warmup_ratio.unwrap_or(c.warmup_ratio);
-        c.min_lr_ratio = self.min_lr_ratio;
-        c.max_grad_norm = self.max_grad_norm;
-        c.adamw.weight_decay = self.weight_decay.unwrap_or(c.adamw.weight_decay);
-        c.seed = self.seed;
-        c.log_every = self.log_every.unwrap_or(c.log_every);
-        c.eval_every = self.eval_every;
-        c.save_every = self.save_every;
-        c.stop_after = self.stop_after;
-        c.dtype = self.dtype;
-        c.progress = !self.quiet;
-        c
-    }
 }
 
 /// `rlhf sft`.
@@ -459,26 +375,6 @@ fn sft_cmd<D: Dev>(a: &SftArgs, dev: &D) -> Result<()> {
     finish_loop(&mut ck.model, &mut stage, &cfg, &a.run, resume)
 }
 
-fn split<T>(items: Vec<T>, fraction: f32, seed: u64) -> Result<(Vec<T>, Vec<T>)> {
-    use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
-    if !(0.0..1.0).contains(&fraction) {
-        bail!("the held-out fraction must be in [0, 1), got {fraction}");
-    }
-    let mut idx: Vec<usize> = (0..items.len()).collect();
-    idx.shuffle(&mut StdRng::seed_from_u64(seed ^ 0x5eed_5917));
-    let n_eval = (items.len() as f64 * fraction as f64).round() as usize;
-    let held: std::collections::HashSet<usize> = idx[..n_eval].iter().copied().collect();
-    let (mut train, mut eval) = (vec![], vec![]);
-    for (i, x) in items.into_iter().enumerate() {
-        if held.contains(&i) {
-            eval.push(x)
-        } else {
-            train.push(x)
-        }
-    }
-    Ok((train, eval))
-}
-
 fn dpo_cmd<D: Dev>(a: &DpoArgs, dev: &D) -> Result<()> {
     let (mut ck, tok, resume) = start(&a.run, dev)?;
     let reference_dir = a.reference.clone().unwrap_or_else(|| a.run.policy.clone());
@@ -494,23 +390,17 @@ fn dpo_cmd<D: Dev>(a: &DpoArgs, dev: &D) -> Result<()> {
         margins: MarginTable::off(),
         aggregation: a.aggregation,
     };
-    let mut pairs = vec![];
-    for p in &a.data {
-        pairs.extend(read_pairs(p, &opts)?);
-    }
-    if let Some(server) = &a.server {
-        let token = a
-            .token
-            .as_deref()
-            .context("--server needs a researcher token (--token or RLHF_TOKEN)")?;
-        let q = annotation_server::api::ExportQuery {
-            round_id: a.round_id,
-            ..Default::default()
-        };
-        let got = reward_model::data::fetch_pairs(server, token, &q, &opts)?;
-        eprintln!("read {} pairs from {server}", got.len());
-        pairs.extend(got);
-    }
+    let q = annotation_server::api::ExportQuery {
+        round_id: a.round_id,
+        ..Default::default()
+    };
+    let pairs = reward_model::data::read_sources(
+        &a.data,
+        a.server.as_deref(),
+        a.token.as_deref(),
+        &q,
+        &opts,
+    )?;
     let (encoded, dropped) = encode_preferences(&tok, &pairs, a.max_len)?;
     if dropped > 0 {
         eprintln!("dropped {dropped} pairs longer than {} tokens", a.max_len);
@@ -520,7 +410,13 @@ fn dpo_cmd<D: Dev>(a: &DpoArgs, dev: &D) -> Result<()> {
             encoded,
             encode_preferences(&tok, &read_pairs(p, &opts)?, a.max_len)?.0,
         ),
-        None => split(encoded, a.eval_fraction, a.opt.seed)?,
+        // pairs of one prompt stay on one side
+        None => reward_model::train::split_by_group(
+            encoded,
+            |p| p.prompt.clone(),
+            a.eval_fraction,
+            a.opt.seed,
+        )?,
     };
     if train.is_empty() {
         bail!("no training pairs left (read {} pairs)", pairs.len());

@@ -15,10 +15,6 @@ use policy::model::Dev;
 use serde_json::{json, Value};
 use std::path::PathBuf;
 
-fn parse_dtype(s: &str) -> Result<DType, String> {
-    DType::parse(s).map_err(|e| e.to_string())
-}
-
 /// `rlhf eval`.
 #[derive(Args, Debug)]
 pub struct EvalArgs {
@@ -131,7 +127,7 @@ pub struct ExportArgs {
     #[arg(long)]
     pub out: PathBuf,
     /// Storage dtype of the weights.
-    #[arg(long, default_value = "bfloat16", value_parser = parse_dtype)]
+    #[arg(long, default_value = "bfloat16")]
     pub dtype: DType,
 }
 

@@ -327,6 +327,9 @@ fn reward_args(rm: &Path) -> RewardArgs {
     }
 }
 
+/// The round's prompts, as sampled (in its work directory).
+const PROMPTS_FILE: &str = "prompts.jsonl";
+
 /// The server's prompts with this `source`, by id.
 pub fn source_prompts(
     client: &Client,
@@ -437,6 +440,8 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                     &metrics_json("sample", "sampling responses", &summary, &series),
                 )?;
                 let prompts = pick_prompts(&ctx.client, &cfg)?;
+                // the policy step trains on exactly these prompts, even if the pool grows meanwhile
+                write_prompts(&cfg, &dir.join(PROMPTS_FILE), &prompts)?;
                 say(&format!(
                     "sampling {} responses for {} prompts",
                     cfg.k * prompts.len(),
@@ -600,9 +605,11 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
     );
     let prefs = dir.join("preferences.jsonl");
     write_pairs(&prefs, &round_pairs)?;
-    let prompts_file = dir.join("prompts.jsonl");
-    let prompts = pick_prompts(&ctx.client, &cfg)?;
-    write_prompts(&cfg, &prompts_file, &prompts)?;
+    let prompts_file = dir.join(PROMPTS_FILE);
+    if !prompts_file.is_file() {
+        // a round whose comparisons came from a killed run that had not written the file
+        write_prompts(&cfg, &prompts_file, &pick_prompts(&ctx.client, &cfg)?)?;
+    }
     let mut current = cfg.policy.clone();
     let stages: Vec<&str> = match cfg.recipe {
         Recipe::Rs => vec!["rs"],
