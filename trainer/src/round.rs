@@ -464,7 +464,8 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                         .iter()
                         .map(|g| {
                             Ok(NewResponse {
-                                text: tok.decode(&g.tokens, true)?,
+                                // a byte-level model can emit NUL, which the server (rightly) refuses in text
+                                text: tok.decode(&g.tokens, true)?.replace('\0', "\u{FFFD}"),
                                 model: Some(cfg.policy.display().to_string()),
                                 round_id: Some(round.id),
                                 sampling: Some(json!({"temperature": cfg.temperature, "max_new_tokens": cfg.max_new_tokens})),
