@@ -9,17 +9,15 @@
 //! comparison can never collect more labels than it wants.
 use crate::api::{ChatMessage, LabelReceipt, SubmitLabel, Task, TaskResponse};
 use crate::db::begin_write;
-use crate::entities::{
-    comparison_responses, comparisons, labels, leases, prompts, responses, skips,
-};
+use crate::entities::{comparison_responses, comparisons, labels, leases, responses, skips};
 use crate::error::{is_unique_violation, reject_nul, AppError, AppResult};
+use crate::sql::stmt;
 use crate::state::AppState;
 use crate::time::{now_ms, rfc3339};
-use rand::Rng;
 use sea_orm::sea_query::{Expr, ExprTrait, Query};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
-    PaginatorTrait, QueryFilter, QueryOrder, QuerySelect, Set,
+    ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait, PaginatorTrait,
+    QueryFilter, QueryOrder, QuerySelect, Set, Value,
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
@@ -28,10 +26,6 @@ pub const OPEN: &str = "open";
 /// All wanted labels collected.
 pub const COMPLETE: &str = "complete";
 
-/// How many candidate comparisons one assignment attempt looks at. Concurrent
-/// labelers start at random places in this window so they rarely collide.
-const CANDIDATES: u64 = 256;
-
 /// Longest accepted edited response / note (characters).
 const MAX_EDIT_CHARS: usize = 100_000;
 const MAX_NOTE_CHARS: usize = 10_000;
@@ -39,66 +33,73 @@ const MAX_NOTE_CHARS: usize = 10_000;
 /// When expired leases were last reaped (ms), to reap at most once a second.
 static LAST_REAP: AtomicI64 = AtomicI64::new(0);
 
+/// How many times one request tries to claim before answering "nothing now".
+const CLAIM_ATTEMPTS: usize = 8;
+
 /// Hands `labeler` a task: the one they already hold (lease renewed), or a new
 /// lease on the oldest open comparison they have neither labeled nor skipped.
 /// `None` when there is nothing for them.
 pub async fn next_task(state: &AppState, labeler: i64) -> AppResult<Option<Task>> {
     let db = &state.db;
     let lease_ms = state.config.lease_duration.as_millis() as i64;
-    for attempt in 0..8 {
-        if let Some(task) = renew_held(db, labeler, lease_ms).await? {
-            return Ok(Some(task));
-        }
+    for attempt in 0..CLAIM_ATTEMPTS {
         let now = now_ms();
         if attempt > 0 || now - LAST_REAP.load(Ordering::Relaxed) > 1000 {
             reap_expired(state).await?;
         }
-        let candidates = candidate_ids(db, labeler).await?;
-        if candidates.is_empty() {
-            if attempt == 0 {
+        // the claim refuses labelers who hold a lease, so the common case
+        // (holding none) needs no separate lookup first
+        match claim_next(db, labeler, now + lease_ms).await? {
+            Claim::Got(id) => {
+                state.metrics.leases_granted.fetch_add(1, Ordering::Relaxed);
+                return load_task(state, id, now + lease_ms).await.map(Some);
+            }
+            Claim::Nothing => {
+                if let Some(task) = renew_held(state, labeler, lease_ms).await? {
+                    return Ok(Some(task));
+                }
+                if attempt > 0 {
+                    return Ok(None);
+                }
                 // expired leases may be hiding work: reap and look once more
-                continue;
             }
-            return Ok(None);
-        }
-        let start = rand::thread_rng().gen_range(0..candidates.len());
-        for i in 0..candidates.len() {
-            let id = candidates[(start + i) % candidates.len()];
-            match try_claim(db, id, labeler, now + lease_ms).await? {
-                Claim::Got => return load_task(db, id, now + lease_ms).await.map(Some),
-                Claim::Full => continue,
-                // a concurrent request of the same labeler got a lease: use it
-                Claim::AlreadyHeld => break,
-            }
+            // a concurrent request of the same labeler got a lease: use it
+            Claim::AlreadyHeld => {}
         }
     }
     // persistent contention: tell the client to come back rather than spin
     Ok(None)
 }
 
-/// The labeler's current lease, renewed, as a task.
-async fn renew_held(
-    db: &DatabaseConnection,
-    labeler: i64,
-    lease_ms: i64,
-) -> AppResult<Option<Task>> {
+/// The labeler's current lease, renewed, as a task. The lookup is a plain read
+/// (most calls find nothing); only a held lease costs a write.
+async fn renew_held(state: &AppState, labeler: i64, lease_ms: i64) -> AppResult<Option<Task>> {
+    let db = &state.db;
     let held = leases::Entity::find()
+        .select_only()
+        .column(leases::Column::Id)
+        .column(leases::Column::ComparisonId)
         .filter(leases::Column::LabelerId.eq(labeler))
         .order_by_asc(leases::Column::Id)
+        .into_tuple::<(i64, i64)>()
         .one(db)
         .await?;
-    let Some(lease) = held else { return Ok(None) };
+    let Some((lease_id, comparison_id)) = held else {
+        return Ok(None);
+    };
     let expires = now_ms() + lease_ms;
+    let (_writer, txn) = begin_write(db).await?;
     let renewed = leases::Entity::update_many()
         .col_expr(leases::Column::ExpiresAt, Expr::value(expires))
-        .filter(leases::Column::Id.eq(lease.id))
-        .exec(db)
+        .filter(leases::Column::Id.eq(lease_id))
+        .exec(&txn)
         .await?;
+    txn.commit().await?;
     if renewed.rows_affected == 0 {
         // reaped in between; the caller looks for new work
         return Ok(None);
     }
-    load_task(db, lease.comparison_id, expires).await.map(Some)
+    load_task(state, comparison_id, expires).await.map(Some)
 }
 
 /// Comparisons `labeler` has neither labeled nor skipped.
@@ -124,80 +125,113 @@ fn unseen_by(labeler: i64) -> sea_orm::Condition {
         )
 }
 
-/// Open comparisons with a free slot that `labeler` has not labeled or skipped, oldest first.
-async fn candidate_ids(db: &DatabaseConnection, labeler: i64) -> AppResult<Vec<i64>> {
-    let ids = comparisons::Entity::find()
-        .select_only()
-        .column(comparisons::Column::Id)
-        .filter(comparisons::Column::State.eq(OPEN))
-        .filter(
-            Expr::col(comparisons::Column::LabelsDone)
-                .add(Expr::col(comparisons::Column::Leased))
-                .lt(Expr::col(comparisons::Column::LabelsWanted)),
-        )
-        .filter(unseen_by(labeler))
-        .order_by_asc(comparisons::Column::Id)
-        .limit(CANDIDATES)
-        .into_tuple::<i64>()
-        .all(db)
-        .await?;
-    Ok(ids)
-}
-
 enum Claim {
-    Got,
-    Full,
+    /// A lease on this comparison.
+    Got(i64),
+    /// The labeler holds a lease already, or no open comparison has a free
+    /// slot for them.
+    Nothing,
+    /// The labeler got a lease on it in a concurrent request.
     AlreadyHeld,
 }
 
-/// Takes a slot of comparison `id` for `labeler` if one is free.
-async fn try_claim(
-    db: &DatabaseConnection,
-    id: i64,
-    labeler: i64,
-    expires: i64,
-) -> AppResult<Claim> {
-    let (_writer, txn) = begin_write(db).await?;
-    if !take_slot(&txn, id).await? {
-        return Ok(Claim::Full);
-    }
-    let inserted = leases::ActiveModel {
-        comparison_id: Set(id),
-        labeler_id: Set(labeler),
-        expires_at: Set(expires),
-        created_at: Set(now_ms()),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await;
-    match inserted {
-        Ok(_) => {
-            txn.commit().await?;
-            Ok(Claim::Got)
-        }
-        // dropping the transaction rolls the slot back
-        Err(e) if is_unique_violation(&e) => Ok(Claim::AlreadyHeld),
-        Err(e) => Err(e.into()),
+/// Unless `labeler` holds a lease already, takes a slot of the oldest open
+/// comparison they have neither labeled nor skipped, and records the lease: one statement that picks and counts the
+/// slot (so the pick cannot go stale before it is taken) plus the lease row, in
+/// one transaction.
+async fn claim_next(db: &DatabaseConnection, labeler: i64, expires: i64) -> AppResult<Claim> {
+    match db.get_database_backend() {
+        DbBackend::Postgres => claim_next_postgres(db, labeler, expires).await,
+        _ => claim_next_sqlite(db, labeler, expires).await,
     }
 }
 
-/// Atomically increments `leased` if the comparison is open and has a free slot.
-async fn take_slot<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<bool> {
-    let r = comparisons::Entity::update_many()
-        .col_expr(
-            comparisons::Column::Leased,
-            Expr::col(comparisons::Column::Leased).add(1),
-        )
-        .filter(comparisons::Column::Id.eq(id))
-        .filter(comparisons::Column::State.eq(OPEN))
-        .filter(
-            Expr::col(comparisons::Column::LabelsDone)
-                .add(Expr::col(comparisons::Column::Leased))
-                .lt(Expr::col(comparisons::Column::LabelsWanted)),
-        )
-        .exec(db)
-        .await?;
-    Ok(r.rows_affected == 1)
+/// `SELECT` of the oldest open comparison with a free slot that the labeler
+/// (`?` three times) has neither labeled nor skipped, or none while they hold a
+/// lease; `lock` is appended. The labeler's labels and skips are `NOT IN`
+/// lists: read once through the `labeler_id` indexes, whatever the planner's
+/// statistics (an anti-join may instead walk every label in comparison order).
+fn oldest_eligible_sql(lock: &str) -> String {
+    format!(
+        "SELECT c.id FROM comparisons c \
+         WHERE NOT EXISTS (SELECT 1 FROM leases h WHERE h.labeler_id = ?) \
+           AND c.state = 'open' AND c.labels_done + c.leased < c.labels_wanted \
+           AND c.id NOT IN (SELECT l.comparison_id FROM labels l WHERE l.labeler_id = ?) \
+           AND c.id NOT IN (SELECT k.comparison_id FROM skips k WHERE k.labeler_id = ?) \
+         ORDER BY c.id LIMIT 1{lock}"
+    )
+}
+
+/// SQLite: writers are serialized (the write transaction holds the database
+/// lock), so the oldest eligible comparison cannot be taken from under us.
+/// Both statements go to SQLite as one script (one trip to the connection's
+/// worker thread, while the write lock is held): the lease row is inserted,
+/// then its slot counted, guarded by `changes()` (rows the previous statement
+/// inserted) so that nothing is counted when nothing was inserted.
+async fn claim_next_sqlite(
+    db: &DatabaseConnection,
+    labeler: i64,
+    expires: i64,
+) -> AppResult<Claim> {
+    let sql = format!(
+        "INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
+           SELECT id, ?, ?, ? FROM comparisons WHERE id = ({}) RETURNING comparison_id; \
+         UPDATE comparisons SET leased = leased + 1 \
+           WHERE changes() = 1 AND id = (SELECT comparison_id FROM leases WHERE id = last_insert_rowid())",
+        oldest_eligible_sql("")
+    );
+    let mut values: Vec<Value> = vec![labeler.into(), expires.into(), now_ms().into()];
+    values.extend([labeler.into(), labeler.into(), labeler.into()]);
+    let (_writer, txn) = begin_write(db).await?;
+    let rows = match txn.query_all_raw(stmt(&txn, &sql, values)).await {
+        Ok(rows) => rows,
+        // dropping the transaction rolls everything back
+        Err(e) if is_unique_violation(&e) => return Ok(Claim::AlreadyHeld),
+        Err(e) => return Err(e.into()),
+    };
+    let Some(row) = rows.first() else {
+        return Ok(Claim::Nothing);
+    };
+    let id: i64 = row.try_get_by_index(0)?;
+    txn.commit().await?;
+    Ok(Claim::Got(id))
+}
+
+/// PostgreSQL: one statement (slot and lease row commit together). Concurrent
+/// claimers skip rows another transaction has locked instead of queueing on the
+/// same oldest row; only when that finds nothing does a second, waiting pass
+/// make sure "nothing" is not just "everything was busy this instant".
+async fn claim_next_postgres(
+    db: &DatabaseConnection,
+    labeler: i64,
+    expires: i64,
+) -> AppResult<Claim> {
+    for lock in [" FOR UPDATE SKIP LOCKED", " FOR UPDATE"] {
+        let sql = format!(
+            "WITH slot AS ( \
+               UPDATE comparisons SET leased = leased + 1 \
+               WHERE state = 'open' AND labels_done + leased < labels_wanted AND id = ({}) \
+               RETURNING id) \
+             INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
+             SELECT id, ?, ?, ? FROM slot RETURNING comparison_id",
+            oldest_eligible_sql(lock)
+        );
+        let values = vec![
+            labeler.into(),
+            labeler.into(),
+            labeler.into(),
+            labeler.into(),
+            expires.into(),
+            now_ms().into(),
+        ];
+        match db.query_one_raw(stmt(db, &sql, values)).await {
+            Ok(Some(row)) => return Ok(Claim::Got(row.try_get_by_index(0)?)),
+            Ok(None) => continue,
+            Err(e) if is_unique_violation(&e) => return Ok(Claim::AlreadyHeld),
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(Claim::Nothing)
 }
 
 /// Gives back the slot of a lease row that was just deleted.
@@ -214,7 +248,11 @@ async fn release_slot<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<()> {
 }
 
 /// Deletes the lease of `labeler` on comparison `id`; true if there was one.
-async fn drop_lease<C: ConnectionTrait>(db: &C, id: i64, labeler: i64) -> AppResult<bool> {
+async fn drop_lease<C: ConnectionTrait>(
+    db: &C,
+    id: i64,
+    labeler: i64,
+) -> Result<bool, sea_orm::DbErr> {
     let r = leases::Entity::delete_many()
         .filter(leases::Column::ComparisonId.eq(id))
         .filter(leases::Column::LabelerId.eq(labeler))
@@ -260,14 +298,18 @@ pub async fn reap_expired(state: &AppState) -> AppResult<u64> {
 }
 
 /// Number of responses of a comparison (404 if it does not exist).
-async fn response_count(db: &DatabaseConnection, id: i64) -> AppResult<usize> {
+async fn response_count(state: &AppState, id: i64) -> AppResult<usize> {
+    if let Some(n) = state.response_counts.get(id) {
+        return Ok(n);
+    }
     let n = comparison_responses::Entity::find()
         .filter(comparison_responses::Column::ComparisonId.eq(id))
-        .count(db)
+        .count(&state.db)
         .await?;
     if n == 0 {
         return Err(AppError::NotFound(format!("no comparison {id}")));
     }
+    state.response_counts.put(id, n as usize);
     Ok(n as usize)
 }
 
@@ -329,32 +371,16 @@ pub async fn submit_label(
     body: SubmitLabel,
 ) -> AppResult<LabelReceipt> {
     let db = &state.db;
-    let k = response_count(db, id).await?;
+    let k = response_count(state, id).await?;
     validate_label(&body, k)?;
-    let ranking =
-        serde_json::to_string(&body.ranking).map_err(|e| AppError::Internal(e.to_string()))?;
-
-    let (_writer, txn) = begin_write(db).await?;
-    if !drop_lease(&txn, id, labeler).await? && !take_slot(&txn, id).await? {
-        drop(txn);
-        return Err(why_no_slot(db, id, labeler).await);
-    }
-    let inserted = labels::ActiveModel {
-        comparison_id: Set(id),
-        labeler_id: Set(labeler),
-        ranking: Set(ranking),
-        strength: Set(body.strength.as_str().to_string()),
-        safety: Set(body.safety.map(|s| s.as_str().to_string())),
-        edited_response: Set(body.edited_response.filter(|s| !s.trim().is_empty())),
-        note: Set(body.note.filter(|s| !s.trim().is_empty())),
-        time_spent_ms: Set(body.time_spent_ms.map(|t| t as i64)),
-        created_at: Set(now_ms()),
-        ..Default::default()
-    }
-    .insert(&txn)
-    .await;
-    let label = match inserted {
-        Ok(l) => l,
+    let row = label_values(id, labeler, body)?;
+    let stored = match db.get_database_backend() {
+        DbBackend::Postgres => store_label_postgres(db, id, labeler, row).await,
+        _ => store_label_sqlite(db, id, labeler, row).await,
+    };
+    let (label_id, state_after) = match stored {
+        Ok(Some(stored)) => stored,
+        Ok(None) => return Err(why_no_slot(db, id, labeler).await),
         Err(e) if is_unique_violation(&e) => {
             return Err(AppError::Conflict(format!(
                 "you already labeled comparison {id}"
@@ -362,38 +388,105 @@ pub async fn submit_label(
         }
         Err(e) => return Err(e.into()),
     };
-    // the slot turns from "leased" into "done", in one statement so that the
-    // write lock is held briefly; SET expressions see the old row
-    let done = Expr::col(comparisons::Column::LabelsDone).add(1);
-    let updated = comparisons::Entity::update_many()
-        .col_expr(comparisons::Column::LabelsDone, done.clone())
-        .col_expr(
-            comparisons::Column::Leased,
-            Expr::col(comparisons::Column::Leased).sub(1),
-        )
-        .col_expr(
-            comparisons::Column::State,
-            Expr::case(
-                done.gte(Expr::col(comparisons::Column::LabelsWanted)),
-                COMPLETE,
-            )
-            .finally(Expr::col(comparisons::Column::State))
-            .into(),
-        )
-        .filter(comparisons::Column::Id.eq(id))
-        .exec_with_returning(&txn)
-        .await?;
-    let complete = updated.first().is_some_and(|c| c.state == COMPLETE);
-    txn.commit().await?;
     state
         .metrics
         .labels_submitted
         .fetch_add(1, Ordering::Relaxed);
     Ok(LabelReceipt {
-        label_id: label.id,
+        label_id,
         comparison_id: id,
-        comparison_complete: complete,
+        comparison_complete: state_after == COMPLETE,
     })
+}
+
+/// The columns of a new `labels` row, in [`LABEL_COLUMNS`] order.
+fn label_values(id: i64, labeler: i64, body: SubmitLabel) -> AppResult<Vec<Value>> {
+    let ranking =
+        serde_json::to_string(&body.ranking).map_err(|e| AppError::Internal(e.to_string()))?;
+    Ok(vec![
+        id.into(),
+        labeler.into(),
+        ranking.into(),
+        body.strength.as_str().to_string().into(),
+        body.safety.map(|s| s.as_str().to_string()).into(),
+        body.edited_response.filter(|s| !s.trim().is_empty()).into(),
+        body.note.filter(|s| !s.trim().is_empty()).into(),
+        body.time_spent_ms.map(|t| t as i64).into(),
+        now_ms().into(),
+    ])
+}
+
+/// Columns of `labels` that [`label_values`] fills.
+const LABEL_COLUMNS: &str = "comparison_id, labeler_id, ranking, strength, safety, \
+                             edited_response, note, time_spent_ms, created_at";
+
+/// `SET` and `WHERE` of the counter update that turns a slot into a label: the
+/// slot is the labeler's dropped lease (`?` = 1) or else a free one. `SET`
+/// expressions see the old row, so `labels_done + 1` is the new count.
+const COUNT_LABEL: &str = "labels_done = labels_done + 1, leased = leased - ?, \
+    state = CASE WHEN labels_done + 1 >= labels_wanted THEN 'complete' ELSE state END \
+    WHERE id = ? AND (? = 1 OR (state = 'open' AND labels_done + leased < labels_wanted))";
+
+/// SQLite: drop the lease, count the label, insert it, in one write
+/// transaction and as one script (one trip to the connection's worker thread
+/// while the write lock is held). `changes()` is the row count of the previous
+/// statement: the dropped lease in the counter update, the counted slot in the
+/// insert. `None` when there was no lease and no free slot; a unique violation
+/// (already labeled) rolls everything back.
+async fn store_label_sqlite(
+    db: &DatabaseConnection,
+    id: i64,
+    labeler: i64,
+    row: Vec<Value>,
+) -> Result<Option<(i64, String)>, sea_orm::DbErr> {
+    let sql = format!(
+        "DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ?; \
+         UPDATE comparisons SET {} RETURNING state; \
+         INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
+           WHERE changes() = 1 RETURNING id",
+        COUNT_LABEL
+            .replacen("leased - ?", "leased - changes()", 1)
+            .replacen("? = 1", "changes() = 1", 1)
+    );
+    let mut values: Vec<Value> = vec![id.into(), labeler.into(), id.into()];
+    values.extend(row);
+    let (_writer, txn) = begin_write(db).await?;
+    // rows: the new state (counter update), then the new label's id (insert)
+    let rows = txn.query_all_raw(stmt(&txn, &sql, values)).await?;
+    let [counted, inserted] = rows.as_slice() else {
+        return Ok(None);
+    };
+    let state_after: String = counted.try_get_by_index(0)?;
+    let label_id: i64 = inserted.try_get_by_index(0)?;
+    txn.commit().await?;
+    Ok(Some((label_id, state_after)))
+}
+
+/// PostgreSQL: the same three steps as one statement (one round trip, atomic
+/// on its own). Data-modifying CTEs all run; `slot` is empty when there was
+/// no lease and no free slot, and then nothing is inserted.
+async fn store_label_postgres(
+    db: &DatabaseConnection,
+    id: i64,
+    labeler: i64,
+    row: Vec<Value>,
+) -> Result<Option<(i64, String)>, sea_orm::DbErr> {
+    let sql = format!(
+        "WITH gone AS (DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ? RETURNING id), \
+         had AS (SELECT CAST(COUNT(*) AS INTEGER) AS n FROM gone), \
+         slot AS (UPDATE comparisons SET {} RETURNING id, state), \
+         ins AS (INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM slot RETURNING id) \
+         SELECT ins.id, slot.state FROM ins, slot",
+        COUNT_LABEL
+            .replacen("leased - ?", "leased - (SELECT n FROM had)", 1)
+            .replacen("? = 1", "(SELECT n FROM had) = 1", 1)
+    );
+    let mut values: Vec<Value> = vec![id.into(), labeler.into(), id.into()];
+    values.extend(row);
+    let Some(r) = db.query_one_raw(stmt(db, &sql, values)).await? else {
+        return Ok(None);
+    };
+    Ok(Some((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
 }
 
 /// Explains why a label without a lease cannot be taken.
@@ -416,7 +509,7 @@ async fn why_no_slot(db: &DatabaseConnection, id: i64, labeler: i64) -> AppError
 /// comparison is never offered to them again.
 pub async fn skip(state: &AppState, labeler: i64, id: i64) -> AppResult<()> {
     let db = &state.db;
-    response_count(db, id).await?;
+    response_count(state, id).await?;
     let (_writer, txn) = begin_write(db).await?;
     if drop_lease(&txn, id, labeler).await? {
         release_slot(&txn, id).await?;
@@ -435,30 +528,42 @@ pub async fn skip(state: &AppState, labeler: i64, id: i64) -> AppResult<()> {
     Ok(())
 }
 
-/// Loads a comparison as a task.
-pub async fn load_task(db: &DatabaseConnection, id: i64, lease_expires: i64) -> AppResult<Task> {
-    let c = comparisons::Entity::find_by_id(id)
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::NotFound(format!("no comparison {id}")))?;
-    let p = prompts::Entity::find_by_id(c.prompt_id)
-        .one(db)
-        .await?
-        .ok_or_else(|| AppError::Internal(format!("comparison {id} lost its prompt")))?;
-    let texts = response_texts(db, id).await?;
-    Ok(Task {
-        comparison_id: c.id,
-        batch_id: c.batch_id,
-        prompt: parse_messages(&p.messages),
-        tags: parse_tags(&p.tags),
-        responses: texts
-            .into_iter()
-            .enumerate()
-            .map(|(position, r)| TaskResponse {
+/// Loads a comparison as a task: one query for the comparison, its prompt and
+/// its responses in order. The response text is a correlated subquery so that
+/// it is always a primary-key lookup, whatever the planner's statistics say.
+pub async fn load_task(state: &AppState, id: i64, lease_expires: i64) -> AppResult<Task> {
+    let db = &state.db;
+    let sql = "SELECT c.batch_id, p.messages, p.tags, \
+                 (SELECT r.text FROM responses r WHERE r.id = cr.response_id) \
+               FROM comparison_responses cr \
+               JOIN comparisons c ON c.id = cr.comparison_id \
+               JOIN prompts p ON p.id = c.prompt_id \
+               WHERE cr.comparison_id = ? ORDER BY cr.position";
+    let rows = db.query_all_raw(stmt(db, sql, vec![id.into()])).await?;
+    let Some(first) = rows.first() else {
+        return Err(AppError::NotFound(format!("no comparison {id}")));
+    };
+    let batch_id: i64 = first.try_get_by_index(0)?;
+    let messages: String = first.try_get_by_index(1)?;
+    let tags: String = first.try_get_by_index(2)?;
+    let responses = rows
+        .iter()
+        .enumerate()
+        .map(|(position, row)| {
+            Ok(TaskResponse {
                 position,
-                text: r.text,
+                text: row.try_get_by_index(3)?,
             })
-            .collect(),
+        })
+        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    // the label that follows is checked against this count
+    state.response_counts.put(id, responses.len());
+    Ok(Task {
+        comparison_id: id,
+        batch_id,
+        prompt: parse_messages(&messages),
+        tags: parse_tags(&tags),
+        responses,
         lease_expires_at: rfc3339(lease_expires),
     })
 }

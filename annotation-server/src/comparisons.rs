@@ -213,10 +213,33 @@ pub async fn create(
     )
     .await?;
     txn.commit().await?;
+    if ids.len() >= BULK_IMPORT {
+        refresh_planner_stats(db).await;
+    }
     Ok(CreatedComparisons {
         batch_id: batch.id,
         comparison_ids: ids,
     })
+}
+
+/// An import at least this large refreshes PostgreSQL's planner statistics.
+const BULK_IMPORT: usize = 500;
+
+/// Re-analyzes the tables a bulk import grew (PostgreSQL). Autovacuum would
+/// do it only a minute or more later; until then the planner believes the
+/// tables are tiny and picks sequential scans and hash joins for the
+/// per-task point queries, which then cost milliseconds each.
+async fn refresh_planner_stats(db: &DatabaseConnection) {
+    if db.get_database_backend() != sea_orm::DbBackend::Postgres {
+        return;
+    }
+    let analyzed = db
+        .execute_unprepared("ANALYZE comparisons, comparison_responses, responses")
+        .await;
+    if let Err(e) = analyzed {
+        // the import is committed; stale statistics only cost speed
+        tracing::warn!(error = %e, "ANALYZE after a bulk import failed");
+    }
 }
 
 /// The API view of a response at a position.

@@ -55,6 +55,9 @@ pub struct AppState {
     /// Token → user cache, so that each API request does not hit the database
     /// for authentication.
     pub token_cache: Arc<TokenCache>,
+    /// Comparison id → number of responses, which never changes once the
+    /// comparison exists; saves a query per submitted label.
+    pub response_counts: Arc<ResponseCounts>,
 }
 
 impl AppState {
@@ -67,6 +70,7 @@ impl AppState {
             metrics: Arc::new(Metrics::default()),
             login_limiter: Arc::new(limiter),
             token_cache: Arc::new(TokenCache::new(Duration::from_secs(5))),
+            response_counts: Arc::new(ResponseCounts::default()),
         }
     }
 }
@@ -108,5 +112,32 @@ impl TokenCache {
     /// Forgets everything (after an account change).
     pub fn clear(&self) {
         self.map.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    }
+}
+
+/// A bounded memo of how many responses each comparison has. Comparisons are
+/// never deleted and their responses never change, so entries cannot go stale.
+#[derive(Default)]
+pub struct ResponseCounts {
+    map: Mutex<HashMap<i64, usize>>,
+}
+
+impl ResponseCounts {
+    /// Most entries kept; past this the memo starts over (a cheap bound).
+    const MAX_ENTRIES: usize = 200_000;
+
+    /// The remembered count for comparison `id`.
+    pub fn get(&self, id: i64) -> Option<usize> {
+        let map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        map.get(&id).copied()
+    }
+
+    /// Remembers that comparison `id` has `n` responses.
+    pub fn put(&self, id: i64, n: usize) {
+        let mut map = self.map.lock().unwrap_or_else(|e| e.into_inner());
+        if map.len() >= Self::MAX_ENTRIES {
+            map.clear();
+        }
+        map.insert(id, n);
     }
 }

@@ -8,6 +8,7 @@ pub use sea_orm_migration::prelude::*;
 
 mod m20250101_000001_initial;
 mod m20250201_000002_round_leases;
+mod m20251127_000003_assignment_indexes;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -18,6 +19,7 @@ impl MigratorTrait for Migrator {
         vec![
             Box::new(m20250101_000001_initial::Migration),
             Box::new(m20250201_000002_round_leases::Migration),
+            Box::new(m20251127_000003_assignment_indexes::Migration),
         ]
     }
 }
