@@ -19,7 +19,7 @@ use policy::generate::SamplingConfig;
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
 use policy::train_loop::{
-    self, install_interrupt_handler, metrics_path, LoopConfig, ScheduleKind, Stage,
+    self, install_interrupt_handler, metrics_path, LoopConfig, Stage,
 };
 use reward_model::data::{read_pairs, Aggregation, DataOptions};
 use reward_model::loss::MarginTable;
