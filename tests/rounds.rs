@@ -193,30 +193,21 @@ fn curl(s: &TestServer, args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
 }
 
+/// A tiny random policy (GQA, 2 layers) at `out`.
+fn tiny_policy(out: &str) {
+    ok(&[
+        "policy", "init", "--out", out, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2",
+        "--heads", "4", "--kv-heads", "2", "--vocab-size", "300",
+    ]);
+}
+
 #[test]
 fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
     let s = start_server(dir);
     let policy = dir.join("policy").to_str().unwrap().to_string();
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &policy,
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--vocab-size",
-        "300",
-    ]);
+    tiny_policy(&policy);
     let mut bots = spawn(
         &[
             "label", "simulate", "--server", &s.url, "--token", &s.token, "--task", "review",
@@ -302,24 +293,7 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
     let (url, token) = (srv.url.clone(), srv.token.clone());
     // a policy and prompts of the review task
     let policy = d("policy");
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &policy,
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--vocab-size",
-        "300",
-    ]);
+    tiny_policy(&policy);
     let prompts: String = (0..12)
         .map(|i| format!("{{\"prompt\": \"Review of film {i}:\", \"source\": \"fault\"}}\n"))
         .collect();
