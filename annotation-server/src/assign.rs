@@ -40,7 +40,6 @@ const CLAIM_ATTEMPTS: usize = 8;
 /// lease on the oldest open comparison they have neither labeled nor skipped.
 /// `None` when there is nothing for them.
 pub async fn next_task(state: &AppState, labeler: i64) -> AppResult<Option<Task>> {
-    let db = &state.db;
     let lease_ms = state.config.lease_duration.as_millis() as i64;
     for attempt in 0..CLAIM_ATTEMPTS {
         let now = now_ms();
@@ -49,10 +48,10 @@ pub async fn next_task(state: &AppState, labeler: i64) -> AppResult<Option<Task>
         }
         // the claim refuses labelers who hold a lease, so the common case
         // (holding none) needs no separate lookup first
-        match claim_next(db, labeler, now + lease_ms).await? {
-            Claim::Got(id) => {
+        match claim_next(state, labeler, now + lease_ms).await? {
+            Claim::Got(task) => {
                 state.metrics.leases_granted.fetch_add(1, Ordering::Relaxed);
-                return load_task(state, id, now + lease_ms).await.map(Some);
+                return Ok(Some(task));
             }
             Claim::Nothing => {
                 if let Some(task) = renew_held(state, labeler, lease_ms).await? {
@@ -126,8 +125,8 @@ fn unseen_by(labeler: i64) -> sea_orm::Condition {
 }
 
 enum Claim {
-    /// A lease on this comparison.
-    Got(i64),
+    /// A lease on this comparison, loaded as a task.
+    Got(Task),
     /// The labeler holds a lease already, or no open comparison has a free
     /// slot for them.
     Nothing,
@@ -136,14 +135,57 @@ enum Claim {
 }
 
 /// Unless `labeler` holds a lease already, takes a slot of the oldest open
-/// comparison they have neither labeled nor skipped, and records the lease: one statement that picks and counts the
-/// slot (so the pick cannot go stale before it is taken) plus the lease row, in
-/// one transaction.
-async fn claim_next(db: &DatabaseConnection, labeler: i64, expires: i64) -> AppResult<Claim> {
-    match db.get_database_backend() {
-        DbBackend::Postgres => claim_next_postgres(db, labeler, expires).await,
-        _ => claim_next_sqlite(db, labeler, expires).await,
+/// comparison they have neither labeled nor skipped, records the lease and
+/// loads the task, as one write: the pick cannot go stale before it is taken,
+/// and the task comes back without another trip to the database.
+async fn claim_next(state: &AppState, labeler: i64, expires: i64) -> AppResult<Claim> {
+    let postgres = state.db.get_database_backend() == DbBackend::Postgres;
+    // PostgreSQL: concurrent claimers skip rows another transaction has locked
+    // instead of queueing on the same oldest row; only when that finds nothing
+    // does a second, waiting pass make sure "nothing" is not just "everything
+    // was busy this instant". SQLite: writers are serialized, one pass.
+    let passes: &[&str] = if postgres {
+        &[" FOR UPDATE SKIP LOCKED", " FOR UPDATE"]
+    } else {
+        &[""]
+    };
+    for lock in passes {
+        let (sql, values) = if postgres {
+            (
+                claim_sql_postgres(lock),
+                vec![
+                    labeler.into(),
+                    labeler.into(),
+                    labeler.into(),
+                    labeler.into(),
+                    expires.into(),
+                    now_ms().into(),
+                ],
+            )
+        } else {
+            (
+                claim_sql_sqlite(),
+                vec![
+                    labeler.into(),
+                    expires.into(),
+                    now_ms().into(),
+                    labeler.into(),
+                    labeler.into(),
+                    labeler.into(),
+                ],
+            )
+        };
+        match state.writer.write(&sql, values).await {
+            Ok(rows) => {
+                if let Some(task) = task_from_rows(state, &rows, expires)? {
+                    return Ok(Claim::Got(task));
+                }
+            }
+            Err(e) if is_unique_violation(&e) => return Ok(Claim::AlreadyHeld),
+            Err(e) => return Err(e.into()),
+        }
     }
+    Ok(Claim::Nothing)
 }
 
 /// `SELECT` of the oldest open comparison with a free slot that the labeler
@@ -162,76 +204,64 @@ fn oldest_eligible_sql(lock: &str) -> String {
     )
 }
 
-/// SQLite: writers are serialized (the write transaction holds the database
-/// lock), so the oldest eligible comparison cannot be taken from under us.
-/// Both statements go to SQLite as one script (one trip to the connection's
-/// worker thread, while the write lock is held): the lease row is inserted,
-/// then its slot counted, guarded by `changes()` (rows the previous statement
-/// inserted) so that nothing is counted when nothing was inserted.
-async fn claim_next_sqlite(
-    db: &DatabaseConnection,
-    labeler: i64,
-    expires: i64,
-) -> AppResult<Claim> {
-    let sql = format!(
-        "INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
-           SELECT id, ?, ?, ? FROM comparisons WHERE id = ({}) RETURNING comparison_id; \
-         UPDATE comparisons SET leased = leased + 1 \
-           WHERE changes() = 1 AND id = (SELECT comparison_id FROM leases WHERE id = last_insert_rowid())",
-        oldest_eligible_sql("")
-    );
-    let mut values: Vec<Value> = vec![labeler.into(), expires.into(), now_ms().into()];
-    values.extend([labeler.into(), labeler.into(), labeler.into()]);
-    let (_writer, txn) = begin_write(db).await?;
-    let rows = match txn.query_all_raw(stmt(&txn, &sql, values)).await {
-        Ok(rows) => rows,
-        // dropping the transaction rolls everything back
-        Err(e) if is_unique_violation(&e) => return Ok(Claim::AlreadyHeld),
-        Err(e) => return Err(e.into()),
-    };
-    let Some(row) = rows.first() else {
-        return Ok(Claim::Nothing);
-    };
-    let id: i64 = row.try_get_by_index(0)?;
-    txn.commit().await?;
-    Ok(Claim::Got(id))
+/// `SELECT` of a comparison as task rows (one per response, by position):
+/// comparison id, batch id, prompt messages, prompt tags, response text. The
+/// response text is a correlated subquery so that it is always a primary-key
+/// lookup, whatever the planner's statistics say. `{from}` joins the source of
+/// the comparison id `k.id`, `{cond}` restricts it.
+fn task_sql(from: &str, cond: &str) -> String {
+    format!(
+        "SELECT c.id, c.batch_id, p.messages, p.tags, \
+           (SELECT r.text FROM responses r WHERE r.id = cr.response_id) \
+         FROM {from} JOIN comparisons c ON c.id = k.id \
+         JOIN prompts p ON p.id = c.prompt_id \
+         LEFT JOIN comparison_responses cr ON cr.comparison_id = c.id \
+         WHERE {cond} ORDER BY cr.position"
+    )
 }
 
-/// PostgreSQL: one statement (slot and lease row commit together). Concurrent
-/// claimers skip rows another transaction has locked instead of queueing on the
-/// same oldest row; only when that finds nothing does a second, waiting pass
-/// make sure "nothing" is not just "everything was busy this instant".
-async fn claim_next_postgres(
-    db: &DatabaseConnection,
-    labeler: i64,
-    expires: i64,
-) -> AppResult<Claim> {
-    for lock in [" FOR UPDATE SKIP LOCKED", " FOR UPDATE"] {
-        let sql = format!(
-            "WITH slot AS ( \
-               UPDATE comparisons SET leased = leased + 1 \
-               WHERE state = 'open' AND labels_done + leased < labels_wanted AND id = ({}) \
-               RETURNING id) \
-             INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
-             SELECT id, ?, ?, ? FROM slot RETURNING comparison_id",
-            oldest_eligible_sql(lock)
-        );
-        let values = vec![
-            labeler.into(),
-            labeler.into(),
-            labeler.into(),
-            labeler.into(),
-            expires.into(),
-            now_ms().into(),
-        ];
-        match db.query_one_raw(stmt(db, &sql, values)).await {
-            Ok(Some(row)) => return Ok(Claim::Got(row.try_get_by_index(0)?)),
-            Ok(None) => continue,
-            Err(e) if is_unique_violation(&e) => return Ok(Claim::AlreadyHeld),
-            Err(e) => return Err(e.into()),
-        }
-    }
-    Ok(Claim::Nothing)
+/// SQLite: the lease row is inserted, then its slot counted, then the task
+/// read, guarded by `changes()` (rows the previous write statement touched) so
+/// that nothing is counted or read when nothing was inserted. Runs inside the
+/// writer's transaction, so no other writer can take the slot in between.
+fn claim_sql_sqlite() -> String {
+    format!(
+        "INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
+           SELECT id, ?, ?, ? FROM comparisons WHERE id = ({}); \
+         UPDATE comparisons SET leased = leased + 1 \
+           WHERE changes() = 1 AND id = (SELECT comparison_id FROM leases WHERE id = last_insert_rowid()); \
+         {}",
+        oldest_eligible_sql(""),
+        task_sql(
+            "(SELECT comparison_id AS id FROM leases WHERE id = last_insert_rowid()) k",
+            "changes() = 1"
+        )
+    )
+}
+
+/// PostgreSQL: one statement; the slot, the lease row and the read commit
+/// together. The task is read through the inserted lease, so it comes back
+/// only if the lease was taken.
+///
+/// A claim does not wait for its commit to reach the disk
+/// (`synchronous_commit` off for this transaction only, set where the lease
+/// row is inserted): a lease lost in a database crash is harmless, since the
+/// slot and the lease commit or vanish together and the labeler just gets a
+/// task again. Labels still wait (and their commit flushes every earlier claim).
+/// Half the commits of the labeling loop thus stop waiting for the disk.
+fn claim_sql_postgres(lock: &str) -> String {
+    format!(
+        "WITH slot AS ( \
+           UPDATE comparisons SET leased = leased + 1 \
+           WHERE state = 'open' AND labels_done + leased < labels_wanted AND id = ({}) \
+           RETURNING id), \
+         ins AS (INSERT INTO leases (comparison_id, labeler_id, expires_at, created_at) \
+           SELECT id, ?, ?, ? FROM slot \
+           RETURNING comparison_id AS id, set_config('synchronous_commit', 'off', true)) \
+         {}",
+        oldest_eligible_sql(lock),
+        task_sql("ins k", "TRUE")
+    )
 }
 
 /// Gives back the slot of a lease row that was just deleted.
@@ -374,10 +404,7 @@ pub async fn submit_label(
     let k = response_count(state, id).await?;
     validate_label(&body, k)?;
     let row = label_values(id, labeler, body)?;
-    let stored = match db.get_database_backend() {
-        DbBackend::Postgres => store_label_postgres(db, id, labeler, row).await,
-        _ => store_label_sqlite(db, id, labeler, row).await,
-    };
+    let stored = store_label(state, id, labeler, row).await;
     let (label_id, state_after) = match stored {
         Ok(Some(stored)) => stored,
         Ok(None) => return Err(why_no_slot(db, id, labeler).await),
@@ -427,66 +454,55 @@ const COUNT_LABEL: &str = "labels_done = labels_done + 1, leased = leased - ?, \
     state = CASE WHEN labels_done + 1 >= labels_wanted THEN 'complete' ELSE state END \
     WHERE id = ? AND (? = 1 OR (state = 'open' AND labels_done + leased < labels_wanted))";
 
-/// SQLite: drop the lease, count the label, insert it, in one write
-/// transaction and as one script (one trip to the connection's worker thread
-/// while the write lock is held). `changes()` is the row count of the previous
-/// statement: the dropped lease in the counter update, the counted slot in the
-/// insert. `None` when there was no lease and no free slot; a unique violation
-/// (already labeled) rolls everything back.
-async fn store_label_sqlite(
-    db: &DatabaseConnection,
+/// Drops the labeler's lease, counts the label and inserts it, as one write.
+/// `None` when there was no lease and no free slot (nothing changed); a
+/// unique violation (already labeled) undoes all of it.
+///
+/// SQLite: three statements in the writer's transaction; `changes()` is the
+/// row count of the previous statement: the dropped lease in the counter
+/// update, the counted slot in the insert. PostgreSQL: the same three steps as
+/// one statement of data-modifying CTEs (they all run); `slot` is empty when
+/// there was no lease and no free slot, and then nothing is inserted.
+async fn store_label(
+    state: &AppState,
     id: i64,
     labeler: i64,
     row: Vec<Value>,
 ) -> Result<Option<(i64, String)>, sea_orm::DbErr> {
-    let sql = format!(
-        "DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ?; \
-         UPDATE comparisons SET {} RETURNING state; \
-         INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
-           WHERE changes() = 1 RETURNING id",
-        COUNT_LABEL
-            .replacen("leased - ?", "leased - changes()", 1)
-            .replacen("? = 1", "changes() = 1", 1)
-    );
+    let sql = match state.db.get_database_backend() {
+        DbBackend::Postgres => format!(
+            "WITH gone AS (DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ? RETURNING id), \
+             had AS (SELECT CAST(COUNT(*) AS INTEGER) AS n FROM gone), \
+             slot AS (UPDATE comparisons SET {} RETURNING id, state), \
+             ins AS (INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM slot RETURNING id) \
+             SELECT ins.id, slot.state FROM ins, slot",
+            COUNT_LABEL
+                .replacen("leased - ?", "leased - (SELECT n FROM had)", 1)
+                .replacen("? = 1", "(SELECT n FROM had) = 1", 1)
+        ),
+        _ => format!(
+            "DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ?; \
+             UPDATE comparisons SET {} RETURNING state; \
+             INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
+               WHERE changes() = 1 RETURNING id",
+            COUNT_LABEL
+                .replacen("leased - ?", "leased - changes()", 1)
+                .replacen("? = 1", "changes() = 1", 1)
+        ),
+    };
     let mut values: Vec<Value> = vec![id.into(), labeler.into(), id.into()];
     values.extend(row);
-    let (_writer, txn) = begin_write(db).await?;
-    // rows: the new state (counter update), then the new label's id (insert)
-    let rows = txn.query_all_raw(stmt(&txn, &sql, values)).await?;
-    let [counted, inserted] = rows.as_slice() else {
-        return Ok(None);
-    };
-    let state_after: String = counted.try_get_by_index(0)?;
-    let label_id: i64 = inserted.try_get_by_index(0)?;
-    txn.commit().await?;
-    Ok(Some((label_id, state_after)))
-}
-
-/// PostgreSQL: the same three steps as one statement (one round trip, atomic
-/// on its own). Data-modifying CTEs all run; `slot` is empty when there was
-/// no lease and no free slot, and then nothing is inserted.
-async fn store_label_postgres(
-    db: &DatabaseConnection,
-    id: i64,
-    labeler: i64,
-    row: Vec<Value>,
-) -> Result<Option<(i64, String)>, sea_orm::DbErr> {
-    let sql = format!(
-        "WITH gone AS (DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ? RETURNING id), \
-         had AS (SELECT CAST(COUNT(*) AS INTEGER) AS n FROM gone), \
-         slot AS (UPDATE comparisons SET {} RETURNING id, state), \
-         ins AS (INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM slot RETURNING id) \
-         SELECT ins.id, slot.state FROM ins, slot",
-        COUNT_LABEL
-            .replacen("leased - ?", "leased - (SELECT n FROM had)", 1)
-            .replacen("? = 1", "(SELECT n FROM had) = 1", 1)
-    );
-    let mut values: Vec<Value> = vec![id.into(), labeler.into(), id.into()];
-    values.extend(row);
-    let Some(r) = db.query_one_raw(stmt(db, &sql, values)).await? else {
-        return Ok(None);
-    };
-    Ok(Some((r.try_get_by_index(0)?, r.try_get_by_index(1)?)))
+    let rows = state.writer.write(&sql, values).await?;
+    match rows.as_slice() {
+        // PostgreSQL: one row (label id, state)
+        [r] => Ok(Some((r.try_get_by_index(0)?, r.try_get_by_index(1)?))),
+        // SQLite: the new state (counter update), then the new label's id
+        [counted, inserted] => Ok(Some((
+            inserted.try_get_by_index(0)?,
+            counted.try_get_by_index(0)?,
+        ))),
+        _ => Ok(None),
+    }
 }
 
 /// Explains why a label without a lease cannot be taken.
@@ -528,44 +544,47 @@ pub async fn skip(state: &AppState, labeler: i64, id: i64) -> AppResult<()> {
     Ok(())
 }
 
-/// Loads a comparison as a task: one query for the comparison, its prompt and
-/// its responses in order. The response text is a correlated subquery so that
-/// it is always a primary-key lookup, whatever the planner's statistics say.
+/// Loads a comparison as a task (404 if it does not exist).
 pub async fn load_task(state: &AppState, id: i64, lease_expires: i64) -> AppResult<Task> {
     let db = &state.db;
-    let sql = "SELECT c.batch_id, p.messages, p.tags, \
-                 (SELECT r.text FROM responses r WHERE r.id = cr.response_id) \
-               FROM comparison_responses cr \
-               JOIN comparisons c ON c.id = cr.comparison_id \
-               JOIN prompts p ON p.id = c.prompt_id \
-               WHERE cr.comparison_id = ? ORDER BY cr.position";
-    let rows = db.query_all_raw(stmt(db, sql, vec![id.into()])).await?;
+    let sql = task_sql("(SELECT CAST(? AS BIGINT) AS id) k", "TRUE");
+    let rows = db.query_all_raw(stmt(db, &sql, vec![id.into()])).await?;
+    task_from_rows(state, &rows, lease_expires)?
+        .ok_or_else(|| AppError::NotFound(format!("no comparison {id}")))
+}
+
+/// A task from the rows of [`task_sql`]; `None` when there are none.
+fn task_from_rows(
+    state: &AppState,
+    rows: &[sea_orm::QueryResult],
+    lease_expires: i64,
+) -> AppResult<Option<Task>> {
     let Some(first) = rows.first() else {
-        return Err(AppError::NotFound(format!("no comparison {id}")));
+        return Ok(None);
     };
-    let batch_id: i64 = first.try_get_by_index(0)?;
-    let messages: String = first.try_get_by_index(1)?;
-    let tags: String = first.try_get_by_index(2)?;
-    let responses = rows
-        .iter()
-        .enumerate()
-        .map(|(position, row)| {
-            Ok(TaskResponse {
-                position,
-                text: row.try_get_by_index(3)?,
-            })
-        })
-        .collect::<Result<Vec<_>, sea_orm::DbErr>>()?;
+    let id: i64 = first.try_get_by_index(0)?;
+    let batch_id: i64 = first.try_get_by_index(1)?;
+    let messages: String = first.try_get_by_index(2)?;
+    let tags: String = first.try_get_by_index(3)?;
+    let mut responses = Vec::with_capacity(rows.len());
+    for row in rows {
+        if let Some(text) = row.try_get_by_index::<Option<String>>(4)? {
+            responses.push(TaskResponse {
+                position: responses.len(),
+                text,
+            });
+        }
+    }
     // the label that follows is checked against this count
     state.response_counts.put(id, responses.len());
-    Ok(Task {
+    Ok(Some(Task {
         comparison_id: id,
         batch_id,
         prompt: parse_messages(&messages),
         tags: parse_tags(&tags),
         responses,
         lease_expires_at: rfc3339(lease_expires),
-    })
+    }))
 }
 
 /// The responses of a comparison, by position.

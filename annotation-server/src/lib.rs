@@ -58,3 +58,5 @@ pub mod state;
 pub mod time;
 #[cfg(feature = "server")]
 pub mod ui;
+#[cfg(feature = "server")]
+pub mod writer;

@@ -3,6 +3,7 @@
 use crate::auth::CurrentUser;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
+use crate::writer::Writer;
 use sea_orm::DatabaseConnection;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -58,6 +59,8 @@ pub struct AppState {
     /// Comparison id → number of responses, which never changes once the
     /// comparison exists; saves a query per submitted label.
     pub response_counts: Arc<ResponseCounts>,
+    /// The labeling hot path's writes (batched on SQLite).
+    pub writer: Arc<Writer>,
 }
 
 impl AppState {
@@ -65,6 +68,7 @@ impl AppState {
     pub fn new(db: DatabaseConnection, config: Config) -> AppState {
         let limiter = RateLimiter::new(config.login_max_failures, config.login_window);
         AppState {
+            writer: Arc::new(Writer::new(db.clone())),
             db,
             config: Arc::new(config),
             metrics: Arc::new(Metrics::default()),
