@@ -17,15 +17,9 @@ use trainer::data::PreferencePair;
 use trainer::dpo::{DpoConfig, DpoStage};
 use trainer::policy_io::PolicyFiles;
 
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mib;
 
 /// The `small` preset shape with random weights.
 pub fn small(dev: &Cpu) -> anyhow::Result<Llama<Cpu>> {

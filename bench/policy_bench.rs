@@ -23,14 +23,9 @@ fn small_config() -> LlamaConfig {
     .unwrap()
 }
 
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|kb| kb.parse::<f64>().ok())
-        .map_or(f64::NAN, |kb| kb / 1024.0)
-}
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mib;
 
 fn main() {
     let what = std::env::args().nth(1).unwrap_or_else(|| "train".into());

@@ -15,15 +15,9 @@ use reward_model::data::EncodedPair;
 use reward_model::model::RewardModel;
 use reward_model::train::train_step;
 
-fn peak_rss_mib() -> f64 {
-    let s = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    s.lines()
-        .find(|l| l.starts_with("VmHWM:"))
-        .and_then(|l| l.split_whitespace().nth(1))
-        .and_then(|k| k.parse::<f64>().ok())
-        .unwrap_or(0.0)
-        / 1024.0
-}
+#[path = "common.rs"]
+mod common;
+use common::peak_rss_mib;
 
 fn main() -> anyhow::Result<()> {
     let arg = |i: usize, d: usize| {

@@ -105,8 +105,9 @@ fn demo_round_with_rs_then_dpo_raises_the_gold_reward() {
     check_recipe("rs+dpo");
 }
 
-struct Server(Child);
-impl Drop for Server {
+/// A child process that is killed when this goes out of scope.
+struct KillOnDrop(Child);
+impl Drop for KillOnDrop {
     fn drop(&mut self) {
         let _ = self.0.kill();
         let _ = self.0.wait();
@@ -123,6 +124,18 @@ fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
     c.spawn().unwrap()
 }
 
+/// Two simulated labelers of the review task that label whatever appears.
+fn spawn_bots(url: &str, token: &str, dir: &Path) -> KillOnDrop {
+    KillOnDrop(spawn(
+        &[
+            "label", "simulate", "--server", url, "--token", token, "--task", "review", "--bots",
+            "2", "--watch",
+        ],
+        &[],
+        &dir.join("bots.log"),
+    ))
+}
+
 fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
     let t0 = Instant::now();
     while !f() {
@@ -136,7 +149,7 @@ fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
 
 /// A server with an admin token, stopped when dropped.
 struct TestServer {
-    _child: Server,
+    _child: KillOnDrop,
     url: String,
     token: String,
 }
@@ -149,7 +162,7 @@ fn start_server(dir: &Path) -> TestServer {
         .port();
     let bind = format!("127.0.0.1:{port}");
     let db = format!("sqlite://{}", dir.join("db.sqlite").display());
-    let child = Server(spawn(
+    let child = KillOnDrop(spawn(
         &["serve", "--bind", &bind, "--database-url", &db],
         &[("RLHF_ADMIN_PASSWORD", "pw-for-tests-123")],
         &dir.join("server.log"),
@@ -208,14 +221,7 @@ fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
     let s = start_server(dir);
     let policy = dir.join("policy").to_str().unwrap().to_string();
     tiny_policy(&policy);
-    let mut bots = spawn(
-        &[
-            "label", "simulate", "--server", &s.url, "--token", &s.token, "--task", "review",
-            "--bots", "2", "--watch",
-        ],
-        &[],
-        &dir.join("bots.log"),
-    );
+    let bots = spawn_bots(&s.url, &s.token, dir);
     let env = [
         ("RLHF_SERVER", s.url.as_str()),
         ("RLHF_TOKEN", s.token.as_str()),
@@ -270,8 +276,7 @@ fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
             .exists());
         ids.push(r);
     }
-    bots.kill().unwrap();
-    let _ = bots.wait();
+    drop(bots);
     // the first starts from the worker's --policy, the second from the first's output
     assert_eq!(ids[0]["state"]["config"]["policy"], policy.as_str());
     assert_eq!(
@@ -375,14 +380,7 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
         .unwrap()
     };
     // bots label whatever appears
-    let mut bots = spawn(
-        &[
-            "label", "simulate", "--server", &url, "--token", &token, "--task", "review", "--bots",
-            "2", "--watch",
-        ],
-        &[],
-        &dir.join("bots.log"),
-    );
+    let bots = spawn_bots(&url, &token, dir);
     // the worker: killed once it is training the policy (labels in, reward model done)
     let worker_args = [
         "worker",
@@ -409,8 +407,7 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
         "{}",
         std::fs::read_to_string(dir.join("worker2.log")).unwrap()
     );
-    bots.kill().unwrap();
-    let _ = bots.wait();
+    drop(bots);
     // one batch with exactly 12 comparisons, each with 2 labels
     let batches = Command::new("curl")
         .args([
