@@ -150,30 +150,16 @@ async fn claim_next(state: &AppState, labeler: i64, expires: i64) -> AppResult<C
         &[""]
     };
     for lock in passes {
-        let (sql, values) = if postgres {
+        let lease: [Value; 3] = [labeler.into(), expires.into(), now_ms().into()];
+        let pick: [Value; 3] = [labeler.into(), labeler.into(), labeler.into()];
+        // placeholders in text order: PostgreSQL picks first, SQLite inserts first
+        let (sql, values): (String, Vec<Value>) = if postgres {
             (
                 claim_sql_postgres(lock),
-                vec![
-                    labeler.into(),
-                    labeler.into(),
-                    labeler.into(),
-                    labeler.into(),
-                    expires.into(),
-                    now_ms().into(),
-                ],
+                pick.into_iter().chain(lease).collect(),
             )
         } else {
-            (
-                claim_sql_sqlite(),
-                vec![
-                    labeler.into(),
-                    expires.into(),
-                    now_ms().into(),
-                    labeler.into(),
-                    labeler.into(),
-                    labeler.into(),
-                ],
-            )
+            (claim_sql_sqlite(), lease.into_iter().chain(pick).collect())
         };
         match state.writer.write(&sql, values).await {
             Ok(rows) => {
@@ -328,7 +314,7 @@ pub async fn reap_expired(state: &AppState) -> AppResult<u64> {
 }
 
 /// Number of responses of a comparison (404 if it does not exist).
-async fn response_count(state: &AppState, id: i64) -> AppResult<usize> {
+pub async fn response_count(state: &AppState, id: i64) -> AppResult<usize> {
     if let Some(n) = state.response_counts.get(id) {
         return Ok(n);
     }
@@ -545,7 +531,7 @@ pub async fn skip(state: &AppState, labeler: i64, id: i64) -> AppResult<()> {
 }
 
 /// Loads a comparison as a task (404 if it does not exist).
-pub async fn load_task(state: &AppState, id: i64, lease_expires: i64) -> AppResult<Task> {
+async fn load_task(state: &AppState, id: i64, lease_expires: i64) -> AppResult<Task> {
     let db = &state.db;
     let sql = task_sql("(SELECT CAST(? AS BIGINT) AS id) k", "TRUE");
     let rows = db.query_all_raw(stmt(db, &sql, vec![id.into()])).await?;

@@ -16,14 +16,10 @@ pub const DEFAULT_DATABASE_URL: &str = "sqlite://rlhf.sqlite";
 /// A PostgreSQL URL to a loopback host without an `sslmode` gets
 /// `sslmode=disable`: TLS to the same machine protects nothing and costs CPU
 /// on every query (about a tenth of the labeling throughput here). Give
-/// `sslmode=` explicitly to choose otherwise.
+/// `sslmode=` (or set `PGSSLMODE`) to choose otherwise.
 pub fn normalize_url(url: &str) -> String {
     if url.starts_with("postgres://") || url.starts_with("postgresql://") {
-        if url.contains("sslmode=") || !is_loopback_host(url) {
-            return url.to_string();
-        }
-        let sep = if url.contains('?') { '&' } else { '?' };
-        return format!("{url}{sep}sslmode=disable");
+        return without_loopback_tls(url);
     }
     let url = if url.starts_with("sqlite:") {
         url.to_string()
@@ -39,21 +35,32 @@ pub fn normalize_url(url: &str) -> String {
     }
 }
 
-/// Whether a `postgres://` URL names localhost, 127.0.0.0/8 or ::1.
-fn is_loopback_host(url: &str) -> bool {
-    let rest = url.split_once("://").map_or("", |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or("");
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let host = if let Some(v6) = host_port.strip_prefix('[') {
-        v6.split(']').next().unwrap_or("")
-    } else {
-        host_port.split(':').next().unwrap_or("")
+/// `url` with `sslmode=disable` added when it names a loopback host (localhost,
+/// 127.0.0.0/8, ::1) and neither the URL nor `PGSSLMODE` chooses a mode.
+fn without_loopback_tls(url: &str) -> String {
+    let Ok(mut parsed) = url::Url::parse(url) else {
+        // left to the driver, which reports what is wrong with it
+        return url.to_string();
     };
-    host == "localhost"
-        || host == "::1"
-        || host
-            .parse::<std::net::Ipv4Addr>()
-            .is_ok_and(|ip| ip.is_loopback())
+    let loopback = match parsed.host() {
+        // hosts of non-web schemes stay text, IPv4 addresses too
+        Some(url::Host::Domain(name)) => {
+            name == "localhost"
+                || name
+                    .parse::<std::net::Ipv4Addr>()
+                    .is_ok_and(|ip| ip.is_loopback())
+        }
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    };
+    let chosen = parsed.query_pairs().any(|(k, _)| k == "sslmode")
+        || std::env::var_os("PGSSLMODE").is_some();
+    if !loopback || chosen {
+        return url.to_string();
+    }
+    parsed.query_pairs_mut().append_pair("sslmode", "disable");
+    parsed.into()
 }
 
 /// Opens a connection pool. SQLite gets WAL mode, a busy timeout and a small

@@ -83,7 +83,7 @@ impl Writer {
 async fn run_batches(db: DatabaseConnection, mut queue: mpsc::UnboundedReceiver<Job>) {
     let mut jobs = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut jobs, MAX_BATCH).await > 0 {
-        let batch: Vec<Job> = jobs.drain(..).collect();
+        let batch = std::mem::take(&mut jobs);
         let replies = run_batch(&db, batch).await;
         for (reply, result) in replies {
             // the requester may have gone (client hung up): its write stands
@@ -107,42 +107,44 @@ async fn run_batch(
         .await
     {
         Ok(txn) => txn,
-        Err(e) => return fail_all(jobs, &e),
+        Err(e) => return fail_all(jobs.into_iter().map(|j| j.reply), &e),
     };
     let mut done = Vec::with_capacity(jobs.len());
-    for job in jobs {
+    let mut jobs = jobs.into_iter();
+    for job in jobs.by_ref() {
         let stmt = Statement::from_sql_and_values(DbBackend::Sqlite, job.sql, job.values);
         let result = txn.query_all_raw(stmt).await;
-        if result.is_err() {
+        let undone = match result {
+            Ok(_) => Ok(()),
             // undo this write only; if even that fails, the whole batch goes
-            if let Err(e) = txn.execute_unprepared("ROLLBACK TO w; RELEASE w").await {
-                done.push((job.reply, result));
-                return fail_all_done(done, &e);
-            }
-        }
+            Err(_) => txn
+                .execute_unprepared("ROLLBACK TO w; RELEASE w")
+                .await
+                .map(drop),
+        };
         done.push((job.reply, result));
+        if let Err(e) = undone {
+            let replies = done.into_iter().map(|(r, _)| r);
+            return fail_all(replies.chain(jobs.map(|j| j.reply)), &e);
+        }
     }
     match txn.commit().await {
         Ok(()) => done,
-        Err(e) => fail_all_done(done, &e),
+        Err(e) => fail_all(done.into_iter().map(|(r, _)| r), &e),
     }
 }
 
-fn batch_error(e: &DbErr) -> DbErr {
-    DbErr::Custom(format!("the write batch failed: {e}"))
-}
-
-fn fail_all(jobs: Vec<Job>, e: &DbErr) -> Vec<(Reply, Result<Vec<QueryResult>, DbErr>)> {
-    jobs.into_iter()
-        .map(|j| (j.reply, Err(batch_error(e))))
-        .collect()
-}
-
-fn fail_all_done(
-    done: Vec<(Reply, Result<Vec<QueryResult>, DbErr>)>,
+/// The same batch-level error for every reply: none of their writes happened.
+fn fail_all(
+    replies: impl Iterator<Item = Reply>,
     e: &DbErr,
 ) -> Vec<(Reply, Result<Vec<QueryResult>, DbErr>)> {
-    done.into_iter()
-        .map(|(reply, _)| (reply, Err(batch_error(e))))
+    replies
+        .map(|r| {
+            (
+                r,
+                Err(DbErr::Custom(format!("the write batch failed: {e}"))),
+            )
+        })
         .collect()
 }

@@ -69,6 +69,9 @@ async fn a_failing_write_is_undone_alone(db: TestDb) {
     };
     // every even write committed whole, no odd one left anything behind
     assert_eq!(count("SELECT COUNT(*) FROM written").await, 100);
-    assert_eq!(count("SELECT COUNT(*) FROM written WHERE k % 2 = 1").await, 0);
+    assert_eq!(
+        count("SELECT COUNT(*) FROM written WHERE k % 2 = 1").await,
+        0
+    );
     assert_eq!(count("SELECT COUNT(*) FROM taken").await, 200);
 }

@@ -434,10 +434,7 @@ pub async fn submit(
     };
     let Form(form) = form?;
     sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
-    let k = assign::response_texts(&s.db, id).await?.len();
-    if k == 0 {
-        return Err(AppError::NotFound(format!("no comparison {id}")).into());
-    }
+    let k = assign::response_count(&s, id).await?;
     let label = match label_from_form(&form, k) {
         Ok(l) => l,
         Err(msg) => {
