@@ -2,7 +2,11 @@
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "rlhf", version, about = "RLHF alignment pipeline for Llama models: annotation server, policy, reward model, trainer")]
+#[command(
+    name = "rlhf",
+    version,
+    about = "RLHF alignment pipeline for Llama models: annotation server, policy, reward model, trainer"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Commands,
@@ -57,10 +61,17 @@ fn main() {
     };
     if let Err(e) = result {
         // `rlhf … | head` closing the pipe early is not a failure.
-        if e.chain().any(|c| c.downcast_ref::<std::io::Error>().is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)) {
+        if e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>()
+                .is_some_and(|io| io.kind() == std::io::ErrorKind::BrokenPipe)
+        }) {
             return;
         }
         eprintln!("error: {e:#}");
-        std::process::exit(1);
+        let interrupted = e.chain().any(|c| {
+            c.downcast_ref::<policy::train_loop::Interrupted>()
+                .is_some()
+        });
+        std::process::exit(if interrupted { 130 } else { 1 });
     }
 }

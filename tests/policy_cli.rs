@@ -4,12 +4,19 @@ use std::path::Path;
 use std::process::{Command, Output};
 
 fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf")).args(args).output().expect("run rlhf")
+    Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(args)
+        .output()
+        .expect("run rlhf")
 }
 
 fn ok(args: &[&str]) -> String {
     let o = rlhf(args);
-    assert!(o.status.success(), "rlhf {args:?} failed:\n{}", String::from_utf8_lossy(&o.stderr));
+    assert!(
+        o.status.success(),
+        "rlhf {args:?} failed:\n{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
     String::from_utf8(o.stdout).unwrap()
 }
 
@@ -24,7 +31,26 @@ fn err(args: &[&str]) -> String {
 fn init(dir: &Path) -> String {
     let out = dir.join("tiny");
     let s = out.to_str().unwrap().to_string();
-    ok(&["policy", "init", "--out", &s, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2", "--heads", "4", "--kv-heads", "2", "--vocab-size", "300", "--seed", "5"]);
+    ok(&[
+        "policy",
+        "init",
+        "--out",
+        &s,
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab-size",
+        "300",
+        "--seed",
+        "5",
+    ]);
     s
 }
 
@@ -32,7 +58,13 @@ fn init(dir: &Path) -> String {
 fn init_info_generate_logprobs_render() {
     let tmp = tempfile::tempdir().unwrap();
     let model = init(tmp.path());
-    for f in ["config.json", "generation_config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json"] {
+    for f in [
+        "config.json",
+        "generation_config.json",
+        "model.safetensors",
+        "tokenizer.json",
+        "tokenizer_config.json",
+    ] {
         assert!(Path::new(&model).join(f).exists(), "{f} missing");
     }
     let info: Value = serde_json::from_str(&ok(&["policy", "info", "--model", &model])).unwrap();
@@ -41,52 +73,159 @@ fn init_info_generate_logprobs_render() {
     assert_eq!(info["tokenizer"]["chat_template"], "checkpoint");
 
     // generation: reproducible with a seed, JSON with tokens and log-probs
-    let args = ["policy", "generate", "--model", &model, "--prompt", "The cat", "--prompt", "A much longer prompt than the first one", "--max-new-tokens", "6", "--seed", "3", "--json"];
+    let args = [
+        "policy",
+        "generate",
+        "--model",
+        &model,
+        "--prompt",
+        "The cat",
+        "--prompt",
+        "A much longer prompt than the first one",
+        "--max-new-tokens",
+        "6",
+        "--seed",
+        "3",
+        "--json",
+    ];
     let a = ok(&args);
     assert_eq!(a, ok(&args));
-    let lines: Vec<Value> = a.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let lines: Vec<Value> = a
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
     assert_eq!(lines.len(), 2);
     for l in &lines {
         let n = l["tokens"].as_array().unwrap().len();
-        assert!(n >= 1 && n <= 6);
+        assert!((1..=6).contains(&n));
         assert_eq!(l["logprobs"].as_array().unwrap().len(), n);
     }
 
     // log-probs: n-1 per sequence, and the generated tokens' log-probs agree with
     // a full forward over prompt + continuation (greedy → temperature 1)
-    let greedy: Value = serde_json::from_str(ok(&["policy", "generate", "--model", &model, "--prompt", "The cat", "--max-new-tokens", "5", "--temperature", "0", "--json"]).trim()).unwrap();
+    let greedy: Value = serde_json::from_str(
+        ok(&[
+            "policy",
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            "The cat",
+            "--max-new-tokens",
+            "5",
+            "--temperature",
+            "0",
+            "--json",
+        ])
+        .trim(),
+    )
+    .unwrap();
     let render_dir = tmp.path();
     let prompt_ids: Vec<u64> = {
         // plain prompts are encoded with the tokenizer's special tokens (BOS)
         let tok = policy::tokenizer::Tokenizer::load(Path::new(&model)).unwrap();
-        tok.encode("The cat", true).unwrap().into_iter().map(u64::from).collect()
+        tok.encode("The cat", true)
+            .unwrap()
+            .into_iter()
+            .map(u64::from)
+            .collect()
     };
-    let gen_ids: Vec<u64> = greedy["tokens"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap()).collect();
+    let gen_ids: Vec<u64> = greedy["tokens"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap())
+        .collect();
     let all: Vec<u64> = prompt_ids.iter().chain(&gen_ids).copied().collect();
     let input = render_dir.join("in.jsonl");
-    std::fs::write(&input, format!("{}\n{{\"text\": \"hello world\"}}\n", serde_json::json!({"tokens": all}))).unwrap();
+    std::fs::write(
+        &input,
+        format!(
+            "{}\n{{\"text\": \"hello world\"}}\n",
+            serde_json::json!({"tokens": all})
+        ),
+    )
+    .unwrap();
     let output = render_dir.join("out.jsonl");
-    ok(&["policy", "logprobs", "--model", &model, "--input", input.to_str().unwrap(), "--output", output.to_str().unwrap()]);
-    let out: Vec<Value> = std::fs::read_to_string(&output).unwrap().lines().map(|l| serde_json::from_str(l).unwrap()).collect();
-    let lp: Vec<f64> = out[0]["logprobs"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap()).collect();
+    ok(&[
+        "policy",
+        "logprobs",
+        "--model",
+        &model,
+        "--input",
+        input.to_str().unwrap(),
+        "--output",
+        output.to_str().unwrap(),
+    ]);
+    let out: Vec<Value> = std::fs::read_to_string(&output)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let lp: Vec<f64> = out[0]["logprobs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap())
+        .collect();
     assert_eq!(lp.len(), all.len() - 1);
     let tail = &lp[prompt_ids.len() - 1..];
     for (a, b) in tail.iter().zip(greedy["logprobs"].as_array().unwrap()) {
         assert!((a - b.as_f64().unwrap()).abs() < 1e-4, "{a} vs {b}");
     }
-    assert!(out[1]["logprobs"].as_array().unwrap().len() >= 1);
+    assert!(!out[1]["logprobs"].as_array().unwrap().is_empty());
 
     // render: exactly the ids the chat template + tokenizer produce
     let chat = render_dir.join("chat.json");
     std::fs::write(&chat, r#"[{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi <|eot_id|> {{ x }}"}]"#).unwrap();
-    let r: Value = serde_json::from_str(&ok(&["policy", "render", "--model", &model, "--chat", chat.to_str().unwrap()])).unwrap();
+    let r: Value = serde_json::from_str(&ok(&[
+        "policy",
+        "render",
+        "--model",
+        &model,
+        "--chat",
+        chat.to_str().unwrap(),
+    ]))
+    .unwrap();
     let text = r["text"].as_str().unwrap();
-    assert!(text.starts_with("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"), "{text}");
-    assert!(text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"), "{text}");
-    assert!(text.contains("{{ x }}"), "user text is data, not template code: {text}");
-    let r2: Value = serde_json::from_str(&ok(&["policy", "render", "--model", &model, "--chat", chat.to_str().unwrap(), "--no-generation-prompt"])).unwrap();
-    assert!(!r2["text"].as_str().unwrap().ends_with("assistant<|end_header_id|>\n\n"));
-    ok(&["policy", "generate", "--model", &model, "--chat", chat.to_str().unwrap(), "--max-new-tokens", "3"]);
+    assert!(
+        text.starts_with(
+            "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\nBe brief.<|eot_id|>"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.ends_with("<|start_header_id|>assistant<|end_header_id|>\n\n"),
+        "{text}"
+    );
+    assert!(
+        text.contains("{{ x }}"),
+        "user text is data, not template code: {text}"
+    );
+    let r2: Value = serde_json::from_str(&ok(&[
+        "policy",
+        "render",
+        "--model",
+        &model,
+        "--chat",
+        chat.to_str().unwrap(),
+        "--no-generation-prompt",
+    ]))
+    .unwrap();
+    assert!(!r2["text"]
+        .as_str()
+        .unwrap()
+        .ends_with("assistant<|end_header_id|>\n\n"));
+    ok(&[
+        "policy",
+        "generate",
+        "--model",
+        &model,
+        "--chat",
+        chat.to_str().unwrap(),
+        "--max-new-tokens",
+        "3",
+    ]);
 }
 
 #[test]
@@ -94,21 +233,81 @@ fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let model = init(tmp.path());
     assert!(err(&["policy", "info", "--model", "/definitely/not/here"]).contains("config.json"));
-    assert!(err(&["policy", "generate", "--model", "/definitely/not/here", "--prompt", "x"]).contains("not a directory"));
+    assert!(err(&[
+        "policy",
+        "generate",
+        "--model",
+        "/definitely/not/here",
+        "--prompt",
+        "x"
+    ])
+    .contains("not a directory"));
     let bad = tmp.path().join("bad.jsonl");
     std::fs::write(&bad, "{\"tokens\": [1, 2, 3]}\nnot json\n").unwrap();
     let out = tmp.path().join("o.jsonl");
-    let e = err(&["policy", "logprobs", "--model", &model, "--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let e = err(&[
+        "policy",
+        "logprobs",
+        "--model",
+        &model,
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(e.contains("line 2"), "{e}");
     assert!(!out.exists(), "no partial output on error");
     std::fs::write(&bad, "{\"tokens\": [1, 99999]}\n").unwrap();
-    let e = err(&["policy", "logprobs", "--model", &model, "--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]);
+    let e = err(&[
+        "policy",
+        "logprobs",
+        "--model",
+        &model,
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
     assert!(e.contains("out of range"), "{e}");
-    std::fs::write(&bad, "{\"tokens\": [1]}\n").unwrap();
-    assert!(err(&["policy", "logprobs", "--model", &model, "--input", bad.to_str().unwrap(), "--output", out.to_str().unwrap()]).contains("at least 2"));
+    std::fs::write(&bad, "{\"tokens\": []}\n").unwrap();
+    assert!(err(&[
+        "policy",
+        "logprobs",
+        "--model",
+        &model,
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap()
+    ])
+    .contains("at least 1"));
+    // one token has no target: its log-probs are the empty list (README's definition)
+    std::fs::write(&bad, "{\"tokens\": [1]}\n{\"tokens\": [1, 2]}\n").unwrap();
+    ok(&[
+        "policy",
+        "logprobs",
+        "--model",
+        &model,
+        "--input",
+        bad.to_str().unwrap(),
+        "--output",
+        out.to_str().unwrap(),
+    ]);
+    let lines: Vec<Value> = std::fs::read_to_string(&out)
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines[0]["logprobs"], serde_json::json!([]));
+    assert_eq!(lines[1]["logprobs"].as_array().unwrap().len(), 1);
+    std::fs::remove_file(&out).unwrap();
     // a checkpoint with a corrupted weight file
     std::fs::write(Path::new(&model).join("model.safetensors"), b"garbage").unwrap();
-    assert!(err(&["policy", "generate", "--model", &model, "--prompt", "x"]).contains("safetensors"));
-    let e = err(&["policy", "generate", "--model", &model, "--prompt", "x", "--device", "cuda"]);
+    assert!(
+        err(&["policy", "generate", "--model", &model, "--prompt", "x"]).contains("safetensors")
+    );
+    let e = err(&[
+        "policy", "generate", "--model", &model, "--prompt", "x", "--device", "cuda",
+    ]);
     assert!(e.contains("cuda") || e.contains("CUDA"), "{e}");
 }

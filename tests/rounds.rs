@@ -31,7 +31,16 @@ fn demo(out: &Path, recipe: &str) -> Value {
     // noiseless bots: which bot labels which comparison depends on timing, so
     // with Bradley-Terry noise the labels (and the outcome) would vary run to run
     let table = ok(&[
-        "demo", "--out", o, "--recipe", recipe, "--rounds", "1", "--quiet", "--bot-temperature", "0",
+        "demo",
+        "--out",
+        o,
+        "--recipe",
+        recipe,
+        "--rounds",
+        "1",
+        "--quiet",
+        "--bot-temperature",
+        "0",
     ]);
     assert!(table.contains("| 1 |"), "{table}");
     let r: Value =
@@ -209,8 +218,22 @@ fn curl(s: &TestServer, args: &[&str]) -> Value {
 /// A tiny random policy (GQA, 2 layers) at `out`.
 fn tiny_policy(out: &str) {
     ok(&[
-        "policy", "init", "--out", out, "--hidden-size", "32", "--intermediate-size", "64", "--layers", "2",
-        "--heads", "4", "--kv-heads", "2", "--vocab-size", "300",
+        "policy",
+        "init",
+        "--out",
+        out,
+        "--hidden-size",
+        "32",
+        "--intermediate-size",
+        "64",
+        "--layers",
+        "2",
+        "--heads",
+        "4",
+        "--kv-heads",
+        "2",
+        "--vocab-size",
+        "300",
     ]);
 }
 

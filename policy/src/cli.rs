@@ -30,12 +30,15 @@ pub enum PolicyCommand {
         /// Input checkpoint directory.
         #[arg(long)]
         model: PathBuf,
-        /// Output directory (replaced atomically if it exists).
+        /// Output directory (a new or empty directory; see --overwrite).
         #[arg(long)]
         out: PathBuf,
         /// Storage dtype of the output weights (default: the input's).
         #[arg(long)]
         dtype: Option<DType>,
+        /// Replace what is at --out (built beside it, then swapped in).
+        #[arg(long)]
+        overwrite: bool,
     },
     /// Generate text from a prompt or a chat.
     Generate(GenerateArgs),
@@ -68,9 +71,12 @@ pub enum Preset {
 /// Options of `rlhf policy init`.
 #[derive(Args, Debug)]
 pub struct InitArgs {
-    /// Output directory (created; replaced atomically if it exists).
+    /// Output directory (a new or empty directory; see --overwrite).
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace what is at --out (built beside it, then swapped in).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Size preset; the dimension flags below override it.
     #[arg(long, value_enum, default_value = "tiny")]
     pub preset: Preset,
@@ -207,7 +213,13 @@ fn run_on<D: Dev>(cmd: PolicyCommand, dev: &D) -> Result<()> {
     match cmd {
         PolicyCommand::Init(a) => init(&a, &dev).map(|_| ()),
         PolicyCommand::Info { model } => info(&model, &dev),
-        PolicyCommand::Convert { model, out, dtype } => {
+        PolicyCommand::Convert {
+            model,
+            out,
+            dtype,
+            overwrite,
+        } => {
+            crate::out_dir::check(&out, overwrite)?;
             let ck = Checkpoint::load(&model, &dev)?;
             ck.save(&out, dtype.unwrap_or(ck.model.cfg.dtype))?;
             eprintln!("wrote {}", out.display());
@@ -228,6 +240,7 @@ fn run_on<D: Dev>(cmd: PolicyCommand, dev: &D) -> Result<()> {
 
 /// Creates a random model + trained tokenizer in `a.out`; returns its config.
 pub fn init<D: Dev>(a: &InitArgs, dev: &D) -> Result<LlamaConfig> {
+    crate::out_dir::check(&a.out, a.overwrite)?;
     // (hidden, intermediate, layers, heads, kv_heads, vocab)
     let (h, f, l, nh, kv, v) = match a.preset {
         Preset::Tiny => (128, 352, 4, 4, 2, 512),
@@ -322,6 +335,12 @@ pub fn stop_tokens<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer) -> Vec<u32> {
 
 fn generate_cmd<D: Dev>(a: &GenerateArgs, dev: &D) -> Result<()> {
     let ck = Checkpoint::load(&a.model, dev)?;
+    if let Some((step, total)) = crate::train_state::unfinished(&a.model) {
+        eprintln!(
+            "warning: {} is an unfinished training checkpoint (step {step} of {total}); resume the run to finish it",
+            a.model.display()
+        );
+    }
     let tok = Tokenizer::load(&a.model)?;
     let prompts: Vec<(String, Vec<u32>)> = match &a.chat {
         Some(path) => {
@@ -408,9 +427,9 @@ fn logprobs_cmd<D: Dev>(a: &LogprobsArgs, dev: &D) -> Result<()> {
             }
         }
         .with_context(|| format!("{}: line {}", a.input.display(), i + 1))?;
-        if ids.len() < 2 {
+        if ids.is_empty() {
             bail!(
-                "{}: line {}: needs at least 2 tokens",
+                "{}: line {}: needs at least 1 token",
                 a.input.display(),
                 i + 1
             );

@@ -429,6 +429,14 @@ impl LlamaConfig {
     }
 }
 
+/// So clap parses `--dtype` (float32, bfloat16, float16, and their short names).
+impl std::str::FromStr for DType {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        DType::parse(s).map_err(|e| e.to_string())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -507,13 +515,5 @@ mod tests {
         let back = LlamaConfig::from_json(&c.to_json()).unwrap();
         assert_eq!(c, back);
         assert_eq!(c.to_json()["custom"], "kept");
-    }
-}
-
-/// So clap parses `--dtype` (float32, bfloat16, float16, and their short names).
-impl std::str::FromStr for DType {
-    type Err = String;
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        DType::parse(s).map_err(|e| e.to_string())
     }
 }

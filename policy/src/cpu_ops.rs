@@ -64,7 +64,9 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
         .for_each(|(bi, (yb, ib))| {
             for (i, (yr, r)) in yb.chunks_exact_mut(d).zip(ib.iter_mut()).enumerate() {
                 let xr = &xh[(bi * ROWS + i) * d..(bi * ROWS + i + 1) * d];
-                let var = xr.iter().map(|v| v * v).sum::<f32>() / d as f32;
+                // f64 sum: a long f32 sum drifts (DESIGN §4, real 30-layer models)
+                let var =
+                    (xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64) as f32;
                 *r = (var + eps).sqrt().recip();
                 for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(&wh) {
                     *o = xv * *r * wv;
@@ -556,9 +558,11 @@ pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale
                 .iter()
                 .map(|&v| scaled(v))
                 .fold(f32::NEG_INFINITY, f32::max);
-            let sum: f32 = row.iter().map(|&v| (scaled(v) - m).exp()).sum();
-            let lse = m + sum.ln();
-            (lse, scaled(row[targets[i]]) - lse)
+            // Summed in f64: 49k–128k f32 terms summed in f32 lose ~1e-4 of the
+            // log-prob on real vocabularies.
+            let sum: f64 = row.iter().map(|&v| (scaled(v) - m).exp() as f64).sum();
+            let lse = m as f64 + sum.ln();
+            (lse as f32, (scaled(row[targets[i]]) as f64 - lse) as f32)
         })
         .collect();
     let y = l
@@ -650,6 +654,38 @@ mod tests {
             let (a, b) = (run(true), run(false));
             assert_close(&a.0, &b.0, "logprobs");
             assert_close(&a.1, &b.1, "dlogits");
+        }
+    }
+
+    #[test]
+    fn log_probs_stay_exact_on_real_vocabularies() {
+        // Llama-3's 128,256 logits: an f32 running sum of the exponentials
+        // drifts ~2e-4 from the exact log-sum-exp (4.6e-5 at SmolLM2's 49,152),
+        // more than transformers' own f32 error; the f64 sum keeps it ~1e-6.
+        let dev = Cpu::default();
+        let mut rng = StdRng::seed_from_u64(9);
+        let vocab = 128_256;
+        let n = 4;
+        let logits: Vec<f32> = (0..n * vocab)
+            .map(|_| {
+                // N(0, 3²) by Box–Muller: the spread of a real model's logits
+                let (u1, u2): (f64, f64) = (rng.gen::<f64>().max(1e-300), rng.gen());
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos() * 3.0) as f32
+            })
+            .collect();
+        let targets: Vec<usize> = (0..n).map(|_| rng.gen_range(0..vocab)).collect();
+        let l: M = dev.tensor_from_vec(logits.clone(), (n, vocab));
+        let got = target_logprobs(l, &targets, 1.0).as_vec();
+        for (i, &t) in targets.iter().enumerate() {
+            let row = &logits[i * vocab..(i + 1) * vocab];
+            let m = row.iter().fold(f64::NEG_INFINITY, |a, &b| a.max(b as f64));
+            let lse = m + row.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln();
+            let want = row[t] as f64 - lse;
+            assert!(
+                (got[i] as f64 - want).abs() < 1e-5,
+                "row {i}: {} vs {want}",
+                got[i]
+            );
         }
     }
 

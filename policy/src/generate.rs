@@ -60,8 +60,9 @@ pub struct Generation {
 
 fn log_softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    let lse = m + x.iter().map(|v| (v - m).exp()).sum::<f32>().ln();
-    x.iter().map(|v| v - lse).collect()
+    // f64 sum: see cpu_ops::target_logprobs
+    let lse = m as f64 + x.iter().map(|v| (v - m).exp() as f64).sum::<f64>().ln();
+    x.iter().map(|&v| (v as f64 - lse) as f32).collect()
 }
 
 /// Picks a token from one row of logits; returns it with its log-prob.

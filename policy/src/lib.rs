@@ -10,6 +10,7 @@ pub mod cpu_linear;
 pub mod cpu_ops;
 pub mod generate;
 pub mod model;
+pub mod out_dir;
 pub mod safetensors_io;
 pub mod tokenizer;
 pub mod train;

@@ -851,8 +851,9 @@ impl<D: Dev> Llama<D> {
 
     /// log p(t_i | t_<i) for i = 1..n-1 of each sequence (inference, no tape).
     pub fn sequence_logprobs(&self, seqs: &[Vec<u32>]) -> Result<Vec<Vec<f32>>> {
-        if let Some(i) = seqs.iter().position(|s| s.len() < 2) {
-            bail!("sequence {i} has fewer than 2 tokens; log-probs need a context and a target");
+        // A one-token sequence has no target: its answer is the empty list.
+        if let Some(i) = seqs.iter().position(|s| s.is_empty()) {
+            bail!("sequence {i} is empty");
         }
         let pad = self.cfg.pad_token_id.unwrap_or(0);
         let b = Batch::right_padded(seqs, pad)?;

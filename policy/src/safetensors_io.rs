@@ -228,7 +228,11 @@ pub fn write_dir_atomic(dir: &Path, fill: impl FnOnce(&Path) -> Result<()>) -> R
             .with_context(|| format!("cannot move the old {} aside", dir.display()))?;
         std::fs::rename(&tmp, dir)
             .with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;
-        std::fs::remove_dir_all(&old).ok();
+        if old.is_dir() {
+            std::fs::remove_dir_all(&old).ok();
+        } else {
+            std::fs::remove_file(&old).ok();
+        }
     } else {
         std::fs::rename(&tmp, dir)
             .with_context(|| format!("cannot move the new checkpoint to {}", dir.display()))?;

@@ -195,6 +195,22 @@ impl<D: Dev> ParamTensors<D> {
     }
 }
 
+/// `ln(1 + e^x)` elementwise as one fused op (dfdx's BCE-with-logits
+/// against a target of 0), so its derivative is σ(x) everywhere. A composition
+/// such as `relu(x) + ln(1 + e^{−|x|})` has derivative 0 at x = 0 in dfdx
+/// (relu′(0) = abs′(0) = 0), and DPO's default path starts exactly there.
+pub fn softplus<S: Shape, D: Dev, T: Tape<f32, D>>(
+    x: Tensor<S, f32, D, T>,
+) -> Tensor<S, f32, D, T> {
+    let zeros = x.device().zeros_like(&x);
+    x.bce_with_logits(zeros)
+}
+
+/// `ln(1 + e^x)` on the host, without overflow.
+pub fn softplus_f64(x: f64) -> f64 {
+    x.max(0.0) + (-x.abs()).exp().ln_1p()
+}
+
 /// AdamW hyper-parameters (defaults: Llama-2's β1 0.9, β2 0.95, eps 1e-5, wd 0.1).
 #[derive(Clone, Copy, Debug, serde::Serialize, serde::Deserialize)]
 pub struct AdamWConfig {
@@ -309,13 +325,8 @@ pub enum Schedule {
 impl Schedule {
     /// The multiplier of the peak learning rate at optimizer step `step` (0-based).
     pub fn factor(&self, step: u64) -> f32 {
-        let warm = |w: u64| {
-            if w > 0 && step < w {
-                Some((step + 1) as f32 / w as f32)
-            } else {
-                None
-            }
-        };
+        // transformers' `get_*_schedule_with_warmup`: step 0 runs at lr 0.
+        let warm = |w: u64| (step < w).then(|| step as f32 / w as f32);
         match *self {
             Schedule::Constant { warmup } => warm(warmup).unwrap_or(1.0),
             Schedule::Cosine {
@@ -341,14 +352,58 @@ mod tests {
     use super::*;
 
     #[test]
+    fn softplus_has_the_derivative_sigmoid_everywhere() {
+        let dev = Cpu::default();
+        let xs = vec![-100.0f32, -3.0, 0.0, 0.5, 100.0];
+        let x = dev.tensor_from_vec(xs.clone(), (5,));
+        let y = softplus(x.leaky_trace());
+        let v = y.as_vec();
+        let g = y.sum::<Rank0, _>().backward().get(&x).as_vec();
+        for (i, &xi) in xs.iter().enumerate() {
+            let want = softplus_f64(xi as f64);
+            assert!(
+                (v[i] as f64 - want).abs() < 1e-5 * want.max(1.0),
+                "{xi}: {}",
+                v[i]
+            );
+            let sigma = 1.0 / (1.0 + (-xi as f64).exp());
+            assert!(
+                (g[i] as f64 - sigma).abs() < 1e-6,
+                "{xi}: {} vs {sigma}",
+                g[i]
+            );
+        }
+        // the point DPO's default path starts at
+        assert_eq!(g[2], 0.5);
+    }
+
+    #[test]
+    fn schedules_follow_transformers() {
+        // get_linear_schedule_with_warmup(warmup 3, total 10): 0, 1/3, 2/3, 1, 6/7, ...
+        let lin = Schedule::Linear {
+            warmup: 3,
+            total: 10,
+        };
+        let want = [0.0, 1.0 / 3.0, 2.0 / 3.0, 1.0, 6.0 / 7.0, 5.0 / 7.0];
+        for (s, w) in want.iter().enumerate() {
+            assert!((lin.factor(s as u64) - w).abs() < 1e-6, "step {s}");
+        }
+        assert_eq!(lin.factor(10), 0.0);
+        let c = Schedule::Constant { warmup: 2 };
+        assert_eq!((c.factor(0), c.factor(1), c.factor(2)), (0.0, 0.5, 1.0));
+        assert_eq!(Schedule::Constant { warmup: 0 }.factor(0), 1.0);
+    }
+
+    #[test]
     fn cosine_schedule_shape() {
         let s = Schedule::Cosine {
             warmup: 3,
             total: 103,
             min_ratio: 0.1,
         };
-        assert!((s.factor(0) - 1.0 / 3.0).abs() < 1e-6);
-        assert!((s.factor(2) - 1.0).abs() < 1e-6);
+        assert_eq!(s.factor(0), 0.0);
+        assert!((s.factor(1) - 1.0 / 3.0).abs() < 1e-6);
+        assert!((s.factor(2) - 2.0 / 3.0).abs() < 1e-6);
         assert!((s.factor(3) - 1.0).abs() < 1e-6);
         assert!((s.factor(53) - 0.55).abs() < 1e-3);
         assert!((s.factor(103) - 0.1).abs() < 1e-6);

@@ -58,7 +58,8 @@ pub struct LoopArgs {
     /// Examples per forward/backward pass; gradients are accumulated, so memory follows this.
     #[arg(long, default_value_t = 8)]
     pub micro_batch: usize,
-    /// Passes over the data (ppo: over the prompts) [1].
+    /// Passes over the data (ppo: over the prompts) [1]. Every step holds --batch-size
+    /// examples, so a partial last batch is filled from the next pass's shuffle.
     #[arg(long)]
     pub epochs: Option<f32>,
     /// Number of optimizer steps (ppo: iterations); overrides --epochs.
@@ -79,6 +80,15 @@ pub struct LoopArgs {
     /// AdamW decoupled weight decay (on matrices) [0.1; ppo: preset].
     #[arg(long)]
     pub weight_decay: Option<f32>,
+    /// AdamW β1 [0.9] (transformers' `adam_beta1`).
+    #[arg(long)]
+    pub adam_beta1: Option<f32>,
+    /// AdamW β2 [Llama-2's 0.95; ppo trl preset 0.999; transformers' default 0.999].
+    #[arg(long)]
+    pub adam_beta2: Option<f32>,
+    /// AdamW ε [Llama-2's 1e-5; ppo trl preset 1e-8; transformers' default 1e-8].
+    #[arg(long)]
+    pub adam_epsilon: Option<f32>,
     /// Seed of the data order and of sampling.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -116,6 +126,9 @@ impl LoopArgs {
         c.min_lr_ratio = self.min_lr_ratio;
         c.max_grad_norm = self.max_grad_norm;
         c.adamw.weight_decay = self.weight_decay.unwrap_or(c.adamw.weight_decay);
+        c.adamw.beta1 = self.adam_beta1.unwrap_or(c.adamw.beta1);
+        c.adamw.beta2 = self.adam_beta2.unwrap_or(c.adamw.beta2);
+        c.adamw.eps = self.adam_epsilon.unwrap_or(c.adamw.eps);
         c.seed = self.seed;
         c.log_every = self.log_every.unwrap_or(c.log_every);
         c.eval_every = self.eval_every;
@@ -211,6 +224,23 @@ impl LoopConfig {
         }
         if !(0.0..1.0).contains(&self.warmup_ratio) || !(0.0..=1.0).contains(&self.min_lr_ratio) {
             bail!("warmup ratio must be in [0, 1) and the minimum lr ratio in [0, 1]");
+        }
+        let a = &self.adamw;
+        if !((0.0..1.0).contains(&a.beta1) && (0.0..1.0).contains(&a.beta2)) {
+            bail!(
+                "AdamW betas must be in [0, 1), got {} and {}",
+                a.beta1,
+                a.beta2
+            );
+        }
+        let eps_ok = a.eps.is_finite() && a.eps > 0.0;
+        let wd_ok = a.weight_decay.is_finite() && a.weight_decay >= 0.0;
+        if !(eps_ok && wd_ok) {
+            bail!(
+                "AdamW epsilon must be positive and weight decay >= 0, got {} and {}",
+                a.eps,
+                a.weight_decay
+            );
         }
         if !(self.max_grad_norm.is_finite() && self.max_grad_norm > 0.0) {
             bail!(
@@ -313,6 +343,11 @@ pub trait Stage<D: Dev> {
     fn write_model(&self, model: &Self::Model, dir: &Path, dtype: DType) -> Result<()>;
     /// Identity of the training data, so a resume on other data is refused.
     fn fingerprint(&self) -> String;
+    /// The stage's own settings (e.g. DPO's β and loss), saved with the
+    /// checkpoint so a resume with other values is refused by name.
+    fn settings(&self) -> Value {
+        Value::Null
+    }
 }
 
 /// FNV-1a over integers: a data fingerprint stable across runs and platforms.
@@ -388,6 +423,45 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// The error of a run stopped by Ctrl-C after saving a resumable checkpoint;
+/// `rlhf` exits with 130 on it, as a shell does for SIGINT.
+#[derive(Debug)]
+pub struct Interrupted {
+    pub step: u64,
+    pub total: u64,
+    pub out: PathBuf,
+}
+
+impl std::fmt::Display for Interrupted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "interrupted after step {} of {}: {} holds an unfinished checkpoint; continue with --resume",
+            self.step,
+            self.total,
+            self.out.display()
+        )
+    }
+}
+
+impl std::error::Error for Interrupted {}
+
+/// What a command does with a run that stopped early: an interrupt is an
+/// error ([`Interrupted`]); `--stop-after` (a deliberate stop) only says how
+/// to continue.
+pub fn stopped_early(step: u64, total: u64, out: &Path) -> Result<()> {
+    if interrupted() {
+        return Err(Interrupted {
+            step,
+            total,
+            out: out.to_path_buf(),
+        }
+        .into());
+    }
+    eprintln!("stopped after step {step} of {total}; continue with --resume");
+    Ok(())
+}
+
 /// The metrics file of a run whose model goes to `out`: `<out>.metrics.jsonl`.
 pub fn metrics_path(out: &Path) -> PathBuf {
     let mut s = out.as_os_str().to_owned();
@@ -413,13 +487,22 @@ pub fn open_metrics(path: &Path, start: u64) -> Result<std::io::BufWriter<std::f
     } else {
         String::new()
     };
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)
-            .with_context(|| format!("cannot create {}", parent.display()))?;
-    }
-    let mut f =
-        std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    f.write_all(kept.as_bytes())?;
+    let parent = match path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        Some(p) => p.to_path_buf(),
+        None => PathBuf::from("."),
+    };
+    std::fs::create_dir_all(&parent)
+        .with_context(|| format!("cannot create {}", parent.display()))?;
+    // The kept lines go to a temporary file renamed over the old one, so an
+    // exit at any moment (a second Ctrl-C) leaves the old or the new file,
+    // never an empty one.
+    let mut tmp = tempfile::NamedTempFile::new_in(&parent)
+        .with_context(|| format!("cannot create a file in {}", parent.display()))?;
+    tmp.write_all(kept.as_bytes())?;
+    tmp.as_file().sync_all()?;
+    let f = tmp
+        .persist(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
     Ok(std::io::BufWriter::new(f))
 }
 
@@ -484,6 +567,107 @@ pub fn save_checkpoint<D: Dev, S: Stage<D>>(
     .with_context(|| format!("cannot save a checkpoint to {}", out.display()))
 }
 
+/// Loop settings a resume may change: they do not change what is computed.
+const RESUMABLE_CHANGES: [&str; 6] = [
+    "micro_batch",
+    "log_every",
+    "eval_every",
+    "save_every",
+    "stop_after",
+    "progress",
+];
+
+/// `(name, value)` of every leaf of a JSON object, nested names joined by dots.
+fn leaves(prefix: &str, v: &Value, out: &mut BTreeMap<String, Value>) {
+    match v {
+        Value::Object(m) => {
+            for (k, x) in m {
+                let name = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
+                leaves(&name, x, out);
+            }
+        }
+        _ => {
+            out.insert(prefix.to_string(), v.clone());
+        }
+    }
+}
+
+/// The settings that differ between a checkpoint's saved JSON and this run's, by name.
+fn differences(saved: &Value, now: &Value, skip: &[&str]) -> Vec<String> {
+    let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
+    leaves("", saved, &mut a);
+    leaves("", now, &mut b);
+    let names: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+    names
+        .into_iter()
+        .filter(|k| !skip.contains(&k.as_str()))
+        .filter_map(|k| {
+            let (x, y) = (
+                a.get(k).unwrap_or(&Value::Null),
+                b.get(k).unwrap_or(&Value::Null),
+            );
+            // numbers compare as the f32 settings they are: JSON's f64 text
+            // does not round-trip their last bits
+            let same = match (x.as_f64(), y.as_f64()) {
+                (Some(p), Some(q)) => (p - q).abs() <= 1e-9 * p.abs().max(q.abs()),
+                _ => x == y,
+            };
+            (!same).then(|| format!("{k} {x} -> {y}"))
+        })
+        .collect()
+}
+
+/// Refuses a resume whose stage, data or settings differ from the
+/// checkpoint's, naming each difference: an exact resume needs the same run.
+fn check_resume(
+    progress: &Value,
+    identity: &Value,
+    cfg: &LoopConfig,
+    settings: &Value,
+    examples: usize,
+) -> Result<()> {
+    let got = |k: &str| progress.get(k).cloned().unwrap_or(Value::Null);
+    if got("stage") != identity["stage"] {
+        bail!(
+            "cannot resume: the checkpoint is a {} run, this is {}",
+            got("stage"),
+            identity["stage"]
+        );
+    }
+    let mut diffs = vec![];
+    if got("data") != identity["data"] {
+        diffs.push(format!(
+            "the training data ({} examples in the checkpoint's run, {examples} now, or the same number with other contents)",
+            got("examples")
+        ));
+    }
+    for k in ["batch_size", "seed", "total_steps"] {
+        if got(k) != identity[k] {
+            diffs.push(format!("{k} {} -> {}", got(k), identity[k]));
+        }
+    }
+    let now = serde_json::to_value(cfg).unwrap_or(Value::Null);
+    if !progress["config"].is_null() {
+        let mut skip: Vec<&str> = RESUMABLE_CHANGES.to_vec();
+        skip.extend(["batch_size", "seed", "max_steps", "epochs"]); // reported as total_steps / above
+        diffs.extend(differences(&progress["config"], &now, &skip));
+    }
+    if !progress["settings"].is_null() || !settings.is_null() {
+        diffs.extend(differences(&progress["settings"], settings, &[]));
+    }
+    if !diffs.is_empty() {
+        bail!(
+            "cannot resume: this run differs from the checkpoint's in {}. An exact resume needs the same data and settings: run with the checkpoint's, or start over with --overwrite",
+            diffs.join("; ")
+        );
+    }
+    Ok(())
+}
+
 fn eval_line(step: u64, m: &BTreeMap<String, f64>) -> Value {
     let mut line = serde_json::Map::new();
     line.insert("step".into(), json!(step));
@@ -513,23 +697,23 @@ pub fn run<D: Dev, S: Stage<D>>(
     let schedule = cfg.schedule(total);
     let fingerprint = stage.fingerprint();
     let identity = json!({"stage": stage.name(), "data": fingerprint, "batch_size": cfg.batch_size, "seed": cfg.seed, "total_steps": total});
-    let mut opt = match resume {
-        None => AdamW::new(model, cfg.adamw),
+    let settings = stage.settings();
+    let (mut opt, resume_tokens) = match resume {
+        None => (AdamW::new(model, cfg.adamw), 0.0),
         Some((opt, progress)) => {
-            for (k, want) in identity.as_object().expect("object") {
-                let got = progress.get(k).unwrap_or(&Value::Null);
-                if got != want {
-                    bail!("cannot resume: the checkpoint's {k} is {got} but this run's is {want} (the same stage, data, batch size, seed and length are needed for an exact resume)");
-                }
-            }
-            opt
+            check_resume(&progress, &identity, cfg, &settings, n)?;
+            (opt, progress["num_tokens"].as_f64().unwrap_or(0.0))
         }
     };
     let start = opt.step;
-    let progress_json = |step: u64| {
+    // TRL's `num_tokens`: input tokens seen since the run began (a stage
+    // reports its micro-batches' counts under that name)
+    let mut tokens_seen = resume_tokens;
+    let progress_json = |step: u64, tokens_seen: f64| {
         let mut p = identity.clone();
         let m = p.as_object_mut().expect("object");
         m.insert("step".into(), json!(step));
+        m.insert("num_tokens".into(), json!(tokens_seen));
         m.insert("cursor".into(), json!(step * cfg.batch_size as u64));
         m.insert(
             "epoch".into(),
@@ -540,6 +724,7 @@ pub fn run<D: Dev, S: Stage<D>>(
             "config".into(),
             serde_json::to_value(cfg).unwrap_or(Value::Null),
         );
+        m.insert("settings".into(), settings.clone());
         p
     };
     if cfg.dtype != DType::F32 && (cfg.save_every > 0 || cfg.stop_after.is_some()) {
@@ -553,7 +738,14 @@ pub fn run<D: Dev, S: Stage<D>>(
     let mut t0 = std::time::Instant::now();
     for step in start..total {
         if cfg.stop_after.is_some_and(|s| step >= s) || interrupted() {
-            save_checkpoint(stage, model, &opt, &progress_json(step), out, DType::F32)?;
+            save_checkpoint(
+                stage,
+                model,
+                &opt,
+                &progress_json(step, tokens_seen),
+                out,
+                DType::F32,
+            )?;
             bar.abandon_with_message("stopped; resume to continue");
             return Ok(Outcome {
                 steps: step,
@@ -571,6 +763,7 @@ pub fn run<D: Dev, S: Stage<D>>(
             let (g, m) = stage
                 .micro_step(model, micro, scale)
                 .with_context(|| format!("optimizer step {}", step + 1))?;
+            tokens_seen += m.0.get("num_tokens").map_or(0.0, |t| t.0);
             window.merge(&m);
             match &mut acc {
                 None => acc = Some(g),
@@ -603,6 +796,9 @@ pub fn run<D: Dev, S: Stage<D>>(
             for (k, v) in &means {
                 line.insert(k.clone(), json!(v));
             }
+            if means.contains_key("num_tokens") {
+                line.insert("num_tokens".into(), json!(tokens_seen));
+            }
             line.insert(
                 "train_samples_per_second".into(),
                 json!(window_examples as f64 / t0.elapsed().as_secs_f64().max(1e-9)),
@@ -627,7 +823,14 @@ pub fn run<D: Dev, S: Stage<D>>(
             }
         }
         if cfg.save_every > 0 && done % cfg.save_every == 0 && done != total {
-            save_checkpoint(stage, model, &opt, &progress_json(done), out, DType::F32)?;
+            save_checkpoint(
+                stage,
+                model,
+                &opt,
+                &progress_json(done, tokens_seen),
+                out,
+                DType::F32,
+            )?;
         }
     }
     bar.finish_and_clear();
@@ -637,7 +840,14 @@ pub fn run<D: Dev, S: Stage<D>>(
         writeln!(metrics, "{}", eval_line(total, m))?;
         metrics.flush()?;
     }
-    save_checkpoint(stage, model, &opt, &progress_json(total), out, cfg.dtype)?;
+    save_checkpoint(
+        stage,
+        model,
+        &opt,
+        &progress_json(total, tokens_seen),
+        out,
+        cfg.dtype,
+    )?;
     Ok(Outcome {
         steps: total,
         total_steps: total,

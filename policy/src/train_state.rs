@@ -75,6 +75,17 @@ pub fn exists(ckpt_dir: &Path) -> bool {
         .is_file()
 }
 
+/// `(step, total)` of a training checkpoint in `dir` that stopped before its
+/// last step (an interrupted run); None for a finished run or a directory
+/// without training state.
+pub fn unfinished(dir: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(dir.join(TRAINER_STATE_DIR).join("state.json")).ok()?;
+    let v: Value = serde_json::from_str(&text).ok()?;
+    let step = v.pointer("/progress/step")?.as_u64()?;
+    let total = v.pointer("/progress/total_steps")?.as_u64()?;
+    (step < total).then_some((step, total))
+}
+
 /// Reads the optimizer (for the parameters of `model`, shapes checked) and
 /// the progress JSON written by [`save`].
 pub fn load<D: Dev>(

@@ -163,6 +163,10 @@ fn bad_input_is_an_error_not_a_panic() {
         .unwrap_err()
         .to_string();
     assert!(e.contains("out of range"), "{e}");
-    assert!(ck.model.sequence_logprobs(&[vec![1]]).is_err());
+    assert!(ck.model.sequence_logprobs(&[vec![]]).is_err());
+    assert_eq!(
+        ck.model.sequence_logprobs(&[vec![1]]).unwrap(),
+        vec![Vec::<f32>::new()]
+    );
     assert!(generate(&ck.model, &[vec![1]], &SamplingConfig { top_p: 0.0, ..cfg }).is_err());
 }

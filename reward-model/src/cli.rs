@@ -55,8 +55,9 @@ fn parse_margins(s: &str) -> Result<MarginTable, String> {
 /// Options of `rlhf rm train`.
 #[derive(Args, Debug)]
 pub struct TrainArgs {
-    /// Preference data (JSONL; repeat for several files).
-    #[arg(long, required_unless_present = "server")]
+    /// Preference data (JSONL; repeat for several files). With --resume, the
+    /// saved run's data sources are used when no source is given.
+    #[arg(long, required_unless_present_any = ["server", "resume"])]
     pub data: Vec<PathBuf>,
     /// Also read the annotation server's judgments over HTTP (e.g. http://127.0.0.1:8080).
     #[arg(long)]
@@ -81,6 +82,10 @@ pub struct TrainArgs {
     /// Continue the run saved in OUT (same data and settings), exactly.
     #[arg(long)]
     pub resume: bool,
+    /// Replace what is at OUT (a non-empty directory, a file, an earlier run);
+    /// the new output is built beside it and swapped in at the end.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Held-out preference data; default: a split of --data.
     #[arg(long)]
     pub eval_data: Option<PathBuf>,
@@ -130,7 +135,8 @@ pub struct ScoreArgs {
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
     /// A safety reward model: combine it with --model (helpfulness) as Llama-2 did, whitened over the file.
-    /// A line's prompt is unsafe when it has "unsafe": true or a "tags" list containing "unsafe".
+    /// A line's prompt is unsafe when it has "unsafe": true or a "tags" list containing
+    /// "unsafe" or "safety" (any case), as for `rlhf rs` and `rlhf ppo`.
     #[arg(long)]
     pub safety_model: Option<PathBuf>,
     /// Safety threshold of the combination (Llama-2: 0.15).
@@ -165,18 +171,22 @@ fn data_options(a: &DataArgs) -> DataOptions {
 }
 
 fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
-    let resume = if a.resume {
+    let resume = if policy::out_dir::check_training(&a.out, a.resume, a.overwrite)? {
         let state = load_checkpoint(&a.out, dev)?;
-        if state.is_none() && a.init.is_none() {
+        if a.data.is_empty() && a.server.is_none() {
+            // `--resume` alone: the saved run's own data sources
+            if let Some((_, _, progress)) = &state {
+                let saved = with_saved_sources(a, &progress["settings"]["sources"])?;
+                return train_cmd(&saved, dev);
+            }
+        }
+        state
+    } else {
+        if a.resume && a.init.is_none() {
             bail!(
                 "--resume: {} holds no training state to resume, and no --init was given",
                 a.out.display()
             );
-        }
-        state
-    } else {
-        if policy::train_state::exists(&a.out) {
-            bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", a.out.display());
         }
         None
     };
@@ -237,11 +247,17 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
             }
         );
     }
-    let cfg = TrainConfig::from_loop(
-        &a.opt.apply(TrainConfig::default().loop_config()),
+    // a resumed run keeps its saved settings where no flag says otherwise
+    let base = opt
+        .as_ref()
+        .and_then(|(_, p)| serde_json::from_value(p["config"].clone()).ok())
+        .unwrap_or_else(|| TrainConfig::default().loop_config());
+    let mut cfg = TrainConfig::from_loop(
+        &a.opt.apply(base),
         a.centering,
         a.opt.micro_batch.max(1) * 2,
     );
+    cfg.sources = sources_json(a);
     eprintln!(
         "training on {} pairs, {} held out, {} steps",
         train_pairs.len(),
@@ -251,11 +267,7 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
     policy::train_loop::install_interrupt_handler();
     let o = train(&mut rm, &train_pairs, &eval_pairs, &cfg, &a.out, opt)?;
     if !o.finished {
-        eprintln!(
-            "stopped after step {} of {}; continue with --resume",
-            o.steps, o.total_steps
-        );
-        return Ok(());
+        return policy::train_loop::stopped_early(o.steps, o.total_steps, &a.out);
     }
     if let Some(r) = &o.eval {
         eprintln!(
@@ -269,6 +281,64 @@ fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
         metrics_path(&a.out).display()
     );
     Ok(())
+}
+
+/// The data sources of a run, as saved with its checkpoint.
+fn sources_json(a: &TrainArgs) -> Value {
+    json!({
+        "data": a.data,
+        "server": a.server,
+        "batch_id": a.batch_id,
+        "round_id": a.round_id,
+        "eval_data": a.eval_data,
+        "eval_fraction": a.eval_fraction,
+    })
+}
+
+/// `a` with the data sources of the saved run (`--resume` without `--data`).
+fn with_saved_sources(a: &TrainArgs, saved: &Value) -> Result<TrainArgs> {
+    if saved.is_null() {
+        bail!("{}: the saved run does not record its data; pass --data (or --server) as in the original run", a.out.display());
+    }
+    fn field<T: serde::de::DeserializeOwned>(saved: &Value, k: &str) -> Option<T> {
+        serde_json::from_value(saved[k].clone()).ok()
+    }
+    let data: Vec<PathBuf> =
+        field(saved, "data").context("the saved data sources are unreadable")?;
+    let server: Option<String> = field(saved, "server").flatten();
+    if data.is_empty() && server.is_none() {
+        bail!(
+            "{}: the saved run has no data sources; pass --data",
+            a.out.display()
+        );
+    }
+    eprintln!(
+        "resuming on the saved run's data: {}{}",
+        data.iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        server
+            .as_deref()
+            .map(|s| format!(" and {s}"))
+            .unwrap_or_default()
+    );
+    Ok(TrainArgs {
+        data,
+        server,
+        batch_id: field(saved, "batch_id").flatten(),
+        round_id: field(saved, "round_id").flatten(),
+        eval_data: field(saved, "eval_data").flatten(),
+        eval_fraction: field(saved, "eval_fraction").unwrap_or(a.eval_fraction),
+        token: a.token.clone(),
+        init: a.init.clone(),
+        out: a.out.clone(),
+        resume: a.resume,
+        overwrite: a.overwrite,
+        data_args: a.data_args.clone(),
+        centering: a.centering,
+        opt: a.opt.clone(),
+    })
 }
 
 fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
@@ -338,11 +408,7 @@ fn score_cmd<D: Dev>(a: &ScoreArgs, dev: &D) -> Result<()> {
         let (p, r) = parse_score_line(&v).with_context(at)?;
         seqs.push(enc.encode(&p, &r).with_context(at)?);
         ids.push(v.get("id").cloned());
-        let tagged = v
-            .get("tags")
-            .and_then(Value::as_array)
-            .is_some_and(|t| t.iter().any(|x| x.as_str() == Some("unsafe")));
-        unsafe_flags.push(v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged);
+        unsafe_flags.push(crate::data::is_unsafe_prompt(&v));
     }
     if let Some(safety_dir) = &a.safety_model {
         let safety = RewardModel::load(safety_dir, dev)?;

@@ -8,6 +8,15 @@
 //! is the selected reward itself, computed exactly rather than through a
 //! saturating σ. `x` is the model's normalized reward (mean 0 / std 1 on its
 //! reference set; an identity normalization gives the raw score).
+//!
+//! A deliberate difference from the paper: Llama-2 compares the safety
+//! model's own score with 0.15; we compare σ of its *normalized* reward. A
+//! BT model's raw score has an arbitrary offset that moves each time it is
+//! retrained (the loss only sees differences), so a fixed threshold on it
+//! would mean something different every round; after normalization,
+//! σ(x) < 0.15 means "about one std below the reference set's mean"
+//! (x < −1.73) whatever the round. Set the normalization to the identity
+//! to get the paper's rule on the raw score.
 use crate::model::RewardModel;
 use anyhow::{bail, Result};
 use policy::model::Dev;

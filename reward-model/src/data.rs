@@ -355,9 +355,6 @@ pub fn consensus(pairs: Vec<Pair>) -> Vec<Pair> {
 /// Turns prompts and responses into the token ids the reward model scores.
 pub struct Encoder {
     pub tokenizer: Tokenizer,
-    /// Append EOS to plain-text inputs that lack it, so every row ends the
-    /// same way (chat templates add their own end-of-turn tokens).
-    pub append_eos: bool,
 }
 
 impl Encoder {
@@ -365,45 +362,82 @@ impl Encoder {
     pub fn load(dir: &Path) -> Result<Self> {
         let tokenizer = Tokenizer::load(dir)
             .with_context(|| format!("{} has no usable tokenizer", dir.display()))?;
-        Ok(Encoder {
-            tokenizer,
-            append_eos: true,
-        })
+        Ok(Encoder { tokenizer })
     }
 
-    /// Token ids of `prompt` followed by `response`.
+    /// Token ids of `prompt` followed by `response` (see [`reward_tokens`]).
     pub fn encode(&self, prompt: &Content, response: &Content) -> Result<Vec<u32>> {
-        let chat = |p: &Content| match p {
-            Content::Chat(m) => m.clone(),
-            Content::Text(t) if t.is_empty() => vec![],
-            Content::Text(t) => vec![Message::user(t.clone())],
-        };
-        let ids = match (prompt, response) {
-            (Content::Text(p), Content::Text(r)) => {
-                let mut ids = self.tokenizer.encode(&format!("{p}{r}"), true)?;
-                if self.append_eos {
-                    if let Some(eos) = self.tokenizer.eos_id() {
-                        if ids.last() != Some(&eos) {
-                            ids.push(eos);
-                        }
-                    }
-                }
-                ids
-            }
-            _ => {
-                let mut messages = chat(prompt);
-                match response {
-                    Content::Chat(m) => messages.extend(m.iter().cloned()),
-                    Content::Text(t) => messages.push(Message::assistant(t.clone())),
-                }
-                apply_chat_template(&self.tokenizer, &messages, false)?.1
-            }
-        };
-        if ids.is_empty() {
-            bail!("the input encodes to no tokens");
-        }
-        Ok(ids)
+        reward_tokens(&self.tokenizer, prompt, response)
     }
+}
+
+/// Plain-text prompt and completion tokenized the way TRL 1.16 does (SFT,
+/// DPO and reward trainers): prompt + completion as one text, with the
+/// tokenizer's special tokens (e.g. BOS) and EOS appended unless it already
+/// ends with one. Returns the joint tokens and where the completion starts:
+/// where the prompt tokenized alone and the joint tokens diverge (TRL's
+/// `common_prefix_length`), which is before the prompt's end when a token
+/// spans the boundary, e.g. a prompt ending in a space.
+pub fn encode_text_pair(
+    tok: &Tokenizer,
+    prompt: &str,
+    completion: &str,
+) -> Result<(Vec<u32>, usize)> {
+    let prompt_ids = tok.encode(prompt, true)?;
+    let mut ids = tok.encode(&format!("{prompt}{completion}"), true)?;
+    if let Some(eos) = tok.eos_id() {
+        if ids.last() != Some(&eos) {
+            ids.push(eos);
+        }
+    }
+    let split = common_prefix_len(&prompt_ids, &ids);
+    Ok((ids, split))
+}
+
+/// Number of leading tokens two sequences share.
+pub fn common_prefix_len(a: &[u32], b: &[u32]) -> usize {
+    a.iter().zip(b).take_while(|(x, y)| x == y).count()
+}
+
+/// The tokens a reward model scores for `prompt` + `response`, in training
+/// and when scoring samples (one rule, so the model is used on the
+/// tokenization it learned): plain text through [`encode_text_pair`], chat
+/// through the chat template as one conversation.
+pub fn reward_tokens(tok: &Tokenizer, prompt: &Content, response: &Content) -> Result<Vec<u32>> {
+    let chat = |p: &Content| match p {
+        Content::Chat(m) => m.clone(),
+        Content::Text(t) if t.is_empty() => vec![],
+        Content::Text(t) => vec![Message::user(t.clone())],
+    };
+    let ids = match (prompt, response) {
+        (Content::Text(p), Content::Text(r)) => encode_text_pair(tok, p, r)?.0,
+        _ => {
+            let mut messages = chat(prompt);
+            match response {
+                Content::Chat(m) => messages.extend(m.iter().cloned()),
+                Content::Text(t) => messages.push(Message::assistant(t.clone())),
+            }
+            apply_chat_template(tok, &messages, false)?.1
+        }
+    };
+    if ids.is_empty() {
+        bail!("the input encodes to no tokens");
+    }
+    Ok(ids)
+}
+
+/// Whether a JSON line tags its prompt unsafe (for Llama-2's safety +
+/// helpfulness reward): `"unsafe": true`, or a `tags` list holding
+/// "unsafe" or "safety" in any case. The one rule for every command.
+pub fn is_unsafe_prompt(v: &Value) -> bool {
+    let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| {
+        t.iter().any(|x| {
+            x.as_str().is_some_and(|s| {
+                s.eq_ignore_ascii_case("safety") || s.eq_ignore_ascii_case("unsafe")
+            })
+        })
+    });
+    v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged
 }
 
 /// A tokenized pair.

@@ -4,6 +4,7 @@
 use anyhow::{bail, Result};
 use dfdx::prelude::*;
 use policy::model::{Dev, T1};
+use policy::train::{softplus, softplus_f64};
 use serde::{Deserialize, Serialize};
 
 /// How much better the preferred response is (Llama-2's four levels).
@@ -146,14 +147,9 @@ impl MarginTable {
     }
 }
 
-/// `log(1 + e^x)` without overflow: `max(x, 0) + log1p(e^{−|x|})`.
-pub fn softplus(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
-
 /// Bradley–Terry loss of one pair, `−log σ(r_c − r_r − m) = softplus(−(r_c − r_r − m))`.
 pub fn bt_loss(r_chosen: f64, r_rejected: f64, margin: f64) -> f64 {
-    softplus(-(r_chosen - r_rejected - margin))
+    softplus_f64(-(r_chosen - r_rejected - margin))
 }
 
 /// Full loss on host values: mean BT loss plus `centering · mean((r_c + r_r)²)`.
@@ -198,21 +194,9 @@ pub fn pairwise_loss_tensor<D: Dev, T: Tape<f32, D> + Merge<NoneTape> + Merge<T>
     // rows): ops on empty-tape copies are merged back at the end.
     let diff = chosen.with_empty_tape() - rejected.with_empty_tape() - margins.clone();
     let x = -diff; // softplus(x), x = −(r_c − r_r − m)
-    let sp = x.with_empty_tape().relu() + (-(x.abs())).exp().ln_1p_approx();
+    let sp = softplus(x);
     let center = (chosen + rejected).square().sum::<Rank0, _>() * centering;
     (sp.sum::<Rank0, _>() + center) * scale
-}
-
-/// `ln(1 + x)` for tensors (dfdx has no `ln_1p`): plain `ln(x + 1)` is
-/// accurate enough here because `x = e^{−|d|} ∈ (0, 1]`.
-trait Ln1p {
-    fn ln_1p_approx(self) -> Self;
-}
-
-impl<S: Shape, D: Dev, T: Tape<f32, D>> Ln1p for Tensor<S, f32, D, T> {
-    fn ln_1p_approx(self) -> Self {
-        (self + 1.0).ln()
-    }
 }
 
 #[cfg(test)]
@@ -290,6 +274,19 @@ mod tests {
                 gc[i]
             );
         }
+    }
+
+    #[test]
+    fn gradient_at_a_tie_is_one_half() {
+        // A fresh head on two identical responses gives r_c = r_r: −log σ(0)
+        // has slope −½ in r_c, not the 0 a relu/abs composition gives.
+        let dev = Cpu::default();
+        let rc = dev.tensor_from_vec(vec![0.7f32], (1,));
+        let rr = dev.tensor_from_vec(vec![0.7f32], (1,));
+        let m = dev.tensor_from_vec(vec![0.0f32], (1,));
+        let loss = pairwise_loss_tensor(rc.leaky_trace(), rr.leaky_trace(), &m, 0.0, 1.0);
+        let g = loss.backward().get(&rc).as_vec();
+        assert_eq!(g, vec![-0.5]);
     }
 
     #[test]

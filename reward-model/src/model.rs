@@ -209,9 +209,8 @@ impl<D: Dev> RewardModel<D> {
         }
     }
 
-    /// The pad id used for batching and written to config.json (HF's
-    /// sequence classifier refuses batches without one): the config's, else
-    /// the first EOS, else 0.
+    /// The pad id used for batching: the config's, else the first EOS, else 0.
+    /// Any id does, since the scored token comes from the mask.
     pub fn pad_id(&self) -> u32 {
         let c = &self.backbone.cfg;
         c.pad_token_id
@@ -219,11 +218,53 @@ impl<D: Dev> RewardModel<D> {
             .unwrap_or(0)
     }
 
+    /// The pad token written to `config.json` (and as `pad_token` to
+    /// `tokenizer_config.json`): transformers' `LlamaForSequenceClassification`
+    /// scores the rightmost token that is *not* the pad id, so a pad equal to
+    /// EOS would make it score the token before a final EOS. The pad must be
+    /// a token that never ends a scored sequence: the config's pad if it is no
+    /// EOS/BOS, else a special token of the tokenizer that is no end marker (a
+    /// pad, reserved or unknown token first), else the last id of the vocabulary.
+    pub fn export_pad(&self) -> (u32, Option<String>) {
+        let c = &self.backbone.cfg;
+        let tokens = special_tokens(&self.files);
+        let id_of = |content: &str| tokens.iter().find(|t| t.1 == content).map(|t| t.0);
+        let mut ends: Vec<u32> = c.eos_token_ids.clone();
+        ends.extend(c.bos_token_id);
+        for attr in ["eos_token", "bos_token"] {
+            ends.extend(tokenizer_config_token(&self.files, attr).and_then(|t| id_of(&t)));
+        }
+        if let Some(p) = c.pad_token_id.filter(|p| !ends.contains(p)) {
+            return (p, tokens.iter().find(|t| t.0 == p).map(|t| t.1.clone()));
+        }
+        let usable = |t: &&(u32, String)| {
+            let l = t.1.to_lowercase();
+            !ends.contains(&t.0)
+                && (t.0 as usize) < c.vocab_size
+                && !["eot", "end", "eos", "</s>", "stop"]
+                    .iter()
+                    .any(|m| l.contains(m))
+        };
+        let pick = ["pad", "reserved", "unk", ""].iter().find_map(|want| {
+            tokens
+                .iter()
+                .filter(usable)
+                .find(|t| t.1.to_lowercase().contains(want))
+        });
+        match pick {
+            Some(t) => (t.0, Some(t.1.clone())),
+            None => {
+                let last = (c.vocab_size as u32).saturating_sub(1);
+                (last, None)
+            }
+        }
+    }
+
     /// The HF `config.json` of this model.
     pub fn hf_config(&self, dtype: DType) -> Value {
         let mut cfg = self.backbone.cfg.clone();
         cfg.dtype = dtype;
-        cfg.pad_token_id = Some(self.pad_id());
+        cfg.pad_token_id = Some(self.export_pad().0);
         let mut v = cfg.to_json();
         let m = v.as_object_mut().expect("config JSON is an object");
         m.insert(
@@ -258,8 +299,13 @@ impl<D: Dev> RewardModel<D> {
             &dir.join("config.json"),
             serde_json::to_string_pretty(&self.hf_config(dtype))?.as_bytes(),
         )?;
+        let pad = self.export_pad().1;
         for (name, bytes) in &self.files {
-            write_file_synced(&dir.join(name), bytes)?;
+            let bytes = match (name.as_str(), &pad) {
+                ("tokenizer_config.json", Some(p)) => with_pad_token(bytes, p)?,
+                _ => bytes.clone(),
+            };
+            write_file_synced(&dir.join(name), &bytes)?;
         }
         write_normalization(dir, &self.normalization)?;
         write_tensors(
@@ -322,6 +368,46 @@ impl<D: Dev> RewardModel<D> {
             .map(|r| self.normalization.apply(r))
             .collect())
     }
+}
+
+/// `(id, content)` of the special added tokens in `tokenizer.json`, by id.
+fn special_tokens(files: &BTreeMap<String, Vec<u8>>) -> Vec<(u32, String)> {
+    let Some(v) = files
+        .get("tokenizer.json")
+        .and_then(|b| serde_json::from_slice::<Value>(b).ok())
+    else {
+        return vec![];
+    };
+    let mut out: Vec<(u32, String)> = v["added_tokens"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|t| t["special"].as_bool().unwrap_or(false))
+        .filter_map(|t| Some((t["id"].as_u64()? as u32, t["content"].as_str()?.to_string())))
+        .collect();
+    out.sort();
+    out
+}
+
+/// A special token named in `tokenizer_config.json` (a string or `{"content": …}`).
+fn tokenizer_config_token(files: &BTreeMap<String, Vec<u8>>, attr: &str) -> Option<String> {
+    let v: Value = serde_json::from_slice(files.get("tokenizer_config.json")?).ok()?;
+    let t = &v[attr];
+    t.as_str()
+        .or_else(|| t["content"].as_str())
+        .map(str::to_string)
+}
+
+/// `tokenizer_config.json` with `pad_token` set, so a data collator pads with
+/// the id `config.json` names.
+fn with_pad_token(bytes: &[u8], pad: &str) -> Result<Vec<u8>> {
+    let mut v: Value =
+        serde_json::from_slice(bytes).context("tokenizer_config.json is not valid JSON")?;
+    let m = v
+        .as_object_mut()
+        .context("tokenizer_config.json is not a JSON object")?;
+    m.insert("pad_token".into(), json!(pad));
+    Ok(serde_json::to_vec_pretty(&v)?)
 }
 
 /// Reads `reward_normalization.json` from `dir`, if present.

@@ -65,6 +65,10 @@ pub struct TrainConfig {
     /// Storage dtype of the saved model (not part of the recorded config).
     #[serde(skip, default = "f32_dtype")]
     pub dtype: DType,
+    /// Where the pairs came from (files, server, held-out split), saved with
+    /// the checkpoint so `--resume` can read the same data again.
+    #[serde(default)]
+    pub sources: Value,
 }
 
 fn f32_dtype() -> DType {
@@ -93,6 +97,7 @@ impl Default for TrainConfig {
             eval_batch: 16,
             progress: true,
             dtype: DType::F32,
+            sources: Value::Null,
         }
     }
 }
@@ -136,6 +141,7 @@ impl TrainConfig {
             eval_batch,
             progress: l.progress,
             dtype: l.dtype,
+            sources: Value::Null,
         }
     }
 
@@ -472,6 +478,7 @@ struct RmStage<'a> {
     train: &'a [EncodedPair],
     eval: &'a [EncodedPair],
     centering: f32,
+    sources: Value,
     eval_batch: usize,
     /// The final held-out report, written next to the model.
     report: Option<EvalReport>,
@@ -542,6 +549,10 @@ impl<D: Dev> Stage<D> for RmStage<'_> {
     fn fingerprint(&self) -> String {
         data_fingerprint(self.train)
     }
+
+    fn settings(&self) -> Value {
+        serde_json::json!({"centering": self.centering, "sources": self.sources})
+    }
 }
 
 /// Trains `rm` on `train` pairs, evaluates on `eval` (may be empty), and
@@ -566,6 +577,7 @@ pub fn train<D: Dev>(
         train,
         eval,
         centering: cfg.centering,
+        sources: cfg.sources.clone(),
         eval_batch: cfg.eval_batch,
         report: None,
     };

@@ -238,7 +238,17 @@ fn train_eval_score_and_resume() {
     let mut first = stop.clone();
     first.extend(["--stop-after", "15"]);
     rm(&first).unwrap();
+    // a changed hyper-parameter is refused by name
+    let mut changed = stop.clone();
+    let lr_at = changed.iter().position(|&x| x == "--lr").unwrap();
+    changed[lr_at + 1] = "1e-2";
+    changed.push("--resume");
+    let e = err(&changed);
+    assert!(e.contains("lr") && e.contains("cannot resume"), "{e}");
+    // `--resume` needs no --data: the saved run's sources are read again
+    let data_at = stop.iter().position(|&x| x == "--data").unwrap();
     let mut resume = stop.clone();
+    resume.drain(data_at..data_at + 2);
     resume.push("--resume");
     rm(&resume).unwrap();
     let a = policy::safetensors_io::read_dir_tensors(&dir.path().join("rm")).unwrap();

@@ -121,6 +121,59 @@ fn pad_equal_to_eos_reads_the_last_real_token() {
 }
 
 #[test]
+fn a_model_with_pad_equal_to_eos_is_written_so_transformers_scores_the_final_eos() {
+    let dev = Cpu::default();
+    let e = expected("pad_is_eos");
+    let rm = RewardModel::load(&fixture("pad_is_eos"), &dev).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("rm");
+    rm.save(&out, DType::F32).unwrap();
+    let cfg: Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("config.json")).unwrap()).unwrap();
+    let pad = cfg["pad_token_id"].as_u64().unwrap() as u32;
+    assert_ne!(pad, 2, "the written pad must not be EOS");
+    let s = seqs(&e);
+    // transformers' rule: the rightmost token that is not the pad id
+    for row in &s {
+        let hf_last = row.iter().rposition(|&t| t != pad).unwrap();
+        assert_eq!(hf_last, row.len() - 1, "{row:?}");
+    }
+    let ours = rm.raw_scores(&s, 8).unwrap();
+    check_with_transformers(&out, &s, &ours);
+}
+
+#[test]
+fn the_written_pad_is_a_special_token_that_ends_nothing() {
+    // a Llama-3-style tokenizer without a pad token: EOS <|eot_id|>, end of text, reserved tokens
+    let dev = Cpu::default();
+    let mut rm = RewardModel::load(&fixture("pad_is_eos"), &dev).unwrap();
+    let added = serde_json::json!({"added_tokens": [
+        {"id": 1, "content": "<|begin_of_text|>", "special": true},
+        {"id": 2, "content": "<|eot_id|>", "special": true},
+        {"id": 40, "content": "<|end_of_text|>", "special": true},
+        {"id": 41, "content": "<|start_header_id|>", "special": true},
+        {"id": 45, "content": "<|reserved_special_token_0|>", "special": true}
+    ]});
+    rm.files
+        .insert("tokenizer.json".into(), added.to_string().into_bytes());
+    rm.files.insert(
+        "tokenizer_config.json".into(),
+        br#"{"eos_token": "<|eot_id|>", "bos_token": "<|begin_of_text|>"}"#.to_vec(),
+    );
+    assert_eq!(
+        rm.export_pad(),
+        (45, Some("<|reserved_special_token_0|>".into()))
+    );
+    let dir = tempfile::tempdir().unwrap();
+    rm.save(&dir.path().join("rm"), DType::F32).unwrap();
+    let tc: Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("rm/tokenizer_config.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(tc["pad_token"], "<|reserved_special_token_0|>");
+}
+
+#[test]
 fn last_token_comes_from_the_mask_not_the_ids() {
     // a row whose real tokens include the pad id (EOS == pad) in the middle and at the end
     let b = Batch::right_padded(&[vec![1, 2, 5, 2], vec![1, 5]], 2).unwrap();

@@ -18,9 +18,7 @@ use policy::cli::{stop_tokens, DeviceKind, OnDevice};
 use policy::generate::SamplingConfig;
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
-use policy::train_loop::{
-    self, install_interrupt_handler, metrics_path, LoopConfig, Stage,
-};
+use policy::train_loop::{self, install_interrupt_handler, metrics_path, LoopConfig, Stage};
 use reward_model::data::{read_pairs, Aggregation, DataOptions};
 use reward_model::loss::MarginTable;
 use reward_model::model::RewardModel;
@@ -40,6 +38,10 @@ pub struct RunArgs {
     /// Continue the run saved in OUT (same data and settings), exactly.
     #[arg(long)]
     pub resume: bool,
+    /// Replace what is at OUT (a non-empty directory, a file, an earlier run);
+    /// the new output is built beside it and swapped in at the end.
+    #[arg(long, conflicts_with = "resume")]
+    pub overwrite: bool,
     /// Device to run on.
     #[arg(long, value_enum, default_value = "cpu")]
     pub device: DeviceKind,
@@ -116,9 +118,14 @@ pub struct RsArgs {
     pub top_p: f32,
     #[arg(long, default_value_t = 128)]
     pub max_new_tokens: usize,
-    /// Best samples of earlier rounds (their OUT.best.jsonl) to pool with (repeatable).
+    /// Best samples of earlier rounds (their OUT.best.jsonl) to pool with (repeatable);
+    /// they are re-scored with this run's reward.
     #[arg(long)]
     pub pool: Vec<PathBuf>,
+    /// Also keep responses that hit --max-new-tokens without a stop token
+    /// (by default they are never kept: training on them teaches the model not to stop).
+    #[arg(long)]
+    pub keep_truncated: bool,
     /// Sequences per generation batch.
     #[arg(long, default_value_t = 16)]
     pub gen_batch: usize,
@@ -225,6 +232,12 @@ pub struct PpoArgs {
     /// Subtract this from the score of responses that did not end with EOS.
     #[arg(long)]
     pub missing_eos_penalty: Option<f32>,
+    /// Clip the global gradient norm (policy and value together) at --max-grad-norm [preset: trl false, llama2 true].
+    #[arg(long)]
+    pub clip_grad: Option<bool>,
+    /// Peak learning rate of the value model [the policy's --lr].
+    #[arg(long)]
+    pub vf_lr: Option<f32>,
     /// Passes over each iteration's episodes [preset].
     #[arg(long)]
     pub ppo_epochs: Option<usize>,
@@ -277,20 +290,18 @@ pub fn run_ppo(a: PpoArgs) -> Result<()> {
 type Resume<D> = Option<(policy::train::AdamW<D>, serde_json::Value)>;
 
 fn start<D: Dev>(r: &RunArgs, dev: &D) -> Result<(Checkpoint<D>, Tokenizer, Resume<D>)> {
+    if policy::out_dir::check_training(&r.out, r.resume, r.overwrite)? {
+        let (ck, tok) = load_policy(&r.out, dev)?;
+        let state = train_loop::load_state(&r.out, &ck.model, dev)?;
+        eprintln!("resuming {}", r.out.display());
+        return Ok((ck, tok, state));
+    }
     if r.resume {
-        if policy::train_state::exists(&r.out) {
-            let (ck, tok) = load_policy(&r.out, dev)?;
-            let state = train_loop::load_state(&r.out, &ck.model, dev)?;
-            eprintln!("resuming {}", r.out.display());
-            return Ok((ck, tok, state));
-        }
         eprintln!(
             "--resume: {} holds no training state; starting from {}",
             r.out.display(),
             r.policy.display()
         );
-    } else if policy::train_state::exists(&r.out) {
-        bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", r.out.display());
     }
     let (ck, tok) = load_policy(&r.policy, dev)?;
     Ok((ck, tok, None))
@@ -312,11 +323,7 @@ fn finish_loop<D: Dev, S: Stage<D>>(
     );
     let o = train_loop::run(model, stage, cfg, &r.out, resume)?;
     if !o.finished {
-        eprintln!(
-            "stopped after step {} of {}; continue with --resume",
-            o.steps, o.total_steps
-        );
-        return Ok(());
+        return train_loop::stopped_early(o.steps, o.total_steps, &r.out);
     }
     let show = |m: &std::collections::BTreeMap<String, f64>| {
         m.iter()
@@ -512,12 +519,16 @@ fn rs_cmd<D: Dev>(a: &RsArgs, dev: &D) -> Result<()> {
             a.k * prompts.len(),
             prompts.len()
         );
-        let samples = rs::sample(&ck.model, &tok, &prompts, &reward, &cfg)?;
-        let mut pool = vec![];
+        let mut samples = rs::generate_samples(&ck.model, &tok, &prompts, &cfg)?;
+        // earlier rounds' best are re-scored with this round's reward, in the
+        // same call as this round's samples, so all rewards share one scale
+        let current = samples.len();
         for p in &a.pool {
-            pool.extend(rs::read_samples(p)?);
+            samples.extend(rs::read_samples(p)?);
         }
-        let kept = rs::select_best(&samples, &pool);
+        rs::score(&mut samples, &prompts, &tok, &reward)?;
+        let pool = samples.split_off(current);
+        let kept = rs::select_best(&samples, &pool, a.keep_truncated);
         let report = rs::report(&samples, &kept, prompts.len(), &cfg);
         rs::write_samples(&samples_path, &samples)?;
         rs::write_samples(&best_path, &kept)?;
@@ -533,7 +544,14 @@ fn rs_cmd<D: Dev>(a: &RsArgs, dev: &D) -> Result<()> {
     };
     let train: Vec<Sequence> = rs::to_sequences(&kept);
     if train.is_empty() {
-        bail!("no response was kept (all samples were empty)");
+        bail!(
+            "no response was kept: every sample was empty{}",
+            if a.keep_truncated {
+                ""
+            } else {
+                " or hit --max-new-tokens without a stop token (raise --max-new-tokens, or pass --keep-truncated)"
+            }
+        );
     }
     let cfg = a.opt.apply(sft_defaults());
     let mut stage = SftStage {
@@ -568,6 +586,8 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
     cfg.whiten_rewards = a.whiten_rewards;
     cfg.missing_eos_penalty = a.missing_eos_penalty;
     cfg.ppo_epochs = a.ppo_epochs.unwrap_or(cfg.ppo_epochs);
+    cfg.clip_grad = a.clip_grad.unwrap_or(cfg.clip_grad);
+    cfg.vf_lr = a.vf_lr.or(cfg.vf_lr);
     cfg.mini_batches = a.mini_batches.unwrap_or(cfg.mini_batches);
     cfg.temperature = a.temperature.unwrap_or(cfg.temperature);
     cfg.max_new_tokens = a.max_new_tokens.unwrap_or(cfg.max_new_tokens);
@@ -582,14 +602,11 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
     let ref_tok = Tokenizer::load(&reference_dir)?;
     cfg.sampling.stop_tokens = stop_tokens(&reference_ck, &ref_tok);
     let reference = reference_ck.model;
-    let resumed = if a.run.resume {
+    let resumed = if policy::out_dir::check_training(&a.run.out, a.run.resume, a.run.overwrite)? {
         ppo::load_checkpoint(&a.run.out, dev)?
     } else {
         None
     };
-    if !a.run.resume && policy::train_state::exists(&a.run.out) {
-        bail!("{} already holds a training run; pass --resume to continue it, or choose another --out", a.run.out.display());
-    }
     let (mut models, state, tok) = match resumed {
         Some(c) => {
             eprintln!("resuming {}", a.run.out.display());
@@ -646,11 +663,7 @@ fn ppo_cmd<D: Dev>(a: &PpoArgs, dev: &D) -> Result<()> {
         state,
     )?;
     if !o.finished {
-        eprintln!(
-            "stopped after iteration {} of {}; continue with --resume",
-            o.iterations, o.total_iterations
-        );
-        return Ok(());
+        return train_loop::stopped_early(o.iterations, o.total_iterations, &a.run.out);
     }
     eprintln!(
         "last iteration: score {:.4}, kl {:.4}",

@@ -13,9 +13,15 @@
 //! `reward_model::data`). Prompt-only lines (`{"prompt": ...}`, for rejection
 //! sampling and PPO) may also carry `"unsafe": true` or `"tags": ["safety", ...]`.
 //!
-//! Plain text is tokenized as TRL does it: the prompt with the tokenizer's
-//! special tokens (BOS), the completion without, EOS appended. Chat messages
-//! go through the checkpoint's chat template.
+//! One tokenization rule for every stage, TRL's: plain text is tokenized as
+//! prompt + completion in one piece (with the tokenizer's special tokens,
+//! e.g. BOS, and EOS appended), and the completion starts where the prompt
+//! tokenized alone ends ([`reward_model::data::encode_text_pair`]); so a
+//! prompt ending in whitespace gives the same tokens for SFT, DPO and the
+//! reward model. Chat messages go through the checkpoint's chat template as
+//! one conversation, split where the completion starts. The reward model
+//! scores sampled responses (rejection sampling, PPO, evaluation) by the same
+//! rule as its training pairs: the prompt and the response's text, joined.
 use anyhow::{bail, Context, Result};
 use policy::chat::{split_prompt_completion, tokenize_conversation, Message};
 use policy::tokenizer::Tokenizer;
@@ -102,19 +108,23 @@ impl<'a> Encoder<'a> {
         prompt: &Content,
         response: &Content,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (mut ids, split) = self.joint(prompt, response)?;
+        let completion = ids.split_off(split);
+        Ok((ids, completion))
+    }
+
+    /// Prompt + response tokenized together, and where the response starts
+    /// (see the module docs).
+    pub fn joint(&self, prompt: &Content, response: &Content) -> Result<(Vec<u32>, usize)> {
         match (prompt, response) {
             (Content::Text(p), Content::Text(r)) => {
-                let prompt_ids = self.tok.encode(p, true)?;
-                let mut resp = self.tok.encode(r, false)?;
-                if let Some(eos) = self.tok.eos_id() {
-                    resp.push(eos);
-                }
-                Ok((prompt_ids, resp))
+                reward_model::data::encode_text_pair(self.tok, p, r)
             }
             _ => {
                 let (prompt_msgs, reply) = split_chat(prompt, response)?;
                 let pc = split_prompt_completion(self.tok, &prompt_msgs, &reply)?;
-                Ok((pc.prompt_ids, pc.completion_ids))
+                let split = pc.prompt_ids.len();
+                Ok(([pc.prompt_ids, pc.completion_ids].concat(), split))
             }
         }
     }
@@ -242,14 +252,7 @@ pub fn read_prompts(path: &Path, tok: &Tokenizer) -> Result<Vec<Prompt>> {
             let ctx = || format!("{}: line {line}", path.display());
             let content = content(&v, "prompt").with_context(ctx)?;
             let ids = enc.prompt(&content).with_context(ctx)?;
-            let tagged = v.get("tags").and_then(Value::as_array).is_some_and(|t| {
-                t.iter().any(|x| {
-                    x.as_str().is_some_and(|s| {
-                        s.eq_ignore_ascii_case("safety") || s.eq_ignore_ascii_case("unsafe")
-                    })
-                })
-            });
-            let unsafe_prompt = v.get("unsafe").and_then(Value::as_bool).unwrap_or(false) || tagged;
+            let unsafe_prompt = reward_model::data::is_unsafe_prompt(&v);
             Ok(Prompt {
                 content,
                 ids,
@@ -271,15 +274,16 @@ pub fn encode_preferences(
     let mut dropped = 0;
     for (i, p) in pairs.iter().enumerate() {
         let ctx = || format!("pair {i} ({})", p.group);
-        let (prompt, chosen) = enc
-            .prompt_response(&p.prompt, &p.chosen)
-            .with_context(ctx)?;
-        let (prompt2, rejected) = enc
-            .prompt_response(&p.prompt, &p.rejected)
-            .with_context(ctx)?;
-        if prompt != prompt2 {
+        let (mut chosen, sc) = enc.joint(&p.prompt, &p.chosen).with_context(ctx)?;
+        let (mut rejected, sr) = enc.joint(&p.prompt, &p.rejected).with_context(ctx)?;
+        // TRL: both responses start where either side leaves the prompt
+        let split = sc.min(sr);
+        if chosen[..split] != rejected[..split] {
             bail!("{}: chosen and rejected have different prompts", ctx());
         }
+        let prompt = chosen[..split].to_vec();
+        chosen.drain(..split);
+        rejected.drain(..split);
         if prompt.is_empty() || chosen.is_empty() || rejected.is_empty() {
             bail!("{}: empty prompt or response after tokenization", ctx());
         }

@@ -196,6 +196,8 @@ pub fn build_policy(t: &dyn Task, dir: &Path, seed: u64, quiet: bool) -> Result<
         tie_embeddings: false,
         seed,
         dtype: DType::F32,
+        // the demo's own directory: a rerun rebuilds it
+        overwrite: true,
     };
     let dev = Cpu::default();
     init(&a, &dev)?;

@@ -43,7 +43,8 @@ pub struct DpoConfig {
     pub beta: f32,
     /// ε: the probability that a label is flipped (cDPO / robust), in [0, 0.5).
     pub label_smoothing: f32,
-    /// α of RPO's `α·NLL(chosen)` (per-token mean); 0 = off (Llama-3 used 0.2).
+    /// α of RPO's `α·NLL(chosen)`, NLL the mean over all chosen tokens of the
+    /// batch as in TRL; 0 = off (Llama-3 used 0.2).
     pub rpo_alpha: f32,
 }
 
@@ -97,8 +98,10 @@ pub fn pair_loss(cfg: &DpoConfig, cl: f64, rl: f64, len_chosen: usize, len_rejec
 }
 
 /// Per-pair losses on device tensors, differentiable in the policy's summed
-/// log-probs `pc` (chosen) and `pr` (rejected), which may share one tape;
-/// includes RPO's `α·NLL(chosen)` per token when `rpo_alpha > 0`.
+/// log-probs `pc` (chosen) and `pr` (rejected), which may share one tape.
+/// With `rpo_alpha > 0` each pair also carries `α·NLL`, where NLL is the mean
+/// over all chosen tokens of the batch (TRL's `nll_loss`: `−Σ pc / Σ |y+|`),
+/// so the summed losses hold it once per pair as TRL's mean does.
 pub fn loss_tensor<D: Dev, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     cfg: &DpoConfig,
     pc: T1<D, T>,
@@ -109,8 +112,12 @@ pub fn loss_tensor<D: Dev, T: Tape<f32, D> + Merge<T> + Merge<NoneTape>>(
     inv_len_r: &T1<D>,
 ) -> T1<D, T> {
     let (b, e) = (cfg.beta, cfg.label_smoothing);
-    let nll = (cfg.rpo_alpha > 0.0)
-        .then(|| (pc.with_empty_tape() * inv_len_c.clone()).negate() * cfg.rpo_alpha);
+    let nll = (cfg.rpo_alpha > 0.0).then(|| {
+        let k = pc.shape().0;
+        let tokens: f32 = inv_len_c.as_vec().iter().map(|x| 1.0 / x).sum();
+        (pc.with_empty_tape().sum::<Rank0, _>() * (-cfg.rpo_alpha / tokens.max(1.0)))
+            .broadcast_like(&(k,))
+    });
     let cl = pc - refc.clone();
     let rl = pr - refr.clone();
     let per_pair = match cfg.loss {
@@ -183,6 +190,7 @@ impl DpoStage {
         })
     }
 
+    /// Metric sums of one pair; `nll` is its batch's RPO NLL (TRL's `nll_loss`).
     fn pair_metrics(
         &self,
         m: &mut Metrics,
@@ -190,10 +198,10 @@ impl DpoStage {
         pr: f64,
         refs: (f32, f32),
         p: &PreferencePair,
+        nll: f64,
     ) {
         let (cl, rl) = (pc - refs.0 as f64, pr - refs.1 as f64);
         let b = self.cfg.beta as f64;
-        let nll = -pc / p.chosen.len().max(1) as f64;
         let loss = pair_loss(&self.cfg, cl, rl, p.chosen.len(), p.rejected.len())
             + self.cfg.rpo_alpha as f64 * nll;
         m.add("loss", loss, 1.0);
@@ -207,6 +215,12 @@ impl DpoStage {
             m.add("nll_loss", nll, 1.0);
         }
     }
+}
+
+/// RPO's NLL of a batch: the mean over all its chosen tokens, `−Σ pc / Σ |y+|`.
+fn batch_nll(pcs: &[f64], pairs: &[&PreferencePair]) -> f64 {
+    let tokens: usize = pairs.iter().map(|p| p.chosen.len().max(1)).sum();
+    -pcs.iter().sum::<f64>() / tokens.max(1) as f64
 }
 
 impl<D: Dev> Stage<D> for DpoStage {
@@ -285,6 +299,9 @@ impl<D: Dev> Stage<D> for DpoStage {
         let mut grads = loss.backward();
         let g = ParamTensors::from_backward(model, &mut grads)?;
         let mut m = Metrics::default();
+        let pcs: Vec<f64> = values[..k].iter().map(|&v| v as f64).collect();
+        let batch: Vec<&PreferencePair> = examples.iter().map(|&i| &self.pairs[i]).collect();
+        let nll = batch_nll(&pcs, &batch);
         for (j, &i) in examples.iter().enumerate() {
             self.pair_metrics(
                 &mut m,
@@ -292,6 +309,7 @@ impl<D: Dev> Stage<D> for DpoStage {
                 values[k + j] as f64,
                 self.reference[i],
                 &self.pairs[i],
+                nll,
             );
         }
         Ok((g, m))
@@ -303,6 +321,8 @@ impl<D: Dev> Stage<D> for DpoStage {
         }
         let lp = pair_logprobs(model, &self.eval_pairs, self.eval_batch)?;
         let mut m = Metrics::default();
+        let pcs: Vec<f64> = lp.iter().map(|&(c, _)| c as f64).collect();
+        let nll = batch_nll(&pcs, &self.eval_pairs.iter().collect::<Vec<_>>());
         for (i, &(c, r)) in lp.iter().enumerate() {
             self.pair_metrics(
                 &mut m,
@@ -310,6 +330,7 @@ impl<D: Dev> Stage<D> for DpoStage {
                 r as f64,
                 self.eval_reference[i],
                 &self.eval_pairs[i],
+                nll,
             );
         }
         Ok(Some(m))
@@ -317,6 +338,10 @@ impl<D: Dev> Stage<D> for DpoStage {
 
     fn write_model(&self, model: &Llama<D>, dir: &Path, dtype: DType) -> Result<()> {
         self.files.write_into(model, dir, dtype)
+    }
+
+    fn settings(&self) -> serde_json::Value {
+        serde_json::to_value(self.cfg).unwrap_or_default()
     }
 
     fn fingerprint(&self) -> String {
@@ -328,8 +353,6 @@ impl<D: Dev> Stage<D> for DpoStage {
             f.feed(r.0.to_bits() as u64);
             f.feed(r.1.to_bits() as u64);
         }
-        let c = serde_json::to_string(&self.cfg).unwrap_or_default();
-        c.bytes().for_each(|b| f.feed(b as u64));
         f.hex()
     }
 }
@@ -451,6 +474,70 @@ mod tests {
         )
         .as_vec()[0] as f64;
         assert!((l - (0.620957 + 0.4)).abs() < 1e-5, "{l}");
+        // Two pairs: TRL's NLL is over all chosen tokens, (10 + 3) / (5 + 3),
+        // not the mean of per-sequence means (2 + 1) / 2.
+        let v = |xs: &[f32]| dev.tensor_from_vec(xs.to_vec(), (xs.len(),));
+        let l = loss_tensor(
+            &rpo,
+            v(&[-10.0, -3.0]),
+            v(&[-12.0, -4.0]),
+            &v(&[-11.0, -3.0]),
+            &v(&[-11.5, -4.0]),
+            &v(&[0.2, 1.0 / 3.0]),
+            &v(&[0.25, 0.5]),
+        )
+        .sum::<Rank0, _>()
+        .array() as f64;
+        let dpo = pair_loss(&rpo, CL, RL, 5, 4) + pair_loss(&rpo, 0.0, 0.0, 3, 2);
+        assert!((l - (dpo + 2.0 * 0.2 * 13.0 / 8.0)).abs() < 1e-5, "{l}");
+        assert!((batch_nll(&[-10.0, -3.0], &[&pair(5), &pair(3)]) - 13.0 / 8.0).abs() < 1e-12);
+    }
+
+    fn pair(chosen: usize) -> PreferencePair {
+        PreferencePair {
+            prompt: vec![1],
+            chosen: vec![2; chosen],
+            rejected: vec![3],
+        }
+    }
+
+    #[test]
+    fn first_step_from_the_reference_has_the_sigmoid_gradient() {
+        // policy == reference: Δ = 0 and d loss / d logπθ(y+) = −β·σ(0) = −β/2
+        // (−(1−ε)β/2 + εβ/2 with label smoothing), for every sigmoid-family loss.
+        let dev = Cpu::default();
+        let t = |x: f32| dev.tensor_from_vec(vec![x], (1,));
+        for (cfg, want) in [
+            (DpoConfig::default(), -0.05),
+            (
+                DpoConfig {
+                    label_smoothing: 0.2,
+                    ..DpoConfig::default()
+                },
+                -0.8 * 0.05 + 0.2 * 0.05,
+            ),
+            (
+                DpoConfig {
+                    loss: DpoLoss::Robust,
+                    label_smoothing: 0.2,
+                    ..DpoConfig::default()
+                },
+                (-0.8 * 0.05 - 0.2 * 0.05) / 0.6,
+            ),
+        ] {
+            let pc = t(-11.0);
+            let l = loss_tensor(
+                &cfg,
+                pc.leaky_trace(),
+                t(-11.5).leaky_trace(),
+                &t(-11.0),
+                &t(-11.5),
+                &t(0.2),
+                &t(0.25),
+            );
+            let g = l.sum::<Rank0, _>().backward().get(&pc).as_vec()[0];
+            assert!((g - want).abs() < 1e-7, "{cfg:?}: {g} vs {want}");
+        }
     }
 
     #[test]

@@ -112,7 +112,7 @@ fn scores<D: Dev>(s: &EvalSetup<D>, prompts: &[Prompt], gens: &[Generation]) -> 
                     response_text: t,
                 })
                 .collect();
-            Some(r.score(&sc)?)
+            Some(r.score(&sc, Some(s.tok))?)
         }
         None => None,
     };

@@ -123,9 +123,12 @@ pub struct ExportArgs {
     pub server: String,
     #[arg(long, env = "RLHF_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
-    /// Output directory (a HF Llama directory with README.md).
+    /// Output directory (a HF Llama directory with README.md); a new or empty directory.
     #[arg(long)]
     pub out: PathBuf,
+    /// Replace what is at --out (built beside it, then swapped in).
+    #[arg(long)]
+    pub overwrite: bool,
     /// Storage dtype of the weights.
     #[arg(long, default_value = "bfloat16")]
     pub dtype: DType,
@@ -151,6 +154,7 @@ fn lineage(client: &Client, round: &Round) -> Result<Vec<Round>> {
 
 /// Runs `rlhf export`.
 pub fn run_export(a: ExportArgs) -> Result<()> {
+    policy::out_dir::check(&a.out, a.overwrite)?;
     let dev = dfdx::prelude::Cpu::default();
     let (dir, card) = match (a.round, &a.policy) {
         (Some(id), _) => {
@@ -205,6 +209,12 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         ),
         (None, None) => bail!("give --round ID or --policy DIR"),
     };
+    if let Some((step, total)) = policy::train_state::unfinished(&dir) {
+        bail!(
+            "{} is an unfinished training checkpoint (step {step} of {total}); resume the run to finish it before exporting",
+            dir.display()
+        );
+    }
     let ck =
         Checkpoint::load(&dir, &dev).with_context(|| format!("cannot load {}", dir.display()))?;
     let files = PolicyFiles::of(&ck);

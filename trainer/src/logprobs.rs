@@ -100,17 +100,7 @@ pub fn sequence_logprob_sums<D: Dev>(
     Ok(out)
 }
 
-/// `log(1 + e^x)` elementwise, without overflow: `max(x, 0) + ln(1 + e^{−|x|})`.
-pub fn softplus<S: Shape, D: Dev, T: Tape<f32, D> + Merge<T>>(
-    x: Tensor<S, f32, D, T>,
-) -> Tensor<S, f32, D, T> {
-    x.with_empty_tape().relu() + ((-(x.abs())).exp() + 1.0).ln()
-}
-
-/// `log(1 + e^x)` on the host.
-pub fn softplus_f64(x: f64) -> f64 {
-    x.max(0.0) + (-x.abs()).exp().ln_1p()
-}
+pub use policy::train::{softplus, softplus_f64};
 
 #[cfg(test)]
 mod tests {

@@ -73,6 +73,14 @@ pub struct PpoConfig {
     pub whiten_rewards: bool,
     /// Subtracted from the score of a response that did not end with a stop token.
     pub missing_eos_penalty: Option<f32>,
+    /// Clip the global gradient norm of policy and value model together at
+    /// `train.max_grad_norm` (Llama-2 clips at 1.0; TRL's PPO trainer does not).
+    #[serde(default)]
+    pub clip_grad: bool,
+    /// Peak learning rate of the value model, on the policy's schedule
+    /// (None: the policy's, as TRL's one optimizer over both).
+    #[serde(default)]
+    pub vf_lr: Option<f32>,
 }
 
 impl PpoConfig {
@@ -112,6 +120,8 @@ impl PpoConfig {
             lam: 0.95,
             whiten_rewards: false,
             missing_eos_penalty: None,
+            clip_grad: false,
+            vf_lr: None,
         }
     }
 
@@ -131,6 +141,7 @@ impl PpoConfig {
             mini_batches: 8,
             ppo_epochs: 1,
             temperature: 1.0,
+            clip_grad: true,
             kl: KlController {
                 beta: 0.01,
                 adaptive: None,
@@ -157,6 +168,9 @@ impl PpoConfig {
                 "PPO samples with a temperature > 0 (log-probs use it), got {}",
                 self.temperature
             );
+        }
+        if self.vf_lr.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            bail!("the value model's learning rate must be a positive number");
         }
         let nonneg = |x: f32| x.is_finite() && x >= 0.0;
         if !(nonneg(self.kl.beta)
@@ -373,9 +387,9 @@ pub fn train<D: Dev>(
             )?);
         }
         let t_gen = t_start.elapsed().as_secs_f64();
-        // text only when something reads it (a programmatic reward)
+        // the reward reads the text (a function, or a model by the joint tokenization)
         let texts: Vec<String> = match tok {
-            Some(tok) if matches!(reward, Reward::Function(_)) => gens
+            Some(tok) => gens
                 .iter()
                 .map(|g| tok.decode(&g.tokens, true))
                 .collect::<Result<_>>()?,
@@ -391,7 +405,7 @@ pub fn train<D: Dev>(
                 response_text: t,
             })
             .collect();
-        let mut scores = reward.score(&scored)?;
+        let mut scores = reward.score(&scored, tok)?;
         let eos_missing: Vec<bool> = gens
             .iter()
             .map(|g| g.finish_reason != FinishReason::Stop)
@@ -640,6 +654,7 @@ fn update<D: Dev>(
             cfg.temperature,
         )?;
         let new_host = new.as_vec();
+        let adv_values = adv.as_vec();
         let ratio = (new - old.clone()).exp();
         let pg1 = ratio.with_empty_tape() * adv.clone().negate();
         let pg2 = ratio.clamp(1.0 - eps, 1.0 + eps) * adv.negate();
@@ -673,6 +688,7 @@ fn update<D: Dev>(
         }
         // statistics over the response tokens
         let (oldh, oldvh, reth) = (old.as_vec(), old_v.as_vec(), ret.as_vec());
+        let adv_host = adv_values;
         for i in 0..len {
             if tb.weights[i] == 0.0 {
                 continue;
@@ -680,11 +696,10 @@ fn update<D: Dev>(
             let d = (new_host[i] - oldh[i]) as f64;
             let rho = d.exp();
             stats.add("approxkl", 0.5 * d * d, 1.0);
-            stats.add(
-                "clipfrac",
-                ((rho - 1.0).abs() > eps as f64) as u8 as f64,
-                1.0,
-            );
+            // TRL: the tokens where the clipped objective is the one that applies
+            let a = adv_host[i] as f64;
+            let clipped_loss = -a * rho.clamp(1.0 - eps as f64, 1.0 + eps as f64);
+            stats.add("clipfrac", (clipped_loss > -a * rho) as u8 as f64, 1.0);
             stats.add("ratio", rho, 1.0);
             stats.add("pg_loss", pg_host[i] as f64, 1.0);
             stats.add("vf_loss", vf_host[i] as f64, 1.0);
@@ -705,14 +720,18 @@ fn update<D: Dev>(
     if !norm.is_finite() {
         bail!("the gradient norm is {norm}; lower the learning rate");
     }
-    if norm > cfg.train.max_grad_norm {
+    if cfg.clip_grad && norm > cfg.train.max_grad_norm {
         let c = cfg.train.max_grad_norm / (norm + 1e-6);
         ga.scale(c);
         gc.scale(c);
     }
     stats.add("grad_norm", norm as f64, 1.0);
     actor_opt.update(&mut m.actor, &ga, lr);
-    critic_opt.update(&mut m.critic, &gc, lr);
+    let vf_lr = match cfg.vf_lr {
+        Some(v) => v * lr / cfg.train.lr,
+        None => lr,
+    };
+    critic_opt.update(&mut m.critic, &gc, vf_lr);
     Ok(())
 }
 

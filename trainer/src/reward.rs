@@ -4,8 +4,9 @@
 use crate::data::Prompt;
 use anyhow::{bail, Context, Result};
 use policy::model::Dev;
+use policy::tokenizer::Tokenizer;
 use reward_model::combine::{RewardFunction, RewardInput, SafetyHelpfulness, SingleReward};
-use reward_model::data::Content;
+use reward_model::data::{reward_tokens, Content};
 use reward_model::model::RewardModel;
 use std::path::Path;
 
@@ -98,21 +99,34 @@ impl<D: Dev> Reward<D> {
         }
     }
 
-    /// Rewards of `samples`, in order.
-    pub fn score(&self, samples: &[Scored]) -> Result<Vec<f32>> {
-        let inputs = || -> Vec<RewardInput> {
+    /// Rewards of `samples`, in order. A reward model scores the prompt and
+    /// the response's text tokenized together with `tok`, by the rule its
+    /// training pairs followed ([`reward_model::data::reward_tokens`]); without
+    /// a tokenizer (random-weight benchmarks) it scores the ids as generated.
+    pub fn score(&self, samples: &[Scored], tok: Option<&Tokenizer>) -> Result<Vec<f32>> {
+        let inputs = || -> Result<Vec<RewardInput>> {
             samples
                 .iter()
-                .map(|s| RewardInput {
-                    tokens: [s.prompt.ids.as_slice(), s.response_ids].concat(),
-                    unsafe_prompt: s.prompt.unsafe_prompt,
+                .map(|s| {
+                    let tokens = match tok {
+                        Some(tok) => reward_tokens(
+                            tok,
+                            &s.prompt.content,
+                            &Content::Text(s.response_text.to_string()),
+                        )?,
+                        None => [s.prompt.ids.as_slice(), s.response_ids].concat(),
+                    };
+                    Ok(RewardInput {
+                        tokens,
+                        unsafe_prompt: s.prompt.unsafe_prompt,
+                    })
                 })
                 .collect()
         };
         let r = match self {
-            Reward::Model(m) => m.rewards(&inputs())?,
+            Reward::Model(m) => m.rewards(&inputs()?)?,
             Reward::SafetyHelpfulness(c) => {
-                c.score(&inputs())?.into_iter().map(|c| c.reward).collect()
+                c.score(&inputs()?)?.into_iter().map(|c| c.reward).collect()
             }
             Reward::Function(f) => samples
                 .iter()
@@ -155,11 +169,11 @@ mod tests {
             response_text: t,
         };
         assert_eq!(
-            r.score(&[s("a great day"), s("meh")]).unwrap(),
+            r.score(&[s("a great day"), s("meh")], None).unwrap(),
             vec![1.0, 0.0]
         );
         let c: Reward<Cpu> = Reward::builtin("count:ab").unwrap();
-        assert_eq!(c.score(&[s("ab ab AB")]).unwrap(), vec![3.0]);
+        assert_eq!(c.score(&[s("ab ab AB")], None).unwrap(), vec![3.0]);
         assert!(Reward::<Cpu>::builtin("nope").is_err());
         assert!(Reward::<Cpu>::builtin("len:x").is_err());
         assert!(Reward::<Cpu>::builtin("contains:").is_err());

@@ -627,6 +627,7 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                 policy: current.clone(),
                 out: out.clone(),
                 resume: true,
+                overwrite: false,
                 device: ctx.device,
             };
             match stage {
@@ -640,6 +641,7 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                     top_p: 1.0,
                     max_new_tokens: cfg.max_new_tokens,
                     pool: vec![],
+                    keep_truncated: false,
                     gen_batch: 64,
                     opt: loop_args(&cfg.rs, cfg.seed, ctx.quiet),
                 })?,
@@ -662,7 +664,9 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                 })?,
                 _ => crate::cli::run_ppo(PpoArgs {
                     run,
-                    reference: Some(cfg.policy.clone()),
+                    // Llama-2: PPO's reference is the policy PPO starts from
+                    // (in rs+ppo, the rejection-sampling output)
+                    reference: Some(current.clone()),
                     value_model: Some(rm_dir.clone()),
                     prompts: prompts_file.clone(),
                     reward: reward_args(&rm_dir),
@@ -678,6 +682,8 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                     lam: None,
                     whiten_rewards: false,
                     missing_eos_penalty: None,
+                    clip_grad: None,
+                    vf_lr: None,
                     ppo_epochs: None,
                     mini_batches: None,
                     temperature: Some(cfg.temperature),

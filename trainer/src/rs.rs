@@ -39,6 +39,9 @@ pub struct Sample {
     pub finished: bool,
     /// Where it came from: `current` or the file of an earlier round.
     pub origin: String,
+    /// Whether its prompt is tagged unsafe (for the safety + helpfulness reward).
+    #[serde(default)]
+    pub unsafe_prompt: bool,
 }
 
 /// Summary of a reward distribution.
@@ -106,12 +109,24 @@ pub struct RsReport {
     pub kept_from_pool: usize,
 }
 
-/// Samples `k` responses per prompt and scores them.
+/// Samples `k` responses per prompt and scores them (see [`score`]).
 pub fn sample<D: Dev>(
     policy: &Llama<D>,
     tok: &Tokenizer,
     prompts: &[Prompt],
     reward: &Reward<D>,
+    cfg: &RsConfig,
+) -> Result<Vec<Sample>> {
+    let mut samples = generate_samples(policy, tok, prompts, cfg)?;
+    score(&mut samples, prompts, tok, reward)?;
+    Ok(samples)
+}
+
+/// Samples `k` responses per prompt, not yet scored (reward 0).
+pub fn generate_samples<D: Dev>(
+    policy: &Llama<D>,
+    tok: &Tokenizer,
+    prompts: &[Prompt],
     cfg: &RsConfig,
 ) -> Result<Vec<Sample>> {
     if cfg.k == 0 {
@@ -134,31 +149,16 @@ pub fn sample<D: Dev>(
                 .wrapping_add((c as u64).wrapping_mul(0x2545_F491_4F6C_DD1D)),
             ..cfg.sampling.clone()
         };
-        let gens = generate(policy, &ids, &sc)?;
-        let texts: Vec<String> = gens
-            .iter()
-            .map(|g| tok.decode(&g.tokens, true))
-            .collect::<Result<_>>()?;
-        let scored: Vec<Scored> = chunk
-            .iter()
-            .zip(&gens)
-            .zip(&texts)
-            .map(|(((_, p), g), t)| Scored {
-                prompt: p,
-                response_ids: &g.tokens,
-                response_text: t,
-            })
-            .collect();
-        let rewards = reward.score(&scored)?;
-        for ((((i, p), g), t), r) in chunk.iter().zip(&gens).zip(texts).zip(rewards) {
+        for ((i, p), g) in chunk.iter().zip(generate(policy, &ids, &sc)?) {
             out.push(Sample {
                 prompt_index: *i,
                 prompt_ids: p.ids.clone(),
-                response_ids: g.tokens.clone(),
-                response: t,
-                reward: r,
+                response: tok.decode(&g.tokens, true)?,
+                response_ids: g.tokens,
+                reward: 0.0,
                 finished: g.finish_reason == policy::generate::FinishReason::Stop,
                 origin: "current".into(),
+                unsafe_prompt: p.unsafe_prompt,
             });
         }
         bar.inc(chunk.len() as u64);
@@ -167,14 +167,58 @@ pub fn sample<D: Dev>(
     Ok(out)
 }
 
+/// Scores `samples` with `reward` in one call, so a reward that normalizes
+/// over its inputs (Llama-2's whitened safety + helpfulness reward) puts them
+/// all on one scale, whatever the generation batch; earlier rounds' samples
+/// scored together with this round's are re-scored by the current reward.
+/// A sample's prompt is found in `prompts` by its tokens (else its decoded
+/// text stands for it).
+pub fn score<D: Dev>(
+    samples: &mut [Sample],
+    prompts: &[Prompt],
+    tok: &Tokenizer,
+    reward: &Reward<D>,
+) -> Result<()> {
+    let by_ids: HashMap<&[u32], &Prompt> = prompts.iter().map(|p| (p.ids.as_slice(), p)).collect();
+    let fallback: Vec<Option<Prompt>> = samples
+        .iter()
+        .map(|s| match by_ids.get(s.prompt_ids.as_slice()) {
+            Some(_) => Ok(None),
+            None => Ok(Some(Prompt {
+                content: reward_model::data::Content::Text(tok.decode(&s.prompt_ids, true)?),
+                ids: s.prompt_ids.clone(),
+                unsafe_prompt: s.unsafe_prompt,
+            })),
+        })
+        .collect::<Result<_>>()?;
+    let scored: Vec<Scored> = samples
+        .iter()
+        .zip(&fallback)
+        .map(|(s, f)| Scored {
+            prompt: f
+                .as_ref()
+                .unwrap_or_else(|| by_ids[s.prompt_ids.as_slice()]),
+            response_ids: &s.response_ids,
+            response_text: &s.response,
+        })
+        .collect();
+    let rewards = reward.score(&scored, Some(tok))?;
+    for (s, r) in samples.iter_mut().zip(rewards) {
+        s.reward = r;
+    }
+    Ok(())
+}
+
 /// The best sample per prompt among this round's samples and `pool` (earlier
-/// rounds' best for the same prompt tokens, their rewards re-scored by the caller
-/// if the reward changed). Ties keep the earlier sample. Empty responses are never kept.
-pub fn select_best(samples: &[Sample], pool: &[Sample]) -> Vec<Sample> {
+/// rounds' best for the same prompt tokens, re-scored with this round's
+/// reward by [`score`]). Ties keep the earlier sample. Empty responses are
+/// never kept, nor (unless `keep_truncated`) responses that hit the length
+/// limit without a stop token.
+pub fn select_best(samples: &[Sample], pool: &[Sample], keep_truncated: bool) -> Vec<Sample> {
     let mut best: HashMap<&[u32], &Sample> = HashMap::new();
     let mut order: Vec<&[u32]> = vec![];
     for s in samples.iter().chain(pool) {
-        if s.response_ids.is_empty() {
+        if s.response_ids.is_empty() || !(s.finished || keep_truncated) {
             continue;
         }
         match best.get(s.prompt_ids.as_slice()) {
@@ -261,6 +305,7 @@ mod tests {
             reward: r,
             finished: true,
             origin: origin.into(),
+            unsafe_prompt: false,
         }
     }
 
@@ -273,7 +318,7 @@ mod tests {
             s(2, -0.5, "current"),
         ];
         let pool = vec![s(1, 0.7, "old"), s(2, 3.0, "old"), s(3, 1.0, "old")];
-        let best = select_best(&samples, &pool);
+        let best = select_best(&samples, &pool, false);
         let got: Vec<(u32, f32, &str)> = best
             .iter()
             .map(|b| (b.prompt_ids[0], b.reward, b.origin.as_str()))
@@ -292,6 +337,21 @@ mod tests {
         assert_eq!(r.kept_from_pool, 2);
         assert!((r.samples.mean - (-0.025)).abs() < 1e-6);
         assert_eq!(r.kept.max, 3.0);
+    }
+
+    #[test]
+    fn truncated_responses_are_dropped_unless_asked() {
+        let mut cut = s(1, 5.0, "current");
+        cut.finished = false;
+        let samples = vec![s(1, 0.5, "current"), cut.clone(), s(2, 0.1, "current")];
+        let kept = select_best(&samples, &[], false);
+        assert_eq!(
+            kept.iter().map(|k| k.reward).collect::<Vec<_>>(),
+            vec![0.5, 0.1]
+        );
+        // a prompt whose every sample was cut keeps nothing
+        assert!(select_best(&[cut.clone()], &[], false).is_empty());
+        assert_eq!(select_best(&samples, &[], true)[0].reward, 5.0);
     }
 
     #[test]

@@ -68,7 +68,9 @@ impl<D: Dev> Stage<D> for SftStage {
         let tokens: usize = rows.iter().map(|s| s.targets()).sum();
         let mut m = Metrics::default();
         m.add("loss", -total, tokens as f64);
-        m.add("num_tokens", tokens as f64, 1.0);
+        // TRL's `num_tokens`: every input token (the loop logs the running total)
+        let inputs: usize = rows.iter().map(|s| s.ids.len()).sum();
+        m.add("num_tokens", inputs as f64, 1.0);
         Ok((g, m))
     }
 

@@ -24,6 +24,9 @@ use trainer::sft::{mean_nll, SftStage};
 
 fn tiny_policy(dir: &Path, seed: u64) -> PathBuf {
     let out = dir.join(format!("policy-{seed}"));
+    if out.join("config.json").exists() {
+        return out; // made earlier in this test, from the same seed
+    }
     let a = InitArgs {
         out: out.clone(),
         preset: Preset::Tiny,
@@ -38,6 +41,7 @@ fn tiny_policy(dir: &Path, seed: u64) -> PathBuf {
         tie_embeddings: false,
         seed,
         dtype: DType::F32,
+        overwrite: false,
     };
     init(&a, &Cpu::default()).unwrap();
     out
@@ -141,6 +145,17 @@ fn sft_lowers_response_nll_and_leaves_prompt_tokens_out_of_the_loss() {
             lines[0]
         );
     }
+    // TRL's num_tokens: the running total of input tokens (all 40 steps of 4 examples)
+    let step0: usize = train_loop::step_examples(0, 4, data.len(), 0)
+        .iter()
+        .map(|&i| data[i].ids.len())
+        .sum();
+    assert_eq!(lines[0]["num_tokens"].as_f64().unwrap(), step0 as f64);
+    let all: usize = (0..40)
+        .flat_map(|s| train_loop::step_examples(s, 4, data.len(), 0))
+        .map(|i| data[i].ids.len())
+        .sum();
+    assert_eq!(lines[39]["num_tokens"].as_f64().unwrap(), all as f64);
     assert!(lines.last().unwrap()["eval_loss"].as_f64().unwrap() < before);
     // the output is a complete checkpoint that generates
     let back = Checkpoint::load(&out, &Cpu::default()).unwrap();
@@ -368,7 +383,7 @@ fn rejection_sampling_raises_the_reward_model_score_of_greedy_outputs() {
                 response_text: t,
             })
             .collect();
-        let r = reward.score(&s).unwrap();
+        let r = reward.score(&s, Some(&tok)).unwrap();
         r.iter().sum::<f32>() / r.len() as f32
     };
     let before = greedy_score(&ck.model);
@@ -385,7 +400,7 @@ fn rejection_sampling_raises_the_reward_model_score_of_greedy_outputs() {
     };
     let samples = rs::sample(&ck.model, &tok, &ps, &reward, &rc).unwrap();
     assert_eq!(samples.len(), 16 * 8);
-    let kept = rs::select_best(&samples, &[]);
+    let kept = rs::select_best(&samples, &[], true);
     let report = rs::report(&samples, &kept, ps.len(), &rc);
     assert_eq!(kept.len(), 16);
     assert!(report.kept.mean > report.samples.mean);
@@ -413,6 +428,214 @@ fn rejection_sampling_raises_the_reward_model_score_of_greedy_outputs() {
         after > before + 0.5 * (report.kept.mean - report.samples.mean) as f32,
         "greedy score {before} -> {after}"
     );
+}
+
+/// Llama-2's safety + helpfulness reward from two random-head reward models.
+fn combined_reward(dir: &Path) -> (Reward<Cpu>, RewardModel<Cpu>, RewardModel<Cpu>) {
+    let dev = Cpu::default();
+    let s = RewardModel::from_policy(&tiny_policy(dir, 41), &dev, 5).unwrap();
+    let h = RewardModel::from_policy(&tiny_policy(dir, 42), &dev, 6).unwrap();
+    let mut c = reward_model::combine::SafetyHelpfulness::new(s.clone(), h.clone()).unwrap();
+    // a threshold that the random safety scores straddle, so both models are used
+    c.threshold = 0.5;
+    (Reward::SafetyHelpfulness(Box::new(c)), s, h)
+}
+
+/// What the reward models score for a sample: its prompt and response text, joined.
+fn reward_seq(tok: &Tokenizer, ps: &[Prompt], x: &rs::Sample) -> Vec<u32> {
+    let t = reward_model::data::Content::Text(x.response.clone());
+    reward_model::data::reward_tokens(tok, &ps[x.prompt_index].content, &t).unwrap()
+}
+
+/// The combined reward before whitening (whitening over one set keeps the order).
+fn unwhitened(
+    s: &RewardModel<Cpu>,
+    h: &RewardModel<Cpu>,
+    seqs: &[Vec<u32>],
+    threshold: f32,
+) -> Vec<f32> {
+    let n = seqs.len();
+    let (rs_, rh) = (s.rewards(seqs, 8).unwrap(), h.rewards(seqs, 8).unwrap());
+    let tags = vec![false; n];
+    reward_model::combine::select(&rs_, &rh, &tags, threshold)
+        .unwrap()
+        .into_iter()
+        .map(|v| v.0)
+        .collect()
+}
+
+#[test]
+fn rejection_sampling_with_the_combined_reward_keeps_each_prompts_true_best() {
+    // K = 3 does not divide the generation batch of 4: a prompt's samples span
+    // two batches, and must still be ranked on one scale.
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, tok) = load_policy(&tiny_policy(dir.path(), 4), &Cpu::default()).unwrap();
+    let (reward, s, h) = combined_reward(dir.path());
+    let ps = prompts(&tok, 8);
+    let rc = RsConfig {
+        k: 3,
+        sampling: SamplingConfig {
+            max_new_tokens: 6,
+            temperature: 1.0,
+            seed: 3,
+            ..SamplingConfig::default()
+        },
+        gen_batch: 4,
+        progress: false,
+    };
+    let samples = rs::sample(&ck.model, &tok, &ps, &reward, &rc).unwrap();
+    let seqs: Vec<Vec<u32>> = samples.iter().map(|x| reward_seq(&tok, &ps, x)).collect();
+    let truth = unwhitened(&s, &h, &seqs, 0.5);
+    let kept = rs::select_best(&samples, &[], true);
+    assert_eq!(kept.len(), ps.len());
+    for k in &kept {
+        let best = samples
+            .iter()
+            .zip(&truth)
+            .filter(|(x, _)| x.prompt_index == k.prompt_index && !x.response_ids.is_empty())
+            .map(|(_, &t)| t)
+            .fold(f32::MIN, f32::max);
+        let i = samples.iter().position(|x| x == k).unwrap();
+        assert_eq!(
+            truth[i], best,
+            "prompt {}: kept a sample that is not its best",
+            k.prompt_index
+        );
+    }
+    // the case the test is for: whitening each generation batch of 4 on its
+    // own (the old behaviour) keeps some prompt's second-best sample here
+    let per_chunk: Vec<f32> = truth
+        .chunks(4)
+        .flat_map(reward_model::combine::whiten)
+        .collect();
+    let chunked: Vec<rs::Sample> = samples
+        .iter()
+        .zip(&per_chunk)
+        .map(|(x, &r)| rs::Sample {
+            reward: r,
+            ..x.clone()
+        })
+        .collect();
+    let wrong = rs::select_best(&chunked, &[], true)
+        .iter()
+        .zip(&kept)
+        .filter(|(a, b)| a.response_ids != b.response_ids)
+        .count();
+    assert!(
+        wrong > 0,
+        "per-chunk whitening would pick the same samples: the test shows nothing"
+    );
+    // one scale: the stored rewards are the whitened truth, in the same order
+    for (i, j) in (0..samples.len()).zip(1..samples.len()) {
+        let (a, b) = (samples[i].reward, samples[j].reward);
+        assert!(
+            (truth[i] < truth[j] && a <= b)
+                || (truth[i] > truth[j] && a >= b)
+                || truth[i] == truth[j],
+            "samples {i} and {j} are ordered differently by the stored rewards"
+        );
+    }
+}
+
+#[test]
+fn the_pool_is_re_scored_with_the_current_reward() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ck, tok) = load_policy(&tiny_policy(dir.path(), 4), &Cpu::default()).unwrap();
+    let ps = prompts(&tok, 3);
+    let rc = RsConfig {
+        k: 2,
+        sampling: SamplingConfig {
+            max_new_tokens: 6,
+            temperature: 1.0,
+            seed: 8,
+            ..SamplingConfig::default()
+        },
+        gen_batch: 4,
+        progress: false,
+    };
+    let old = rs::generate_samples(&ck.model, &tok, &ps, &rc).unwrap();
+    // an earlier round's best, stored with stale rewards from another reward
+    let mut pool: Vec<rs::Sample> = old
+        .iter()
+        .map(|x| rs::Sample {
+            reward: 1e6,
+            origin: "round1.best.jsonl".into(),
+            ..x.clone()
+        })
+        .collect();
+    let rm = RewardModel::from_policy(&tiny_policy(dir.path(), 40), &Cpu::default(), 9).unwrap();
+    let want: Vec<f32> = {
+        let seqs: Vec<Vec<u32>> = pool.iter().map(|x| reward_seq(&tok, &ps, x)).collect();
+        rm.rewards(&seqs, 8).unwrap()
+    };
+    let reward = Reward::Model(Box::new(reward_model::combine::SingleReward {
+        model: rm,
+        batch_size: 8,
+    }));
+    rs::score(&mut pool, &ps, &tok, &reward).unwrap();
+    for (x, w) in pool.iter().zip(&want) {
+        assert!((x.reward - w).abs() < 1e-5, "{} vs {w}", x.reward);
+    }
+}
+
+#[test]
+fn every_stage_tokenizes_prompt_and_response_by_one_rule() {
+    // A prompt ending in a space: tokenized alone it ends with a space token,
+    // joined with the response the space merges into the response's first
+    // word. TRL (and the reward model's training) tokenize the joined text.
+    let dir = tempfile::tempdir().unwrap();
+    let path = tiny_policy(dir.path(), 4);
+    let (_, tok) = load_policy(&path, &Cpu::default()).unwrap();
+    let t = |s: &str| reward_model::data::Content::Text(s.to_string());
+    let (prompt, response) = ("Tell me about the ", "weather today.");
+    let joint = reward_model::data::reward_tokens(&tok, &t(prompt), &t(response)).unwrap();
+    let separate = [
+        tok.encode(prompt, true).unwrap(),
+        tok.encode(response, false).unwrap(),
+    ]
+    .concat();
+    assert_ne!(
+        joint[..joint.len() - 1],
+        separate[..],
+        "the example must merge across the boundary"
+    );
+    // SFT and DPO train on the joint tokens, the loss from where the prompt
+    // tokenized alone and the joint tokens diverge (TRL's common prefix)
+    let enc = trainer::data::Encoder { tok: &tok };
+    let (p, c) = enc.prompt_response(&t(prompt), &t(response)).unwrap();
+    assert_eq!([p.clone(), c.clone()].concat(), joint);
+    let alone = tok.encode(prompt, true).unwrap();
+    assert!(
+        p.len() < alone.len() && alone.starts_with(&p),
+        "{p:?} vs {alone:?}"
+    );
+    let sft = sft_example(&tok, &json!({"prompt": prompt, "completion": response})).unwrap();
+    assert_eq!(sft.ids, joint);
+    // a sampled response (generated ids after the prompt's own ids) is scored
+    // by the reward model on the joint tokens, as in its training
+    let rm = RewardModel::from_policy(&path, &Cpu::default(), 3).unwrap();
+    let want = rm.rewards(std::slice::from_ref(&joint), 1).unwrap()[0];
+    let sample_ids = tok.encode(response, false).unwrap();
+    let reward = Reward::Model(Box::new(reward_model::combine::SingleReward {
+        model: rm,
+        batch_size: 4,
+    }));
+    let pr = Prompt {
+        content: t(prompt),
+        ids: tok.encode(prompt, true).unwrap(),
+        unsafe_prompt: false,
+    };
+    let got = reward
+        .score(
+            &[Scored {
+                prompt: &pr,
+                response_ids: &sample_ids,
+                response_text: response,
+            }],
+            Some(&tok),
+        )
+        .unwrap();
+    assert!((got[0] - want).abs() < 1e-6, "{} vs {want}", got[0]);
 }
 
 fn ppo_setup(dir: &Path, seed: u64) -> (PpoModels<Cpu>, Tokenizer, Vec<Prompt>) {
@@ -618,8 +841,15 @@ fn safety_and_helpfulness_rewards_follow_the_prompt_tag() {
             response_text: " fine",
         })
         .collect();
-    let got = reward.score(&s).unwrap();
-    let seq = |p: &Prompt| vec![[p.ids.as_slice(), resp.as_slice()].concat()];
+    let got = reward.score(&s, Some(&tok)).unwrap();
+    let seq = |p: &Prompt| {
+        vec![reward_model::data::reward_tokens(
+            &tok,
+            &p.content,
+            &reward_model::data::Content::Text(" fine".into()),
+        )
+        .unwrap()]
+    };
     assert!(
         (got[0] - help.rewards(&seq(&ps[0]), 1).unwrap()[0]).abs() < 1e-5,
         "safe prompt → helpfulness"
