@@ -33,7 +33,7 @@ import shutil
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaForSequenceClassification
 
 OUT = os.path.join(os.path.dirname(__file__), "..", "trainer", "tests", "fixtures", "trl")
 
@@ -100,6 +100,25 @@ def dpo_loss(case, model, ref, pairs):
     return total, out
 
 
+def tiny_rm(seed):
+    g = torch.Generator().manual_seed(seed)
+    model = LlamaForSequenceClassification(LlamaConfig(**CFG, num_labels=1, attn_implementation="eager"))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn(p.shape, generator=g) * 0.2)
+    return model.to(torch.float32)
+
+
+def rm_loss(model, pairs, centering):
+    """TRL's RewardTrainer.compute_loss: BT with margin, plus reward centering."""
+    score = lambda ids: model(input_ids=torch.tensor([ids])).logits[0, 0]
+    rc = torch.stack([score(p["chosen"]) for p in pairs])
+    rr = torch.stack([score(p["rejected"]) for p in pairs])
+    m = torch.tensor([p["margin"] for p in pairs], dtype=rc.dtype)
+    loss = -F.logsigmoid(rc - rr - m).mean() + centering * torch.mean((rc + rr) ** 2)
+    return loss, {"accuracy": (rc > rr).double().mean().item(), "margin": (rc - rr).mean().item()}
+
+
 def sft_loss(model, examples):
     nll, tokens = 0.0, 0
     for e in examples:
@@ -153,6 +172,15 @@ def main():
     norm, after = step(model, loss)
     save_file(after, os.path.join(OUT, "after_sft.safetensors"), metadata={"format": "pt"})
     expected["cases"].append({"name": "sft", "loss_value": loss.item(), "grad_norm": norm, "metrics": metrics})
+    # reward model: TRL's RewardTrainer loss with Llama-2 margins and centering 0.01
+    tiny_rm(13).save_pretrained(os.path.join(OUT, "rm"), safe_serialization=True)
+    rm_pairs = [{"chosen": [1] + rand(4 + i) + [2], "rejected": [1] + rand(3 + 2 * i) + [2], "margin": float(i % 4)} for i in range(4)]
+    expected["rm_pairs"] = rm_pairs
+    model = tiny_rm(13).to(torch.float64)
+    loss, metrics = rm_loss(model, rm_pairs, 0.01)
+    norm, after = step(model, loss)
+    save_file(after, os.path.join(OUT, "after_rm.safetensors"), metadata={"format": "pt"})
+    expected["cases"].append({"name": "rm", "centering": 0.01, "loss_value": loss.item(), "grad_norm": norm, "metrics": metrics})
     with open(os.path.join(OUT, "expected.json"), "w") as f:
         json.dump(expected, f, indent=1)
     print(json.dumps([(c["name"], c["loss_value"], c["grad_norm"]) for c in expected["cases"]], indent=1))

@@ -1,9 +1,9 @@
 //! One optimizer step of DPO (every loss, with and without a distinct
-//! reference) and SFT against TRL's computation in torch, from the fixtures
-//! of scripts/make_trl_fixtures.py (TRL 1.16, transformers 5.24): the loss,
-//! TRL's metrics, the gradient norm before clipping and the weights after one
-//! clipped AdamW step. The first case is the default path: reference = the
-//! starting policy, where every pair starts at Δ = 0.
+//! reference), SFT and the reward model against TRL's computation in torch,
+//! from the fixtures of scripts/make_trl_fixtures.py (TRL 1.16, transformers
+//! 5.24): the loss, TRL's metrics, the gradient norm before clipping and the
+//! weights after one clipped AdamW step. The first DPO case is the default
+//! path: reference = the starting policy, where every pair starts at Δ = 0.
 use dfdx::prelude::*;
 use policy::checkpoint::Checkpoint;
 use policy::safetensors_io::read_dir_tensors;
@@ -211,4 +211,43 @@ fn sft_one_step_matches_trl() {
     let mut model = ck.model.clone();
     train_loop::run(&mut model, &mut stage, &one_step(&e, n, 1), &out, None).unwrap();
     check_run(&out, &case);
+}
+
+#[test]
+fn reward_model_one_step_matches_trl() {
+    use reward_model::data::EncodedPair;
+    use reward_model::model::RewardModel;
+    use reward_model::train::{train, TrainConfig};
+    let e = expected();
+    let case = e["cases"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rm")
+        .unwrap()
+        .clone();
+    let pairs: Vec<EncodedPair> = e["rm_pairs"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .enumerate()
+        .map(|(i, p)| EncodedPair {
+            group: i.to_string(),
+            chosen: ids(&p["chosen"]),
+            rejected: ids(&p["rejected"]),
+            margin: p["margin"].as_f64().unwrap() as f32,
+            strength: None,
+        })
+        .collect();
+    let mut rm: RewardModel<Cpu> = RewardModel::load(&fixture("rm"), &Cpu::default()).unwrap();
+    let l = one_step(&e, pairs.len(), 2);
+    let cfg = TrainConfig::from_loop(&l, case["centering"].as_f64().unwrap() as f32, 8);
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("rm");
+    train(&mut rm, &pairs, &[], &cfg, &out, None).unwrap();
+    let line = check_run(&out, &case);
+    for k in ["accuracy", "margin"] {
+        let (got, want) = (line[k].as_f64().unwrap(), case["metrics"][k].as_f64().unwrap());
+        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "rm: {k} {got} vs TRL {want}");
+    }
 }
