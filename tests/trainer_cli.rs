@@ -30,6 +30,29 @@ fn err(args: &[&str]) -> String {
     e
 }
 
+/// `rlhf policy init` of a 1-layer model with hidden size 16 at `out`.
+fn tiny_init<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let base = [
+        "policy",
+        "init",
+        "--out",
+        out,
+        "--hidden-size",
+        "16",
+        "--intermediate-size",
+        "32",
+        "--layers",
+        "1",
+        "--heads",
+        "2",
+        "--kv-heads",
+        "1",
+        "--vocab-size",
+        "280",
+    ];
+    [&base[..], extra].concat()
+}
+
 fn write_jsonl(path: &Path, lines: &[Value]) -> String {
     std::fs::write(
         path,
@@ -305,6 +328,41 @@ fn every_stage_runs_resumes_and_writes_a_checkpoint() {
     let m = metrics(&ppo);
     assert_eq!(m.len(), 2);
     assert!(m[1]["objective/kl"].is_number());
+
+    // SFT and PPO exactly as a user runs them: every default (PPO: TRL's
+    // preset, reference = the starting policy, 64 episodes of 53 tokens)
+    let sft0 = d("sft-defaults");
+    ok(&[
+        "sft", "--policy", &model, "--data", &sft, "--out", &sft0, "--quiet",
+    ]);
+    let m = metrics(&sft0);
+    assert!(
+        m[0]["loss"].as_f64().unwrap() > 0.0 && m[0]["grad_norm"].as_f64().unwrap() > 0.0,
+        "{}",
+        m[0]
+    );
+    let ppo0 = d("ppo-defaults");
+    ok(&[
+        "ppo",
+        "--policy",
+        &s,
+        "--prompts",
+        &prompts,
+        "--reward-fn",
+        "count:e",
+        "--out",
+        &ppo0,
+        "--quiet",
+    ]);
+    let m = metrics(&ppo0);
+    assert_eq!(m.len(), 1, "one iteration of 64 episodes over 2 prompts");
+    // the first iteration samples from the reference itself: KL 0, ratio 1
+    assert!(
+        m[0]["objective/kl"].as_f64().unwrap().abs() < 1e-2,
+        "{}",
+        m[0]
+    );
+    assert!(m[0]["grad_norm"].as_f64().unwrap() > 0.0, "{}", m[0]);
 }
 
 #[test]
@@ -312,24 +370,7 @@ fn bad_input_gives_clear_errors() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let model = d("tiny");
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &model,
-        "--hidden-size",
-        "16",
-        "--intermediate-size",
-        "32",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--vocab-size",
-        "280",
-    ]);
+    ok(&tiny_init(&model, &[]));
     let bad = d("bad.jsonl");
     std::fs::write(&bad, "{\"prompt\": \"a\", \"completion\": \"b\"}\n{oops\n").unwrap();
     let e = err(&["sft", "--policy", &model, "--data", &bad, "--out", &d("o1")]);
@@ -403,31 +444,7 @@ fn out_never_destroys_what_is_there() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let model = d("tiny");
-    fn init<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-        [
-            &[
-                "policy",
-                "init",
-                "--out",
-                out,
-                "--hidden-size",
-                "16",
-                "--intermediate-size",
-                "32",
-                "--layers",
-                "1",
-                "--heads",
-                "2",
-                "--kv-heads",
-                "1",
-                "--vocab-size",
-                "280",
-            ][..],
-            extra,
-        ]
-        .concat()
-    }
-    ok(&init(&model, &[]));
+    ok(&tiny_init(&model, &[]));
     let data = write_jsonl(
         &tmp.path().join("sft.jsonl"),
         &[json!({"prompt": "a", "completion": " b c d"})],
@@ -437,7 +454,7 @@ fn out_never_destroys_what_is_there() {
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(format!("{mine}/thesis.tex"), "years of work").unwrap();
     for args in [
-        init(&mine, &[]),
+        tiny_init(&mine, &[]),
         vec!["policy", "convert", "--model", &model, "--out", &mine],
         vec![
             "sft", "--policy", &model, "--data", &data, "--out", &mine, "--quiet",
@@ -525,7 +542,7 @@ fn out_never_destroys_what_is_there() {
         "--overwrite",
     ]);
     // --overwrite replaces the user's folder when asked to
-    ok(&init(&mine, &["--overwrite"]));
+    ok(&tiny_init(&mine, &["--overwrite"]));
     assert!(!Path::new(&mine).join("thesis.tex").exists());
     assert!(Path::new(&mine).join("config.json").exists());
 }
@@ -535,24 +552,7 @@ fn ctrl_c_stops_at_a_step_boundary_with_a_resumable_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let model = d("tiny");
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &model,
-        "--hidden-size",
-        "16",
-        "--intermediate-size",
-        "32",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--vocab-size",
-        "280",
-    ]);
+    ok(&tiny_init(&model, &[]));
     let data = write_jsonl(
         &tmp.path().join("sft.jsonl"),
         &[

@@ -247,7 +247,13 @@ fn reward_model_one_step_matches_trl() {
     train(&mut rm, &pairs, &[], &cfg, &out, None).unwrap();
     let line = check_run(&out, &case);
     for k in ["accuracy", "margin"] {
-        let (got, want) = (line[k].as_f64().unwrap(), case["metrics"][k].as_f64().unwrap());
-        assert!((got - want).abs() <= 1e-5 * want.abs().max(1.0), "rm: {k} {got} vs TRL {want}");
+        let (got, want) = (
+            line[k].as_f64().unwrap(),
+            case["metrics"][k].as_f64().unwrap(),
+        );
+        assert!(
+            (got - want).abs() <= 1e-5 * want.abs().max(1.0),
+            "rm: {k} {got} vs TRL {want}"
+        );
     }
 }
