@@ -705,9 +705,15 @@ pub struct NewRound {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoundUpdate {
-    /// New status: 1-32 characters of `[a-z_]`, e.g. `queued`, `running`, `done`, `failed`.
+    /// New status, by hand: `created` ↔ `queued`; `queued` from `running`
+    /// (hand back), `failed` or `cancelled`; `failed` from `running`;
+    /// `cancelled` from anything but `done`. `running` is set only by a claim
+    /// and `done` only by the worker's heartbeat (409 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Why (up to 500 characters), kept in the audit log; e.g. for a cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// New metrics (replaces the old object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,

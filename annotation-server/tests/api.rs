@@ -562,7 +562,7 @@ async fn rounds_and_round_filter(db: TestDb) {
         .http
         .patch(format!("{}/api/rounds/{rid}", s.url))
         .bearer_auth(&r.token)
-        .json(&json!({"status": "running", "metrics": {"win_rate": 0.6}}))
+        .json(&json!({"status": "queued", "metrics": {"win_rate": 0.6}}))
         .send()
         .await
         .unwrap();
@@ -577,7 +577,7 @@ async fn rounds_and_round_filter(db: TestDb) {
         .unwrap();
     assert_error(bad, 422).await;
     let got = r.json(&format!("/api/rounds/{rid}")).await;
-    assert_eq!(got["status"], "running");
+    assert_eq!(got["status"], "queued");
     assert_eq!(got["metrics"]["win_rate"], 0.6);
     assert_eq!(r.json("/api/rounds").await.as_array().unwrap().len(), 1);
     assert_error(r.get("/api/rounds/777").await, 404).await;

@@ -29,6 +29,7 @@ on_both_databases!(
     comparisons_need_distinct_responses,
     bidi_controls_cannot_disguise_text,
     cli_refuses_databases_without_schema,
+    round_statuses_are_checked,
 );
 
 /// A client that connects from `source` (any 127.0.0.0/8 address reaches the
@@ -876,4 +877,77 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
     .await
     .unwrap();
     assert!(run(user_list(&db.url)).await.unwrap().contains("username"));
+}
+
+/// Issue item 13 (in part): PATCH could set a queued round to `running`
+/// without a lease (claims then answered 204 forever), and `banana` was
+/// accepted as a status.
+async fn round_statuses_are_checked(db: TestDb) {
+    let s = TestServer::start(db).await;
+    let r = s.api(&s.token("res", Role::Researcher).await);
+    let id = r
+        .post("/api/rounds", json!({"name": "r"}))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let patch = |body: serde_json::Value| {
+        let r = r.clone();
+        let url = format!("{}/api/rounds/{id}", s.url);
+        async move {
+            r.http
+                .patch(url)
+                .bearer_auth(&r.token)
+                .json(&body)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let m = assert_error(patch(json!({"status": "banana"})).await, 422).await;
+    assert!(m.contains("queued"), "{m}");
+    assert_eq!(patch(json!({"status": "queued"})).await.status(), 200);
+    let m = assert_error(patch(json!({"status": "running"})).await, 409).await;
+    assert!(m.contains("claim"), "{m}");
+    assert_error(patch(json!({"status": "done"})).await, 409).await;
+    // so the round is still there for a worker
+    let claimed = r.post("/api/rounds/claim", json!({"worker": "w1"})).await;
+    assert_eq!(claimed.status(), 200);
+    let hb = format!("/api/rounds/{id}/heartbeat");
+    for bad in ["banana", "cancelled", "created"] {
+        assert_error(
+            r.post(&hb, json!({"worker": "w1", "status": bad})).await,
+            422,
+        )
+        .await;
+    }
+    // a researcher cancels it, with a reason; the lease is released
+    let cancelled = patch(json!({"status": "cancelled", "reason": "wrong config"})).await;
+    assert_eq!(cancelled.status(), 200);
+    let cancelled: serde_json::Value = cancelled.json().await.unwrap();
+    assert_eq!(cancelled["status"], "cancelled");
+    assert!(cancelled["lease_owner"].is_null());
+    assert_error(r.post(&hb, json!({"worker": "w1"})).await, 409).await;
+    assert_eq!(
+        r.post("/api/rounds/claim", json!({"worker": "w2"}))
+            .await
+            .status(),
+        204
+    );
+    assert_error(patch(json!({"status": "done"})).await, 409).await;
+    let audit = s
+        .api(&s.token("adm", Role::Admin).await)
+        .json("/api/audit?limit=1000")
+        .await;
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["reason"] == "wrong config"),
+        "{audit}"
+    );
+    s.stop().await;
 }
