@@ -937,6 +937,59 @@ async fn round_statuses_are_checked(db: TestDb) {
         204
     );
     assert_error(patch(json!({"status": "done"})).await, 409).await;
+    // the dashboard cancels too, and asks for the reason
+    let id2 = r
+        .post("/api/rounds", json!({"name": "r2", "status": "queued"}))
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["id"]
+        .as_i64()
+        .unwrap();
+    let http = browser_login(&s.url, "res").await;
+    let page = http
+        .get(format!("{}/dashboard/rounds/{id2}", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(page.contains("id=\"cancel-round\""), "{page}");
+    let marker = "name=\"csrf\" value=\"";
+    let csrf = page[page.find(marker).unwrap() + marker.len()..]
+        .split('"')
+        .next()
+        .unwrap()
+        .to_string();
+    let cancel_url = format!("{}/dashboard/rounds/{id2}/cancel", s.url);
+    let cancel = |reason: &'static str| {
+        let (http, url, csrf) = (http.clone(), cancel_url.clone(), csrf.clone());
+        async move {
+            http.post(url)
+                .form(&[("csrf", csrf.as_str()), ("reason", reason)])
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(cancel(" ").await, 422);
+    assert_eq!(cancel("duplicate of r").await, 303);
+    assert_eq!(
+        r.json(&format!("/api/rounds/{id2}")).await["status"],
+        "cancelled"
+    );
+    let page = http
+        .get(format!("{}/dashboard/rounds/{id2}", s.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!page.contains("id=\"cancel-round\""), "{page}");
     let audit = s
         .api(&s.token("adm", Role::Admin).await)
         .json("/api/audit?limit=1000")
@@ -947,6 +1000,14 @@ async fn round_statuses_are_checked(db: TestDb) {
             .unwrap()
             .iter()
             .any(|e| e["detail"]["reason"] == "wrong config"),
+        "{audit}"
+    );
+    assert!(
+        audit
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["detail"]["reason"] == "duplicate of r"),
         "{audit}"
     );
     s.stop().await;

@@ -72,6 +72,7 @@ pub fn router(state: AppState) -> Router {
         .route("/dashboard/batches/{id}/agreement", get(ui::agreement))
         .route("/dashboard/rounds", post(ui::queue_round))
         .route("/dashboard/rounds/{id}", get(ui::round_page))
+        .route("/dashboard/rounds/{id}/cancel", post(ui::cancel_round))
         .route(
             "/dashboard/rounds/{id}/plots/{series}",
             get(ui::series_plot),

@@ -5,7 +5,7 @@ mod rounds;
 
 pub use html::{esc, esc_text};
 use html::{nav, page};
-pub use rounds::{queue_round, round_page, series_plot, summary_plot, QueueForm};
+pub use rounds::{cancel_round, queue_round, round_page, series_plot, summary_plot, QueueForm};
 
 use crate::api::{ExportQuery, Role, Safety, Strength, SubmitLabel, Task};
 use crate::assign;
