@@ -99,9 +99,10 @@ async fn login_bursts_use_bounded_memory(db: TestDb) {
     } else {
         println!("the peak resident size cannot be reset here; only the final size is checked");
     }
-    // and the hash memory was handed back
+    // and the hash memory was handed back (kept, it would be about one
+    // 19 MiB block per slot: 44 MiB here, against 4-6 MiB when returned)
     assert!(
-        after.saturating_sub(before) < 48 * MIB,
+        after.saturating_sub(before) < 24 * MIB,
         "resident size stayed {} MiB higher",
         after.saturating_sub(before) / MIB
     );
