@@ -622,7 +622,27 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
             .unwrap();
         assert_eq!(resp.status(), 403, "{header}: {value}");
     }
-    // the same POST from our own origin logs in
+    // the same POST from our own origin logs in, also through a proxy that
+    // rewrites Host, and from browsers that say so in Sec-Fetch-Site
+    for (header, value) in [
+        ("x-forwarded-host", "annotate.example"),
+        ("sec-fetch-site", "same-origin"),
+    ] {
+        let resp = http
+            .post(format!("{}/login", s.url))
+            .header("cookie", format!("rlhf_login_csrf={csrf}"))
+            .header("origin", "https://annotate.example")
+            .header(header, value)
+            .form(&[
+                ("username", "lab"),
+                ("password", "password123"),
+                ("csrf", &csrf),
+            ])
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 303, "{header}: {value}");
+    }
     let resp = http
         .post(format!("{}/login", s.url))
         .header("cookie", format!("rlhf_login_csrf={csrf}"))

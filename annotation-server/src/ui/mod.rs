@@ -125,23 +125,25 @@ pub async fn login_form(State(s): State<AppState>) -> Response {
         .into_response()
 }
 
-/// Whether a form POST comes from another site. Browsers send `Origin` with
-/// every POST (and `Sec-Fetch-Site`), so a page elsewhere that planted a
-/// login-CSRF cookie (e.g. from a sibling subdomain) still cannot submit it.
+/// Whether a form POST comes from another site, so that a page elsewhere
+/// that planted a login-CSRF cookie (e.g. from a sibling subdomain) still
+/// cannot submit it. Browsers say so in `Sec-Fetch-Site`, which no proxy
+/// rewrites; older ones only send `Origin`, compared with the host the
+/// request was sent to (`X-Forwarded-Host` behind a proxy that rewrites
+/// `Host`: a cross-site form cannot set that header).
 fn cross_site(headers: &HeaderMap) -> bool {
     let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    if value("sec-fetch-site").is_some_and(|v| v == "cross-site" || v == "same-site") {
-        return true;
+    if let Some(site) = value("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
     }
-    match (value("origin"), value("host")) {
-        // "null" (sandboxed or opaque origins) is never ours
-        (Some(origin), Some(host)) => {
-            origin.split_once("://").map(|(_, authority)| authority) != Some(host)
-        }
-        (Some(_), None) => true,
+    let Some(origin) = value("origin") else {
         // non-browser clients send no Origin; they cannot be tricked into a POST
-        (None, _) => false,
-    }
+        return false;
+    };
+    // "null" (sandboxed or opaque origins) is never ours
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    let ours = |h: Option<&str>| h.is_some() && authority == h;
+    !(ours(value("host")) || ours(value("x-forwarded-host")))
 }
 
 /// A user name as stored in the audit log and used as a rate-limit key: only
