@@ -96,7 +96,7 @@ async fn main() -> anyhow::Result<()> {
             loop {
                 let t0 = Instant::now();
                 let r = http
-                    .get(format!("{base}/api/tasks/next"))
+                    .post(format!("{base}/api/tasks/next"))
                     .bearer_auth(&token)
                     .send()
                     .await;

@@ -176,8 +176,13 @@ fn start_server(dir: &Path) -> TestServer {
         &[("RLHF_ADMIN_PASSWORD", "pw-for-tests-123")],
         &dir.join("server.log"),
     ));
+    // ready when it answers: the port is bound before the database is set up
+    let health = format!("http://{bind}/healthz");
     wait_until("the server", 60, || {
-        std::net::TcpStream::connect(&bind).is_ok()
+        Command::new("curl")
+            .args(["-s", "-f", "-o", "/dev/null", &health])
+            .status()
+            .is_ok_and(|s| s.success())
     });
     let token = ok(&[
         "token",

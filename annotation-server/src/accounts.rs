@@ -1,13 +1,13 @@
 //! Account management shared by the CLI and the admin API: users, tokens, and
 //! the first admin created on first start.
-use crate::api::{Role, UserInfo};
+use crate::api::{Role, TokenCreated, TokenInfo, UserInfo};
 use crate::audit;
 use crate::auth::{hash_password, new_token, sha256_hex};
 use crate::entities::{api_tokens, users};
 use crate::error::{is_unique_violation, reject_nul, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
 use sea_orm::{
-    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, EntityTrait,
+    ActiveModelTrait, ColumnTrait, ConnectionTrait, DatabaseConnection, DbBackend, EntityTrait,
     PaginatorTrait, QueryFilter, QueryOrder, Set,
 };
 
@@ -128,6 +128,7 @@ pub async fn disable_user(
     let mut am: users::ActiveModel = u.into();
     am.disabled = Set(true);
     let u = am.update(db).await?;
+    notify_auth_change(db).await?;
     audit::record(
         db,
         actor,
@@ -145,6 +146,23 @@ pub async fn create_token(
     name: Option<&str>,
     actor: Option<i64>,
 ) -> AppResult<String> {
+    Ok(create_token_expiring(db, username, name, None, actor)
+        .await?
+        .token)
+}
+
+/// Longest token lifetime that may be asked for (days).
+pub const MAX_TOKEN_DAYS: u32 = 3650;
+
+/// Creates an API token that stops working `expires_in_days` after now
+/// (`None`: never); the secret is returned once and stored only hashed.
+pub async fn create_token_expiring(
+    db: &DatabaseConnection,
+    username: &str,
+    name: Option<&str>,
+    expires_in_days: Option<u32>,
+    actor: Option<i64>,
+) -> AppResult<TokenCreated> {
     let u = find_user(db, username).await?;
     if u.disabled {
         return Err(AppError::Conflict(format!("user {username:?} is disabled")));
@@ -156,13 +174,21 @@ pub async fn create_token(
             "token name must have at most 200 bytes".into(),
         ));
     }
+    if expires_in_days.is_some_and(|d| d == 0 || d > MAX_TOKEN_DAYS) {
+        return Err(AppError::Unprocessable(format!(
+            "expires_in_days must be between 1 and {MAX_TOKEN_DAYS}"
+        )));
+    }
+    let now = now_ms();
+    let expires_at = expires_in_days.map(|d| now + i64::from(d) * 86_400_000);
     let token = new_token();
-    api_tokens::ActiveModel {
+    let row = api_tokens::ActiveModel {
         user_id: Set(u.id),
         token_hash: Set(sha256_hex(&token)),
         name: Set(name.to_string()),
-        created_at: Set(now_ms()),
+        created_at: Set(now),
         last_used_at: Set(None),
+        expires_at: Set(expires_at),
         ..Default::default()
     }
     .insert(db)
@@ -171,10 +197,84 @@ pub async fn create_token(
         db,
         actor,
         "token.create",
-        serde_json::json!({"username": username, "name": name}),
+        serde_json::json!({"username": username, "name": name, "id": row.id}),
     )
     .await?;
-    Ok(token)
+    Ok(TokenCreated {
+        username: username.to_string(),
+        token,
+        id: row.id,
+        expires_at: expires_at.map(rfc3339),
+    })
+}
+
+/// The tokens of `username` (every user's when `None`), by id.
+pub async fn list_tokens(
+    db: &DatabaseConnection,
+    username: Option<&str>,
+) -> AppResult<Vec<TokenInfo>> {
+    let mut q = api_tokens::Entity::find()
+        .find_also_related(users::Entity)
+        .order_by_asc(api_tokens::Column::Id);
+    if let Some(name) = username {
+        q = q.filter(api_tokens::Column::UserId.eq(find_user(db, name).await?.id));
+    }
+    Ok(q.all(db)
+        .await?
+        .into_iter()
+        .map(|(t, u)| token_info(&t, u.map(|u| u.username).unwrap_or_default()))
+        .collect())
+}
+
+fn token_info(t: &api_tokens::Model, username: String) -> TokenInfo {
+    TokenInfo {
+        id: t.id,
+        username,
+        name: t.name.clone(),
+        created_at: rfc3339(t.created_at),
+        expires_at: t.expires_at.map(rfc3339),
+        last_used_at: t.last_used_at.map(rfc3339),
+    }
+}
+
+/// Revokes (deletes) token `id` and tells every server to forget it at once.
+pub async fn revoke_token(
+    db: &DatabaseConnection,
+    id: i64,
+    actor: Option<i64>,
+) -> AppResult<TokenInfo> {
+    let Some((t, u)) = api_tokens::Entity::find_by_id(id)
+        .find_also_related(users::Entity)
+        .one(db)
+        .await?
+    else {
+        return Err(AppError::NotFound(format!("no token {id}")));
+    };
+    api_tokens::Entity::delete_by_id(id).exec(db).await?;
+    notify_auth_change(db).await?;
+    let info = token_info(&t, u.map(|u| u.username).unwrap_or_default());
+    audit::record(
+        db,
+        actor,
+        "token.revoke",
+        serde_json::json!({"id": id, "username": info.username, "name": info.name}),
+    )
+    .await?;
+    Ok(info)
+}
+
+/// The PostgreSQL channel on which credential changes are announced.
+pub const AUTH_CHANNEL: &str = "rlhf_auth";
+
+/// Tells every server process on this database that credentials changed
+/// (a user disabled, a token revoked), so that they drop their token caches.
+/// PostgreSQL only: servers on SQLite cache nothing (see `state::TokenCache`).
+pub async fn notify_auth_change<C: ConnectionTrait>(db: &C) -> AppResult<()> {
+    if db.get_database_backend() == DbBackend::Postgres {
+        db.execute_unprepared(&format!("NOTIFY {AUTH_CHANNEL}"))
+            .await?;
+    }
+    Ok(())
 }
 
 /// On a database without users, creates the first admin. The name and password

@@ -624,6 +624,10 @@ pub struct NewToken {
     /// A label for the token.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The token stops working this many days after it is created (1–3650;
+    /// default: never).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_in_days: Option<u32>,
 }
 
 /// A newly created API token: shown once, stored only hashed.
@@ -633,6 +637,29 @@ pub struct TokenCreated {
     pub username: String,
     /// The bearer token.
     pub token: String,
+    /// The token's id (to list or revoke it).
+    #[serde(default)]
+    pub id: i64,
+    /// When it stops working, if ever.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at: Option<String>,
+}
+
+/// An API token as listed (never the secret itself).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TokenInfo {
+    /// Token id (`DELETE /api/tokens/{id}` revokes it).
+    pub id: i64,
+    /// Whose token it is.
+    pub username: String,
+    /// Its label.
+    pub name: String,
+    /// When it was created.
+    pub created_at: String,
+    /// When it stops working, if ever.
+    pub expires_at: Option<String>,
+    /// When it was last used (updated at most once a minute), if ever.
+    pub last_used_at: Option<String>,
 }
 
 /// One audit-log entry.
@@ -678,9 +705,15 @@ pub struct NewRound {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoundUpdate {
-    /// New status: 1-32 characters of `[a-z_]`, e.g. `queued`, `running`, `done`, `failed`.
+    /// New status, by hand: `created` ↔ `queued`; `queued` from `running`
+    /// (hand back), `failed` or `cancelled`; `failed` from `running`;
+    /// `cancelled` from anything but `done`. `running` is set only by a claim
+    /// and `done` only by the worker's heartbeat (409 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub status: Option<String>,
+    /// Why (up to 500 characters), kept in the audit log; e.g. for a cancel.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
     /// New metrics (replaces the old object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,

@@ -378,8 +378,9 @@ pub fn validate_label(body: &SubmitLabel, k: usize) -> AppResult<()> {
     Ok(())
 }
 
-/// Stores `labeler`'s label of comparison `id`. The labeler should hold a lease;
-/// if theirs expired and was reaped, the label is still taken when a slot is free.
+/// Stores `labeler`'s label of comparison `id`. The labeler must hold a lease
+/// on it (an expired one counts until it is reaped): a comparison is labeled
+/// only by whom it was handed to, never by id alone, and never after a skip.
 pub async fn submit_label(
     state: &AppState,
     labeler: i64,
@@ -434,21 +435,21 @@ const LABEL_COLUMNS: &str = "comparison_id, labeler_id, ranking, strength, safet
                              edited_response, note, time_spent_ms, created_at";
 
 /// `SET` and `WHERE` of the counter update that turns a slot into a label: the
-/// slot is the labeler's dropped lease (`?` = 1) or else a free one. `SET`
-/// expressions see the old row, so `labels_done + 1` is the new count.
-const COUNT_LABEL: &str = "labels_done = labels_done + 1, leased = leased - ?, \
+/// slot is the labeler's dropped lease (`?` = 1); without one nothing changes.
+/// `SET` expressions see the old row, so `labels_done + 1` is the new count.
+const COUNT_LABEL: &str = "labels_done = labels_done + 1, leased = leased - 1, \
     state = CASE WHEN labels_done + 1 >= labels_wanted THEN 'complete' ELSE state END \
-    WHERE id = ? AND (? = 1 OR (state = 'open' AND labels_done + leased < labels_wanted))";
+    WHERE id = ? AND ? = 1";
 
 /// Drops the labeler's lease, counts the label and inserts it, as one write.
-/// `None` when there was no lease and no free slot (nothing changed); a
-/// unique violation (already labeled) undoes all of it.
+/// `None` when there was no lease (nothing changed); a unique violation
+/// (already labeled) undoes all of it.
 ///
 /// SQLite: three statements in the writer's transaction; `changes()` is the
 /// row count of the previous statement: the dropped lease in the counter
 /// update, the counted slot in the insert. PostgreSQL: the same three steps as
 /// one statement of data-modifying CTEs (they all run); `slot` is empty when
-/// there was no lease and no free slot, and then nothing is inserted.
+/// there was no lease, and then nothing is inserted.
 async fn store_label(
     state: &AppState,
     id: i64,
@@ -462,18 +463,14 @@ async fn store_label(
              slot AS (UPDATE comparisons SET {} RETURNING id, state), \
              ins AS (INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? FROM slot RETURNING id) \
              SELECT ins.id, slot.state FROM ins, slot",
-            COUNT_LABEL
-                .replacen("leased - ?", "leased - (SELECT n FROM had)", 1)
-                .replacen("? = 1", "(SELECT n FROM had) = 1", 1)
+            COUNT_LABEL.replacen("? = 1", "(SELECT n FROM had) = 1", 1)
         ),
         _ => format!(
             "DELETE FROM leases WHERE comparison_id = ? AND labeler_id = ?; \
              UPDATE comparisons SET {} RETURNING state; \
              INSERT INTO labels ({LABEL_COLUMNS}) SELECT ?, ?, ?, ?, ?, ?, ?, ?, ? \
                WHERE changes() = 1 RETURNING id",
-            COUNT_LABEL
-                .replacen("leased - ?", "leased - changes()", 1)
-                .replacen("? = 1", "changes() = 1", 1)
+            COUNT_LABEL.replacen("? = 1", "changes() = 1", 1)
         ),
     };
     let mut values: Vec<Value> = vec![id.into(), labeler.into(), id.into()];
@@ -491,7 +488,7 @@ async fn store_label(
     }
 }
 
-/// Explains why a label without a lease cannot be taken.
+/// Explains why a label without a lease is refused.
 async fn why_no_slot(db: &DatabaseConnection, id: i64, labeler: i64) -> AppError {
     let already = labels::Entity::find()
         .filter(labels::Column::ComparisonId.eq(id))
@@ -501,7 +498,8 @@ async fn why_no_slot(db: &DatabaseConnection, id: i64, labeler: i64) -> AppError
     match already {
         Ok(Some(_)) => AppError::Conflict(format!("you already labeled comparison {id}")),
         Ok(None) => AppError::Conflict(format!(
-            "comparison {id} has all the labels it wants (your lease expired or you held none); get the next task"
+            "you hold no lease on comparison {id} (it expired, you skipped it, or it was never \
+             handed to you); get the next task"
         )),
         Err(e) => e.into(),
     }

@@ -3,7 +3,7 @@
 use crate::api::Role;
 use crate::entities::{api_tokens, sessions, users};
 use crate::error::{AppError, AppResult};
-use crate::state::AppState;
+use crate::state::{AppState, CachedToken};
 use crate::time::now_ms;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
 use argon2::{Argon2, PasswordHasher, PasswordVerifier};
@@ -39,6 +39,38 @@ pub fn verify_password(password: &str, hash: &str) -> bool {
                 .is_ok()
         })
         .unwrap_or(false)
+}
+
+/// [`verify_password`] off the async workers, at most
+/// `Config::max_concurrent_hashes` at once: each argon2 run takes 19 MiB, so
+/// unbounded concurrent logins could exhaust memory. `None` (answer 503) when
+/// every slot is busy; callers do not queue, so an attacker cannot pile up work.
+pub async fn verify_password_bounded(
+    state: &AppState,
+    password: String,
+    hash: String,
+) -> Option<bool> {
+    let permit = state.hash_slots.clone().try_acquire_owned().ok()?;
+    let ok = tokio::task::spawn_blocking(move || {
+        let ok = verify_password(&password, &hash);
+        release_freed_memory();
+        drop(permit);
+        ok
+    })
+    .await
+    .unwrap_or(false);
+    Some(ok)
+}
+
+/// Hands freed heap memory back to the OS. glibc keeps a freed argon2 block
+/// (19 MiB, above its adaptive mmap threshold) in the thread's arena, so
+/// without this the server's memory stays at its peak after a burst of logins.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free pages; it has no preconditions.
+    unsafe {
+        libc::malloc_trim(0);
+    }
 }
 
 /// A fresh 256-bit random value, hex-encoded.
@@ -128,17 +160,17 @@ impl FromRequestParts<AppState> for ApiUser {
     type Rejection = AppError;
 
     async fn from_request_parts(parts: &mut Parts, state: &AppState) -> AppResult<ApiUser> {
-        if let Some(token) = bearer_token(&parts.headers) {
-            return user_for_token(state, token).await.map(ApiUser);
-        }
-        // Read-only requests may also use the browser session, so that the
-        // dashboard's export links work. Writes need a token: no CSRF exposure.
-        if parts.method == axum::http::Method::GET || parts.method == axum::http::Method::HEAD {
-            if let Some(sess) = session_from_headers(state, &parts.headers).await? {
-                return Ok(ApiUser(sess.user));
-            }
-        }
-        Err(AppError::Unauthorized)
+        // bearer tokens only: a browser attaches cookies to cross-site requests
+        // by itself, never an Authorization header, so no API call can be forged
+        bearer_user(state, &parts.headers).await.map(ApiUser)
+    }
+}
+
+/// The owner of the request's bearer token (401 without a valid one).
+pub async fn bearer_user(state: &AppState, headers: &HeaderMap) -> AppResult<CurrentUser> {
+    match bearer_token(headers) {
+        Some(token) => user_for_token(state, token).await,
+        None => Err(AppError::Unauthorized),
     }
 }
 
@@ -151,25 +183,78 @@ fn bearer_token(headers: &HeaderMap) -> Option<&str> {
         .filter(|t| !t.is_empty())
 }
 
-/// Looks up the (enabled) owner of an API token.
+/// How often (ms) a token's `last_used_at` is written: at most once a minute,
+/// so that authentication does not add a write to every request.
+const LAST_USED_EVERY_MS: i64 = 60_000;
+
+/// Looks up the (enabled) owner of an unexpired API token, and notes its use.
 pub async fn user_for_token(state: &AppState, token: &str) -> AppResult<CurrentUser> {
     let hash = sha256_hex(token);
-    if let Some(u) = state.token_cache.get(&hash) {
-        return Ok(u);
-    }
-    let found = api_tokens::Entity::find()
-        .filter(api_tokens::Column::TokenHash.eq(hash.clone()))
-        .find_also_related(users::Entity)
-        .one(&state.db)
-        .await?;
-    match found {
-        Some((_, Some(u))) if !u.disabled => {
-            let user = CurrentUser::from_model(u)?;
-            state.token_cache.put(hash, user.clone());
-            Ok(user)
+    let now = now_ms();
+    let generation = state.token_cache.generation();
+    let entry = match state.token_cache.get(&hash) {
+        Some(e) => e,
+        None => {
+            let found = api_tokens::Entity::find()
+                .filter(api_tokens::Column::TokenHash.eq(hash.clone()))
+                .find_also_related(users::Entity)
+                .one(&state.db)
+                .await?;
+            match found {
+                Some((t, Some(u))) if !u.disabled => CachedToken {
+                    user: CurrentUser::from_model(u)?,
+                    token_id: t.id,
+                    expires_at: t.expires_at,
+                    last_used_at: t.last_used_at,
+                },
+                _ => return Err(AppError::Unauthorized),
+            }
         }
-        _ => Err(AppError::Unauthorized),
+    };
+    if entry.expires_at.is_some_and(|e| e <= now) {
+        return Err(AppError::Unauthorized);
     }
+    let user = entry.user.clone();
+    let mut entry = entry;
+    if entry
+        .last_used_at
+        .is_none_or(|t| now - t >= LAST_USED_EVERY_MS)
+    {
+        entry.last_used_at = Some(now);
+        // written in the background: the request does not wait for it
+        let db = state.db.clone();
+        let id = entry.token_id;
+        tokio::spawn(async move {
+            if let Err(e) = note_token_use(&db, id, now).await {
+                tracing::warn!(error = %e, "recording a token's last use failed");
+            }
+        });
+    }
+    state.token_cache.put(hash, entry, generation);
+    Ok(user)
+}
+
+/// Sets `last_used_at` unless another request did within the last minute.
+async fn note_token_use(
+    db: &sea_orm::DatabaseConnection,
+    id: i64,
+    now: i64,
+) -> Result<(), sea_orm::DbErr> {
+    let (_writer, txn) = crate::db::begin_write(db).await?;
+    api_tokens::Entity::update_many()
+        .col_expr(
+            api_tokens::Column::LastUsedAt,
+            sea_orm::sea_query::Expr::value(now),
+        )
+        .filter(api_tokens::Column::Id.eq(id))
+        .filter(
+            sea_orm::Condition::any()
+                .add(api_tokens::Column::LastUsedAt.is_null())
+                .add(api_tokens::Column::LastUsedAt.lt(now - LAST_USED_EVERY_MS)),
+        )
+        .exec(&txn)
+        .await?;
+    txn.commit().await
 }
 
 /// Reads one cookie from the request headers.

@@ -1,10 +1,11 @@
-//! `rlhf serve`, `rlhf db migrate`, `rlhf user add|list|disable`, `rlhf token create`.
+//! `rlhf serve`, `rlhf db migrate`, `rlhf user add|list|disable`, `rlhf token create|list|revoke`.
 //!
 //! Account commands work against the same `--database-url` as the server,
-//! whether or not it is running.
+//! whether or not it is running; the database must exist already (only
+//! `serve` and `db migrate` create one).
 use crate::accounts;
 use crate::api::Role;
-use crate::db::{connect_and_migrate, DEFAULT_DATABASE_URL};
+use crate::db::{connect_and_migrate, connect_existing, redact, DEFAULT_DATABASE_URL};
 use crate::server::{serve, shutdown_signal};
 use crate::state::{AppState, Config};
 use anyhow::Context;
@@ -37,6 +38,9 @@ pub enum Commands {
         /// Mark cookies Secure (set this when serving behind HTTPS).
         #[arg(long, env = "RLHF_SECURE_COOKIES")]
         secure_cookies: bool,
+        /// Serve /metrics without a token (by default it needs a researcher's bearer token).
+        #[arg(long, env = "RLHF_METRICS_PUBLIC")]
+        metrics_public: bool,
     },
     /// Database maintenance.
     Db {
@@ -110,6 +114,24 @@ pub enum TokenCommand {
         /// A label for the token.
         #[arg(long)]
         name: Option<String>,
+        /// The token stops working after this many days (default: never).
+        #[arg(long)]
+        expires_in_days: Option<u32>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// List API tokens (id, user, name, created, expires, last used); never the secrets.
+    List {
+        /// Only this user's tokens.
+        #[arg(long)]
+        username: Option<String>,
+        #[command(flatten)]
+        db: DbArgs,
+    },
+    /// Revoke an API token by id (every server on the database stops accepting it at once).
+    Revoke {
+        /// The token's id (from `rlhf token list`).
+        id: i64,
         #[command(flatten)]
         db: DbArgs,
     },
@@ -142,19 +164,26 @@ pub async fn run_with_io(
             db,
             lease_seconds,
             secure_cookies,
+            metrics_public,
         } => {
             init_logging();
             if lease_seconds == 0 {
                 anyhow::bail!("--lease-seconds must be at least 1");
             }
+            // the port first: a server that cannot listen must not create a
+            // database file or an admin account on its way to failing
+            let listener = tokio::net::TcpListener::bind(&bind)
+                .await
+                .with_context(|| format!("binding {bind}"))?;
+            let addr = listener.local_addr()?;
             let conn = connect_and_migrate(&db.database_url)
                 .await
-                .with_context(|| format!("opening database {}", db.database_url))?;
+                .with_context(|| format!("opening database {}", redact(&db.database_url)))?;
             if let Some((user, password)) = accounts::ensure_admin(&conn).await? {
                 match password {
                     Some(p) => writeln!(
                         out,
-                        "Created admin account {user:?} with password {p:?}.\nLog in at http://{bind}/login, \
+                        "Created admin account {user:?} with password {p:?}.\nLog in at http://{addr}/login, \
                          or create an API token with `rlhf token create --username {user}`."
                     )?,
                     None => writeln!(out, "Created admin account {user:?} (password from RLHF_ADMIN_PASSWORD).")?,
@@ -163,12 +192,9 @@ pub async fn run_with_io(
             let config = Config {
                 lease_duration: Duration::from_secs(lease_seconds),
                 secure_cookies,
+                metrics_public,
                 ..Config::default()
             };
-            let listener = tokio::net::TcpListener::bind(&bind)
-                .await
-                .with_context(|| format!("binding {bind}"))?;
-            let addr = listener.local_addr()?;
             writeln!(
                 out,
                 "Annotation server listening on http://{addr} (UI: /login, API: /api/openapi.json)"
@@ -183,7 +209,7 @@ pub async fn run_with_io(
         } => {
             connect_and_migrate(&db.database_url)
                 .await
-                .with_context(|| format!("migrating {}", db.database_url))?;
+                .with_context(|| format!("migrating {}", redact(&db.database_url)))?;
             writeln!(out, "Database is up to date.")?;
             Ok(())
         }
@@ -195,7 +221,7 @@ pub async fn run_with_io(
                     password_stdin,
                     db,
                 } => {
-                    let conn = connect_and_migrate(&db.database_url).await?;
+                    let conn = existing(&db).await?;
                     let (password, generated) = if password_stdin {
                         let mut line = String::new();
                         input.read_line(&mut line)?;
@@ -212,7 +238,7 @@ pub async fn run_with_io(
                     }
                 }
                 UserCommand::List { db } => {
-                    let conn = connect_and_migrate(&db.database_url).await?;
+                    let conn = existing(&db).await?;
                     writeln!(
                         out,
                         "{:<6} {:<24} {:<11} {:<9} created",
@@ -228,7 +254,7 @@ pub async fn run_with_io(
                     }
                 }
                 UserCommand::Disable { username, db } => {
-                    let conn = connect_and_migrate(&db.database_url).await?;
+                    let conn = existing(&db).await?;
                     accounts::disable_user(&conn, &username, None)
                         .await
                         .map_err(anyhow_of)?;
@@ -237,17 +263,71 @@ pub async fn run_with_io(
             }
             Ok(())
         }
-        Commands::Token {
-            cmd: TokenCommand::Create { username, name, db },
-        } => {
-            let conn = connect_and_migrate(&db.database_url).await?;
-            let token = accounts::create_token(&conn, &username, name.as_deref(), None)
-                .await
-                .map_err(anyhow_of)?;
-            writeln!(out, "{token}")?;
+        Commands::Token { cmd } => {
+            match cmd {
+                TokenCommand::Create {
+                    username,
+                    name,
+                    expires_in_days,
+                    db,
+                } => {
+                    let conn = existing(&db).await?;
+                    let created = accounts::create_token_expiring(
+                        &conn,
+                        &username,
+                        name.as_deref(),
+                        expires_in_days,
+                        None,
+                    )
+                    .await
+                    .map_err(anyhow_of)?;
+                    writeln!(out, "{}", created.token)?;
+                }
+                TokenCommand::List { username, db } => {
+                    let conn = existing(&db).await?;
+                    let tokens = accounts::list_tokens(&conn, username.as_deref())
+                        .await
+                        .map_err(anyhow_of)?;
+                    writeln!(
+                        out,
+                        "{:<6} {:<24} {:<20} {:<25} {:<25} last used",
+                        "id", "username", "name", "created", "expires"
+                    )?;
+                    for t in tokens {
+                        writeln!(
+                            out,
+                            "{:<6} {:<24} {:<20} {:<25} {:<25} {}",
+                            t.id,
+                            t.username,
+                            t.name,
+                            t.created_at,
+                            t.expires_at.as_deref().unwrap_or("never"),
+                            t.last_used_at.as_deref().unwrap_or("never")
+                        )?;
+                    }
+                }
+                TokenCommand::Revoke { id, db } => {
+                    let conn = existing(&db).await?;
+                    let t = accounts::revoke_token(&conn, id, None)
+                        .await
+                        .map_err(anyhow_of)?;
+                    writeln!(
+                        out,
+                        "Revoked token {id} ({:?} of {:?}).",
+                        t.name, t.username
+                    )?;
+                }
+            }
             Ok(())
         }
     }
+}
+
+/// Opens the database of an account command: it must exist and have the schema.
+async fn existing(db: &DbArgs) -> anyhow::Result<sea_orm::DatabaseConnection> {
+    connect_existing(&db.database_url)
+        .await
+        .with_context(|| format!("opening database {}", redact(&db.database_url)))
 }
 
 fn anyhow_of(e: crate::error::AppError) -> anyhow::Error {

@@ -56,6 +56,20 @@ fn check(req: &CreateComparisons) -> AppResult<()> {
         }
         for (j, r) in c.responses.iter().enumerate() {
             reject_nul(&r.text, &format!("comparisons[{i}].responses[{j}].text"))?;
+            // an empty or duplicate response makes a pair with nothing to
+            // prefer, which would be exported as chosen == rejected
+            if r.text.trim().is_empty() {
+                return bad(format!("comparisons[{i}].responses[{j}]: text is empty"));
+            }
+            if let Some(first) = c.responses[..j]
+                .iter()
+                .position(|o| o.text.trim() == r.text.trim())
+            {
+                return bad(format!(
+                    "comparisons[{i}].responses[{j}]: same text as responses[{first}]; \
+                     a comparison needs distinct responses"
+                ));
+            }
             reject_nul(
                 r.model.as_deref().unwrap_or(""),
                 &format!("comparisons[{i}].responses[{j}].model"),

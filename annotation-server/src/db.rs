@@ -63,13 +63,106 @@ fn without_loopback_tls(url: &str) -> String {
     parsed.into()
 }
 
+/// `url` as it may be shown (logs, errors): any password replaced by `***`.
+pub fn redact(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if u.password().is_some() => {
+            let _ = u.set_password(Some("***"));
+            u.into()
+        }
+        Ok(_) => url.to_string(),
+        // unparsable: show only what cannot hold a password
+        Err(_) => match url.split_once("://") {
+            Some((scheme, rest)) if rest.contains('@') => format!("{scheme}://***@…"),
+            _ => url.to_string(),
+        },
+    }
+}
+
+/// Why `url` cannot name a database of ours, before anything connects:
+/// another scheme (`mysql://`), a SQLite URL without a file, or an in-memory
+/// SQLite database (each pooled connection would get its own, empty one).
+pub fn check_url(url: &str) -> Result<(), DbErr> {
+    let bad = |m: String| Err(DbErr::Custom(m));
+    if url.starts_with("postgres://") || url.starts_with("postgresql://") {
+        return Ok(());
+    }
+    if let Some((scheme, _)) = url.split_once("://") {
+        if scheme != "sqlite" {
+            return bad(format!(
+                "unsupported database URL scheme {scheme:?}: use sqlite://PATH or postgres://USER@HOST/DB"
+            ));
+        }
+    }
+    let path = sqlite_path(url);
+    if path.is_empty() {
+        return bad(format!(
+            "the SQLite URL {url:?} names no file: use e.g. sqlite://rlhf.sqlite"
+        ));
+    }
+    if path == ":memory:" || url.contains("mode=memory") {
+        return bad("an in-memory SQLite database is not supported: use a file".into());
+    }
+    Ok(())
+}
+
+/// The file of a SQLite URL or bare path (without query).
+fn sqlite_path(url: &str) -> &str {
+    let rest = url
+        .strip_prefix("sqlite://")
+        .or_else(|| url.strip_prefix("sqlite:"))
+        .unwrap_or(url);
+    rest.split('?').next().unwrap_or("")
+}
+
+/// How long connecting may take before giving up with an error that names
+/// the server (instead of retrying for the pool's acquire timeout).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Fails fast, naming host and port (never the password), when a PostgreSQL
+/// server cannot be reached over TCP.
+async fn probe_postgres(url: &str) -> Result<(), DbErr> {
+    let Ok(parsed) = url::Url::parse(url) else {
+        return Ok(()); // the driver reports what is wrong with it
+    };
+    let Some(host) = parsed.host_str().filter(|h| !h.is_empty()) else {
+        return Ok(()); // a Unix socket, named in the query
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_string();
+    let port = parsed.port().unwrap_or(5432);
+    let unreachable =
+        |why: String| DbErr::Custom(format!("cannot reach PostgreSQL at {host}:{port}: {why}"));
+    match tokio::time::timeout(
+        CONNECT_TIMEOUT,
+        tokio::net::TcpStream::connect((host.as_str(), port)),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(unreachable(e.to_string())),
+        Err(_) => Err(unreachable(format!(
+            "no answer within {} s",
+            CONNECT_TIMEOUT.as_secs()
+        ))),
+    }
+}
+
 /// Opens a connection pool. SQLite gets WAL mode, a busy timeout and a small
 /// pool: writers are serialized by SQLite anyway, while WAL lets readers (e.g.
-/// a long export) run beside them.
+/// a long export) run beside them. A bad URL or an unreachable server fails
+/// within seconds, with an error that never shows the password.
 pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
+    check_url(url)?;
+    if url.starts_with("postgres") {
+        probe_postgres(url).await?;
+    }
     let url = normalize_url(url);
     let mut opts = ConnectOptions::new(url.clone());
     opts.sqlx_logging(false)
+        .connect_timeout(CONNECT_TIMEOUT)
         .acquire_timeout(Duration::from_secs(30));
     if url.starts_with("sqlite:") {
         opts.max_connections(4)
@@ -86,9 +179,34 @@ pub async fn connect(url: &str) -> Result<DatabaseConnection, DbErr> {
     Database::connect(opts).await
 }
 
-/// Connects and applies all pending migrations.
+/// Connects and applies all pending migrations (creating a SQLite file).
 pub async fn connect_and_migrate(url: &str) -> Result<DatabaseConnection, DbErr> {
     let db = connect(url).await?;
+    Migrator::up(&db, None).await?;
+    Ok(db)
+}
+
+/// Connects to a database that must already exist and have our schema (the
+/// account commands: run elsewhere by mistake they must not create an empty
+/// `rlhf.sqlite`). Migrations newer than the database are applied.
+pub async fn connect_existing(url: &str) -> Result<DatabaseConnection, DbErr> {
+    check_url(url)?;
+    let is_sqlite = !url.starts_with("postgres");
+    if is_sqlite && !std::path::Path::new(sqlite_path(url)).exists() {
+        return Err(DbErr::Custom(format!(
+            "no database at {}: give --database-url (or RLHF_DATABASE_URL), or create it with \
+             `rlhf db migrate` or `rlhf serve`",
+            sqlite_path(url)
+        )));
+    }
+    let db = connect(url).await?;
+    let manager = migrations::SchemaManager::new(&db);
+    if !manager.has_table("seaql_migrations").await? {
+        return Err(DbErr::Custom(format!(
+            "the database {} has no rlhf schema: create it with `rlhf db migrate` or `rlhf serve`",
+            redact(url)
+        )));
+    }
     Migrator::up(&db, None).await?;
     Ok(db)
 }

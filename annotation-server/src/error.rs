@@ -23,6 +23,9 @@ pub enum AppError {
     /// No such thing (404).
     #[error("{0}")]
     NotFound(String),
+    /// The route exists, but not with this method (405).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     /// Conflicts with the current state (409).
     #[error("{0}")]
     Conflict(String),
@@ -55,6 +58,7 @@ impl AppError {
             AppError::Unauthorized => (StatusCode::UNAUTHORIZED, "unauthorized"),
             AppError::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
             AppError::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
+            AppError::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::PayloadTooLarge => (StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large"),
             AppError::UnsupportedMediaType(_) => {

@@ -1,13 +1,16 @@
 //! Streaming export of preference data as JSONL: TRL, HH-RLHF and raw labels.
 //!
 //! Comparisons are read in pages by keyset (`id > last`), each page with a
-//! handful of bulk queries, and written to the response as one chunk per page
-//! through a bounded channel: memory stays bounded by the page size, no
-//! connection is held between pages, and a slow client slows the reader down.
+//! handful of bulk queries, and their rows written to the response in chunks
+//! through a bounded channel: memory stays bounded by one page and a few
+//! chunks, no connection is held between pages, and a slow client slows the
+//! reader down.
 use crate::api::{ChatMessage, ExportFormat, ExportQuery, HhRow, LabelView, RawRow, TrlRow};
 use crate::assign::{parse_messages, parse_tags};
 use crate::comparisons::{consensus_of, label_view, response_view, usernames};
-use crate::entities::{batches, comparison_responses, comparisons, labels, prompts, responses};
+use crate::entities::{
+    batches, comparison_responses, comparisons, labels, prompts, responses, rounds,
+};
 use crate::error::{AppError, AppResult};
 use crate::sql::{in_list, stmt};
 use crate::time::parse_time;
@@ -17,8 +20,9 @@ use sea_orm::{
 };
 use std::collections::HashMap;
 
-/// Comparisons per page.
-const PAGE: usize = 200;
+/// Comparisons per page: a page's rows (prompts, up to 16 responses each,
+/// labels) are what an export holds in memory at once.
+const PAGE: usize = 32;
 
 /// Validated export filters.
 #[derive(Clone, Debug)]
@@ -58,6 +62,22 @@ impl Filter {
         self.format
     }
 
+    /// 404 when the filter names a batch or round that does not exist (an
+    /// empty export would look like one with nothing labeled yet).
+    pub async fn check_exists(&self, db: &DatabaseConnection) -> AppResult<()> {
+        if let Some(b) = self.batch_id {
+            if batches::Entity::find_by_id(b).one(db).await?.is_none() {
+                return Err(AppError::NotFound(format!("no batch {b}")));
+            }
+        }
+        if let Some(r) = self.round_id {
+            if rounds::Entity::find_by_id(r).one(db).await?.is_none() {
+                return Err(AppError::NotFound(format!("no round {r}")));
+            }
+        }
+        Ok(())
+    }
+
     /// `label conditions` SQL and values (on alias `l`), shared by the page and label queries.
     fn label_conds(&self) -> (String, Vec<Value>) {
         let mut sql = String::new();
@@ -75,26 +95,45 @@ impl Filter {
 }
 
 /// Streams the export as a response body.
+///
+/// A task reads a page of comparisons at a time and writes its rows into
+/// chunks of about [`CHUNK`] bytes, each sent through a channel of two: when the
+/// client reads slowly (or not at all) the task waits at the channel, so the
+/// memory held is one page of database rows plus a few chunks, whatever the
+/// size of the export or the speed of the reader.
 pub fn stream(db: DatabaseConnection, filter: Filter) -> Body {
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(4);
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Result<Bytes, std::io::Error>>(2);
     tokio::spawn(async move {
+        let mut out = Sink {
+            tx,
+            buf: Vec::with_capacity(CHUNK),
+        };
         let mut after = 0i64;
         loop {
-            match page(&db, &filter, after).await {
-                Ok((chunk, last)) => {
-                    if !chunk.is_empty() && tx.send(Ok(Bytes::from(chunk))).await.is_err() {
-                        return; // client went away
-                    }
-                    match last {
-                        Some(l) => after = l,
-                        None => return,
-                    }
+            let written = match load_page(&db, &filter, after).await {
+                Ok(Some(page)) => write_page(&page, &filter, &mut out)
+                    .await
+                    .map(|sent| sent.then_some(page.next)),
+                Ok(None) => Ok(Some(None)),
+                Err(e) => Err(e),
+            };
+            match written {
+                Ok(Some(Some(next))) => after = next,
+                // the end: send what is left
+                Ok(Some(None)) => {
+                    out.flush().await;
+                    return;
                 }
+                // the client went away
+                Ok(None) => return,
                 Err(e) => {
                     tracing::error!(error = %e, "export failed mid-stream");
                     // an error chunk aborts the response, so the client sees a
                     // broken transfer rather than a silently truncated file
-                    let _ = tx.send(Err(std::io::Error::other("export failed"))).await;
+                    let _ = out
+                        .tx
+                        .send(Err(std::io::Error::other("export failed")))
+                        .await;
                     return;
                 }
             }
@@ -104,8 +143,50 @@ pub fn stream(db: DatabaseConnection, filter: Filter) -> Body {
     Body::from_stream(stream)
 }
 
-/// One page: the JSONL text and the last comparison id (`None` when done).
-async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(String, Option<i64>)> {
+/// Bytes gathered before a chunk is sent.
+const CHUNK: usize = 64 * 1024;
+
+/// Rows gathered into chunks for the response.
+struct Sink {
+    tx: tokio::sync::mpsc::Sender<Result<Bytes, std::io::Error>>,
+    buf: Vec<u8>,
+}
+
+impl Sink {
+    /// Appends one JSON line; false when the client went away.
+    async fn line<T: serde::Serialize>(&mut self, row: &T) -> AppResult<bool> {
+        serde_json::to_writer(&mut self.buf, row).map_err(|e| AppError::Internal(e.to_string()))?;
+        self.buf.push(b'\n');
+        if self.buf.len() >= CHUNK {
+            return Ok(self.flush().await);
+        }
+        Ok(true)
+    }
+
+    /// Sends what is gathered (waiting while the channel is full); false when
+    /// the client went away.
+    async fn flush(&mut self) -> bool {
+        if self.buf.is_empty() {
+            return true;
+        }
+        let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(CHUNK));
+        self.tx.send(Ok(Bytes::from(chunk))).await.is_ok()
+    }
+}
+
+/// One page of comparisons with everything their rows need.
+struct Page {
+    comps: Vec<comparisons::Model>,
+    rounds: HashMap<i64, Option<i64>>,
+    prompts: HashMap<i64, prompts::Model>,
+    resp_of: HashMap<i64, Vec<responses::Model>>,
+    labels_of: HashMap<i64, Vec<LabelView>>,
+    /// The last comparison id, when more pages may follow.
+    next: Option<i64>,
+}
+
+/// Reads the page of comparisons after id `after` (`None` when there are no more).
+async fn load_page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<Option<Page>> {
     let (lsql, lvals) = f.label_conds();
     let mut sql = String::from(
         "SELECT DISTINCT c.id FROM comparisons c JOIN batches b ON b.id = c.batch_id \
@@ -130,7 +211,7 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
         .map(|r| r.try_get_by_index::<i64>(0))
         .collect::<Result<_, _>>()?;
     if ids.is_empty() {
-        return Ok((String::new(), None));
+        return Ok(None);
     }
     let last = *ids.last().expect("non-empty");
 
@@ -170,10 +251,10 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
         .into_iter()
         .map(|r| (r.id, r))
         .collect();
-    let mut resp_of: HashMap<i64, Vec<&responses::Model>> = HashMap::new();
+    let mut resp_of: HashMap<i64, Vec<responses::Model>> = HashMap::new();
     for l in &links {
         if let Some(r) = resp.get(&l.response_id) {
-            resp_of.entry(l.comparison_id).or_default().push(r);
+            resp_of.entry(l.comparison_id).or_default().push(r.clone());
         }
     }
     let label_sql = format!(
@@ -204,14 +285,25 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
             .push(label_view(l, name));
     }
 
-    let mut out = String::new();
     let mut comps = comps;
     comps.sort_by_key(|c| c.id);
-    for c in &comps {
+    Ok(Some(Page {
+        comps,
+        rounds,
+        prompts,
+        resp_of,
+        labels_of,
+        next: (ids.len() == PAGE).then_some(last),
+    }))
+}
+
+/// Writes a page's rows; false when the client went away.
+async fn write_page(page: &Page, f: &Filter, out: &mut Sink) -> AppResult<bool> {
+    for c in &page.comps {
         let (Some(p), Some(rs), Some(ls)) = (
-            prompts.get(&c.prompt_id),
-            resp_of.get(&c.id),
-            labels_of.get(&c.id),
+            page.prompts.get(&c.prompt_id),
+            page.resp_of.get(&c.id),
+            page.labels_of.get(&c.id),
         ) else {
             continue;
         };
@@ -223,7 +315,7 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                         label_id: l.id,
                         comparison_id: c.id,
                         batch_id: c.batch_id,
-                        round_id: rounds.get(&c.batch_id).copied().flatten(),
+                        round_id: page.rounds.get(&c.batch_id).copied().flatten(),
                         prompt_id: p.id,
                         prompt: prompt.clone(),
                         tags: parse_tags(&p.tags),
@@ -242,7 +334,9 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                         time_spent_ms: l.time_spent_ms,
                         created_at: l.created_at.clone(),
                     };
-                    push_line(&mut out, &row)?;
+                    if !out.line(&row).await? {
+                        return Ok(false);
+                    }
                 }
             }
             ExportFormat::Trl | ExportFormat::Hh => {
@@ -257,37 +351,35 @@ async fn page(db: &DatabaseConnection, f: &Filter, after: i64) -> AppResult<(Str
                             continue;
                         }
                         let (chosen, rejected) = (&rs[i].text, &rs[j].text);
-                        if f.format == ExportFormat::Trl {
-                            push_line(
-                                &mut out,
-                                &TrlRow {
-                                    prompt: prompt.clone(),
-                                    chosen: vec![assistant(chosen)],
-                                    rejected: vec![assistant(rejected)],
-                                    margin: cons.mean_margin,
-                                },
-                            )?;
+                        // nothing to learn from a pair of equal texts (new
+                        // comparisons cannot have one; older data might)
+                        if chosen.trim() == rejected.trim() {
+                            continue;
+                        }
+                        let sent = if f.format == ExportFormat::Trl {
+                            out.line(&TrlRow {
+                                prompt: prompt.clone(),
+                                chosen: vec![assistant(chosen)],
+                                rejected: vec![assistant(rejected)],
+                                margin: cons.mean_margin,
+                            })
+                            .await?
                         } else {
-                            push_line(
-                                &mut out,
-                                &HhRow {
-                                    chosen: transcript(&prompt, chosen),
-                                    rejected: transcript(&prompt, rejected),
-                                },
-                            )?;
+                            out.line(&HhRow {
+                                chosen: transcript(&prompt, chosen),
+                                rejected: transcript(&prompt, rejected),
+                            })
+                            .await?
+                        };
+                        if !sent {
+                            return Ok(false);
                         }
                     }
                 }
             }
         }
     }
-    Ok((out, (ids.len() == PAGE).then_some(last)))
-}
-
-fn push_line<T: serde::Serialize>(out: &mut String, row: &T) -> AppResult<()> {
-    out.push_str(&serde_json::to_string(row).map_err(|e| AppError::Internal(e.to_string()))?);
-    out.push('\n');
-    Ok(())
+    Ok(true)
 }
 
 fn assistant(text: &str) -> ChatMessage {

@@ -126,21 +126,24 @@ fn schemas() -> Value {
         "UserInfo": obj(&["id", "username", "role", "disabled", "created_at"], json!({"id": int, "username": s, "role": r("Role"), "disabled": {"type": "boolean"}, "created_at": time})),
         "NewUser": {"type": "object", "required": ["username", "password", "role"], "additionalProperties": false,
             "properties": {"username": {"type": "string", "pattern": "^[A-Za-z0-9_.-]{1,64}$"}, "password": {"type": "string", "minLength": 8}, "role": r("Role")}},
-        "NewToken": {"type": "object", "additionalProperties": false, "properties": {"name": s}},
-        "TokenCreated": obj(&["username", "token"], json!({"username": s, "token": s})),
+        "NewToken": {"type": "object", "additionalProperties": false, "properties": {"name": s,
+            "expires_in_days": {"type": "integer", "minimum": 1, "maximum": 3650, "description": "default: never expires"}}},
+        "TokenCreated": obj(&["username", "token", "id"], json!({"username": s, "token": s, "id": int, "expires_at": {"type": "string", "format": "date-time"}})),
+        "TokenInfo": obj(&["id", "username", "name", "created_at", "expires_at", "last_used_at"], json!({"id": int, "username": s, "name": s, "created_at": time,
+            "expires_at": {"type": ["string", "null"], "format": "date-time"}, "last_used_at": {"type": ["string", "null"], "format": "date-time", "description": "updated at most once a minute"}})),
         "NewRound": {"type": "object", "required": ["name"], "additionalProperties": false, "properties": {"name": s, "config": {"type": "object"},
             "status": {"type": "string", "enum": ["created", "queued"], "description": "initial status (default created); queued rounds are offered to workers"}}},
-        "RoundUpdate": {"type": "object", "additionalProperties": false, "description": "A status other than running also releases the lease.",
-            "properties": {"status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "metrics": {"type": "object"}}},
+        "RoundUpdate": {"type": "object", "additionalProperties": false, "description": "A status change releases the lease. By hand: created <-> queued; queued from running, failed or cancelled; failed from running; cancelled from anything but done (409 otherwise: running comes only from a claim, done only from the worker).",
+            "properties": {"status": {"type": "string", "enum": ["created", "queued", "failed", "cancelled"]}, "reason": {"type": "string", "maxLength": 500, "description": "kept in the audit log"}, "metrics": {"type": "object"}}},
         "RoundClaim": {"type": "object", "required": ["worker"], "additionalProperties": false, "properties": {
             "worker": {"type": "string", "minLength": 1, "maxLength": 100, "description": "becomes the round's lease_owner"},
             "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "default 300"}}},
         "RoundHeartbeat": {"type": "object", "required": ["worker"], "additionalProperties": false,
             "description": "Fields left out are kept. A status other than running (done, failed, queued) releases the lease.",
             "properties": {"worker": {"type": "string", "minLength": 1, "maxLength": 100}, "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "new lease from now; default 300"},
-                "status": {"type": "string", "pattern": "^[a-z_]{1,32}$"}, "state": {"type": "object"}, "metrics": {"type": "object"}}},
+                "status": {"type": "string", "enum": ["running", "done", "failed", "queued"]}, "state": {"type": "object"}, "metrics": {"type": "object"}}},
         "Round": obj(&["id", "name", "config", "status", "metrics", "created_at", "updated_at", "state"], json!({"id": int, "name": s, "config": {"type": "object"},
-            "status": {"type": "string", "description": "created, queued, running, done, failed (or another word set with PATCH)"},
+            "status": {"type": "string", "enum": ["created", "queued", "running", "done", "failed", "cancelled"]},
             "metrics": {"type": "object", "description": "Trainer conventions: summary = {name: number} (gold_reward, rm_accuracy, kl, win_rate, label_agreement, ...); series = {name: [[x, y], ...]} (rm_loss, policy_loss, reward, kl, ...); progress = {step: sample|label|reward_model|policy|eval|done, detail: string}"},
             "created_at": time, "updated_at": time, "lease_owner": ns, "lease_expires_at": {"type": ["string", "null"], "format": "date-time"},
             "state": {"type": "object", "description": "the worker's resumable state"}})),
@@ -173,7 +176,11 @@ pub fn document() -> Value {
                 "post": op("Create a user", "admin", none.clone(), json_body(r("NewUser")), json!({"201": ok("created", r("UserInfo"))}))
             },
             "/api/users/{username}/disable": {"post": op("Disable a user", "admin", user.clone(), None, json!({"200": ok("disabled", r("UserInfo"))}))},
-            "/api/users/{username}/tokens": {"post": op("Create an API token for a user", "admin", user, json_body(r("NewToken")), json!({"201": ok("the token (shown once)", r("TokenCreated"))}))},
+            "/api/users/{username}/tokens": {
+                "get": op("List a user's API tokens (never the secrets)", "admin", user.clone(), None, json!({"200": ok("tokens", arr(r("TokenInfo")))})),
+                "post": op("Create an API token for a user", "admin", user, json_body(r("NewToken")), json!({"201": ok("the token (shown once)", r("TokenCreated"))}))
+            },
+            "/api/tokens/{id}": {"delete": op("Revoke an API token (at once, on every server sharing the database)", "admin", id.clone(), None, json!({"204": {"description": "revoked"}}))},
             "/api/audit": {"get": op("Audit log", "admin", paging(), None, json!({"200": ok("entries", arr(r("AuditEntry")))}))},
             "/api/prompts/import": {"post": op("Import prompts (JSONL, all or nothing)", "researcher", none.clone(),
                 Some(json!({"required": true, "content": {"application/x-ndjson": {"schema": r("PromptImport")}}})),
@@ -193,8 +200,8 @@ pub fn document() -> Value {
                     query("since", json!({"type": "string"}), "labels at or after (RFC 3339 or YYYY-MM-DD)"),
                     query("until", json!({"type": "string"}), "labels before (RFC 3339 or YYYY-MM-DD)")
                 ]), None, json!({"200": {"description": "JSONL rows (TrlRow, HhRow or RawRow)", "content": {"application/x-ndjson": {"schema": {"oneOf": [r("TrlRow"), r("HhRow"), r("RawRow")]}}}}}))},
-            "/api/tasks/next": {"get": op("Lease the caller's next task", "any (labeler)", none.clone(), None, json!({"200": ok("a task", r("Task")), "204": {"description": "nothing to label now"}}))},
-            "/api/tasks/{id}/label": {"post": op("Submit a label for a leased comparison", "any (labeler)", id.clone(), json_body(r("SubmitLabel")), json!({"201": ok("stored", r("LabelReceipt"))}))},
+            "/api/tasks/next": {"post": op("Lease the caller's next task (POST: it changes state)", "any (labeler)", none.clone(), None, json!({"200": ok("a task", r("Task")), "204": {"description": "nothing to label now"}}))},
+            "/api/tasks/{id}/label": {"post": op("Submit a label for a comparison the caller holds a lease on (409 without one)", "any (labeler)", id.clone(), json_body(r("SubmitLabel")), json!({"201": ok("stored", r("LabelReceipt"))}))},
             "/api/tasks/{id}/skip": {"post": op("Skip a comparison (never offered again)", "any (labeler)", id, None, json!({"204": {"description": "skipped"}}))},
             "/api/rounds": {
                 "get": op("List rounds", "researcher", none.clone(), None, json!({"200": ok("rounds", arr(r("Round")))})),
@@ -210,7 +217,7 @@ pub fn document() -> Value {
             },
             "/api/openapi.json": {"get": {"summary": "This document", "security": [], "responses": {"200": {"description": "OpenAPI 3.1"}}}},
             "/healthz": {"get": {"summary": "Health check (database ping)", "security": [], "responses": {"200": {"description": "ok"}, "503": {"description": "database unavailable"}}}},
-            "/metrics": {"get": {"summary": "Prometheus metrics", "security": [], "responses": {"200": {"description": "text exposition format"}}}}
+            "/metrics": {"get": {"summary": "Prometheus metrics (researcher or admin token, unless the server runs with --metrics-public)", "responses": {"200": {"description": "text exposition format"}, "401": {"description": "no token"}}}}
         }
     })
 }

@@ -32,6 +32,25 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 /// Given up.
 pub const FAILED: &str = "failed";
+/// Stopped by a researcher.
+pub const CANCELLED: &str = "cancelled";
+
+/// Every status a round can have.
+pub const STATUSES: [&str; 6] = [CREATED, QUEUED, RUNNING, DONE, FAILED, CANCELLED];
+
+/// Whether a researcher may move a round from `from` to `to` by hand. A round
+/// becomes `running` only through a claim (which gives it a lease) and `done`
+/// only through its worker's heartbeat; `done` is final.
+pub fn may_set_by_hand(from: &str, to: &str) -> bool {
+    matches!(
+        (from, to),
+        (CREATED, QUEUED)
+            | (QUEUED, CREATED)
+            | (RUNNING | FAILED | CANCELLED, QUEUED)
+            | (RUNNING, FAILED)
+            | (CREATED | QUEUED | RUNNING | FAILED, CANCELLED)
+    )
+}
 
 /// Lease length when the worker does not ask for one (seconds).
 pub const DEFAULT_LEASE_SECONDS: u64 = 300;
@@ -76,14 +95,16 @@ fn object(v: Option<serde_json::Value>, what: &str) -> AppResult<String> {
     }
 }
 
-/// Checks a status word: 1-32 characters of `a-z` and `_`.
+/// Checks a status: one of [`STATUSES`].
 pub fn validate_status(s: &str) -> AppResult<()> {
-    if s.is_empty() || s.len() > 32 || !s.bytes().all(|b| b.is_ascii_lowercase() || b == b'_') {
-        return Err(AppError::Unprocessable(
-            "status must be 1-32 characters of a-z and _".into(),
-        ));
+    if STATUSES.contains(&s) {
+        Ok(())
+    } else {
+        Err(AppError::Unprocessable(format!(
+            "status must be one of {}",
+            STATUSES.join(", ")
+        )))
     }
-    Ok(())
 }
 
 /// Checks a round name: 1-200 characters, not blank, no NUL.
@@ -181,36 +202,87 @@ async fn find<C: ConnectionTrait>(db: &C, id: i64) -> AppResult<rounds::Model> {
         .ok_or_else(|| AppError::NotFound(format!("no round {id}")))
 }
 
-/// Changes status and/or metrics. A status other than `running` releases the
-/// lease (so a researcher can re-queue or cancel a round by hand).
+/// Changes status and/or metrics by hand. Status changes are checked
+/// ([`may_set_by_hand`]; 409 otherwise) and release the lease; the change is
+/// conditional on the status read, so a concurrent claim or heartbeat is
+/// never overwritten (409: try again).
 pub async fn update(
     db: &DatabaseConnection,
     id: i64,
     req: RoundUpdate,
     actor: i64,
 ) -> AppResult<Round> {
-    let r = find(db, id).await?;
-    let mut am: rounds::ActiveModel = r.into();
-    if let Some(s) = &req.status {
-        validate_status(s)?;
-        am.status = Set(s.clone());
-        if s != RUNNING {
-            am.lease_owner = Set(None);
-            am.lease_expires_at = Set(None);
+    if let Some(reason) = &req.reason {
+        reject_nul(reason, "reason")?;
+        if reason.chars().count() > 500 {
+            return Err(AppError::Unprocessable(
+                "reason must have at most 500 characters".into(),
+            ));
         }
     }
-    if req.metrics.is_some() {
-        am.metrics = Set(object(req.metrics, "metrics")?);
+    let metrics = req
+        .metrics
+        .clone()
+        .map(|m| object(Some(m), "metrics"))
+        .transpose()?;
+    let r = find(db, id).await?;
+    let change = match &req.status {
+        Some(to) if *to != r.status => {
+            validate_status(to)?;
+            if !may_set_by_hand(&r.status, to) {
+                return Err(AppError::Conflict(format!(
+                    "round {id} cannot go from `{}` to `{to}` by hand{}",
+                    r.status,
+                    match to.as_str() {
+                        RUNNING => " (a worker's claim makes a round running)",
+                        DONE => " (its worker finishes it)",
+                        _ => "",
+                    }
+                )));
+            }
+            Some(to.clone())
+        }
+        _ => None,
+    };
+    let (_w, txn) = begin_write(db).await?;
+    let mut q =
+        rounds::Entity::update_many().col_expr(rounds::Column::UpdatedAt, Expr::value(now_ms()));
+    if let Some(to) = &change {
+        q = q
+            .col_expr(rounds::Column::Status, Expr::value(to.clone()))
+            .col_expr(
+                rounds::Column::LeaseOwner,
+                Expr::value(Option::<String>::None),
+            )
+            .col_expr(
+                rounds::Column::LeaseExpiresAt,
+                Expr::value(Option::<i64>::None),
+            );
     }
-    am.updated_at = Set(now_ms());
-    let r = am.update(db).await?;
+    if let Some(m) = metrics {
+        q = q.col_expr(rounds::Column::Metrics, Expr::value(m));
+    }
+    let updated = q
+        .filter(rounds::Column::Id.eq(id))
+        .filter(rounds::Column::Status.eq(r.status.as_str()))
+        .exec(&txn)
+        .await?
+        .rows_affected;
+    if updated == 0 {
+        txn.rollback().await?;
+        return Err(AppError::Conflict(format!(
+            "round {id} changed meanwhile; read it and try again"
+        )));
+    }
+    let r = find(&txn, id).await?;
     audit::record(
-        db,
+        &txn,
         Some(actor),
         "round.update",
-        serde_json::json!({"round_id": id, "status": req.status}),
+        serde_json::json!({"round_id": id, "status": req.status, "reason": req.reason}),
     )
     .await?;
+    txn.commit().await?;
     Ok(view(r))
 }
 
@@ -298,8 +370,13 @@ pub async fn heartbeat(
 ) -> AppResult<Round> {
     validate_worker(&req.worker)?;
     let lease = lease_ms(req.lease_seconds)?;
+    // the worker keeps it running, finishes it, gives up or hands it back
     if let Some(s) = &req.status {
-        validate_status(s)?;
+        if ![RUNNING, DONE, FAILED, QUEUED].contains(&s.as_str()) {
+            return Err(AppError::Unprocessable(format!(
+                "a heartbeat's status must be one of {RUNNING}, {DONE}, {FAILED}, {QUEUED}"
+            )));
+        }
     }
     let state = req.state.map(|v| object(Some(v), "state")).transpose()?;
     let metrics = req

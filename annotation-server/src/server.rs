@@ -20,12 +20,49 @@ pub async fn serve(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let reaper = tokio::spawn(reap_loop(state.clone()));
+    let invalidator = tokio::spawn(invalidate_on_notify(state.clone()));
     let app = router(state).into_make_service_with_connect_info::<SocketAddr>();
     let result = axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await;
     reaper.abort();
+    invalidator.abort();
     result
+}
+
+/// PostgreSQL: keeps the token cache coherent with every other process on the
+/// database. It listens on `accounts::AUTH_CHANNEL` and clears the cache on
+/// each notification; the cache is used only while the subscription is up
+/// (before it, and from the moment it is lost, every request is checked
+/// against the database). SQLite: returns at once and the cache stays off.
+async fn invalidate_on_notify(state: AppState) {
+    use sea_orm::sqlx::postgres::PgListener;
+    let Some(pool) = state
+        .db
+        .get_database_backend()
+        .eq(&sea_orm::DbBackend::Postgres)
+        .then(|| state.db.get_postgres_connection_pool().clone())
+    else {
+        return;
+    };
+    loop {
+        match PgListener::connect_with(&pool).await {
+            Ok(mut listener) => match listener.listen(crate::accounts::AUTH_CHANNEL).await {
+                Ok(()) => {
+                    state.token_cache.set_live(true);
+                    // Ok(None): the connection was lost (notifications may
+                    // have been missed)
+                    while let Ok(Some(_)) = listener.try_recv().await {
+                        state.token_cache.clear();
+                    }
+                    state.token_cache.set_live(false);
+                }
+                Err(e) => tracing::warn!(error = %e, "subscribing to credential changes failed"),
+            },
+            Err(e) => tracing::warn!(error = %e, "connecting for credential changes failed"),
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
 }
 
 /// Returns expired leases to the queue periodically (assignment also reaps on demand).

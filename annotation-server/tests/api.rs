@@ -3,6 +3,7 @@ mod common;
 
 use annotation_server::api::Role;
 use common::{assert_error, TestDb, TestServer};
+use sea_orm::ConnectionTrait;
 use serde_json::json;
 
 on_both_databases!(
@@ -80,7 +81,7 @@ async fn researcher_flow(db: TestDb) {
     for (api, who) in [(&l1, 1), (&l2, 2)] {
         let mut seen = vec![];
         loop {
-            let t = api.get("/api/tasks/next").await;
+            let t = api.post_empty("/api/tasks/next").await;
             if t.status() == 204 {
                 break;
             }
@@ -154,10 +155,14 @@ async fn researcher_flow(db: TestDb) {
     assert_eq!(raw[0]["responses"][0]["sampling"]["temperature"], 0.7);
     assert_eq!(raw[0]["tags"], json!(["math"]));
     // filters
-    assert!(r
-        .jsonl(&format!("/api/export?format=raw&batch_id={}", batch_id + 1))
-        .await
-        .is_empty());
+    // an unknown batch or round is 404, not an empty export
+    let m = assert_error(
+        r.get(&format!("/api/export?format=raw&batch_id={}", batch_id + 1))
+            .await,
+        404,
+    )
+    .await;
+    assert!(m.contains("no batch"), "{m}");
     assert!(r
         .jsonl("/api/export?format=raw&since=2999-01-01")
         .await
@@ -168,7 +173,7 @@ async fn researcher_flow(db: TestDb) {
             .len(),
         6
     );
-    assert!(r.jsonl("/api/export?round_id=42").await.is_empty());
+    assert_error(r.get("/api/export?round_id=42").await, 404).await;
     let bad = r.get("/api/export?format=csv").await;
     assert_error(bad, 400).await;
     let bad = r.get("/api/export?since=yesterday").await;
@@ -261,8 +266,8 @@ async fn roles_are_enforced(db: TestDb) {
     assert_eq!(res.get("/api/batches").await.status(), 200);
     assert_eq!(admin.get("/api/users").await.status(), 200);
     // everyone can ask for work
-    assert_eq!(lab.get("/api/tasks/next").await.status(), 204);
-    assert_error(anon.get("/api/tasks/next").await, 401).await;
+    assert_eq!(lab.post_empty("/api/tasks/next").await.status(), 204);
+    assert_error(anon.post_empty("/api/tasks/next").await, 401).await;
     s.stop().await;
 }
 
@@ -295,7 +300,7 @@ async fn make_batch(r: &common::Api, name: &str, wanted: u32, n: usize) -> Vec<i
 }
 
 async fn next_id(api: &common::Api) -> Option<i64> {
-    let r = api.get("/api/tasks/next").await;
+    let r = api.post_empty("/api/tasks/next").await;
     if r.status() == 204 {
         return None;
     }
@@ -330,6 +335,14 @@ async fn assignment_rules(db: TestDb) {
         204
     );
     assert_eq!(next_id(&l1).await, None);
+    // ... nor label it by id (it holds no lease on it)
+    let m = assert_error(
+        l1.post(&format!("/api/tasks/{id}/label"), label(&[2, 1], "better"))
+            .await,
+        409,
+    )
+    .await;
+    assert!(m.contains("no lease"), "{m}");
     assert_eq!(next_id(&l3).await, Some(id));
     // l2 and l3 label it; it is complete
     assert_eq!(
@@ -364,18 +377,19 @@ async fn assignment_rules(db: TestDb) {
     )
     .await;
     assert_eq!(next_id(&l2).await, None);
-    // labels without a lease are accepted while a slot is free
+    // a free slot is not enough: labels need the caller's lease
     let ids = make_batch(&r, "c", 1, 1).await;
-    assert_eq!(
+    let m = assert_error(
         l1.post(
             &format!("/api/tasks/{}/label", ids[0]),
-            label(&[1, 2], "better")
+            label(&[1, 2], "better"),
         )
-        .await
-        .status(),
-        201
-    );
-    assert_eq!(next_id(&l2).await, None);
+        .await,
+        409,
+    )
+    .await;
+    assert!(m.contains("no lease"), "{m}");
+    assert_eq!(next_id(&l2).await, Some(ids[0]));
     // unknown comparison
     assert_error(
         l1.post("/api/tasks/999999/label", label(&[1, 2], "better"))
@@ -388,22 +402,30 @@ async fn assignment_rules(db: TestDb) {
 }
 
 async fn lease_expiry_returns_tasks(db: TestDb) {
-    // leases expire immediately, so the test need not wait for a clock
-    let config = annotation_server::state::Config {
-        lease_duration: std::time::Duration::ZERO,
-        ..Default::default()
-    };
-    let s = TestServer::start_with(db, config).await;
+    let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let l1 = s.api(&s.token("l1", Role::Labeler).await);
     let l2 = s.api(&s.token("l2", Role::Labeler).await);
     let id = make_batch(&r, "b", 1, 1).await[0];
+    // leases are expired by moving their end into the past, so the test
+    // need not wait for a clock (and no background reaper races it)
+    let expire = |who: &'static str| {
+        let db = s.db.clone();
+        async move {
+            db.execute_unprepared(&format!(
+                "UPDATE leases SET expires_at = 0 WHERE labeler_id = \
+                 (SELECT id FROM users WHERE username = '{who}')"
+            ))
+            .await
+            .unwrap();
+        }
+    };
     assert_eq!(next_id(&l1).await, Some(id));
-    // let the millisecond clock move past the lease's end
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    expire("l1").await;
     // l1 abandoned it; it goes to l2
     assert_eq!(next_id(&l2).await, Some(id));
-    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    // an expired lease still counts until it is reaped
+    expire("l2").await;
     assert_eq!(
         l2.post(&format!("/api/tasks/{id}/label"), label(&[1, 2], "better"))
             .await
@@ -540,7 +562,7 @@ async fn rounds_and_round_filter(db: TestDb) {
         .http
         .patch(format!("{}/api/rounds/{rid}", s.url))
         .bearer_auth(&r.token)
-        .json(&json!({"status": "running", "metrics": {"win_rate": 0.6}}))
+        .json(&json!({"status": "queued", "metrics": {"win_rate": 0.6}}))
         .send()
         .await
         .unwrap();
@@ -555,7 +577,7 @@ async fn rounds_and_round_filter(db: TestDb) {
         .unwrap();
     assert_error(bad, 422).await;
     let got = r.json(&format!("/api/rounds/{rid}")).await;
-    assert_eq!(got["status"], "running");
+    assert_eq!(got["status"], "queued");
     assert_eq!(got["metrics"]["win_rate"], 0.6);
     assert_eq!(r.json("/api/rounds").await.as_array().unwrap().len(), 1);
     assert_error(r.get("/api/rounds/777").await, 404).await;

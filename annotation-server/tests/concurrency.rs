@@ -73,7 +73,7 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
         tasks.push(tokio::spawn(async move {
             let (mut labeled, mut skipped) = (0usize, 0usize);
             loop {
-                let t = api.get("/api/tasks/next").await;
+                let t = api.post_empty("/api/tasks/next").await;
                 if t.status() == 204 {
                     if still_possible(&db, &format!("lab{i}")).await == 0 {
                         break;
@@ -135,12 +135,7 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
         0
     );
     assert_eq!(scalar(&s, "SELECT COUNT(*) FROM leases").await, 0);
-    let m = reqwest::get(format!("{}/metrics", s.url))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = r.get("/metrics").await.text().await.unwrap();
     assert!(
         m.contains(&format!(
             "rlhf_labels_submitted_total {}",
@@ -171,11 +166,14 @@ async fn racing_submissions_store_one_label(db: TestDb) {
         .unwrap();
     // the same labeler submits 8 times at once (double clicks, retries)
     let l = s.api(&s.token("lab", Role::Labeler).await);
-    // and 8 other labelers submit without leases, racing for the remaining slot
+    // and 8 other labelers submit too: o0 with the other lease, the rest
+    // without one (they must all be refused, however they race)
     let mut others = vec![];
     for i in 0..8 {
         others.push(s.api(&s.token(&format!("o{i}"), Role::Labeler).await));
     }
+    assert_eq!(l.post_empty("/api/tasks/next").await.status(), 200);
+    assert_eq!(others[0].post_empty("/api/tasks/next").await.status(), 200);
     let mut handles = vec![];
     for _ in 0..8 {
         let l = l.clone();

@@ -9,6 +9,7 @@ pub use sea_orm_migration::prelude::*;
 mod m20250101_000001_initial;
 mod m20250201_000002_round_leases;
 mod m20251127_000003_assignment_indexes;
+mod m20261201_000004_token_expiry;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -20,6 +21,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250101_000001_initial::Migration),
             Box::new(m20250201_000002_round_leases::Migration),
             Box::new(m20251127_000003_assignment_indexes::Migration),
+            Box::new(m20261201_000004_token_expiry::Migration),
         ]
     }
 }

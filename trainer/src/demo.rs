@@ -107,8 +107,17 @@ fn start_server(out: &Path, bind: &str, password: &str) -> Result<(ServerProcess
     let server = ServerProcess(child);
     let url = format!("http://{bind}");
     let t0 = Instant::now();
+    // ready when it answers: `serve` binds its port before it sets up the
+    // database and the admin account
+    let http = reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()?;
     loop {
-        if std::net::TcpStream::connect(bind).is_ok() {
+        if http
+            .get(format!("{url}/healthz"))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+        {
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {

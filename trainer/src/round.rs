@@ -472,11 +472,29 @@ fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                             })
                         })
                         .collect::<Result<Vec<_>>>()?;
+                    // the server refuses empty and duplicate responses (a pair
+                    // of equal texts has nothing to prefer): keep distinct ones
+                    let mut responses = responses;
+                    let mut seen = std::collections::HashSet::new();
+                    responses.retain(|r| {
+                        let t = r.text.trim().to_string();
+                        !t.is_empty() && seen.insert(t)
+                    });
+                    if responses.len() < 2 {
+                        say(&format!(
+                            "prompt {}: fewer than 2 distinct non-empty samples; skipped",
+                            p.id
+                        ));
+                        continue;
+                    }
                     comparisons.push(NewComparison {
                         prompt_id: Some(p.id),
                         prompt_external_id: None,
                         responses,
                     });
+                }
+                if comparisons.is_empty() {
+                    bail!("no prompt got 2 distinct non-empty samples; raise the temperature or K");
                 }
                 let req = CreateComparisons {
                     batch: batch_name,

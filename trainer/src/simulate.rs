@@ -309,6 +309,7 @@ pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(Str
             .bearer_auth(admin_token)
             .json(&NewToken {
                 name: Some("rlhf label simulate".into()),
+                ..Default::default()
             })
             .send()
             .with_context(unreachable)?;

@@ -2,7 +2,7 @@
 //! `rlhf round start|status|list`.
 use crate::round::{self, Ctx, Recipe, RoundConfig, StageSettings, WorkerDefaults};
 use annotation_server::api::client::Client;
-use annotation_server::api::{NewRound, Round, RoundClaim};
+use annotation_server::api::{NewRound, Round, RoundClaim, RoundUpdate};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
 use policy::cli::{DeviceKind, OnDevice};
@@ -71,6 +71,13 @@ pub enum RoundCommand {
     Status { id: i64 },
     /// List rounds.
     List,
+    /// Cancel a round (any status but done); its worker stops at its next heartbeat.
+    Cancel {
+        id: i64,
+        /// Why (kept in the server's audit log).
+        #[arg(long)]
+        reason: String,
+    },
 }
 
 /// `rlhf round start`.
@@ -225,6 +232,17 @@ pub fn run_round(a: RoundArgs) -> Result<()> {
         }
         RoundCommand::Status { id } => {
             println!("{}", serde_json::to_string_pretty(&client.round(id)?)?)
+        }
+        RoundCommand::Cancel { id, reason } => {
+            let r = client.update_round(
+                id,
+                &RoundUpdate {
+                    status: Some("cancelled".into()),
+                    reason: Some(reason),
+                    metrics: None,
+                },
+            )?;
+            eprintln!("cancelled round {} ({})", r.id, r.name);
         }
         RoundCommand::List => {
             for r in client.rounds()? {

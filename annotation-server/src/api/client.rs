@@ -143,7 +143,7 @@ impl Client {
     pub fn next_task(&self) -> anyhow::Result<Option<Task>> {
         let resp = self
             .http
-            .get(self.url("/api/tasks/next"))
+            .post(self.url("/api/tasks/next"))
             .bearer_auth(&self.token)
             .send()?;
         let resp = Self::check(resp)?;

@@ -12,6 +12,8 @@ pub struct Model {
     pub name: String,
     pub created_at: i64,
     pub last_used_at: Option<i64>,
+    /// Unix ms after which the token no longer works; `None` = never
+    pub expires_at: Option<i64>,
 }
 
 #[derive(Copy, Clone, Debug, EnumIter, DeriveRelation)]

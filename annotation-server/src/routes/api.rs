@@ -5,7 +5,7 @@ use crate::api::{
     AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons,
     CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress,
     NewRound, NewToken, NewUser, Prompt, Round, RoundClaim, RoundHeartbeat, RoundUpdate,
-    SubmitLabel, Task, TokenCreated, UserInfo,
+    SubmitLabel, Task, TokenCreated, TokenInfo, UserInfo,
 };
 use crate::assign;
 use crate::audit;
@@ -72,8 +72,38 @@ pub async fn create_token(
     ApiJson(body): ApiJson<NewToken>,
 ) -> AppResult<(StatusCode, Json<TokenCreated>)> {
     u.require_admin()?;
-    let token = accounts::create_token(&s.db, &username, body.name.as_deref(), Some(u.id)).await?;
-    Ok((StatusCode::CREATED, Json(TokenCreated { username, token })))
+    let created = accounts::create_token_expiring(
+        &s.db,
+        &username,
+        body.name.as_deref(),
+        body.expires_in_days,
+        Some(u.id),
+    )
+    .await?;
+    Ok((StatusCode::CREATED, Json(created)))
+}
+
+/// `GET /api/users/{username}/tokens` (admin): the user's tokens (never the secrets).
+pub async fn list_tokens(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(username): ApiPath<String>,
+) -> AppResult<Json<Vec<TokenInfo>>> {
+    u.require_admin()?;
+    Ok(Json(accounts::list_tokens(&s.db, Some(&username)).await?))
+}
+
+/// `DELETE /api/tokens/{id}` (admin): revokes a token at once, on every
+/// server sharing the database.
+pub async fn revoke_token(
+    State(s): State<AppState>,
+    ApiUser(u): ApiUser,
+    ApiPath(id): ApiPath<i64>,
+) -> AppResult<StatusCode> {
+    u.require_admin()?;
+    accounts::revoke_token(&s.db, id, Some(u.id)).await?;
+    s.token_cache.clear();
+    Ok(StatusCode::NO_CONTENT)
 }
 
 /// Paging of list endpoints.
@@ -218,13 +248,24 @@ pub async fn export(
     ApiUser(u): ApiUser,
     ApiQuery(q): ApiQuery<ExportQuery>,
 ) -> AppResult<Response> {
+    export_response(&s, &u, &q).await
+}
+
+/// The export as a download, for `user` (researcher): the API and the
+/// dashboard's links answer the same.
+pub async fn export_response(
+    s: &AppState,
+    u: &crate::auth::CurrentUser,
+    q: &ExportQuery,
+) -> AppResult<Response> {
     u.require_researcher()?;
-    let filter = export::Filter::from_query(&q)?;
+    let filter = export::Filter::from_query(q)?;
+    filter.check_exists(&s.db).await?;
     audit::record(
         &s.db,
         Some(u.id),
         "export",
-        serde_json::to_value(&q).unwrap_or_default(),
+        serde_json::to_value(q).unwrap_or_default(),
     )
     .await?;
     let name = match filter.format() {
@@ -245,7 +286,7 @@ pub async fn export(
         .into_response())
 }
 
-/// `GET /api/tasks/next`: the caller's next task (200) or nothing to do (204).
+/// `POST /api/tasks/next`: the caller's next task (200) or nothing to do (204).
 pub async fn next_task(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Response> {
     u.require_labeler()?;
     Ok(match assign::next_task(&s, u.id).await? {

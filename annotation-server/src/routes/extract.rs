@@ -56,8 +56,39 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for ApiJson<T> {
     type Rejection = AppError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, AppError> {
-        Ok(ApiJson(Json::<T>::from_request(req, state).await?.0))
+        if !json_content_type(req.headers()) {
+            return Err(AppError::UnsupportedMediaType(
+                "expected a request with `Content-Type: application/json`".into(),
+            ));
+        }
+        let body = Bytes::from_request(req, state).await?;
+        // every API body is a JSON object; serde would also read a struct from
+        // an array of its fields in order (`[]` for all-optional ones)
+        if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            return Err(AppError::Unprocessable(
+                "the request body must be a JSON object".into(),
+            ));
+        }
+        Ok(ApiJson(Json::<T>::from_bytes(&body)?.0))
     }
+}
+
+/// Whether the request says its body is JSON (`application/json` or `+json`).
+fn json_content_type(headers: &axum::http::HeaderMap) -> bool {
+    let Some(ct) = headers
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let essence = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 impl<S: Send + Sync> FromRequest<S> for RawBody {

@@ -12,7 +12,7 @@ use axum::extract::{DefaultBodyLimit, MatchedPath, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post};
+use axum::routing::{delete, get, post};
 use axum::{Json, Router};
 use std::time::Instant;
 
@@ -23,7 +23,11 @@ pub fn router(state: AppState) -> Router {
         .route("/me", get(api::me))
         .route("/users", get(api::list_users).post(api::create_user))
         .route("/users/{username}/disable", post(api::disable_user))
-        .route("/users/{username}/tokens", post(api::create_token))
+        .route(
+            "/users/{username}/tokens",
+            get(api::list_tokens).post(api::create_token),
+        )
+        .route("/tokens/{id}", delete(api::revoke_token))
         .route("/audit", get(api::audit_log))
         .route(
             "/prompts/import",
@@ -40,7 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/batches/{id}/agreement", get(api::agreement))
         .route("/labelers", get(api::labelers))
         .route("/export", get(api::export))
-        .route("/tasks/next", get(api::next_task))
+        // POST: taking a lease changes state, and a GET can be triggered by any link
+        .route(
+            "/tasks/next",
+            post(api::next_task).get(|| async {
+                AppError::MethodNotAllowed("use POST /api/tasks/next (it takes a lease)".into())
+            }),
+        )
         .route("/tasks/{id}/label", post(api::submit_label))
         .route("/tasks/{id}/skip", post(api::skip))
         .route("/rounds", get(api::list_rounds).post(api::create_round))
@@ -58,8 +68,11 @@ pub fn router(state: AppState) -> Router {
         .route("/label/{id}", post(ui::submit))
         .route("/label/{id}/skip", post(ui::skip))
         .route("/dashboard", get(ui::dashboard))
+        .route("/dashboard/export", get(ui::export))
+        .route("/dashboard/batches/{id}/agreement", get(ui::agreement))
         .route("/dashboard/rounds", post(ui::queue_round))
         .route("/dashboard/rounds/{id}", get(ui::round_page))
+        .route("/dashboard/rounds/{id}/cancel", post(ui::cancel_round))
         .route(
             "/dashboard/rounds/{id}/plots/{series}",
             get(ui::series_plot),
@@ -124,8 +137,18 @@ async fn healthz(State(s): State<AppState>) -> Response {
     }
 }
 
-/// `GET /metrics`: Prometheus text format.
-async fn metrics(State(s): State<AppState>) -> Result<Response, AppError> {
+/// `GET /metrics`: Prometheus text format. Needs a researcher's (or admin's)
+/// bearer token unless `Config::metrics_public`: route counts and queue depth
+/// are not for everyone.
+async fn metrics(
+    State(s): State<AppState>,
+    headers: axum::http::HeaderMap,
+) -> Result<Response, AppError> {
+    if !s.config.metrics_public {
+        crate::auth::bearer_user(&s, &headers)
+            .await?
+            .require_researcher()?;
+    }
     let (depth, leases) = progress::queue_depth(&s.db).await?;
     Ok((
         [(

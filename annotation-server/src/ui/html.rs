@@ -17,6 +17,42 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// Escapes untrusted text (prompts, model output) for element content, and
+/// shows every invisible bidirectional control as a visible marker such as
+/// `[U+202E]`: a right-to-left override (or an embedding, isolate or mark)
+/// would otherwise reorder what the labeler reads, e.g. make `exe.TXT` look
+/// like `TXT.exe`. Use it inside an element with `dir="auto"` and class
+/// `text` (CSS `unicode-bidi: isolate`), so no text can reorder its
+/// neighbours either.
+pub fn esc_text(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 16);
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&#39;"),
+            c if is_bidi_control(c) => out.push_str(&format!(
+                "<span class=\"bidi\" title=\"invisible text-direction control\">[U+{:04X}]</span>",
+                c as u32
+            )),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// The Unicode characters that change the display order of text: marks
+/// (ALM, LRM, RLM), embeddings and overrides (LRE..RLO, PDF) and isolates
+/// (LRI..PDI).
+pub fn is_bidi_control(c: char) -> bool {
+    matches!(
+        c,
+        '\u{061C}' | '\u{200E}' | '\u{200F}' | '\u{202A}'..='\u{202E}' | '\u{2066}'..='\u{2069}'
+    )
+}
+
 /// A whole page. `nav` is trusted HTML (built by the caller with [`esc`]).
 pub fn page(title: &str, nav: &str, body: &str) -> String {
     format!(
@@ -44,6 +80,17 @@ pub fn nav(username: &str, role: &str, csrf: &str, links: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::esc;
+
+    #[test]
+    fn bidi_controls_become_visible() {
+        let shown = super::esc_text("invoice_\u{202E}TXT.exe <b>");
+        assert!(!shown.chars().any(super::is_bidi_control), "{shown}");
+        assert!(
+            shown.contains("[U+202E]</span>TXT.exe &lt;b&gt;"),
+            "{shown}"
+        );
+        assert_eq!(super::esc_text("plain"), "plain");
+    }
 
     #[test]
     fn escapes_markup() {

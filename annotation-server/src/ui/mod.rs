@@ -3,11 +3,11 @@
 mod html;
 mod rounds;
 
-pub use html::esc;
+pub use html::{esc, esc_text};
 use html::{nav, page};
-pub use rounds::{queue_round, round_page, series_plot, summary_plot, QueueForm};
+pub use rounds::{cancel_round, queue_round, round_page, series_plot, summary_plot, QueueForm};
 
-use crate::api::{Role, Safety, Strength, SubmitLabel, Task};
+use crate::api::{ExportQuery, Role, Safety, Strength, SubmitLabel, Task};
 use crate::assign;
 use crate::auth::{
     self, cookie, create_session, delete_session, random_hex, session_from_headers, set_cookie,
@@ -18,8 +18,8 @@ use crate::error::AppError;
 use crate::progress;
 use crate::state::AppState;
 use crate::time::{now_ms, start_of_today_ms};
-use axum::extract::rejection::FormRejection;
-use axum::extract::{ConnectInfo, Path, State};
+use axum::extract::rejection::{FormRejection, QueryRejection};
+use axum::extract::{ConnectInfo, Path, Query, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{AppendHeaders, Html, IntoResponse, Redirect, Response};
 use axum::Form;
@@ -110,12 +110,11 @@ fn login_page(csrf: &str, error: Option<&str>) -> String {
     )
 }
 
-/// `GET /login`: the form, with a login CSRF token (double-submit cookie).
-pub async fn login_form(State(s): State<AppState>, headers: HeaderMap) -> Response {
-    let token = cookie(&headers, LOGIN_CSRF_COOKIE)
-        .filter(|t| t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()))
-        .map(str::to_string)
-        .unwrap_or_else(random_hex);
+/// `GET /login`: the form, with a fresh login CSRF token (double-submit
+/// cookie). The token is always generated here, never taken from the
+/// request: a value planted in the browser must not become a valid token.
+pub async fn login_form(State(s): State<AppState>) -> Response {
+    let token = random_hex();
     (
         [(
             header::SET_COOKIE,
@@ -124,6 +123,37 @@ pub async fn login_form(State(s): State<AppState>, headers: HeaderMap) -> Respon
         Html(login_page(&token, None)),
     )
         .into_response()
+}
+
+/// Whether a form POST comes from another site, so that a page elsewhere
+/// that planted a login-CSRF cookie (e.g. from a sibling subdomain) still
+/// cannot submit it. Browsers say so in `Sec-Fetch-Site`, which no proxy
+/// rewrites; older ones only send `Origin`, compared with the host the
+/// request was sent to (`X-Forwarded-Host` behind a proxy that rewrites
+/// `Host`: a cross-site form cannot set that header).
+fn cross_site(headers: &HeaderMap) -> bool {
+    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    if let Some(site) = value("sec-fetch-site") {
+        return site != "same-origin" && site != "none";
+    }
+    let Some(origin) = value("origin") else {
+        // non-browser clients send no Origin; they cannot be tricked into a POST
+        return false;
+    };
+    // "null" (sandboxed or opaque origins) is never ours
+    let authority = origin.split_once("://").map(|(_, a)| a);
+    let ours = |h: Option<&str>| h.is_some() && authority == h;
+    !(ours(value("host")) || ours(value("x-forwarded-host")))
+}
+
+/// A user name as stored in the audit log and used as a rate-limit key: only
+/// names that could exist, since a failed login may send megabytes.
+fn loggable_username(username: &str) -> &str {
+    if crate::accounts::validate_username(username).is_ok() {
+        username
+    } else {
+        "(invalid user name)"
+    }
 }
 
 /// `POST /login`
@@ -136,26 +166,34 @@ pub async fn login(
     let Form(form) = form?;
     let get = |k: &str| form.get(k).map(String::as_str).unwrap_or("");
     let csrf = cookie(&headers, LOGIN_CSRF_COOKIE).unwrap_or("");
-    if csrf.is_empty() || !auth::constant_time_eq(csrf, get("csrf")) {
+    if csrf.is_empty() || !auth::constant_time_eq(csrf, get("csrf")) || cross_site(&headers) {
         return Err(AppError::Forbidden("the login form expired; reload the page".into()).into());
     }
     let username = get("username");
-    let ip_key = format!("ip:{}", addr.ip());
-    let user_key = format!("user:{username}");
+    let account = loggable_username(username);
     let limiter = &s.login_limiter;
-    if limiter.is_blocked(&ip_key) || limiter.is_blocked(&user_key) {
+    // the attempt counts as a failure from here on, so concurrent requests
+    // cannot all pass this check before any of their failures is recorded
+    let Some(attempt) = limiter.reserve(account, addr.ip()) else {
         let html = login_page(
             csrf,
             Some("Too many failed logins. Wait a few minutes and try again."),
         );
         return Ok((StatusCode::TOO_MANY_REQUESTS, Html(html)).into_response());
-    }
+    };
     // a name that cannot exist is not looked up (NUL bytes would upset PostgreSQL)
     let user = if crate::accounts::validate_username(username).is_ok() {
-        users::Entity::find()
+        let found = users::Entity::find()
             .filter(users::Column::Username.eq(username))
             .one(&s.db)
-            .await?
+            .await;
+        match found {
+            Ok(u) => u,
+            Err(e) => {
+                limiter.cancel(attempt);
+                return Err(e.into());
+            }
+        }
     } else {
         None
     };
@@ -165,26 +203,31 @@ pub async fn login(
         .as_ref()
         .map(|u| u.password_hash.clone())
         .unwrap_or_else(|| DUMMY_HASH.to_string());
-    let ok = tokio::task::spawn_blocking(move || auth::verify_password(&password, &hash))
-        .await
-        .unwrap_or(false);
+    let Some(ok) = auth::verify_password_bounded(&s, password, hash).await else {
+        limiter.cancel(attempt);
+        let html = login_page(csrf, Some("The server is busy. Try again in a moment."));
+        return Ok((
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(header::RETRY_AFTER, "1")],
+            Html(html),
+        )
+            .into_response());
+    };
     let user = match user {
         Some(u) if ok && !u.disabled => u,
         _ => {
-            limiter.record_failure(&ip_key);
-            limiter.record_failure(&user_key);
             crate::audit::record(
                 &s.db,
                 None,
                 "login.fail",
-                serde_json::json!({"username": username, "ip": addr.ip().to_string()}),
+                serde_json::json!({"username": account, "ip": addr.ip().to_string()}),
             )
             .await?;
             let html = login_page(csrf, Some("Wrong user name or password."));
             return Ok((StatusCode::UNAUTHORIZED, Html(html)).into_response());
         }
     };
-    limiter.reset(&user_key);
+    limiter.succeeded(attempt);
     let token = create_session(&s, user.id).await?;
     crate::audit::record(
         &s.db,
@@ -299,7 +342,11 @@ fn task_html(t: &Task, csrf: &str) -> String {
         t.comparison_id
     ));
     if !t.tags.is_empty() {
-        let tags: Vec<String> = t.tags.iter().map(|x| esc(x)).collect();
+        let tags: Vec<String> = t
+            .tags
+            .iter()
+            .map(|x| format!("<bdi>{}</bdi>", esc_text(x)))
+            .collect();
         h.push_str(&format!(
             "<p class=\"progress\">Tags: {}</p>",
             tags.join(", ")
@@ -307,9 +354,9 @@ fn task_html(t: &Task, csrf: &str) -> String {
     }
     for m in &t.prompt {
         h.push_str(&format!(
-            "<div class=\"turn\"><div class=\"who\">{}</div><pre class=\"text\">{}</pre></div>",
+            "<div class=\"turn\"><div class=\"who\">{}</div><pre class=\"text\" dir=\"auto\">{}</pre></div>",
             esc(&m.role),
-            esc(&m.content)
+            esc_text(&m.content)
         ));
     }
     h.push_str("</section>");
@@ -341,9 +388,9 @@ fn task_html(t: &Task, csrf: &str) -> String {
             )
         };
         h.push_str(&format!(
-            "<article class=\"response\" id=\"response-{i}\"><h3>Response {}</h3><pre class=\"text\">{}</pre>{choose}</article>",
+            "<article class=\"response\" id=\"response-{i}\"><h3>Response {}</h3><pre class=\"text\" dir=\"auto\">{}</pre>{choose}</article>",
             i + 1,
-            esc(&r.text)
+            esc_text(&r.text)
         ));
     }
     h.push_str("</div>");
@@ -498,8 +545,8 @@ async fn render_dashboard(
         };
         rows.push_str(&format!(
             "<tr><td>{}</td><td>{}</td><td>{}</td><td>{}</td><td>{} / {} ({pct:.0}%)</td><td>{}</td><td>{}</td>\
-             <td><a href=\"/api/export?format=trl&amp;batch_id={id}\">TRL</a> · <a href=\"/api/export?format=hh&amp;batch_id={id}\">HH</a> · \
-             <a href=\"/api/export?format=raw&amp;batch_id={id}\">raw</a> · <a href=\"/api/batches/{id}/agreement\">agreement</a></td></tr>",
+             <td><a href=\"/dashboard/export?format=trl&amp;batch_id={id}\">TRL</a> · <a href=\"/dashboard/export?format=hh&amp;batch_id={id}\">HH</a> · \
+             <a href=\"/dashboard/export?format=raw&amp;batch_id={id}\">raw</a> · <a href=\"/dashboard/batches/{id}/agreement\">agreement</a></td></tr>",
             b.batch_id,
             esc(&b.name),
             b.round_id.map(|r| r.to_string()).unwrap_or_default(),
@@ -514,8 +561,37 @@ async fn render_dashboard(
     let body = format!(
         "<h1>Batches</h1><table id=\"batches\"><thead><tr><th>id</th><th>name</th><th>round</th><th>labels wanted</th>\
          <th>complete</th><th>labels</th><th>labelers</th><th>export</th></tr></thead><tbody>{rows}</tbody></table>\
-         <p>API: <a href=\"/api/openapi.json\">OpenAPI document</a> · <a href=\"/metrics\">metrics</a></p>{}",
+         <p>API: <a href=\"/api/openapi.json\">OpenAPI document</a> (bearer tokens: <code>rlhf token create</code>)</p>{}",
         rounds::section(&crate::rounds::list(&s.db).await?, &sess.csrf, form, error)
     );
     Ok((status, Html(page("Dashboard", &user_nav(sess), &body))).into_response())
+}
+
+/// `GET /dashboard/export`: the export (same query as `GET /api/export`) for
+/// a logged-in researcher. The API takes bearer tokens only; this read-only
+/// page is how the dashboard's links download with the session cookie.
+pub async fn export(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    query: Result<Query<ExportQuery>, QueryRejection>,
+) -> UiResult {
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
+    let Query(q) = query.map_err(|r| AppError::BadRequest(r.body_text()))?;
+    Ok(crate::routes::api::export_response(&s, &sess.user, &q).await?)
+}
+
+/// `GET /dashboard/batches/{id}/agreement`: a batch's agreement (JSON) for a
+/// logged-in researcher (see [`export`] for why not the API route).
+pub async fn agreement(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    Path(id): Path<i64>,
+) -> UiResult {
+    let Some(sess) = session_from_headers(&s, &headers).await? else {
+        return Ok(to_login());
+    };
+    sess.user.require_researcher()?;
+    Ok(axum::Json(progress::batch_agreement(&s.db, id).await?).into_response())
 }

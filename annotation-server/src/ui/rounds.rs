@@ -369,16 +369,27 @@ pub async fn round_page(
     } else {
         format!("<div class=\"plots\" id=\"series-plots\">{figures}</div>")
     };
+    let cancel = if rounds::may_set_by_hand(&r.status, rounds::CANCELLED) {
+        format!(
+            "<form id=\"cancel-round\" class=\"queue\" method=\"post\" action=\"/dashboard/rounds/{id}/cancel\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <label>Reason <input name=\"reason\" maxlength=\"500\" required></label>\
+             <button type=\"submit\">Cancel round</button></form>",
+            esc(&sess.csrf)
+        )
+    } else {
+        String::new()
+    };
     let body = format!(
         "<p><a href=\"/dashboard#rounds\">← Rounds</a></p><h1>Round {id}: {}</h1>\
          <table id=\"round-info\"><tr><th>status</th><td id=\"round-status\">{}</td></tr>\
          <tr><th>step</th><td>{}</td></tr><tr><th>detail</th><td>{}</td></tr>\
          <tr><th>lease owner</th><td>{}</td></tr><tr><th>lease expires</th><td>{}</td></tr>\
-         <tr><th>created</th><td>{}</td></tr><tr><th>updated</th><td>{}</td></tr></table>\
+         <tr><th>created</th><td>{}</td></tr><tr><th>updated</th><td>{}</td></tr></table>{cancel}\
          <h2>Summary</h2>{summary}<h2>Series</h2>{figures}\
          <h2>Configuration</h2><pre class=\"text\" id=\"round-config\">{}</pre>\
          <details><summary>Worker state</summary><pre class=\"text\" id=\"round-state\">{}</pre></details>\
-         <p>API: <a href=\"/api/rounds/{id}\">/api/rounds/{id}</a></p>",
+         <p>API (bearer token): <code>GET /api/rounds/{id}</code></p>",
         esc(&r.name),
         esc(&r.status),
         esc(&step),
@@ -391,6 +402,34 @@ pub async fn round_page(
         esc(&pretty(&r.state)),
     );
     Ok(Html(page(&format!("Round {id}"), &user_nav(&sess), &body)).into_response())
+}
+
+/// `POST /dashboard/rounds/{id}/cancel`: cancels a round (any status but
+/// `done`), with the reason the form requires; the worker's next heartbeat
+/// gets 409 and it stops.
+pub async fn cancel_round(
+    State(s): State<AppState>,
+    headers: HeaderMap,
+    id: Result<Path<i64>, PathRejection>,
+    form: Result<Form<HashMap<String, String>>, FormRejection>,
+) -> UiResult {
+    let Some(sess) = researcher(&s, &headers).await? else {
+        return Ok(to_login());
+    };
+    let id = path(id)?;
+    let Form(form) = form?;
+    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
+    let reason = form.get("reason").map(|r| r.trim()).unwrap_or("");
+    if reason.is_empty() {
+        return Err(AppError::Unprocessable("give a reason for the cancel".into()).into());
+    }
+    let req = crate::api::RoundUpdate {
+        status: Some(rounds::CANCELLED.into()),
+        reason: Some(reason.to_string()),
+        metrics: None,
+    };
+    rounds::update(&s.db, id, req, sess.user.id).await?;
+    Ok(Redirect::to(&format!("/dashboard/rounds/{id}")).into_response())
 }
 
 fn svg(doc: String) -> axum::response::Response {

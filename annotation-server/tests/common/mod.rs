@@ -192,6 +192,16 @@ impl Api {
             .expect("POST")
     }
 
+    /// `POST` without a body (e.g. `/api/tasks/next`).
+    pub async fn post_empty(&self, path: &str) -> reqwest::Response {
+        self.http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .expect("POST")
+    }
+
     pub async fn post_raw(
         &self,
         path: &str,
@@ -261,4 +271,18 @@ macro_rules! on_both_databases {
             }
         )*
     };
+}
+
+/// Waits (at most 2 s) until `GET path` answers `status`: for changes another
+/// server process learns of by a PostgreSQL notification (milliseconds).
+pub async fn wait_for_status(api: &Api, path: &str, status: u16) {
+    let mut last = 0;
+    for _ in 0..40 {
+        last = api.get(path).await.status().as_u16();
+        if last == status {
+            return;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    panic!("GET {path} still answers {last}, not {status}");
 }
