@@ -696,10 +696,8 @@ fn update<D: Dev>(
             let d = (new_host[i] - oldh[i]) as f64;
             let rho = d.exp();
             stats.add("approxkl", 0.5 * d * d, 1.0);
-            // TRL: the tokens where the clipped objective is the one that applies
-            let a = adv_host[i] as f64;
-            let clipped_loss = -a * rho.clamp(1.0 - eps as f64, 1.0 + eps as f64);
-            stats.add("clipfrac", (clipped_loss > -a * rho) as u8 as f64, 1.0);
+            let clip = crate::ppo_math::clipped(adv_host[i] as f64, rho, eps as f64);
+            stats.add("clipfrac", clip as u8 as f64, 1.0);
             stats.add("ratio", rho, 1.0);
             stats.add("pg_loss", pg_host[i] as f64, 1.0);
             stats.add("vf_loss", vf_host[i] as f64, 1.0);

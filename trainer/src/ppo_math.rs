@@ -35,6 +35,15 @@ pub fn token_rewards(kls: &[f32], beta: f32, score: f32) -> Vec<f32> {
     r
 }
 
+/// Whether PPO's clipped objective is the one that applies at a token with
+/// advantage `adv` and ratio `rho = π/π_old` (TRL's `clipfrac`: the clipped
+/// loss `−A·clip(ρ, 1−ε, 1+ε)` exceeds the unclipped `−A·ρ`). Unlike
+/// `|ρ − 1| > ε`, a ratio outside the range counts only when clipping removes
+/// the incentive: ρ > 1+ε with A > 0, or ρ < 1−ε with A < 0.
+pub fn clipped(adv: f64, rho: f64, eps: f64) -> bool {
+    -adv * rho.clamp(1.0 - eps, 1.0 + eps) > -adv * rho
+}
+
 /// Generalized advantage estimation over one row (the value after the last
 /// token is 0: the episode ends). Returns the advantages; returns = A + V.
 pub fn gae(rewards: &[f32], values: &[f32], gamma: f32, lambda: f32) -> Vec<f32> {
@@ -98,6 +107,16 @@ impl KlController {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn clipfrac_counts_where_the_clipped_objective_applies() {
+        // ε 0.2: outside the range with the advantage pushing further out → clipped
+        assert!(clipped(1.0, 1.3, 0.2) && clipped(-1.0, 0.7, 0.2));
+        // outside the range but the advantage pulls back in: the unclipped term applies
+        assert!(!clipped(-1.0, 1.3, 0.2) && !clipped(1.0, 0.7, 0.2));
+        // inside the range, at the edges, and with no advantage: never
+        assert!(!clipped(1.0, 1.1, 0.2) && !clipped(1.0, 1.2, 0.2) && !clipped(0.0, 2.0, 0.2));
+    }
+
     use super::*;
 
     #[test]
