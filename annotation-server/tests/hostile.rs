@@ -145,18 +145,7 @@ async fn bad_input_gets_json_4xx(db: TestDb) {
     assert_error(l.post("/api/tasks/1/label", huge).await, 413).await;
 
     // labels: wrong shapes and values
-    let pid = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     let c = r.post("/api/comparisons", json!({"batch": "b", "comparisons": [{"prompt_id": pid, "responses": [{"text": "a"}, {"text": "b"}]}]})).await;
     let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0]
         .as_i64()

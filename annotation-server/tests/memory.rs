@@ -125,18 +125,7 @@ async fn export_memory_is_flat(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let l = s.api(&s.token("lab", Role::Labeler).await);
-    let pid = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     {
         let comps: Vec<_> = (0..COMPARISONS)
             .map(|c| {

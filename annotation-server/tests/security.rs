@@ -252,18 +252,7 @@ async fn audit_log_fields_are_capped(db: TestDb) {
 async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let pid = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     let c = r
         .post(
             "/api/comparisons",
@@ -706,18 +695,7 @@ async fn bodies_must_be_json_objects(db: TestDb) {
 async fn comparisons_need_distinct_responses(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let pid = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     for (responses, what) in [
         (json!([{"text": "same"}, {"text": "same"}]), "same text"),
         (
@@ -749,17 +727,8 @@ async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
     let pid = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"Name the file \u{2067}please\u{2069}\"}",
-        )
-        .await
-        .json::<serde_json::Value>()
-        .await
-        .unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+        .import_prompt("{\"prompt\": \"Name the file \u{2067}please\u{2069}\"}")
+        .await;
     let evil = "invoice_\u{202E}TXT.exe";
     let c = r
         .post(

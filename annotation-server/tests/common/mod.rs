@@ -218,6 +218,21 @@ impl Api {
             .expect("POST")
     }
 
+    /// Imports one prompt line (JSONL) and returns its id.
+    pub async fn import_prompt(&self, line: &str) -> i64 {
+        self.post_raw(
+            "/api/prompts/import",
+            "application/x-ndjson",
+            line.to_string(),
+        )
+        .await
+        .json::<serde_json::Value>()
+        .await
+        .unwrap()["prompt_ids"][0]
+            .as_i64()
+            .expect("a prompt id")
+    }
+
     pub async fn json(&self, path: &str) -> serde_json::Value {
         let r = self.get(path).await;
         assert_eq!(r.status(), 200, "GET {path}");
