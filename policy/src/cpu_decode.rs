@@ -136,8 +136,7 @@ impl HostKv {
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let var = (xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64) as f32;
-        let inv = (var + eps).sqrt().recip();
+        let inv = (crate::cpu_ops::mean_square(xr) + eps).sqrt().recip();
         for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
             *o = xv * inv * wv;
         }

@@ -43,6 +43,12 @@ impl SendPtr {
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over each row of `x: (rows, d)`.
+/// `mean(x²)` of an RMSNorm row, summed in f64: a long f32 sum drifts
+/// (DESIGN §4, real 30-layer models).
+pub(crate) fn mean_square(x: &[f32]) -> f32 {
+    (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64) as f32
+}
+
 pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let (n, d) = *x.shape();
     assert_eq!(
@@ -64,10 +70,7 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
         .for_each(|(bi, (yb, ib))| {
             for (i, (yr, r)) in yb.chunks_exact_mut(d).zip(ib.iter_mut()).enumerate() {
                 let xr = &xh[(bi * ROWS + i) * d..(bi * ROWS + i + 1) * d];
-                // f64 sum: a long f32 sum drifts (DESIGN §4, real 30-layer models)
-                let var =
-                    (xr.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / d as f64) as f32;
-                *r = (var + eps).sqrt().recip();
+                *r = (mean_square(xr) + eps).sqrt().recip();
                 for ((o, &xv), &wv) in yr.iter_mut().zip(xr).zip(&wh) {
                     *o = xv * *r * wv;
                 }

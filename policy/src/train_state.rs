@@ -75,15 +75,25 @@ pub fn exists(ckpt_dir: &Path) -> bool {
         .is_file()
 }
 
+/// The progress JSON saved in `dir` (see [`save`]), without loading the
+/// optimizer; None when `dir` holds no readable training state.
+pub fn progress(dir: &Path) -> Option<Value> {
+    let text = std::fs::read_to_string(dir.join(TRAINER_STATE_DIR).join("state.json")).ok()?;
+    let mut v: Value = serde_json::from_str(&text).ok()?;
+    Some(v.get_mut("progress")?.take())
+}
+
+/// `(step, total)` of the run saved in `dir`.
+pub fn steps(dir: &Path) -> Option<(u64, u64)> {
+    let p = progress(dir)?;
+    Some((p["step"].as_u64()?, p["total_steps"].as_u64()?))
+}
+
 /// `(step, total)` of a training checkpoint in `dir` that stopped before its
 /// last step (an interrupted run); None for a finished run or a directory
 /// without training state.
 pub fn unfinished(dir: &Path) -> Option<(u64, u64)> {
-    let text = std::fs::read_to_string(dir.join(TRAINER_STATE_DIR).join("state.json")).ok()?;
-    let v: Value = serde_json::from_str(&text).ok()?;
-    let step = v.pointer("/progress/step")?.as_u64()?;
-    let total = v.pointer("/progress/total_steps")?.as_u64()?;
-    (step < total).then_some((step, total))
+    steps(dir).filter(|(step, total)| step < total)
 }
 
 /// Reads the optimizer (for the parameters of `model`, shapes checked) and

@@ -171,16 +171,18 @@ fn data_options(a: &DataArgs) -> DataOptions {
 }
 
 fn train_cmd<D: Dev>(a: &TrainArgs, dev: &D) -> Result<()> {
-    let resume = if policy::out_dir::check_training(&a.out, a.resume, a.overwrite)? {
-        let state = load_checkpoint(&a.out, dev)?;
-        if a.data.is_empty() && a.server.is_none() {
-            // `--resume` alone: the saved run's own data sources
-            if let Some((_, _, progress)) = &state {
-                let saved = with_saved_sources(a, &progress["settings"]["sources"])?;
-                return train_cmd(&saved, dev);
-            }
+    let resuming = policy::out_dir::check_training(&a.out, a.resume, a.overwrite)?;
+    // `--resume` alone: the saved run's own data sources
+    let saved;
+    let a = match policy::train_state::progress(&a.out) {
+        Some(p) if resuming && a.data.is_empty() && a.server.is_none() => {
+            saved = with_saved_sources(a, &p["settings"]["sources"])?;
+            &saved
         }
-        state
+        _ => a,
+    };
+    let resume = if resuming {
+        load_checkpoint(&a.out, dev)?
     } else {
         if a.resume && a.init.is_none() {
             bail!(

@@ -262,9 +262,14 @@ impl<D: Dev> RewardModel<D> {
 
     /// The HF `config.json` of this model.
     pub fn hf_config(&self, dtype: DType) -> Value {
+        self.config_with_pad(dtype, self.export_pad().0)
+    }
+
+    /// `config.json` with `pad` as its pad id ([`RewardModel::export_pad`]).
+    fn config_with_pad(&self, dtype: DType, pad: u32) -> Value {
         let mut cfg = self.backbone.cfg.clone();
         cfg.dtype = dtype;
-        cfg.pad_token_id = Some(self.export_pad().0);
+        cfg.pad_token_id = Some(pad);
         let mut v = cfg.to_json();
         let m = v.as_object_mut().expect("config JSON is an object");
         m.insert(
@@ -295,11 +300,12 @@ impl<D: Dev> RewardModel<D> {
     /// Writes the directory contents (config, weights, tokenizer files,
     /// normalization) into an existing directory `dir`.
     pub fn write_into(&self, dir: &Path, dtype: DType) -> Result<()> {
+        // parses the tokenizer files: once per save
+        let (pad_id, pad) = self.export_pad();
         write_file_synced(
             &dir.join("config.json"),
-            serde_json::to_string_pretty(&self.hf_config(dtype))?.as_bytes(),
+            serde_json::to_string_pretty(&self.config_with_pad(dtype, pad_id))?.as_bytes(),
         )?;
-        let pad = self.export_pad().1;
         for (name, bytes) in &self.files {
             let bytes = match (name.as_str(), &pad) {
                 ("tokenizer_config.json", Some(p)) => with_pad_token(bytes, p)?,

@@ -283,20 +283,7 @@ fn metrics_json(
 
 /// Whether a training output directory holds a finished run.
 pub fn finished(dir: &Path) -> bool {
-    let p = dir
-        .join(policy::train_state::TRAINER_STATE_DIR)
-        .join("state.json");
-    let Ok(text) = std::fs::read_to_string(p) else {
-        return false;
-    };
-    let Ok(v) = serde_json::from_str::<Value>(&text) else {
-        return false;
-    };
-    let (step, total) = (
-        v.pointer("/progress/step").and_then(Value::as_u64),
-        v.pointer("/progress/total_steps").and_then(Value::as_u64),
-    );
-    matches!((step, total), (Some(s), Some(t)) if s >= t)
+    policy::train_state::steps(dir).is_some_and(|(step, total)| step >= total)
 }
 
 /// Default training-loop flags (clap's defaults).

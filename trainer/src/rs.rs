@@ -9,6 +9,7 @@ use policy::generate::{generate, SamplingConfig};
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
 use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
@@ -180,11 +181,11 @@ pub fn score<D: Dev>(
     reward: &Reward<D>,
 ) -> Result<()> {
     let by_ids: HashMap<&[u32], &Prompt> = prompts.iter().map(|p| (p.ids.as_slice(), p)).collect();
-    let fallback: Vec<Option<Prompt>> = samples
+    let sample_prompts: Vec<Cow<Prompt>> = samples
         .iter()
         .map(|s| match by_ids.get(s.prompt_ids.as_slice()) {
-            Some(_) => Ok(None),
-            None => Ok(Some(Prompt {
+            Some(&p) => Ok(Cow::Borrowed(p)),
+            None => Ok(Cow::Owned(Prompt {
                 content: reward_model::data::Content::Text(tok.decode(&s.prompt_ids, true)?),
                 ids: s.prompt_ids.clone(),
                 unsafe_prompt: s.unsafe_prompt,
@@ -193,11 +194,9 @@ pub fn score<D: Dev>(
         .collect::<Result<_>>()?;
     let scored: Vec<Scored> = samples
         .iter()
-        .zip(&fallback)
-        .map(|(s, f)| Scored {
-            prompt: f
-                .as_ref()
-                .unwrap_or_else(|| by_ids[s.prompt_ids.as_slice()]),
+        .zip(&sample_prompts)
+        .map(|(s, p)| Scored {
+            prompt: p,
             response_ids: &s.response_ids,
             response_text: &s.response,
         })
