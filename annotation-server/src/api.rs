@@ -748,6 +748,10 @@ pub struct Round {
     /// When that lease ends (RFC 3339); after it, another worker may claim the round.
     #[serde(default)]
     pub lease_expires_at: Option<String>,
+    /// The lease's secret, only in the response to the claim that took it:
+    /// every heartbeat must send it back. The server keeps only its hash.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_token: Option<String>,
     /// The worker's resumable state (JSON object, `{}` when new).
     #[serde(default = "empty_object")]
     pub state: serde_json::Value,
@@ -768,13 +772,16 @@ pub struct RoundClaim {
     pub lease_seconds: Option<u64>,
 }
 
-/// Body of `POST /api/rounds/{id}/heartbeat`: the lease owner extends its lease
+/// Body of `POST /api/rounds/{id}/heartbeat`: the lease holder extends its lease
 /// and reports progress. Fields left out are kept.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoundHeartbeat {
-    /// The worker's name; must be the round's current `lease_owner` (else 409).
+    /// The worker's name (for messages and the audit log).
     pub worker: String,
+    /// The `lease_token` the claim returned; must be the round's current
+    /// lease (else 409: the lease was lost or never held).
+    pub lease_token: String,
     /// New lease length in seconds from now (1-86400, default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lease_seconds: Option<u64>,

@@ -138,14 +138,15 @@ fn schemas() -> Value {
         "RoundClaim": {"type": "object", "required": ["worker"], "additionalProperties": false, "properties": {
             "worker": {"type": "string", "minLength": 1, "maxLength": 100, "description": "becomes the round's lease_owner"},
             "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "default 300"}}},
-        "RoundHeartbeat": {"type": "object", "required": ["worker"], "additionalProperties": false,
+        "RoundHeartbeat": {"type": "object", "required": ["worker", "lease_token"], "additionalProperties": false,
             "description": "Fields left out are kept. A status other than running (done, failed, queued) releases the lease.",
-            "properties": {"worker": {"type": "string", "minLength": 1, "maxLength": 100}, "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "new lease from now; default 300"},
+            "properties": {"worker": {"type": "string", "minLength": 1, "maxLength": 100}, "lease_token": {"type": "string", "description": "the lease_token of the claim's response"}, "lease_seconds": {"type": "integer", "minimum": 1, "maximum": 86400, "description": "new lease from now; default 300"},
                 "status": {"type": "string", "enum": ["running", "done", "failed", "queued"]}, "state": {"type": "object"}, "metrics": {"type": "object"}}},
         "Round": obj(&["id", "name", "config", "status", "metrics", "created_at", "updated_at", "state"], json!({"id": int, "name": s, "config": {"type": "object"},
             "status": {"type": "string", "enum": ["created", "queued", "running", "done", "failed", "cancelled"]},
             "metrics": {"type": "object", "description": "Trainer conventions: summary = {name: number} (gold_reward, rm_accuracy, kl, win_rate, label_agreement, ...); series = {name: [[x, y], ...]} (rm_loss, policy_loss, reward, kl, ...); progress = {step: sample|label|reward_model|policy|eval|done, detail: string}"},
             "created_at": time, "updated_at": time, "lease_owner": ns, "lease_expires_at": {"type": ["string", "null"], "format": "date-time"},
+            "lease_token": {"type": "string", "description": "only in a claim's response: the lease's secret, to send with every heartbeat"},
             "state": {"type": "object", "description": "the worker's resumable state"}})),
         "AuditEntry": obj(&["id", "action", "detail", "created_at"], json!({"id": int, "user_id": nint, "action": s, "detail": {}, "created_at": time}))
     })
@@ -207,9 +208,9 @@ pub fn document() -> Value {
                 "get": op("List rounds", "researcher", none.clone(), None, json!({"200": ok("rounds", arr(r("Round")))})),
                 "post": op("Create a round", "researcher", none.clone(), json_body(r("NewRound")), json!({"201": ok("created", r("Round"))}))
             },
-            "/api/rounds/claim": {"post": op("Claim the oldest queued round (or a running one whose lease expired) for a worker: it becomes running under the worker's lease. Race-free: concurrent claimers never get the same round.", "researcher", none.clone(),
+            "/api/rounds/claim": {"post": op("Claim the oldest queued round (or a running one whose lease expired) for a worker: it becomes running under a lease whose secret lease_token only this response carries. Race-free: concurrent claimers never get the same round.", "researcher", none.clone(),
                 json_body(r("RoundClaim")), json!({"200": ok("the claimed round", r("Round")), "204": {"description": "nothing to claim"}}))},
-            "/api/rounds/{id}/heartbeat": {"post": op("Extend the worker's lease and report status, state and metrics; 409 when the worker no longer holds the lease", "researcher", json!([path_id("id", "integer")]),
+            "/api/rounds/{id}/heartbeat": {"post": op("Extend the worker's lease and report status, state and metrics; 409 when the lease token is not the round's current lease (lost or never held)", "researcher", json!([path_id("id", "integer")]),
                 json_body(r("RoundHeartbeat")), json!({"200": ok("updated", r("Round"))}))},
             "/api/rounds/{id}": {
                 "get": op("A round", "researcher", json!([path_id("id", "integer")]), None, json!({"200": ok("round", r("Round"))})),

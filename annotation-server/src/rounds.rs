@@ -11,11 +11,11 @@
 //! concurrent claimers never get the same round and a worker that lost its
 //! lease cannot overwrite the new owner's progress.
 use crate::api::{NewRound, Round, RoundClaim, RoundHeartbeat, RoundUpdate};
-use crate::audit;
 use crate::db::begin_write;
 use crate::entities::rounds;
 use crate::error::{reject_nul, AppError, AppResult};
 use crate::time::{now_ms, rfc3339};
+use crate::{audit, auth};
 use sea_orm::sea_query::Expr;
 use sea_orm::{
     ActiveModelTrait, ColumnTrait, Condition, ConnectionTrait, DatabaseConnection, EntityTrait,
@@ -72,6 +72,7 @@ pub fn view(r: rounds::Model) -> Round {
         updated_at: rfc3339(r.updated_at),
         lease_owner: r.lease_owner,
         lease_expires_at: r.lease_expires_at.map(rfc3339),
+        lease_token: None,
         state: serde_json::from_str(&r.state)
             .unwrap_or_else(|_| serde_json::Value::Object(Default::default())),
     }
@@ -164,6 +165,7 @@ pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppRe
         updated_at: Set(now),
         lease_owner: Set(None),
         lease_expires_at: Set(None),
+        lease_token_hash: Set(None),
         state: Set("{}".into()),
         ..Default::default()
     }
@@ -257,6 +259,10 @@ pub async fn update(
             .col_expr(
                 rounds::Column::LeaseExpiresAt,
                 Expr::value(Option::<i64>::None),
+            )
+            .col_expr(
+                rounds::Column::LeaseTokenHash,
+                Expr::value(Option::<String>::None),
             );
     }
     if let Some(m) = metrics {
@@ -296,7 +302,9 @@ fn claimable(now: i64) -> Condition {
 }
 
 /// Claims the oldest claimable round for `req.worker`: it becomes `running`
-/// under a lease of `req.lease_seconds`. `None` when there is nothing to claim.
+/// under a lease of `req.lease_seconds`, held by the fresh secret returned in
+/// the round's `lease_token` (this response is the only place it appears).
+/// `None` when there is nothing to claim.
 pub async fn claim(
     db: &DatabaseConnection,
     req: RoundClaim,
@@ -322,11 +330,16 @@ pub async fn claim(
             return Ok(None);
         }
         for (id, was, previous_owner) in candidates {
+            let token = auth::new_token();
             let (_w, txn) = begin_write(db).await?;
             let now = now_ms();
             let won = rounds::Entity::update_many()
                 .col_expr(rounds::Column::Status, Expr::value(RUNNING))
                 .col_expr(rounds::Column::LeaseOwner, Expr::value(req.worker.clone()))
+                .col_expr(
+                    rounds::Column::LeaseTokenHash,
+                    Expr::value(auth::sha256_hex(&token)),
+                )
                 .col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease))
                 .col_expr(rounds::Column::UpdatedAt, Expr::value(now))
                 .filter(rounds::Column::Id.eq(id))
@@ -351,17 +364,20 @@ pub async fn claim(
             )
             .await?;
             txn.commit().await?;
-            return Ok(Some(view(r)));
+            return Ok(Some(Round {
+                lease_token: Some(token),
+                ..view(r)
+            }));
         }
     }
     // persistent contention: the caller polls again later
     Ok(None)
 }
 
-/// Extends `req.worker`'s lease on round `id` and replaces the status, state
-/// and metrics it sends. Only the current lease owner of a `running` round
-/// may do this (409 otherwise: the lease was lost). A status other than
-/// `running` releases the lease.
+/// Extends the lease on round `id` and replaces the status, state and
+/// metrics sent. Only the holder of the current lease token of a `running`
+/// round may do this (409 otherwise: the lease was lost, or never held). A
+/// status other than `running` releases the lease.
 pub async fn heartbeat(
     db: &DatabaseConnection,
     id: i64,
@@ -397,6 +413,10 @@ pub async fn heartbeat(
             .col_expr(
                 rounds::Column::LeaseExpiresAt,
                 Expr::value(Option::<i64>::None),
+            )
+            .col_expr(
+                rounds::Column::LeaseTokenHash,
+                Expr::value(Option::<String>::None),
             );
     } else {
         q = q.col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease));
@@ -411,11 +431,12 @@ pub async fn heartbeat(
         q = q.col_expr(rounds::Column::Metrics, Expr::value(m));
     }
     // an expired lease that nobody took over yet is still the worker's: the
-    // claim that would take it over changes `lease_owner` in one statement
+    // claim that would take it over replaces the token hash in one statement
     let updated = q
         .filter(rounds::Column::Id.eq(id))
         .filter(rounds::Column::Status.eq(RUNNING))
         .filter(rounds::Column::LeaseOwner.eq(req.worker.as_str()))
+        .filter(rounds::Column::LeaseTokenHash.eq(auth::sha256_hex(&req.lease_token)))
         .exec(&txn)
         .await?
         .rows_affected;
@@ -423,9 +444,12 @@ pub async fn heartbeat(
     if updated == 0 {
         txn.rollback().await?;
         let why = match (&r.lease_owner, r.status.as_str()) {
-            (Some(owner), RUNNING) => format!(
+            (Some(owner), RUNNING) if *owner != req.worker => format!(
                 "lease lost: round {id} is now held by worker `{owner}`, not `{}` (the lease expired and another worker claimed the round)",
                 req.worker
+            ),
+            (Some(_), RUNNING) => format!(
+                "lease lost: round {id}: the lease token does not match the round's current lease (send the token of the claim; a newer claim replaces it)"
             ),
             (_, status) => format!(
                 "lease lost: round {id} is not running under worker `{}` (its status is `{status}`)",

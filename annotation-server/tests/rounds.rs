@@ -99,6 +99,15 @@ async fn claim_and_heartbeat(db: TestDb) {
     assert_eq!(c["id"], id);
     assert_eq!(c["status"], "running");
     assert_eq!(c["lease_owner"], "w1");
+    // the lease is a secret only this response carries, not the worker's name
+    let t1 = c["lease_token"].as_str().unwrap().to_string();
+    assert!(t1.len() >= 32, "{c}");
+    assert!(r
+        .json(&format!("/api/rounds/{id}"))
+        .await
+        .get("lease_token")
+        .is_none());
+    assert!(!r.json("/api/rounds").await.to_string().contains(&t1));
     let expires = c["lease_expires_at"].as_str().unwrap();
     assert!(
         expires.ends_with('Z') && expires > c["updated_at"].as_str().unwrap(),
@@ -112,46 +121,87 @@ async fn claim_and_heartbeat(db: TestDb) {
         204
     );
 
-    // only the owner may heartbeat
+    // only the lease's holder may heartbeat: knowing the owner's name is not enough
     let hb = format!("/api/rounds/{id}/heartbeat");
-    let msg = assert_error(r.post(&hb, json!({"worker": "w2"})).await, 409).await;
-    assert!(msg.contains("lease lost") && msg.contains("w1"), "{msg}");
-    assert_error(
-        r.post("/api/rounds/999/heartbeat", json!({"worker": "w1"}))
+    let msg = assert_error(
+        r.post(&hb, json!({"worker": "w2", "lease_token": t1}))
             .await,
+        409,
+    )
+    .await;
+    assert!(msg.contains("lease lost") && msg.contains("w1"), "{msg}");
+    for guess in [
+        "",
+        "w1",
+        "rlhf_0000000000000000000000000000000000000000000000000000000000000000",
+    ] {
+        let msg = assert_error(
+            r.post(&hb, json!({"worker": "w1", "lease_token": guess}))
+                .await,
+            409,
+        )
+        .await;
+        assert!(msg.contains("lease token does not match"), "{msg}");
+    }
+    assert_error(r.post(&hb, json!({"worker": "w1"})).await, 422).await;
+    assert_error(
+        r.post(
+            "/api/rounds/999/heartbeat",
+            json!({"worker": "w1", "lease_token": t1}),
+        )
+        .await,
         404,
     )
     .await;
     assert_error(
-        r.post(&hb, json!({"worker": "w1", "state": [1]})).await,
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "state": [1]}),
+        )
+        .await,
         422,
     )
     .await;
     assert_error(
-        r.post(&hb, json!({"worker": "w1", "metrics": "x"})).await,
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "metrics": "x"}),
+        )
+        .await,
         422,
     )
     .await;
     assert_error(
-        r.post(&hb, json!({"worker": "w1", "status": "Done!"}))
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "status": "Done!"}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "lease_seconds": 0}),
+        )
+        .await,
+        422,
+    )
+    .await;
+    assert_error(
+        lab.post(&hb, json!({"worker": "w1", "lease_token": t1}))
             .await,
-        422,
+        403,
     )
     .await;
-    assert_error(
-        r.post(&hb, json!({"worker": "w1", "lease_seconds": 0}))
-            .await,
-        422,
-    )
-    .await;
-    assert_error(lab.post(&hb, json!({"worker": "w1"})).await, 403).await;
 
     let metrics =
         json!({"progress": {"step": "sample", "detail": "3/8"}, "summary": {"gold_reward": 0.1}});
     let b = body(
         r.post(
             &hb,
-            json!({"worker": "w1", "state": {"batch_id": 7}, "metrics": metrics}),
+            json!({"worker": "w1", "lease_token": t1, "state": {"batch_id": 7}, "metrics": metrics}),
         )
         .await,
         200,
@@ -162,8 +212,11 @@ async fn claim_and_heartbeat(db: TestDb) {
     assert_eq!(b["status"], "running");
     // fields left out are kept
     let b = body(
-        r.post(&hb, json!({"worker": "w1", "lease_seconds": 1}))
-            .await,
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "lease_seconds": 1}),
+        )
+        .await,
         200,
     )
     .await;
@@ -179,17 +232,33 @@ async fn claim_and_heartbeat(db: TestDb) {
     .await;
     assert_eq!(c2["id"], id);
     assert_eq!(c2["lease_owner"], "w2");
+    let t2 = c2["lease_token"].as_str().unwrap().to_string();
+    assert_ne!(t1, t2);
     assert_eq!(
         c2["state"]["batch_id"], 7,
         "the new owner continues from the state"
     );
     let msg = assert_error(
-        r.post(&hb, json!({"worker": "w1", "state": {"batch_id": 1}}))
-            .await,
+        r.post(
+            &hb,
+            json!({"worker": "w1", "lease_token": t1, "state": {"batch_id": 1}}),
+        )
+        .await,
         409,
     )
     .await;
     assert!(msg.contains("lease lost") && msg.contains("w2"), "{msg}");
+    // the old token is worthless even under the new owner's name
+    let msg = assert_error(
+        r.post(
+            &hb,
+            json!({"worker": "w2", "lease_token": t1, "state": {"batch_id": 1}}),
+        )
+        .await,
+        409,
+    )
+    .await;
+    assert!(msg.contains("lease token does not match"), "{msg}");
     assert_eq!(
         r.json(&format!("/api/rounds/{id}")).await["state"]["batch_id"],
         7
@@ -197,7 +266,11 @@ async fn claim_and_heartbeat(db: TestDb) {
 
     // done clears the lease; then nobody may heartbeat or claim it
     let d = body(
-        r.post(&hb, json!({"worker": "w2", "status": "done"})).await,
+        r.post(
+            &hb,
+            json!({"worker": "w2", "lease_token": t2, "status": "done"}),
+        )
+        .await,
         200,
     )
     .await;
@@ -206,7 +279,12 @@ async fn claim_and_heartbeat(db: TestDb) {
         d["lease_owner"].is_null() && d["lease_expires_at"].is_null(),
         "{d}"
     );
-    let msg = assert_error(r.post(&hb, json!({"worker": "w2"})).await, 409).await;
+    let msg = assert_error(
+        r.post(&hb, json!({"worker": "w2", "lease_token": t2}))
+            .await,
+        409,
+    )
+    .await;
     assert!(msg.contains("done"), "{msg}");
     assert_eq!(
         r.post("/api/rounds/claim", json!({"worker": "w3"}))
@@ -223,15 +301,16 @@ async fn claim_and_heartbeat(db: TestDb) {
     )
     .await;
     let id2 = q2["id"].as_i64().unwrap();
-    body(
+    let t3 = body(
         r.post("/api/rounds/claim", json!({"worker": "w3"})).await,
         200,
     )
-    .await;
+    .await["lease_token"]
+        .clone();
     let back = body(
         r.post(
             &format!("/api/rounds/{id2}/heartbeat"),
-            json!({"worker": "w3", "status": "queued"}),
+            json!({"worker": "w3", "lease_token": t3, "status": "queued"}),
         )
         .await,
         200,
@@ -245,6 +324,7 @@ async fn claim_and_heartbeat(db: TestDb) {
     )
     .await;
     assert_eq!(again["id"], id2);
+    let t4 = again["lease_token"].clone();
     let patched = r
         .http
         .patch(format!("{}/api/rounds/{id2}", s.url))
@@ -262,7 +342,7 @@ async fn claim_and_heartbeat(db: TestDb) {
     assert_error(
         r.post(
             &format!("/api/rounds/{id2}/heartbeat"),
-            json!({"worker": "w4"}),
+            json!({"worker": "w4", "lease_token": t4}),
         )
         .await,
         409,
@@ -369,6 +449,7 @@ async fn blocking_client(db: TestDb) {
         assert!(got.lease_expires_at.is_some());
         let hb = RoundHeartbeat {
             worker: "w1".into(),
+            lease_token: got.lease_token.clone().expect("the claim's lease token"),
             lease_seconds: Some(1),
             state: Some(json!({"step": 1})),
             ..Default::default()
@@ -565,12 +646,13 @@ async fn dashboard_rounds(db: TestDb) {
     assert_eq!(post(wrong).await.status(), 403);
 
     // a worker runs it and reports metrics; the dashboard shows them
-    body(
+    let lease = body(
         api.post("/api/rounds/claim", json!({"worker": "bot<1>"}))
             .await,
         200,
     )
-    .await;
+    .await["lease_token"]
+        .clone();
     let metrics = json!({
         "progress": {"step": "policy", "detail": "<i>dpo</i>"},
         "summary": {"gold_reward": 0.25, "rm_accuracy": 0.75, "<img src=x>": 1},
@@ -579,7 +661,7 @@ async fn dashboard_rounds(db: TestDb) {
     body(
         api.post(
             &format!("/api/rounds/{id}/heartbeat"),
-            json!({"worker": "bot<1>", "metrics": metrics}),
+            json!({"worker": "bot<1>", "lease_token": lease, "metrics": metrics}),
         )
         .await,
         200,

@@ -904,10 +904,15 @@ async fn round_statuses_are_checked(db: TestDb) {
     // so the round is still there for a worker
     let claimed = r.post("/api/rounds/claim", json!({"worker": "w1"})).await;
     assert_eq!(claimed.status(), 200);
+    let lease = claimed.json::<serde_json::Value>().await.unwrap()["lease_token"].clone();
     let hb = format!("/api/rounds/{id}/heartbeat");
     for bad in ["banana", "cancelled", "created"] {
         assert_error(
-            r.post(&hb, json!({"worker": "w1", "status": bad})).await,
+            r.post(
+                &hb,
+                json!({"worker": "w1", "lease_token": lease, "status": bad}),
+            )
+            .await,
             422,
         )
         .await;
@@ -918,7 +923,13 @@ async fn round_statuses_are_checked(db: TestDb) {
     let cancelled: serde_json::Value = cancelled.json().await.unwrap();
     assert_eq!(cancelled["status"], "cancelled");
     assert!(cancelled["lease_owner"].is_null());
-    assert_error(r.post(&hb, json!({"worker": "w1"})).await, 409).await;
+    let m = assert_error(
+        r.post(&hb, json!({"worker": "w1", "lease_token": lease}))
+            .await,
+        409,
+    )
+    .await;
+    assert!(m.contains("cancelled"), "{m}");
     assert_eq!(
         r.post("/api/rounds/claim", json!({"worker": "w2"}))
             .await

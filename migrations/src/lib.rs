@@ -10,6 +10,7 @@ mod m20250101_000001_initial;
 mod m20250201_000002_round_leases;
 mod m20251127_000003_assignment_indexes;
 mod m20261201_000004_token_expiry;
+mod m20261201_000005_round_lease_tokens;
 
 /// All migrations, in order.
 pub struct Migrator;
@@ -22,6 +23,7 @@ impl MigratorTrait for Migrator {
             Box::new(m20250201_000002_round_leases::Migration),
             Box::new(m20251127_000003_assignment_indexes::Migration),
             Box::new(m20261201_000004_token_expiry::Migration),
+            Box::new(m20261201_000005_round_lease_tokens::Migration),
         ]
     }
 }

@@ -274,7 +274,7 @@ fn serve_queued(ctx: &Ctx, bots: &Bots, dev: &Cpu) -> Result<()> {
     train_loop::install_interrupt_handler();
     bots.labeling(|| -> Result<()> {
         while !train_loop::interrupted() {
-            match claim(&ctx.client, &ctx.worker, ctx.lease_seconds)? {
+            match claim(ctx)? {
                 Some(r) => {
                     eprintln!(
                         "running round {} ({}) queued on the dashboard",
@@ -409,7 +409,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 let t0 = Instant::now();
                 let config = json!({"recipe": a.recipe.as_str(), "task": t.name(), "prompt_source": source, "prompts_per_round": a.prompts_per_round, "k": a.k, "labels_wanted": a.labels_wanted});
                 let queued = client.create_round(&NewRound { name: format!("{source}-{i}"), config: Some(config), status: Some("queued".into()) })?;
-                let r = claim(&ctx.client, &ctx.worker, ctx.lease_seconds)?.context("the queued round was not claimable")?;
+                let r = claim(&ctx)?.context("the queued round was not claimable")?;
                 if r.id != queued.id {
                     bail!("claimed round {} instead of {}", r.id, queued.id);
                 }

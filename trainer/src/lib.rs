@@ -17,6 +17,7 @@ pub mod demo;
 pub mod dpo;
 pub mod eval;
 pub mod export;
+pub mod lease;
 pub mod logprobs;
 pub mod policy_io;
 pub mod ppo;

@@ -188,6 +188,8 @@ pub struct Ctx {
     pub quiet: bool,
     /// What this worker fills into rounds queued without it.
     pub defaults: WorkerDefaults,
+    /// The round running now and its lease token.
+    lease: std::sync::Mutex<Option<(i64, String)>>,
     /// The last progress report, re-sent in the background to keep the lease.
     pub last: std::sync::Mutex<Option<(i64, RoundHeartbeat)>>,
 }
@@ -211,6 +213,7 @@ impl Ctx {
             device,
             quiet,
             defaults: WorkerDefaults::default(),
+            lease: std::sync::Mutex::new(None),
             last: std::sync::Mutex::new(None),
         })
     }
@@ -223,8 +226,13 @@ impl Ctx {
         state: &RoundState,
         metrics: &Value,
     ) -> Result<()> {
+        let lease_token = match &*self.lease.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((id, token)) if *id == round => token.clone(),
+            _ => bail!("round {round}: this worker holds no lease on it"),
+        };
         let hb = RoundHeartbeat {
             worker: self.worker.clone(),
+            lease_token,
             lease_seconds: Some(self.lease_seconds),
             status: status.map(str::to_string),
             state: Some(serde_json::to_value(state)?),
@@ -246,6 +254,11 @@ impl Ctx {
 
 /// Runs (or continues) `round` on `dev`, keeping its lease alive in the background.
 pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
+    let token = round
+        .lease_token
+        .clone()
+        .with_context(|| format!("round {}: no lease token (claim the round first)", round.id))?;
+    *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((round.id, token));
     let stop = std::sync::atomic::AtomicBool::new(false);
     let every = Duration::from_secs((ctx.lease_seconds / 3).clamp(1, 30));
     std::thread::scope(|s| {
@@ -268,6 +281,11 @@ pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
         let r = run_steps(ctx, round, dev);
         stop.store(true, std::sync::atomic::Ordering::SeqCst);
         *ctx.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if r.is_ok() {
+            // the final heartbeat released the lease
+            crate::lease::forget(&ctx.defaults.workdir, round.id);
+        }
         r
     })
 }

@@ -1,5 +1,6 @@
 //! `rlhf worker` (claims queued rounds from the server and runs them) and
 //! `rlhf round start|status|list`.
+use crate::lease;
 use crate::round::{self, Ctx, Recipe, RoundConfig, StageSettings, WorkerDefaults};
 use annotation_server::api::client::Client;
 use annotation_server::api::{NewRound, Round, RoundClaim, RoundUpdate};
@@ -26,8 +27,9 @@ pub struct ServerArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub server: ServerArgs,
-    /// This worker's name (the lease owner). A restarted worker with the same
-    /// name continues the round it was running.
+    /// This worker's name (the lease owner). Restarted with the same name and
+    /// `--workdir` (which keeps the lease's token), a worker continues the
+    /// round it was running.
     #[arg(long)]
     pub name: Option<String>,
     /// Seconds a claimed round stays ours without a heartbeat.
@@ -147,19 +149,44 @@ fn default_name() -> String {
     )
 }
 
-/// Claims the next round for `worker`: first one it already holds (a restart), then a queued or abandoned one.
-pub fn claim(client: &Client, worker: &str, lease_seconds: u64) -> Result<Option<Round>> {
-    if let Some(r) = client
-        .rounds()?
-        .into_iter()
-        .find(|r| r.status == "running" && r.lease_owner.as_deref() == Some(worker))
+/// Claims the next round for this worker: first one it already holds (a
+/// restart; its lease token is kept in the workdir, see [`crate::lease`]),
+/// then a queued or abandoned one. The returned round carries its lease token.
+pub fn claim(ctx: &Ctx) -> Result<Option<Round>> {
+    let workdir = &ctx.defaults.workdir;
+    for r in
+        ctx.client.rounds()?.into_iter().filter(|r| {
+            r.status == "running" && r.lease_owner.as_deref() == Some(ctx.worker.as_str())
+        })
     {
-        return Ok(Some(r));
+        match lease::load(workdir, &ctx.server, &ctx.worker, r.id) {
+            Some(token) => {
+                return Ok(Some(Round {
+                    lease_token: Some(token),
+                    ..r
+                }))
+            }
+            None => eprintln!(
+                "round {} runs under the name `{}` but its lease token is not in {}; it can be claimed again when the lease expires ({})",
+                r.id,
+                ctx.worker,
+                workdir.join(".leases").display(),
+                r.lease_expires_at.as_deref().unwrap_or("?")
+            ),
+        }
     }
-    client.claim_round(&RoundClaim {
-        worker: worker.to_string(),
-        lease_seconds: Some(lease_seconds),
-    })
+    let r = ctx.client.claim_round(&RoundClaim {
+        worker: ctx.worker.clone(),
+        lease_seconds: Some(ctx.lease_seconds),
+    })?;
+    if let Some(r) = &r {
+        let token = r
+            .lease_token
+            .as_deref()
+            .context("the server's claim carried no lease token")?;
+        lease::save(workdir, &ctx.server, &ctx.worker, r.id, token)?;
+    }
+    Ok(r)
 }
 
 fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
@@ -183,7 +210,7 @@ fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
         if policy::train_loop::interrupted() {
             return Ok(());
         }
-        match claim(&ctx.client, &name, a.lease_seconds)? {
+        match claim(&ctx)? {
             Some(r) => {
                 eprintln!("running round {} ({})", r.id, r.name);
                 match round::run(&ctx, &r, dev) {

@@ -21,6 +21,8 @@ pub struct Model {
     pub lease_owner: Option<String>,
     /// When the lease ends (Unix ms).
     pub lease_expires_at: Option<i64>,
+    /// SHA-256 (hex) of the lease token the claim returned (never the token).
+    pub lease_token_hash: Option<String>,
     /// The worker's resumable state (JSON object).
     #[sea_orm(column_type = "Text")]
     pub state: String,
