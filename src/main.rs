@@ -27,17 +27,17 @@ enum Commands {
     /// PPO against a reward model, Llama-2's safety + helpfulness reward, or a reward function.
     Ppo(Box<trainer::cli::PpoArgs>),
     /// Simulated labelers: bots that rank responses by a demo task's gold reward, through the annotation server's API.
-    Label(trainer::simulate::LabelArgs),
+    Label(trainer::rounds::labelers::LabelArgs),
     /// The whole loop on an embedded default: server, demo policy, rounds with simulated labelers.
-    Demo(Box<trainer::demo::DemoArgs>),
+    Demo(Box<trainer::rounds::demo::DemoArgs>),
     /// Claim queued alignment rounds from the annotation server and run them.
-    Worker(Box<trainer::worker::WorkerArgs>),
+    Worker(Box<trainer::rounds::worker::WorkerArgs>),
     /// Queue, inspect and list alignment rounds.
-    Round(Box<trainer::worker::RoundArgs>),
+    Round(Box<trainer::rounds::cli::RoundArgs>),
     /// Evaluate a policy: gold reward, reward-model score, KL to a reference, win rate.
-    Eval(Box<trainer::export::EvalArgs>),
+    Eval(Box<trainer::rounds::eval::EvalArgs>),
     /// Export a round's aligned policy as a Hugging Face directory with a model card.
-    Export(Box<trainer::export::ExportArgs>),
+    Export(Box<trainer::rounds::export::ExportArgs>),
     #[command(flatten)]
     Server(annotation_server::cli::Commands),
 }
@@ -51,12 +51,12 @@ fn main() {
         Commands::Rs(a) => trainer::cli::run_rs(*a),
         Commands::Dpo(a) => trainer::cli::run_dpo(*a),
         Commands::Ppo(a) => trainer::cli::run_ppo(*a),
-        Commands::Label(a) => trainer::simulate::run(a),
-        Commands::Demo(a) => trainer::demo::run(*a),
-        Commands::Worker(a) => trainer::worker::run_worker(*a),
-        Commands::Round(a) => trainer::worker::run_round(*a),
-        Commands::Eval(a) => trainer::export::run_eval(*a),
-        Commands::Export(a) => trainer::export::run_export(*a),
+        Commands::Label(a) => trainer::rounds::labelers::run(a),
+        Commands::Demo(a) => trainer::rounds::demo::run(*a),
+        Commands::Worker(a) => trainer::rounds::worker::run_worker(*a),
+        Commands::Round(a) => trainer::rounds::cli::run_round(*a),
+        Commands::Eval(a) => trainer::rounds::eval::run_eval(*a),
+        Commands::Export(a) => trainer::rounds::export::run_export(*a),
         Commands::Server(c) => annotation_server::cli::run(c),
     };
     if let Err(e) = result {

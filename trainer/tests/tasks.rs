@@ -1,6 +1,6 @@
 //! The built-in demo tasks: determinism, gold rewards on hand-written cases,
 //! mixed-quality corpora, hostile input.
-use trainer::tasks::{arithmetic_answer, first_integer, task, Task, TASKS};
+use trainer::rounds::tasks::{arithmetic_answer, first_integer, task, Task, TASKS};
 
 fn all() -> Vec<Box<dyn Task>> {
     TASKS.iter().map(|n| task(n).unwrap()).collect()

@@ -1,4 +1,4 @@
-//! Built-in demo tasks with a programmatic gold reward (issue 6).
+//! Built-in demo tasks with a programmatic gold reward.
 //!
 //! A task gives prompts, a gold reward for any response, and a corpus of
 //! mixed-quality (prompt, completion) pairs on which a tiny policy is
@@ -52,30 +52,6 @@ pub fn prompt_source(task: &dyn Task) -> String {
 
 /// Seed of a task's training prompts (its held-out evaluation prompts use another).
 pub const PROMPT_SEED: u64 = 1;
-
-/// Imports `n` of the task's prompts under [`prompt_source`], unless the server
-/// already has prompts with that source; returns the source.
-pub fn ensure_prompts(
-    client: &annotation_server::api::client::Client,
-    task: &dyn Task,
-    n: usize,
-) -> anyhow::Result<String> {
-    use annotation_server::api::PromptImport;
-    let source = prompt_source(task);
-    if crate::round::source_prompts(client, &source)?.is_empty() {
-        let prompts: Vec<PromptImport> = task
-            .prompts(n, PROMPT_SEED)
-            .into_iter()
-            .map(|p| PromptImport {
-                prompt: Some(p),
-                source: Some(source.clone()),
-                ..PromptImport::default()
-            })
-            .collect();
-        client.import_prompts(&prompts)?;
-    }
-    Ok(source)
-}
 
 // ---------------------------------------------------------------------------
 // review

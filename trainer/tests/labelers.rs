@@ -9,11 +9,11 @@ use rand::rngs::StdRng;
 use rand::SeedableRng;
 use std::collections::BTreeMap;
 use std::sync::atomic::AtomicBool;
-use trainer::simulate::{
+use trainer::rounds::labelers::{
     ensure_bots, judge, label_until_done, preference_probability, strength_for_gap, LabelArgs,
     SimConfig,
 };
-use trainer::tasks::task;
+use trainer::rounds::tasks::task;
 
 // ---------------------------------------------------------------------------
 // the choice rule
@@ -443,7 +443,7 @@ fn the_cli_labels_arithmetic_through_the_server() {
     ])
     .unwrap();
     let Cmd::Label(a) = cli.cmd;
-    trainer::simulate::run(a).unwrap();
+    trainer::rounds::labelers::run(a).unwrap();
     let rows = raw(&s, batch);
     for (set, id) in sets.iter().zip(&ids) {
         for l in &rows[id] {
@@ -478,7 +478,7 @@ fn the_cli_labels_arithmetic_through_the_server() {
     ])
     .unwrap();
     let Cmd::Label(a) = cli.cmd;
-    assert!(trainer::simulate::run(a)
+    assert!(trainer::rounds::labelers::run(a)
         .unwrap_err()
         .to_string()
         .contains("temperature"));
@@ -495,7 +495,7 @@ fn the_cli_labels_arithmetic_through_the_server() {
     ])
     .unwrap();
     let Cmd::Label(a) = cli.cmd;
-    assert!(trainer::simulate::run(a)
+    assert!(trainer::rounds::labelers::run(a)
         .unwrap_err()
         .to_string()
         .contains("3 numbers"));

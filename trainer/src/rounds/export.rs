@@ -1,113 +1,14 @@
-//! `rlhf eval` and `rlhf export`: evaluate checkpoints, and export a round's
-//! aligned policy as a Hugging Face directory with a model card.
-use crate::data::{read_prompts, Prompt};
-use crate::eval::{evaluate, EvalSetup};
-use crate::policy_io::{load_policy, PolicyFiles};
-use crate::reward::Reward;
+//! `rlhf export`: a round's aligned policy as a Hugging Face directory with a
+//! model card.
+use crate::policy_io::PolicyFiles;
 use annotation_server::api::client::Client;
 use annotation_server::api::Round;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use policy::checkpoint::Checkpoint;
-use policy::cli::{stop_tokens, DeviceKind, OnDevice};
 use policy::config::DType;
-use policy::model::Dev;
 use serde_json::{json, Value};
 use std::path::PathBuf;
-
-/// `rlhf eval`.
-#[derive(Args, Debug)]
-pub struct EvalArgs {
-    /// The policy to evaluate.
-    #[arg(long)]
-    pub policy: PathBuf,
-    /// Win rate against this policy.
-    #[arg(long)]
-    pub baseline: Option<PathBuf>,
-    /// KL to this policy (e.g. the SFT model).
-    #[arg(long)]
-    pub reference: Option<PathBuf>,
-    /// Score with this reward model (and judge the win rate with it when there is no gold reward).
-    #[arg(long)]
-    pub reward_model: Option<PathBuf>,
-    /// A built-in task: its held-out prompts and gold reward (review, arithmetic).
-    #[arg(long)]
-    pub task: Option<String>,
-    /// Held-out prompts (JSONL {"prompt": ...}) instead of the task's.
-    #[arg(long)]
-    pub prompts: Option<PathBuf>,
-    /// Number of task prompts.
-    #[arg(long, default_value_t = 64)]
-    pub n: usize,
-    #[arg(long, default_value_t = 64)]
-    pub max_new_tokens: usize,
-    #[arg(long, default_value_t = 0)]
-    pub seed: u64,
-    /// Write the report here too (JSON).
-    #[arg(long)]
-    pub output: Option<PathBuf>,
-    #[arg(long, value_enum, default_value = "cpu")]
-    pub device: DeviceKind,
-}
-
-impl OnDevice for EvalArgs {
-    fn run_on<D: Dev>(self, dev: &D) -> Result<()> {
-        eval_cmd(&self, dev)
-    }
-}
-
-/// Runs `rlhf eval`.
-pub fn run_eval(a: EvalArgs) -> Result<()> {
-    a.device.dispatch(a)
-}
-
-fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
-    let (ck, tok) = load_policy(&a.policy, dev)?;
-    let task = a.task.as_deref().map(crate::tasks::task).transpose()?;
-    let prompts: Vec<Prompt> = match (&a.prompts, &task) {
-        (Some(p), _) => read_prompts(p, &tok)?,
-        (None, Some(t)) => crate::round::eval_prompts(t.as_ref(), a.n, &tok)?,
-        (None, None) => {
-            bail!("give --task (its held-out prompts and gold reward) or --prompts FILE")
-        }
-    };
-    let reward = a
-        .reward_model
-        .as_ref()
-        .map(|p| Reward::model(p, dev, 64))
-        .transpose()?;
-    let reference = a
-        .reference
-        .as_ref()
-        .map(|p| Checkpoint::load(p, dev))
-        .transpose()?;
-    let baseline = a
-        .baseline
-        .as_ref()
-        .map(|p| Checkpoint::load(p, dev))
-        .transpose()?;
-    let gold_fn = |p: &str, r: &str| task.as_ref().map_or(0.0, |t| t.gold(p, r));
-    let setup = EvalSetup {
-        tok: &tok,
-        stop_tokens: stop_tokens(&ck, &tok),
-        max_new_tokens: a.max_new_tokens,
-        seed: a.seed,
-        batch: 64,
-        gold: task
-            .as_ref()
-            .map(|_| &gold_fn as &dyn Fn(&str, &str) -> f32),
-        reward: reward.as_ref(),
-        reference: reference.as_ref().map(|c| &c.model),
-        baseline: baseline.as_ref().map(|c| &c.model),
-    };
-    let r = evaluate(&ck.model, &prompts, &setup)?;
-    let text = serde_json::to_string_pretty(&r)?;
-    if let Some(p) = &a.output {
-        policy::safetensors_io::write_file_synced(p, text.as_bytes())?;
-    }
-    println!("{text}");
-    Ok(())
-}
 
 /// `rlhf export`.
 #[derive(Args, Debug)]

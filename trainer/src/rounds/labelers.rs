@@ -19,7 +19,7 @@
 //! Every judgment draws from its own RNG seeded by `(seed, bot index,
 //! comparison id)`, so runs are reproducible whatever order the server hands
 //! tasks out in.
-use crate::tasks::Task;
+use super::tasks::Task;
 use annotation_server::api::client::Client;
 use annotation_server::api::{
     ErrorBody, NewToken, NewUser, Role, Strength, SubmitLabel, TokenCreated, UserInfo,
@@ -541,7 +541,7 @@ pub struct SimulateArgs {
     #[arg(long, env = "RLHF_TOKEN", hide_env_values = true)]
     pub token: String,
     /// The task whose gold reward the bots judge by: review or arithmetic.
-    #[arg(long, default_value = "review", value_parser = clap::builder::PossibleValuesParser::new(crate::tasks::TASKS))]
+    #[arg(long, default_value = "review", value_parser = clap::builder::PossibleValuesParser::new(super::tasks::TASKS))]
     pub task: String,
     /// Number of bots (each labels on its own thread).
     #[arg(long, default_value_t = 3)]
@@ -588,7 +588,7 @@ fn simulate(a: SimulateArgs) -> Result<()> {
     if a.bots == 0 {
         bail!("--bots must be at least 1");
     }
-    let task = crate::tasks::task(&a.task)?;
+    let task = super::tasks::task(&a.task)?;
     let bots = ensure_bots(&a.server, &a.token, a.bots)?;
     if a.watch {
         let r = ctrlc::set_handler(|| {

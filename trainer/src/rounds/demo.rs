@@ -4,21 +4,22 @@
 //! the task's prompts, and runs rounds with simulated labelers while the UI
 //! stays open for a human to label too. Prints a table per round and writes
 //! the same numbers to `OUT/report.json`.
+use super::config::{Recipe, WorkerDefaults};
+use super::eval::{evaluate, EvalSetup};
+use super::heartbeat::{self, Ctx};
+use super::labelers::{ensure_bots, label_until_done, SimConfig};
+use super::prompts::eval_prompts;
+use super::tasks::{task, Task};
+use super::worker::claim;
 use crate::data::sft_example;
-use crate::eval::{evaluate, EvalSetup};
 use crate::policy_io::{load_policy, PolicyFiles};
-use crate::round::WorkerDefaults;
-use crate::round::{self, eval_prompts, Ctx, Recipe};
 use crate::sft::SftStage;
-use crate::simulate::{ensure_bots, label_until_done, SimConfig};
-use crate::tasks::{task, Task};
-use crate::worker::claim;
 use annotation_server::api::client::Client;
 use annotation_server::api::NewRound;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
-use policy::cli::{init, stop_tokens, DeviceKind, InitArgs, Preset};
+use policy::cli::{init, stop_tokens, InitArgs, Preset};
 use policy::config::DType;
 use policy::train_loop::{self, LoopConfig, ScheduleKind};
 use serde_json::{json, Value};
@@ -183,7 +184,7 @@ fn add_human(out: &Path, password: &str) -> Result<()> {
 /// Builds the demo policy: a tokenizer and a tiny Llama trained on the task's corpus.
 pub fn build_policy(t: &dyn Task, dir: &Path, seed: u64, quiet: bool) -> Result<PathBuf> {
     let sft_out = dir.join("policy-sft");
-    if crate::round::finished(&sft_out) {
+    if super::steps::finished(&sft_out) {
         return Ok(sft_out);
     }
     let corpus = t.corpus(2000, seed);
@@ -260,7 +261,7 @@ fn demo_settings(a: &DemoArgs) -> serde_json::Map<String, Value> {
         "prompt_format": "text",
         "temperature": 1.0,
         "max_new_tokens": 24,
-        "eval_prompts": 64,
+        "eval_prompts": super::config::defaults::EVAL_PROMPTS,
         "seed": a.seed,
     });
     match v {
@@ -280,7 +281,7 @@ fn serve_queued(ctx: &Ctx, bots: &Bots, dev: &Cpu) -> Result<()> {
                         "running round {} ({}) queued on the dashboard",
                         r.id, r.name
                     );
-                    let state = round::run(ctx, &r, dev)?;
+                    let state = heartbeat::run(ctx, &r, dev)?;
                     let e = state.eval.unwrap_or_default();
                     eprintln!(
                         "round {} done: gold reward {}, KL to initial {}, win rate vs previous {}",
@@ -351,7 +352,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
     let client = Client::new(&url, &token)?;
 
     let policy = build_policy(t.as_ref(), &out, a.seed, a.quiet)?;
-    let source = crate::tasks::ensure_prompts(
+    let source = super::prompts::ensure_prompts(
         &client,
         t.as_ref(),
         (a.prompts_per_round * a.rounds).max(4096),
@@ -371,7 +372,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         sim,
     };
     let dev = Cpu::default();
-    let mut ctx = Ctx::new(&url, &token, "demo-worker", 600, DeviceKind::Cpu, a.quiet)?;
+    let mut ctx = Ctx::new(&url, &token, "demo-worker", 600, a.quiet)?;
     // the demo's rounds are queued like the dashboard's; these fill the rest
     ctx.defaults = WorkerDefaults {
         policy: Some(policy.clone()),
@@ -379,7 +380,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
         config: demo_settings(&a),
     };
     let (tok_policy, tok) = load_policy(&policy, &dev)?;
-    let eval_set = eval_prompts(t.as_ref(), 64, &tok)?;
+    let eval_set = eval_prompts(t.as_ref(), super::config::defaults::EVAL_PROMPTS, &tok)?;
     let gold = |p: &str, r: &str| t.gold(p, r);
     let setup = EvalSetup {
         tok: &tok,
@@ -413,7 +414,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 if r.id != queued.id {
                     bail!("claimed round {} instead of {}", r.id, queued.id);
                 }
-                let state = round::run(&ctx, &r, &dev)?;
+                let state = heartbeat::run(&ctx, &r, &dev)?;
                 let e = state.eval.clone().unwrap_or_default();
                 println!(
                     "| {i} | {} | {} | {} | {} | {} | {:.0} |",

@@ -1,0 +1,133 @@
+//! A worker's hold on a round: its connection to the server, progress
+//! reports (heartbeats carrying the round's state and metrics, sent with the
+//! lease token of the claim), and a background thread that keeps the lease
+//! alive while a long step runs.
+use super::config::{RoundState, WorkerDefaults};
+use super::steps::run_steps;
+use annotation_server::api::client::Client;
+use annotation_server::api::{Round, RoundHeartbeat};
+use anyhow::{bail, Context, Result};
+use policy::model::Dev;
+use serde_json::{json, Value};
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+/// The connection of a worker to the server.
+pub struct Ctx {
+    pub server: String,
+    pub token: String,
+    pub client: Client,
+    pub worker: String,
+    pub lease_seconds: u64,
+    pub quiet: bool,
+    /// What this worker fills into rounds queued without it.
+    pub defaults: WorkerDefaults,
+    /// The round running now and its lease token.
+    lease: std::sync::Mutex<Option<(i64, String)>>,
+    /// The last progress report, re-sent in the background to keep the lease.
+    pub last: std::sync::Mutex<Option<(i64, RoundHeartbeat)>>,
+}
+
+impl Ctx {
+    /// A worker context.
+    pub fn new(
+        server: &str,
+        token: &str,
+        worker: &str,
+        lease_seconds: u64,
+        quiet: bool,
+    ) -> Result<Self> {
+        Ok(Ctx {
+            server: server.to_string(),
+            token: token.to_string(),
+            client: Client::new(server, token)?,
+            worker: worker.to_string(),
+            lease_seconds,
+            quiet,
+            defaults: WorkerDefaults::default(),
+            lease: std::sync::Mutex::new(None),
+            last: std::sync::Mutex::new(None),
+        })
+    }
+
+    /// Reports progress and state; fails when the lease was lost.
+    pub(super) fn beat(
+        &self,
+        round: i64,
+        status: Option<&str>,
+        state: &RoundState,
+        metrics: &Value,
+    ) -> Result<()> {
+        let lease_token = match &*self.lease.lock().unwrap_or_else(|e| e.into_inner()) {
+            Some((id, token)) if *id == round => token.clone(),
+            _ => bail!("round {round}: this worker holds no lease on it"),
+        };
+        let hb = RoundHeartbeat {
+            worker: self.worker.clone(),
+            lease_token,
+            lease_seconds: Some(self.lease_seconds),
+            status: status.map(str::to_string),
+            state: Some(serde_json::to_value(state)?),
+            metrics: Some(metrics.clone()),
+        };
+        self.client
+            .heartbeat_round(round, &hb)
+            .with_context(|| format!("round {round}: cannot report progress"))?;
+        // the background beat only extends the lease; it never re-sends a final status
+        let keep = RoundHeartbeat { status: None, ..hb };
+        *self.last.lock().unwrap_or_else(|e| e.into_inner()) = if status.is_some() {
+            None
+        } else {
+            Some((round, keep))
+        };
+        Ok(())
+    }
+}
+
+/// Runs (or continues) `round` on `dev`, keeping its lease alive in the background.
+pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
+    let token = round
+        .lease_token
+        .clone()
+        .with_context(|| format!("round {}: no lease token (claim the round first)", round.id))?;
+    *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((round.id, token));
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let every = Duration::from_secs((ctx.lease_seconds / 3).clamp(1, 30));
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut since = Instant::now();
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(100));
+                if since.elapsed() < every {
+                    continue;
+                }
+                since = Instant::now();
+                let last = ctx.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                if let Some((id, hb)) = last {
+                    if let Err(e) = ctx.client.heartbeat_round(id, &hb) {
+                        eprintln!("round {id}: lease heartbeat failed: {e:#}");
+                    }
+                }
+            }
+        });
+        let r = run_steps(ctx, round, dev);
+        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        *ctx.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if r.is_ok() {
+            // the final heartbeat released the lease
+            super::lease::forget(&ctx.defaults.workdir, round.id);
+        }
+        r
+    })
+}
+
+/// The round's metrics as the dashboard reads them.
+pub(super) fn metrics_json(
+    step: &str,
+    detail: &str,
+    summary: &BTreeMap<String, f64>,
+    series: &BTreeMap<String, Vec<(f64, f64)>>,
+) -> Value {
+    json!({"progress": {"step": step, "detail": detail}, "summary": summary, "series": series})
+}
