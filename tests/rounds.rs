@@ -481,3 +481,83 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
         "5",
     ]);
 }
+
+#[test]
+fn cancelling_a_round_stops_its_worker_in_the_middle_of_training() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let s = start_server(dir);
+    let policy = dir.join("policy").to_str().unwrap().to_string();
+    tiny_policy(&policy);
+    let _bots = spawn_bots(&s.url, &s.token, dir);
+    let env = [
+        ("RLHF_SERVER", s.url.as_str()),
+        ("RLHF_TOKEN", s.token.as_str()),
+    ];
+    // a DPO stage far longer than this test may run
+    let body = r#"{"name": "long", "status": "queued", "config": {"recipe": "dpo", "task": "review", "prompts_per_round": 6, "k": 2, "labels_wanted": 1, "max_new_tokens": 8, "eval_prompts": 8, "dpo": {"steps": 1000000}}}"#;
+    let r = curl(
+        &s,
+        &[
+            "-X",
+            "POST",
+            "-H",
+            "Content-Type: application/json",
+            "--data",
+            body,
+            &format!("{}/api/rounds", s.url),
+        ],
+    );
+    let id = r["id"].as_i64().unwrap().to_string();
+    let workdir = dir.join("rounds");
+    let log = dir.join("worker.log");
+    let mut w = KillOnDrop(spawn(
+        &[
+            "worker",
+            "--once",
+            "--quiet",
+            "--lease-seconds",
+            "3",
+            "--policy",
+            &policy,
+            "--workdir",
+            workdir.to_str().unwrap(),
+        ],
+        &env,
+        &log,
+    ));
+    let stage = workdir.join(format!("round-{id}")).join("dpo");
+    let metrics = workdir
+        .join(format!("round-{id}"))
+        .join("dpo.metrics.jsonl");
+    wait_until("DPO training", 300, || {
+        std::fs::read_to_string(&metrics).is_ok_and(|m| m.lines().count() >= 2)
+    });
+    let cancel = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args(["round", "cancel", &id, "--reason", "wrong data"])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(
+        cancel.status.success(),
+        "{}",
+        String::from_utf8_lossy(&cancel.stderr)
+    );
+    // the worker learns it at its next heartbeat and stops the stage there,
+    // with a checkpoint; it does not train on to the end
+    wait_until("the worker to stop", 300, || {
+        w.0.try_wait().unwrap().is_some()
+    });
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(w.0.wait().unwrap().success(), "{text}");
+    assert!(
+        text.contains("lease lost") && text.contains("cancelled"),
+        "{text}"
+    );
+    let (step, total) =
+        policy::train_state::steps(&stage).expect("a checkpoint of the stopped stage");
+    assert!(step < total, "{step} of {total}");
+    eprintln!("stopped at step {step} of {total}:\n{text}");
+    let r = curl(&s, &[&format!("{}/api/rounds/{id}", s.url)]);
+    assert_eq!(r["status"], "cancelled", "{r}");
+}

@@ -423,6 +423,26 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+static STOP_REQUESTED: AtomicBool = AtomicBool::new(false);
+
+/// Asks running loops to stop at the next step boundary with a resumable
+/// checkpoint, as Ctrl-C does, for a reason of the program's own (a round
+/// worker whose lease was lost); [`clear_stop_request`] lets loops run again.
+pub fn request_stop() {
+    STOP_REQUESTED.store(true, Ordering::SeqCst);
+}
+
+/// Ends a [`request_stop`].
+pub fn clear_stop_request() {
+    STOP_REQUESTED.store(false, Ordering::SeqCst);
+}
+
+/// Whether loops should stop at the next step boundary: an interrupt, or a
+/// [`request_stop`].
+pub fn should_stop() -> bool {
+    interrupted() || STOP_REQUESTED.load(Ordering::SeqCst)
+}
+
 /// The error of a run stopped by Ctrl-C after saving a resumable checkpoint;
 /// `rlhf` exits with 130 on it, as a shell does for SIGINT.
 #[derive(Debug)]
@@ -737,7 +757,7 @@ pub fn run<D: Dev, S: Stage<D>>(
     let mut last_train = BTreeMap::new();
     let mut t0 = std::time::Instant::now();
     for step in start..total {
-        if cfg.stop_after.is_some_and(|s| step >= s) || interrupted() {
+        if cfg.stop_after.is_some_and(|s| step >= s) || should_stop() {
             save_checkpoint(
                 stage,
                 model,

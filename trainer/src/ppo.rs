@@ -32,7 +32,7 @@ use policy::safetensors_io::write_dir_atomic;
 use policy::tokenizer::Tokenizer;
 use policy::train::{AdamW, ParamTensors};
 use policy::train_loop::{
-    interrupted, metrics_path, open_metrics, progress_bar, step_examples, Fingerprint, LoopConfig,
+    metrics_path, open_metrics, progress_bar, should_stop, step_examples, Fingerprint, LoopConfig,
 };
 use policy::train_state;
 use rand::{rngs::StdRng, seq::SliceRandom, SeedableRng};
@@ -341,7 +341,7 @@ pub fn train<D: Dev>(
     };
     let mut last = serde_json::Map::new();
     for it in start..total {
-        if cfg.train.stop_after.is_some_and(|s| it >= s) || interrupted() {
+        if cfg.train.stop_after.is_some_and(|s| it >= s) || should_stop() {
             save(
                 m,
                 &actor_opt,

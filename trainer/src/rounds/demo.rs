@@ -281,7 +281,14 @@ fn serve_queued(ctx: &Ctx, bots: &Bots, dev: &Cpu) -> Result<()> {
                         "running round {} ({}) queued on the dashboard",
                         r.id, r.name
                     );
-                    let state = heartbeat::run(ctx, &r, dev)?;
+                    let state = match heartbeat::run(ctx, &r, dev) {
+                        Err(e) if heartbeat::lease_lost(&e) => {
+                            // cancelled on the dashboard
+                            eprintln!("round {} left: {e:#}", r.id);
+                            continue;
+                        }
+                        r => r?,
+                    };
                     let e = state.eval.unwrap_or_default();
                     eprintln!(
                         "round {} done: gold reward {}, KL to initial {}, win rate vs previous {}",

@@ -4,12 +4,14 @@
 //! alive while a long step runs.
 use super::config::{RoundState, WorkerDefaults};
 use super::steps::run_steps;
-use annotation_server::api::client::Client;
+use annotation_server::api::client::{Client, LeaseLost};
 use annotation_server::api::{Round, RoundHeartbeat};
 use anyhow::{bail, Context, Result};
 use policy::model::Dev;
 use serde_json::{json, Value};
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 /// The connection of a worker to the server.
@@ -91,35 +93,54 @@ pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
         .clone()
         .with_context(|| format!("round {}: no lease token (claim the round first)", round.id))?;
     *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = Some((round.id, token));
-    let stop = std::sync::atomic::AtomicBool::new(false);
+    let stop = AtomicBool::new(false);
+    // the lease lost in the background (cancelled, or taken over after it
+    // expired): the step in progress stops at its next training step
+    let lost: Mutex<Option<anyhow::Error>> = Mutex::new(None);
     let every = Duration::from_secs((ctx.lease_seconds / 3).clamp(1, 30));
     std::thread::scope(|s| {
         s.spawn(|| {
             let mut since = Instant::now();
-            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+            while !stop.load(Ordering::SeqCst) {
                 std::thread::sleep(Duration::from_millis(100));
                 if since.elapsed() < every {
                     continue;
                 }
                 since = Instant::now();
                 let last = ctx.last.lock().unwrap_or_else(|e| e.into_inner()).clone();
-                if let Some((id, hb)) = last {
-                    if let Err(e) = ctx.client.heartbeat_round(id, &hb) {
-                        eprintln!("round {id}: lease heartbeat failed: {e:#}");
+                let Some((id, hb)) = last else { continue };
+                match ctx.client.heartbeat_round(id, &hb) {
+                    Err(e) if e.downcast_ref::<LeaseLost>().is_some() => {
+                        policy::train_loop::request_stop();
+                        *lost.lock().unwrap_or_else(|e| e.into_inner()) = Some(e);
+                        return;
                     }
+                    Err(e) => eprintln!("round {id}: lease heartbeat failed: {e:#}"),
+                    Ok(_) => {}
                 }
             }
         });
         let r = run_steps(ctx, round, dev);
-        stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        stop.store(true, Ordering::SeqCst);
         *ctx.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        if let Some(e) = lost.lock().unwrap_or_else(|e| e.into_inner()).take() {
+            policy::train_loop::clear_stop_request();
+            super::lease::forget(&ctx.defaults.workdir, round.id);
+            return Err(e.context(format!("round {}: stopped", round.id)));
+        }
         if r.is_ok() {
             // the final heartbeat released the lease
             super::lease::forget(&ctx.defaults.workdir, round.id);
         }
         r
     })
+}
+
+/// Whether an error means this worker no longer holds the round: leave it
+/// to its new holder (or to the researcher who cancelled it).
+pub fn lease_lost(e: &anyhow::Error) -> bool {
+    e.chain().any(|c| c.downcast_ref::<LeaseLost>().is_some())
 }
 
 /// The round's metrics as the dashboard reads them.

@@ -146,6 +146,9 @@ fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
                         );
                         return Ok(());
                     }
+                    Err(e) if heartbeat::lease_lost(&e) => {
+                        eprintln!("round {} left to whoever holds it now: {e:#}", r.id)
+                    }
                     Err(e) => {
                         // the round stays `running` under our lease: a restart retries it
                         eprintln!("round {} failed: {e:#}", r.id);
