@@ -2,7 +2,7 @@
 //! left-padded into one batch, RoPE positions follow each row's real tokens,
 //! and every row samples with its own seeded RNG, so a prompt's output does
 //! not depend on what else is in the batch.
-use crate::cpu_decode::{HostKv, HostModel};
+use crate::cpu::decode::{HostKv, HostModel};
 use crate::model::{Batch, Dev, KvCache, Llama};
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
@@ -60,7 +60,7 @@ pub struct Generation {
 
 fn log_softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    // f64 sum: see cpu_ops::target_logprobs
+    // f64 sum: see the CPU target_logprobs op
     let lse = m as f64 + x.iter().map(|v| (v - m).exp() as f64).sum::<f64>().ln();
     x.iter().map(|&v| (v as f64 - lse) as f32).collect()
 }

@@ -22,9 +22,8 @@ impl<D: Device<f32> + Clone + DeviceKernels> Dev for D {}
 
 /// What a device does its own way. The CPU computes `Linear`, RMSNorm,
 /// SwiGLU, RoPE, attention and the log-softmax at the targets with its own
-/// ops ([`crate::cpu_linear`], [`crate::cpu_ops`]) and decodes on host
-/// buffers (`cpu_decode`); other devices use the dfdx compositions, the
-/// trait's defaults.
+/// kernels and decodes on host buffers (the crate's `cpu` module); other
+/// devices use the dfdx compositions, the trait's defaults.
 pub trait DeviceKernels: Device<f32> {
     /// Whether [`crate::generate::generate`] decodes on host buffers rather
     /// than through dfdx with a [`KvCache`].
@@ -99,55 +98,19 @@ fn dfdx_rope<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
     x * cos.clone() + rotated
 }
 
-impl DeviceKernels for Cpu {
-    const HOST_DECODING: bool = true;
-    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
-        crate::cpu_linear::linear(x, w)
-    }
-    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(
-        x: T2<Self, T>,
-        w: &T1<Self>,
-        eps: f64,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::rms_norm(x, w, eps as f32)
-    }
-    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(
-        gate: T2<Self, T>,
-        up: T2<Self, T>,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::swiglu(gate, up)
-    }
-    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(
-        x: T2<Self, T>,
-        cos: &T2<Self>,
-        sin: &T2<Self>,
-        _rot_t: &T2<Self>,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::rope(x, cos, sin)
-    }
-    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(
-        q: T2<Self, T>,
-        k: T2<Self, T>,
-        v: T2<Self, T>,
-        dims: AttnDims,
-        _mask: &T4<Self>,
-        host_mask: &[f32],
-    ) -> T2<Self, T> {
-        crate::cpu_ops::attention(q, k, v, dims, host_mask)
-    }
-    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(
-        logits: T2<Self, T>,
-        targets: &[usize],
-        scale: f32,
-    ) -> T1<Self, T> {
-        crate::cpu_ops::target_logprobs(logits, targets, scale)
-    }
-}
-
 #[cfg(feature = "cuda")]
 impl DeviceKernels for Cuda {}
 
-pub use crate::cpu_ops::AttnDims;
+/// Shapes of one attention call: `batch × seq` tokens, `heads` query heads
+/// sharing `kv_heads` key/value heads, `head_dim` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
 
 /// Folds the query heads sharing a KV head into the row dimension:
 /// q `(b, kv, g*t, hd)`, k and v `(b, kv, t, hd)` (views, not copies, where dfdx allows).
