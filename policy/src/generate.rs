@@ -2,8 +2,10 @@
 //! left-padded into one batch, RoPE positions follow each row's real tokens,
 //! and every row samples with its own seeded RNG, so a prompt's output does
 //! not depend on what else is in the batch.
+use crate::checkpoint::Checkpoint;
 use crate::cpu::decode::{HostKv, HostModel};
 use crate::model::{Batch, Dev, KvCache, Llama};
+use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -272,6 +274,15 @@ fn generate_on<D: Dev>(
         last_rows = (0..bsz).collect();
     }
     Ok(out)
+}
+
+/// The ids generation stops on: the checkpoint's EOS ids plus the tokenizer's EOS.
+pub fn stop_tokens<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer) -> Vec<u32> {
+    let mut ids = ck.eos_ids();
+    ids.extend(tok.eos_id());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
 }
 
 #[cfg(test)]

@@ -6,6 +6,8 @@ pub mod checkpoint;
 pub mod cli;
 pub mod config;
 mod cpu;
+pub mod device;
+pub mod fs_atomic;
 pub mod generate;
 pub mod model;
 pub mod out_dir;

@@ -20,7 +20,7 @@
 //! split into micro-batches (as transformers' `num_items_in_batch`).
 use crate::config::DType;
 use crate::model::Dev;
-use crate::safetensors_io::write_dir_atomic;
+use crate::fs_atomic::write_dir_atomic;
 use crate::train::{AdamW, AdamWConfig, HasParams, ParamTensors, Schedule};
 use crate::train_state;
 use anyhow::{bail, Context, Result};

@@ -5,7 +5,7 @@
 //! Layout inside a checkpoint directory (DESIGN §5):
 //! `trainer_state/optimizer.safetensors` (tensors `m.<param>` / `v.<param>`)
 //! and `trainer_state/state.json`. Callers write it inside the same
-//! temporary directory as the weights ([`crate::safetensors_io::write_dir_atomic`]),
+//! temporary directory as the weights ([`crate::fs_atomic::write_dir_atomic`]),
 //! so weights and optimizer state are replaced together or not at all.
 //!
 //! Randomness: trainers should derive every random choice from
@@ -15,7 +15,8 @@
 //! one would have.
 use crate::config::DType;
 use crate::model::Dev;
-use crate::safetensors_io::{read_dir_tensors, write_file_synced, write_tensors, HostTensor};
+use crate::fs_atomic::write_file_synced;
+use crate::safetensors_io::{read_dir_tensors, write_tensors, HostTensor};
 use crate::train::{AdamW, AdamWConfig, HasParams, ParamTensors};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
