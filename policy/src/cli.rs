@@ -148,6 +148,7 @@ pub struct LogprobsArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL: each line {"tokens": [ids]} or {"text": "..."}.
+    #[allow(rustdoc::broken_intra_doc_links)] // clap help text, not Markdown
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL: each line {"logprobs": [...]} (one fewer than the tokens).

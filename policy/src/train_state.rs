@@ -2,7 +2,7 @@
 //! (safetensors, f32, exact), plus the run's progress (seed, data cursor,
 //! anything the stage needs) as JSON.
 //!
-//! Layout inside a checkpoint directory (DESIGN §5):
+//! Layout inside a checkpoint directory:
 //! `trainer_state/optimizer.safetensors` (tensors `m.<param>` / `v.<param>`)
 //! and `trainer_state/state.json`. Callers write it inside the same
 //! temporary directory as the weights ([`crate::fs_atomic::write_dir_atomic`]),
