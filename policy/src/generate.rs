@@ -288,20 +288,21 @@ pub fn stop_tokens<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer) -> Vec<u32> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
-    use dfdx::prelude::Cpu;
+    use crate::test_support::tiny_llama;
 
     #[test]
     fn host_decoding_matches_dfdx_decoding() {
         // GQA (4 heads, 2 KV heads), untied head, prompts of different lengths (left padding).
-        let cfg = LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
-            "tie_word_embeddings": false, "pad_token_id": 0
-        }))
-        .unwrap();
-        let model = Llama::random(cfg, &Cpu::default(), 3, 0.2).unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+                "tie_word_embeddings": false, "pad_token_id": 0
+            }),
+            3,
+            0.2,
+        );
         let prompts: Vec<Vec<u32>> = vec![
             vec![5, 9, 13, 2, 40],
             vec![7],

@@ -55,6 +55,8 @@ pub mod generate;
 pub mod model;
 pub mod out_dir;
 pub mod safetensors_io;
+#[cfg(test)]
+mod test_support;
 pub mod tokenizer;
 pub mod train;
 pub mod train_loop;

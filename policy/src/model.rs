@@ -901,16 +901,11 @@ pub fn cfg_param_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use crate::test_support::{rand_mat, tiny_llama};
+    use rand::{rngs::StdRng, SeedableRng};
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())),
-                "{what}[{i}]: {x} vs {y}"
-            );
-        }
+        crate::test_support::assert_close(a, b, 1e-5, what)
     }
 
     /// The parameters a model lists are the ones its config describes, in
@@ -949,20 +944,17 @@ mod tests {
     /// The dfdx defaults (what CUDA runs) agree with the CPU ops, forward and backward.
     #[test]
     fn dfdx_linear_and_rope_match_the_cpu_ops() {
-        let cfg = crate::config::LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 20
-        }))
-        .unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 20
+            }),
+            2,
+            0.3,
+        );
         let dev = Cpu::default();
-        let model = Llama::random(cfg, &dev, 2, 0.3).unwrap();
         let mut rng = StdRng::seed_from_u64(8);
-        let mut mat = |r: usize, c: usize| {
-            dev.tensor_from_vec(
-                (0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
-                (r, c),
-            )
-        };
+        let mut mat = |r: usize, c: usize| rand_mat(&dev, &mut rng, r, c, 1.0);
         for rows in [4, 40] {
             let hd = model.cfg.head_dim;
             let (x, w, up) = (mat(rows, hd), mat(24, hd), mat(rows, 24));

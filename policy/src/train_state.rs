@@ -14,8 +14,8 @@
 //! step stored here, and a resumed run draws exactly what an uninterrupted
 //! one would have.
 use crate::config::DType;
-use crate::model::Dev;
 use crate::fs_atomic::write_file_synced;
+use crate::model::Dev;
 use crate::safetensors_io::{read_dir_tensors, write_tensors, HostTensor};
 use crate::train::{AdamW, AdamWConfig, HasParams, ParamTensors};
 use anyhow::{bail, Context, Result};
@@ -165,18 +165,17 @@ pub fn load<D: Dev>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
     use crate::model::Llama;
     use crate::train::Slot;
     use dfdx::prelude::*;
 
     fn tiny(layers: usize) -> Llama<Cpu> {
-        let cfg = LlamaConfig::from_json(
-            &json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
+        crate::test_support::tiny_llama(
+            json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 11}),
+            1,
+            0.5,
         )
-        .unwrap();
-        Llama::random(cfg, &Cpu::default(), 1, 0.5).unwrap()
     }
 
     #[test]

@@ -362,17 +362,19 @@ impl HostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
+    use crate::test_support::tiny_llama;
 
     #[test]
     fn a_cache_that_grows_gives_the_same_logits() {
-        let cfg = LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true
-        }))
-        .unwrap();
-        let model = Llama::random(cfg, &Cpu::default(), 1, 0.3).unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true
+            }),
+            1,
+            0.3,
+        );
         let m = HostModel::new(&model);
         let run = |cap: usize| {
             let mut kv = HostKv::new(&m, 2, cap);

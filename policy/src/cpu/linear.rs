@@ -245,18 +245,11 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
-        dev.tensor_from_vec(
-            (0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
-            (r, c),
-        )
+        crate::test_support::rand_mat(dev, rng, r, c, 1.0)
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let tol = 1e-4 * (1.0 + x.abs().max(y.abs()));
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
-        }
+        crate::test_support::assert_close(a, b, 1e-4, what)
     }
 
     #[test]

@@ -561,18 +561,11 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
-        dev.tensor_from_vec(
-            (0..r * c).map(|_| rng.gen_range(-2.0f32..2.0)).collect(),
-            (r, c),
-        )
+        crate::test_support::rand_mat(dev, rng, r, c, 2.0)
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let tol = 1e-5 * (1.0 + x.abs().max(y.abs()));
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
-        }
+        crate::test_support::assert_close(a, b, 1e-5, what)
     }
 
     type Tp = OwnedTape<f32, Cpu>;
