@@ -2,8 +2,9 @@
 //! `generation_config.json`, `model.safetensors` (or shards + index) and the
 //! tokenizer files, loaded and saved exactly.
 use crate::config::{DType, LlamaConfig};
+use crate::fs_atomic::{write_dir_atomic, write_file_synced};
 use crate::model::{Dev, Llama};
-use crate::safetensors_io::{read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors};
+use crate::safetensors_io::{read_dir_tensors, write_tensors};
 use crate::tokenizer::TOKENIZER_FILES;
 use anyhow::{Context, Result};
 use serde_json::{json, Value};

@@ -4,6 +4,9 @@ use crate::chat::{apply_chat_template, load_messages, render_command};
 use crate::checkpoint::{save_model, Checkpoint};
 use crate::config::{DType, LlamaConfig};
 use crate::generate::{generate, SamplingConfig};
+// Callers outside the crate reach these through `policy::cli`.
+pub use crate::device::{DeviceKind, OnDevice};
+pub use crate::generate::stop_tokens;
 use crate::model::{Dev, Llama};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};
@@ -145,6 +148,7 @@ pub struct LogprobsArgs {
     #[arg(long)]
     pub model: PathBuf,
     /// JSONL: each line {"tokens": [ids]} or {"text": "..."}.
+    #[allow(rustdoc::broken_intra_doc_links)] // clap help text, not Markdown
     #[arg(long)]
     pub input: PathBuf,
     /// JSONL: each line {"logprobs": [...]} (one fewer than the tokens).
@@ -155,16 +159,6 @@ pub struct LogprobsArgs {
     pub batch_size: usize,
 }
 
-/// Where the model runs.
-#[derive(Clone, Copy, Debug, Default, ValueEnum)]
-pub enum DeviceKind {
-    /// CPU (threads: RAYON_NUM_THREADS, default all cores).
-    #[default]
-    Cpu,
-    /// The first NVIDIA GPU (needs a build with `--features cuda`).
-    Cuda,
-}
-
 /// `rlhf policy [--device D] <command>`.
 #[derive(Args, Debug)]
 pub struct PolicyArgs {
@@ -173,28 +167,6 @@ pub struct PolicyArgs {
     pub device: DeviceKind,
     #[command(subcommand)]
     pub command: PolicyCommand,
-}
-
-/// A command that runs on whichever device the user picked.
-pub trait OnDevice {
-    /// Runs on `dev`.
-    fn run_on<D: Dev>(self, dev: &D) -> Result<()>;
-}
-
-impl DeviceKind {
-    /// Opens the device and runs `job` on it.
-    pub fn dispatch(self, job: impl OnDevice) -> Result<()> {
-        match self {
-            DeviceKind::Cpu => job.run_on(&dfdx::tensor::Cpu::default()),
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => {
-                let dev = dfdx::tensor::Cuda::try_build(0, 0).map_err(|e| anyhow::anyhow!("cannot open CUDA device 0: {e:?}"))?;
-                job.run_on(&dev)
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => bail!("this build has no GPU support; rebuild with `cargo build --release --features cuda`"),
-        }
-    }
 }
 
 /// Runs a `rlhf policy` subcommand on the chosen device.
@@ -322,15 +294,6 @@ fn info<D: Dev>(dir: &Path, _dev: &D) -> Result<()> {
 fn print_stdout(s: &str) -> Result<()> {
     writeln!(std::io::stdout().lock(), "{s}")?;
     Ok(())
-}
-
-/// The ids generation stops on: the checkpoint's EOS ids plus the tokenizer's EOS.
-pub fn stop_tokens<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer) -> Vec<u32> {
-    let mut ids = ck.eos_ids();
-    ids.extend(tok.eos_id());
-    ids.sort_unstable();
-    ids.dedup();
-    ids
 }
 
 fn generate_cmd<D: Dev>(a: &GenerateArgs, dev: &D) -> Result<()> {

@@ -2,8 +2,10 @@
 //! left-padded into one batch, RoPE positions follow each row's real tokens,
 //! and every row samples with its own seeded RNG, so a prompt's output does
 //! not depend on what else is in the batch.
-use crate::cpu_decode::{HostKv, HostModel};
+use crate::checkpoint::Checkpoint;
+use crate::cpu::decode::{HostKv, HostModel};
 use crate::model::{Batch, Dev, KvCache, Llama};
+use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Result};
 use rand::{rngs::StdRng, Rng, SeedableRng};
 
@@ -60,7 +62,7 @@ pub struct Generation {
 
 fn log_softmax(x: &[f32]) -> Vec<f32> {
     let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-    // f64 sum: see cpu_ops::target_logprobs
+    // f64 sum: see the CPU target_logprobs op
     let lse = m as f64 + x.iter().map(|v| (v - m).exp() as f64).sum::<f64>().ln();
     x.iter().map(|&v| (v as f64 - lse) as f32).collect()
 }
@@ -274,23 +276,33 @@ fn generate_on<D: Dev>(
     Ok(out)
 }
 
+/// The ids generation stops on: the checkpoint's EOS ids plus the tokenizer's EOS.
+pub fn stop_tokens<D: Dev>(ck: &Checkpoint<D>, tok: &Tokenizer) -> Vec<u32> {
+    let mut ids = ck.eos_ids();
+    ids.extend(tok.eos_id());
+    ids.sort_unstable();
+    ids.dedup();
+    ids
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
-    use dfdx::prelude::Cpu;
+    use crate::test_support::tiny_llama;
 
     #[test]
     fn host_decoding_matches_dfdx_decoding() {
         // GQA (4 heads, 2 KV heads), untied head, prompts of different lengths (left padding).
-        let cfg = LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
-            "tie_word_embeddings": false, "pad_token_id": 0
-        }))
-        .unwrap();
-        let model = Llama::random(cfg, &Cpu::default(), 3, 0.2).unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 97,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "max_position_embeddings": 256,
+                "tie_word_embeddings": false, "pad_token_id": 0
+            }),
+            3,
+            0.2,
+        );
         let prompts: Vec<Vec<u32>> = vec![
             vec![5, 9, 13, 2, 40],
             vec![7],

@@ -22,9 +22,8 @@ impl<D: Device<f32> + Clone + DeviceKernels> Dev for D {}
 
 /// What a device does its own way. The CPU computes `Linear`, RMSNorm,
 /// SwiGLU, RoPE, attention and the log-softmax at the targets with its own
-/// ops ([`crate::cpu_linear`], [`crate::cpu_ops`]) and decodes on host
-/// buffers (`cpu_decode`); other devices use the dfdx compositions, the
-/// trait's defaults.
+/// kernels and decodes on host buffers (the crate's `cpu` module); other
+/// devices use the dfdx compositions, the trait's defaults.
 pub trait DeviceKernels: Device<f32> {
     /// Whether [`crate::generate::generate`] decodes on host buffers rather
     /// than through dfdx with a [`KvCache`].
@@ -99,55 +98,19 @@ fn dfdx_rope<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
     x * cos.clone() + rotated
 }
 
-impl DeviceKernels for Cpu {
-    const HOST_DECODING: bool = true;
-    fn linear<T: Tape<f32, Self> + Merge<NoneTape>>(x: T2<Self, T>, w: &T2<Self>) -> T2<Self, T> {
-        crate::cpu_linear::linear(x, w)
-    }
-    fn rms_norm<T: Tape<f32, Self> + Merge<NoneTape>>(
-        x: T2<Self, T>,
-        w: &T1<Self>,
-        eps: f64,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::rms_norm(x, w, eps as f32)
-    }
-    fn swiglu<T: Tape<f32, Self> + Merge<NoneTape>>(
-        gate: T2<Self, T>,
-        up: T2<Self, T>,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::swiglu(gate, up)
-    }
-    fn rope<T: Tape<f32, Self> + Merge<NoneTape>>(
-        x: T2<Self, T>,
-        cos: &T2<Self>,
-        sin: &T2<Self>,
-        _rot_t: &T2<Self>,
-    ) -> T2<Self, T> {
-        crate::cpu_ops::rope(x, cos, sin)
-    }
-    fn attention<T: Tape<f32, Self> + Merge<NoneTape>>(
-        q: T2<Self, T>,
-        k: T2<Self, T>,
-        v: T2<Self, T>,
-        dims: AttnDims,
-        _mask: &T4<Self>,
-        host_mask: &[f32],
-    ) -> T2<Self, T> {
-        crate::cpu_ops::attention(q, k, v, dims, host_mask)
-    }
-    fn target_logprobs<T: Tape<f32, Self> + Merge<NoneTape>>(
-        logits: T2<Self, T>,
-        targets: &[usize],
-        scale: f32,
-    ) -> T1<Self, T> {
-        crate::cpu_ops::target_logprobs(logits, targets, scale)
-    }
-}
-
 #[cfg(feature = "cuda")]
 impl DeviceKernels for Cuda {}
 
-pub use crate::cpu_ops::AttnDims;
+/// Shapes of one attention call: `batch × seq` tokens, `heads` query heads
+/// sharing `kv_heads` key/value heads, `head_dim` wide.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnDims {
+    pub batch: usize,
+    pub seq: usize,
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+}
 
 /// Folds the query heads sharing a KV head into the row dimension:
 /// q `(b, kv, g*t, hd)`, k and v `(b, kv, t, hd)` (views, not copies, where dfdx allows).
@@ -215,18 +178,149 @@ fn attend<D: Device<f32>, T: Tape<f32, D> + Merge<NoneTape>>(
     scores.softmax::<Axis<3>>().matmul(v)
 }
 
-/// Weights of one decoder layer.
-#[derive(Clone, Debug)]
-pub struct Layer<D: Dev> {
-    pub input_layernorm: T1<D>,
-    pub q_proj: T2<D>,
-    pub k_proj: T2<D>,
-    pub v_proj: T2<D>,
-    pub o_proj: T2<D>,
-    pub post_attention_layernorm: T1<D>,
-    pub gate_proj: T2<D>,
-    pub up_proj: T2<D>,
-    pub down_proj: T2<D>,
+/// A dimension of a parameter's shape, read off the config.
+#[derive(Clone, Copy, Debug)]
+enum Dim {
+    Hidden,
+    Intermediate,
+    /// Query heads × head_dim.
+    QOut,
+    /// Key/value heads × head_dim.
+    KvOut,
+    Vocab,
+}
+
+impl Dim {
+    fn of(self, cfg: &LlamaConfig) -> usize {
+        match self {
+            Dim::Hidden => cfg.hidden_size,
+            Dim::Intermediate => cfg.intermediate_size,
+            Dim::QOut => cfg.num_attention_heads * cfg.head_dim,
+            Dim::KvOut => cfg.num_key_value_heads * cfg.head_dim,
+            Dim::Vocab => cfg.vocab_size,
+        }
+    }
+}
+
+/// A parameter's Hugging Face name and its shape.
+type ParamSpec = (&'static str, &'static [Dim]);
+
+const EMBED_TOKENS: ParamSpec = ("model.embed_tokens.weight", &[Dim::Vocab, Dim::Hidden]);
+const NORM: ParamSpec = ("model.norm.weight", &[Dim::Hidden]);
+const LM_HEAD: ParamSpec = ("lm_head.weight", &[Dim::Vocab, Dim::Hidden]);
+
+/// The name of a layer's parameter, `model.layers.{i}.{name}`.
+fn layer_param_name(i: usize, name: &str) -> String {
+    format!("model.layers.{i}.{name}")
+}
+
+/// The concrete shape of a parameter under `cfg`.
+fn shape_of(dims: &[Dim], cfg: &LlamaConfig) -> Vec<usize> {
+    dims.iter().map(|d| d.of(cfg)).collect()
+}
+
+/// Every parameter of a model with `layers` layers (and an LM head of its own
+/// when `head`), name and shape, in the order of [`Llama::params`]: the one
+/// table that loading, saving and random init follow.
+fn param_table(layers: usize, head: bool) -> Vec<(String, &'static [Dim])> {
+    let mut out = vec![(EMBED_TOKENS.0.to_string(), EMBED_TOKENS.1)];
+    for i in 0..layers {
+        out.extend(
+            LAYER_PARAMS
+                .iter()
+                .map(|&(name, dims)| (layer_param_name(i, name), dims)),
+        );
+    }
+    out.push((NORM.0.to_string(), NORM.1));
+    if head {
+        out.push((LM_HEAD.0.to_string(), LM_HEAD.1));
+    }
+    out
+}
+
+/// A tensor that is a parameter: a vector or a matrix.
+trait ParamTensor<D: Dev> {
+    /// The tensor on `dev` (the shape was checked against the config).
+    fn from_host(dev: &D, t: HostTensor) -> Self;
+    fn param(&self) -> ParamRef<'_, D>;
+    fn param_mut(&mut self) -> ParamMut<'_, D>;
+}
+
+impl<D: Dev> ParamTensor<D> for T1<D> {
+    fn from_host(dev: &D, t: HostTensor) -> Self {
+        dev.tensor_from_vec(t.data, (t.shape[0],))
+    }
+    fn param(&self) -> ParamRef<'_, D> {
+        ParamRef::Vector(self)
+    }
+    fn param_mut(&mut self) -> ParamMut<'_, D> {
+        ParamMut::Vector(self)
+    }
+}
+
+impl<D: Dev> ParamTensor<D> for T2<D> {
+    fn from_host(dev: &D, t: HostTensor) -> Self {
+        dev.tensor_from_vec(t.data, (t.shape[0], t.shape[1]))
+    }
+    fn param(&self) -> ParamRef<'_, D> {
+        ParamRef::Matrix(self)
+    }
+    fn param_mut(&mut self) -> ParamMut<'_, D> {
+        ParamMut::Matrix(self)
+    }
+}
+
+/// Declares [`Layer`] from one table of its parameters, each once: field,
+/// type, Hugging Face name (under `model.layers.{i}.`) and shape. The
+/// layer's loading, parameter lists and names all come from it.
+macro_rules! decoder_layer {
+    ($($field:ident: $ty:ident = $name:literal [$($dim:ident),+],)*) => {
+        /// Weights of one decoder layer.
+        #[derive(Clone, Debug)]
+        pub struct Layer<D: Dev> {
+            $(
+                #[doc = concat!("`model.layers.{i}.", $name, "`")]
+                pub $field: $ty<D>,
+            )*
+        }
+
+        /// A layer's parameters in checkpoint order, names under `model.layers.{i}.`.
+        const LAYER_PARAMS: &[ParamSpec] = &[$(($name, &[$(Dim::$dim),+])),*];
+
+        impl<D: Dev> Layer<D> {
+            /// The parameters in [`LAYER_PARAMS`] order.
+            fn params(&self) -> Vec<ParamRef<'_, D>> {
+                vec![$(self.$field.param()),*]
+            }
+
+            /// The parameters, mutably, in [`LAYER_PARAMS`] order.
+            fn params_mut(&mut self) -> Vec<ParamMut<'_, D>> {
+                vec![$(self.$field.param_mut()),*]
+            }
+
+            /// A layer of the tensors `take(name, shape)` gives, in [`LAYER_PARAMS`] order.
+            fn load(
+                dev: &D,
+                mut take: impl FnMut(&str, &[Dim]) -> Result<HostTensor>,
+            ) -> Result<Self> {
+                Ok(Layer {
+                    $($field: ParamTensor::from_host(dev, take($name, &[$(Dim::$dim),+])?),)*
+                })
+            }
+        }
+    };
+}
+
+decoder_layer! {
+    input_layernorm: T1 = "input_layernorm.weight" [Hidden],
+    q_proj: T2 = "self_attn.q_proj.weight" [QOut, Hidden],
+    k_proj: T2 = "self_attn.k_proj.weight" [KvOut, Hidden],
+    v_proj: T2 = "self_attn.v_proj.weight" [KvOut, Hidden],
+    o_proj: T2 = "self_attn.o_proj.weight" [Hidden, QOut],
+    post_attention_layernorm: T1 = "post_attention_layernorm.weight" [Hidden],
+    gate_proj: T2 = "mlp.gate_proj.weight" [Intermediate, Hidden],
+    up_proj: T2 = "mlp.up_proj.weight" [Intermediate, Hidden],
+    down_proj: T2 = "mlp.down_proj.weight" [Hidden, Intermediate],
 }
 
 /// A Llama causal language model.
@@ -411,10 +505,8 @@ impl<D: Dev> Llama<D> {
         with_head: bool,
     ) -> Result<Self> {
         cfg.validate()?;
-        let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-        let q_out = cfg.num_attention_heads * cfg.head_dim;
-        let kv_out = cfg.num_key_value_heads * cfg.head_dim;
-        let mut take = |name: &str, shape: &[usize]| -> Result<Vec<f32>> {
+        let mut take = |name: &str, dims: &[Dim]| -> Result<HostTensor> {
+            let shape = shape_of(dims, &cfg);
             let t = tensors
                 .remove(name)
                 .with_context(|| format!("checkpoint is missing tensor `{name}`"))?;
@@ -428,52 +520,25 @@ impl<D: Dev> Llama<D> {
             if let Some(bad) = t.data.iter().find(|x| !x.is_finite()) {
                 bail!("tensor `{name}` contains a non-finite value ({bad})");
             }
-            Ok(t.data)
+            Ok(t)
         };
-        let mat = |data: Vec<f32>, r: usize, c: usize| dev.tensor_from_vec(data, (r, c));
-        let vec1 = |data: Vec<f32>, n: usize| dev.tensor_from_vec(data, (n,));
-        let embed_tokens = mat(take("model.embed_tokens.weight", &[v, d])?, v, d);
+        let (name, dims) = EMBED_TOKENS;
+        let embed_tokens: T2<D> = ParamTensor::from_host(dev, take(name, dims)?);
         let mut layers = vec![];
         for i in 0..cfg.num_hidden_layers {
-            let p = format!("model.layers.{i}");
-            layers.push(Layer {
-                input_layernorm: vec1(take(&format!("{p}.input_layernorm.weight"), &[d])?, d),
-                q_proj: mat(
-                    take(&format!("{p}.self_attn.q_proj.weight"), &[q_out, d])?,
-                    q_out,
-                    d,
-                ),
-                k_proj: mat(
-                    take(&format!("{p}.self_attn.k_proj.weight"), &[kv_out, d])?,
-                    kv_out,
-                    d,
-                ),
-                v_proj: mat(
-                    take(&format!("{p}.self_attn.v_proj.weight"), &[kv_out, d])?,
-                    kv_out,
-                    d,
-                ),
-                o_proj: mat(
-                    take(&format!("{p}.self_attn.o_proj.weight"), &[d, q_out])?,
-                    d,
-                    q_out,
-                ),
-                post_attention_layernorm: vec1(
-                    take(&format!("{p}.post_attention_layernorm.weight"), &[d])?,
-                    d,
-                ),
-                gate_proj: mat(take(&format!("{p}.mlp.gate_proj.weight"), &[f, d])?, f, d),
-                up_proj: mat(take(&format!("{p}.mlp.up_proj.weight"), &[f, d])?, f, d),
-                down_proj: mat(take(&format!("{p}.mlp.down_proj.weight"), &[d, f])?, d, f),
-            });
+            layers.push(Layer::load(dev, |name, dims| {
+                take(&layer_param_name(i, name), dims)
+            })?);
         }
-        let norm = vec1(take("model.norm.weight", &[d])?, d);
+        let (name, dims) = NORM;
+        let norm: T1<D> = ParamTensor::from_host(dev, take(name, dims)?);
         let lm_head = if cfg.tie_word_embeddings || !with_head {
             // Some tied checkpoints still store a copy of the head; it must equal the embedding.
-            tensors.remove("lm_head.weight");
+            tensors.remove(LM_HEAD.0);
             None
         } else {
-            Some(mat(take("lm_head.weight", &[v, d])?, v, d))
+            let (name, dims) = LM_HEAD;
+            Some(ParamTensor::from_host(dev, take(name, dims)?))
         };
         // Rotary buffers that some exporters store are recomputed from the config.
         tensors.retain(|k, _| !k.ends_with("rotary_emb.inv_freq"));
@@ -540,77 +605,25 @@ impl<D: Dev> Llama<D> {
 
     /// Every parameter with its HF name, in a fixed order.
     pub fn params(&self) -> Vec<(String, ParamRef<'_, D>)> {
-        let mut out = vec![(
-            "model.embed_tokens.weight".to_string(),
-            ParamRef::Matrix(&self.embed_tokens),
-        )];
-        for (i, l) in self.layers.iter().enumerate() {
-            let p = format!("model.layers.{i}");
-            out.push((
-                format!("{p}.input_layernorm.weight"),
-                ParamRef::Vector(&l.input_layernorm),
-            ));
-            out.push((
-                format!("{p}.self_attn.q_proj.weight"),
-                ParamRef::Matrix(&l.q_proj),
-            ));
-            out.push((
-                format!("{p}.self_attn.k_proj.weight"),
-                ParamRef::Matrix(&l.k_proj),
-            ));
-            out.push((
-                format!("{p}.self_attn.v_proj.weight"),
-                ParamRef::Matrix(&l.v_proj),
-            ));
-            out.push((
-                format!("{p}.self_attn.o_proj.weight"),
-                ParamRef::Matrix(&l.o_proj),
-            ));
-            out.push((
-                format!("{p}.post_attention_layernorm.weight"),
-                ParamRef::Vector(&l.post_attention_layernorm),
-            ));
-            out.push((
-                format!("{p}.mlp.gate_proj.weight"),
-                ParamRef::Matrix(&l.gate_proj),
-            ));
-            out.push((
-                format!("{p}.mlp.up_proj.weight"),
-                ParamRef::Matrix(&l.up_proj),
-            ));
-            out.push((
-                format!("{p}.mlp.down_proj.weight"),
-                ParamRef::Matrix(&l.down_proj),
-            ));
+        let mut refs = vec![self.embed_tokens.param()];
+        for l in &self.layers {
+            refs.extend(l.params());
         }
-        out.push((
-            "model.norm.weight".to_string(),
-            ParamRef::Vector(&self.norm),
-        ));
-        if let Some(h) = &self.lm_head {
-            out.push(("lm_head.weight".to_string(), ParamRef::Matrix(h)));
-        }
-        out
+        refs.push(self.norm.param());
+        refs.extend(self.lm_head.as_ref().map(|h| h.param()));
+        let names = param_table(self.layers.len(), self.lm_head.is_some());
+        debug_assert_eq!(names.len(), refs.len());
+        names.into_iter().map(|(name, _)| name).zip(refs).collect()
     }
 
     /// Every parameter, mutably, in the order of [`Llama::params`].
     pub fn params_mut(&mut self) -> Vec<ParamMut<'_, D>> {
-        let mut out = vec![ParamMut::Matrix(&mut self.embed_tokens)];
+        let mut out = vec![self.embed_tokens.param_mut()];
         for l in self.layers.iter_mut() {
-            out.push(ParamMut::Vector(&mut l.input_layernorm));
-            out.push(ParamMut::Matrix(&mut l.q_proj));
-            out.push(ParamMut::Matrix(&mut l.k_proj));
-            out.push(ParamMut::Matrix(&mut l.v_proj));
-            out.push(ParamMut::Matrix(&mut l.o_proj));
-            out.push(ParamMut::Vector(&mut l.post_attention_layernorm));
-            out.push(ParamMut::Matrix(&mut l.gate_proj));
-            out.push(ParamMut::Matrix(&mut l.up_proj));
-            out.push(ParamMut::Matrix(&mut l.down_proj));
+            out.extend(l.params_mut());
         }
-        out.push(ParamMut::Vector(&mut self.norm));
-        if let Some(h) = &mut self.lm_head {
-            out.push(ParamMut::Matrix(h));
-        }
+        out.push(self.norm.param_mut());
+        out.extend(self.lm_head.as_mut().map(|h| h.param_mut()));
         out
     }
 
@@ -877,63 +890,71 @@ impl<D: Dev> Llama<D> {
     }
 }
 
-/// HF parameter names and shapes for a config.
+/// HF parameter names and shapes for a config, in the order of [`Llama::params`].
 pub fn cfg_param_shapes(cfg: &LlamaConfig) -> Vec<(String, Vec<usize>)> {
-    let (d, f, v) = (cfg.hidden_size, cfg.intermediate_size, cfg.vocab_size);
-    let q = cfg.num_attention_heads * cfg.head_dim;
-    let kv = cfg.num_key_value_heads * cfg.head_dim;
-    let mut out = vec![("model.embed_tokens.weight".to_string(), vec![v, d])];
-    for i in 0..cfg.num_hidden_layers {
-        let p = format!("model.layers.{i}");
-        out.push((format!("{p}.input_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.self_attn.q_proj.weight"), vec![q, d]));
-        out.push((format!("{p}.self_attn.k_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.v_proj.weight"), vec![kv, d]));
-        out.push((format!("{p}.self_attn.o_proj.weight"), vec![d, q]));
-        out.push((format!("{p}.post_attention_layernorm.weight"), vec![d]));
-        out.push((format!("{p}.mlp.gate_proj.weight"), vec![f, d]));
-        out.push((format!("{p}.mlp.up_proj.weight"), vec![f, d]));
-        out.push((format!("{p}.mlp.down_proj.weight"), vec![d, f]));
-    }
-    out.push(("model.norm.weight".to_string(), vec![d]));
-    if !cfg.tie_word_embeddings {
-        out.push(("lm_head.weight".to_string(), vec![v, d]));
-    }
-    out
+    param_table(cfg.num_hidden_layers, !cfg.tie_word_embeddings)
+        .into_iter()
+        .map(|(name, dims)| (name, shape_of(dims, cfg)))
+        .collect()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use rand::{rngs::StdRng, Rng, SeedableRng};
+    use crate::test_support::{rand_mat, tiny_llama};
+    use rand::{rngs::StdRng, SeedableRng};
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            assert!(
-                (x - y).abs() <= 1e-5 * (1.0 + x.abs().max(y.abs())),
-                "{what}[{i}]: {x} vs {y}"
-            );
+        crate::test_support::assert_close(a, b, 1e-5, what)
+    }
+
+    /// The parameters a model lists are the ones its config describes, in
+    /// order, and a model saves and loads under those names.
+    #[test]
+    fn params_follow_the_config_table() {
+        for tied in [false, true] {
+            let cfg = crate::config::LlamaConfig::from_json(&serde_json::json!({
+                "hidden_size": 16, "intermediate_size": 24, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 20,
+                "tie_word_embeddings": tied
+            }))
+            .unwrap();
+            let dev = Cpu::default();
+            let model = Llama::random(cfg.clone(), &dev, 1, 0.3).unwrap();
+            let listed: Vec<(String, Vec<usize>)> = model
+                .params()
+                .into_iter()
+                .map(|(name, p)| {
+                    let shape = match p {
+                        ParamRef::Vector(t) => vec![t.shape().0],
+                        ParamRef::Matrix(t) => vec![t.shape().0, t.shape().1],
+                    };
+                    (name, shape)
+                })
+                .collect();
+            assert_eq!(listed, cfg_param_shapes(&cfg));
+            assert_eq!(listed.len(), 2 + 2 * 9 + usize::from(!tied));
+            let mut again = model.clone();
+            assert_eq!(again.params_mut().len(), listed.len());
+            let back = Llama::from_tensors(cfg, model.to_host_tensors(), &dev).unwrap();
+            assert_eq!(back.to_host_tensors(), model.to_host_tensors());
         }
     }
 
     /// The dfdx defaults (what CUDA runs) agree with the CPU ops, forward and backward.
     #[test]
     fn dfdx_linear_and_rope_match_the_cpu_ops() {
-        let cfg = crate::config::LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
-            "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 20
-        }))
-        .unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 1,
+                "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 20
+            }),
+            2,
+            0.3,
+        );
         let dev = Cpu::default();
-        let model = Llama::random(cfg, &dev, 2, 0.3).unwrap();
         let mut rng = StdRng::seed_from_u64(8);
-        let mut mat = |r: usize, c: usize| {
-            dev.tensor_from_vec(
-                (0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
-                (r, c),
-            )
-        };
+        let mut mat = |r: usize, c: usize| rand_mat(&dev, &mut rng, r, c, 1.0);
         for rows in [4, 40] {
             let hd = model.cfg.head_dim;
             let (x, w, up) = (mat(rows, hd), mat(24, hd), mat(rows, 24));

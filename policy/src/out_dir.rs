@@ -9,7 +9,7 @@
 //! beside the old one and renamed into place ([`write_dir_atomic`]), so a
 //! failed run leaves what was there intact.
 //!
-//! [`write_dir_atomic`]: crate::safetensors_io::write_dir_atomic
+//! [`write_dir_atomic`]: crate::fs_atomic::write_dir_atomic
 use anyhow::{bail, Result};
 use std::path::Path;
 

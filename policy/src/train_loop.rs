@@ -19,8 +19,8 @@
 //! total weight, so the loss is the mean over the whole batch however it is
 //! split into micro-batches (as transformers' `num_items_in_batch`).
 use crate::config::DType;
+use crate::fs_atomic::write_dir_atomic;
 use crate::model::Dev;
-use crate::safetensors_io::write_dir_atomic;
 use crate::train::{AdamW, AdamWConfig, HasParams, ParamTensors, Schedule};
 use crate::train_state;
 use anyhow::{bail, Context, Result};
@@ -42,7 +42,7 @@ pub enum ScheduleKind {
     Cosine,
     /// Linear decay to 0 (transformers' default).
     Linear,
-    /// Constant.
+    /// No decay: the peak rate to the end.
     Constant,
 }
 
@@ -60,6 +60,7 @@ pub struct LoopArgs {
     pub micro_batch: usize,
     /// Passes over the data (ppo: over the prompts) [1]. Every step holds --batch-size
     /// examples, so a partial last batch is filled from the next pass's shuffle.
+    #[allow(rustdoc::broken_intra_doc_links)] // clap help text, not Markdown
     #[arg(long)]
     pub epochs: Option<f32>,
     /// Number of optimizer steps (ppo: iterations); overrides --epochs.
@@ -208,7 +209,8 @@ impl Default for LoopConfig {
 }
 
 impl LoopConfig {
-    /// Checks the values.
+    /// Rejects settings the loop cannot run with: rates, sizes, ratios or
+    /// AdamW parameters out of range.
     pub fn validate(&self) -> Result<()> {
         if !(self.lr.is_finite() && self.lr > 0.0) {
             bail!("learning rate must be a positive number, got {}", self.lr);
@@ -361,7 +363,7 @@ impl Default for Fingerprint {
 }
 
 impl Fingerprint {
-    /// Feeds one integer.
+    /// Mixes `x` into the hash (FNV-1a over its little-endian bytes).
     pub fn feed(&mut self, x: u64) {
         for b in x.to_le_bytes() {
             self.0 ^= b as u64;

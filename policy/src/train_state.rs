@@ -2,10 +2,10 @@
 //! (safetensors, f32, exact), plus the run's progress (seed, data cursor,
 //! anything the stage needs) as JSON.
 //!
-//! Layout inside a checkpoint directory (DESIGN §5):
+//! Layout inside a checkpoint directory:
 //! `trainer_state/optimizer.safetensors` (tensors `m.<param>` / `v.<param>`)
 //! and `trainer_state/state.json`. Callers write it inside the same
-//! temporary directory as the weights ([`crate::safetensors_io::write_dir_atomic`]),
+//! temporary directory as the weights ([`crate::fs_atomic::write_dir_atomic`]),
 //! so weights and optimizer state are replaced together or not at all.
 //!
 //! Randomness: trainers should derive every random choice from
@@ -14,8 +14,9 @@
 //! step stored here, and a resumed run draws exactly what an uninterrupted
 //! one would have.
 use crate::config::DType;
+use crate::fs_atomic::write_file_synced;
 use crate::model::Dev;
-use crate::safetensors_io::{read_dir_tensors, write_file_synced, write_tensors, HostTensor};
+use crate::safetensors_io::{read_dir_tensors, write_tensors, HostTensor};
 use crate::train::{AdamW, AdamWConfig, HasParams, ParamTensors};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Value};
@@ -164,18 +165,17 @@ pub fn load<D: Dev>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
     use crate::model::Llama;
     use crate::train::Slot;
     use dfdx::prelude::*;
 
     fn tiny(layers: usize) -> Llama<Cpu> {
-        let cfg = LlamaConfig::from_json(
-            &json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
+        crate::test_support::tiny_llama(
+            json!({"hidden_size": 8, "intermediate_size": 12, "num_hidden_layers": layers,
             "num_attention_heads": 2, "num_key_value_heads": 1, "vocab_size": 11}),
+            1,
+            0.5,
         )
-        .unwrap();
-        Llama::random(cfg, &Cpu::default(), 1, 0.5).unwrap()
     }
 
     #[test]

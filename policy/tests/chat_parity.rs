@@ -5,6 +5,9 @@
 //! tracking) and are committed under `tests/fixtures/chat/`. The tokenizers are the
 //! real files in `../shared/data/tokenizers`.
 
+mod common;
+
+use common::ids;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -56,14 +59,6 @@ fn load_tokenizers(fx: &Value) -> HashMap<String, Tokenizer> {
                 Tokenizer::load(&dir).unwrap_or_else(|e| panic!("{e:#}")),
             )
         })
-        .collect()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .expect("id list")
-        .iter()
-        .map(|x| x.as_u64().expect("id") as u32)
         .collect()
 }
 

@@ -1,18 +1,12 @@
 //! The CUDA device computes what the CPU computes (and so what transformers
 //! computes). Built only with `--features cuda`; run by scripts/gpu-check.sh.
 #![cfg(feature = "cuda")]
+mod common;
+
+use common::model_fixture as fixture;
 use dfdx::prelude::*;
 use policy::checkpoint::Checkpoint;
 use policy::generate::{generate, SamplingConfig};
-use std::path::PathBuf;
-
-fn fixture(name: &str) -> PathBuf {
-    // The GPU machine runs a copy of the tree at another path: POLICY_FIXTURES points there.
-    let root = std::env::var("POLICY_FIXTURES")
-        .map(PathBuf::from)
-        .unwrap_or_else(|_| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/model"));
-    root.join(name)
-}
 
 #[test]
 fn cuda_logprobs_and_greedy_match_cpu() {

@@ -1,15 +1,8 @@
 //! KV-cache decoding and batched generation agree with the full forward pass.
-use dfdx::prelude::*;
-use policy::checkpoint::Checkpoint;
-use policy::generate::{generate, FinishReason, SamplingConfig};
-use std::path::PathBuf;
+mod common;
 
-fn load(name: &str) -> Checkpoint<Cpu> {
-    let p = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model")
-        .join(name);
-    Checkpoint::load(&p, &Cpu::default()).unwrap()
-}
+use common::{expected, ids, load_model_fixture as load};
+use policy::generate::{generate, FinishReason, SamplingConfig};
 
 fn prompts() -> Vec<Vec<u32>> {
     vec![
@@ -100,18 +93,7 @@ fn sampling_is_reproducible_and_independent_of_batch() {
 #[test]
 fn greedy_matches_transformers_generate() {
     let name = "gqa_llama3_rope";
-    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model")
-        .join(name);
-    let exp: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("expected.json")).unwrap()).unwrap();
-    let ids = |v: &serde_json::Value| -> Vec<u32> {
-        v.as_array()
-            .unwrap()
-            .iter()
-            .map(|x| x.as_u64().unwrap() as u32)
-            .collect()
-    };
+    let exp = expected(name);
     let ck = load(name);
     let cfg = SamplingConfig {
         max_new_tokens: 8,

@@ -1,32 +1,15 @@
 //! Parity with Hugging Face transformers on tiny random checkpoints made by
 //! scripts/make_model_fixtures.py (fixtures committed under tests/fixtures/model).
+mod common;
+
+use common::{expected, ids, model_fixture as fixture};
 use dfdx::prelude::*;
 use policy::checkpoint::Checkpoint;
 use policy::config::DType;
 use serde_json::Value;
-use std::path::PathBuf;
 
 const CASES: &[&str] = &["gqa_llama3_rope", "tied_bf16", "mqa_linear_sharded"];
 const TOL: f32 = 1e-4;
-
-fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/fixtures/model")
-        .join(name)
-}
-
-fn expected(name: &str) -> Value {
-    serde_json::from_str(&std::fs::read_to_string(fixture(name).join("expected.json")).unwrap())
-        .unwrap()
-}
-
-fn ids(v: &Value) -> Vec<u32> {
-    v.as_array()
-        .unwrap()
-        .iter()
-        .map(|x| x.as_u64().unwrap() as u32)
-        .collect()
-}
 
 fn floats(v: &Value) -> Vec<f32> {
     v.as_array()

@@ -4,35 +4,26 @@
 //! allocating its output. Same formulas and the same order of operations as
 //! the dfdx compositions in `model.rs`, which other devices keep using.
 //!
-//! Like [`crate::cpu_linear`], inputs are copied out of the dfdx tensors
-//! (dfdx 0.13 lends no borrow of a buffer) and gradients are accumulated in
-//! place through `Gradients::get_or_alloc_mut`.
+//! Attention, too, runs one task per (batch row, KV head), on `gemm`.
+use super::{backward_buffers, host, mean_square};
+use crate::model::{AttnDims, T1, T2};
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-type M<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
-type V<T = NoneTape> = Tensor<(usize,), f32, Cpu, T>;
+type M<T = NoneTape> = T2<Cpu, T>;
+type V<T = NoneTape> = T1<Cpu, T>;
 
 /// Rows per parallel task.
 const ROWS: usize = 16;
 
-fn host2<T>(t: &M<T>) -> Vec<f32> {
-    let (r, c) = *t.shape();
-    let mut v = vec![0f32; r * c];
-    t.copy_into(&mut v);
-    v
-}
-
-fn host1(t: &V) -> Vec<f32> {
-    let mut v = vec![0f32; t.shape().0];
-    t.copy_into(&mut v);
-    v
-}
-
-/// A raw pointer that may cross into rayon tasks writing disjoint parts.
+/// A raw pointer into a buffer that rayon tasks of [`attention`] write, each
+/// its own strided part (a head's columns), which no slice type can express.
 #[derive(Clone, Copy)]
 struct SendPtr(*mut f32);
+// SAFETY: the tasks sharing a SendPtr write pairwise disjoint elements, and
+// the buffer outlives them (they end before the op returns).
 unsafe impl Send for SendPtr {}
+// SAFETY: as for Send.
 unsafe impl Sync for SendPtr {}
 
 impl SendPtr {
@@ -43,13 +34,7 @@ impl SendPtr {
 }
 
 /// `x / sqrt(mean(x²) + eps) * w` over each row of `x: (rows, d)`.
-/// `mean(x²)` of an RMSNorm row, summed in f64: a long f32 sum drifts
-/// (DESIGN §4, real 30-layer models).
-pub(crate) fn mean_square(x: &[f32]) -> f32 {
-    (x.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>() / x.len() as f64) as f32
-}
-
-pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
+pub(super) fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let (n, d) = *x.shape();
     assert_eq!(
         w.shape().0,
@@ -60,8 +45,8 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let x = x.reshape_like(&(n, d));
     let w = w.clone().reshape_like(&(d,));
     let (x, mut tape) = x.split_tape();
-    let xh = host2(&x);
-    let wh = host1(&w);
+    let xh = host(&x);
+    let wh = host(&w);
     let mut y = vec![0f32; n * d];
     let mut inv = vec![0f32; n];
     y.par_chunks_mut(ROWS * d)
@@ -80,29 +65,23 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
     let (x_ghost, w_ghost, y_ghost) = (x.ghost(), w.ghost(), y.ghost());
     drop(x);
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&x_ghost)?;
-        grads.try_alloc_for(&w_ghost)?;
-        // Distinct buffers that stay put once all three exist (see cpu_linear).
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), n * d);
-        let gy = gy.as_ptr() as usize;
-        let gx = grads.get_or_alloc_mut(&x_ghost)?;
-        assert_eq!(gx.len(), n * d);
-        let gx = SendPtr(gx.as_mut_ptr());
-        let gw = grads.get_or_alloc_mut(&w_ghost)?;
-        assert_eq!(gw.len(), d);
-        // SAFETY: gw is d long and distinct from the buffers read below.
-        let gw = unsafe { std::slice::from_raw_parts_mut(gw.as_mut_ptr(), d) };
-        // SAFETY: gy is n×d and only read.
-        let gy = unsafe { std::slice::from_raw_parts(gy as *const f32, n * d) };
+        let (gy, [gx, gw]) = backward_buffers(
+            grads,
+            "rms_norm",
+            (&|g| g.get_or_alloc_mut(&y_ghost), n * d),
+            [
+                (&|g| g.get_or_alloc_mut(&x_ghost), n * d),
+                (&|g| g.get_or_alloc_mut(&w_ghost), d),
+            ],
+        )?;
         // Per block of rows: dx written in place, dw as a partial sum; the
         // partials are added in block order, so the result is deterministic.
-        let partials: Vec<Vec<f32>> = (0..n.div_ceil(ROWS))
-            .into_par_iter()
-            .map(|bi| {
+        let partials: Vec<Vec<f32>> = gx
+            .par_chunks_mut(ROWS * d)
+            .enumerate()
+            .map(|(bi, gxb)| {
                 let mut pw = vec![0f32; d];
-                for i in bi * ROWS..((bi + 1) * ROWS).min(n) {
+                for (i, gxr) in (bi * ROWS..).zip(gxb.chunks_exact_mut(d)) {
                     let (xr, gr) = (&xh[i * d..(i + 1) * d], &gy[i * d..(i + 1) * d]);
                     let r = inv[i];
                     // y_j = x_j·r·w_j with r = (Σx²/d + eps)^-½:
@@ -114,8 +93,6 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
                         .map(|((g, w), x)| g * w * x)
                         .sum();
                     let c = s * r * r * r / d as f32;
-                    // SAFETY: row i of gx belongs to this task alone.
-                    let gxr = unsafe { std::slice::from_raw_parts_mut(gx.get().add(i * d), d) };
                     for k in 0..d {
                         gxr[k] += r * wh[k] * gr[k] - xr[k] * c;
                         pw[k] += gr[k] * xr[k] * r;
@@ -135,7 +112,7 @@ pub fn rms_norm<T: Tape<f32, Cpu>>(x: M<T>, w: &V, eps: f32) -> M<T> {
 }
 
 /// `silu(gate) * up = (sigmoid(gate)·gate)·up`, elementwise.
-pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
+pub(super) fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
     let shape = *gate.shape();
     assert_eq!(shape, *up.shape(), "swiglu: gate and up shapes differ");
     let (n, f) = shape;
@@ -144,8 +121,8 @@ pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
     let (g, tg) = gate.split_tape();
     let (u, tu) = up.split_tape();
     let mut tape = tg.merge(tu);
-    let gh = host2(&g);
-    let uh = host2(&u);
+    let gh = host(&g);
+    let uh = host(&u);
     let mut y = vec![0f32; n * f];
     y.par_chunks_mut(ROWS * f).enumerate().for_each(|(bi, yb)| {
         let off = bi * ROWS * f;
@@ -159,38 +136,29 @@ pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
     let (g_ghost, u_ghost, y_ghost) = (g.ghost(), u.ghost(), y.ghost());
     drop((g, u));
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&g_ghost)?;
-        grads.try_alloc_for(&u_ghost)?;
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), n * f);
-        let gy = gy.as_ptr() as usize;
-        let gg = grads.get_or_alloc_mut(&g_ghost)?;
-        assert_eq!(gg.len(), n * f);
-        let gg = SendPtr(gg.as_mut_ptr());
-        let gu = grads.get_or_alloc_mut(&u_ghost)?;
-        assert_eq!(gu.len(), n * f);
-        let gu = SendPtr(gu.as_mut_ptr());
-        assert!(gg.0 != gu.0, "swiglu: gate and up share a gradient buffer");
-        (0..n.div_ceil(ROWS)).into_par_iter().for_each(|bi| {
-            let lo = bi * ROWS * f;
-            let hi = ((bi + 1) * ROWS).min(n) * f;
-            // SAFETY: elements lo..hi of gg and gu belong to this task; gy is n×f, read only.
-            let (ggb, gub, gyb) = unsafe {
-                (
-                    std::slice::from_raw_parts_mut(gg.get().add(lo), hi - lo),
-                    std::slice::from_raw_parts_mut(gu.get().add(lo), hi - lo),
-                    std::slice::from_raw_parts((gy as *const f32).add(lo), hi - lo),
-                )
-            };
-            for i in 0..hi - lo {
-                let (gv, uv, go) = (gh[lo + i], uh[lo + i], gyb[i]);
-                let s = 1.0 / (1.0 + (-gv).exp());
-                gub[i] += go * (s * gv);
-                // d(s·g)/dg = s + g·s·(1 − s)
-                ggb[i] += go * uv * (s + gv * s * (1.0 - s));
-            }
-        });
+        let (gy, [gg, gu]) = backward_buffers(
+            grads,
+            "swiglu",
+            (&|g| g.get_or_alloc_mut(&y_ghost), n * f),
+            [
+                (&|g| g.get_or_alloc_mut(&g_ghost), n * f),
+                (&|g| g.get_or_alloc_mut(&u_ghost), n * f),
+            ],
+        )?;
+        let block = ROWS * f;
+        gg.par_chunks_mut(block)
+            .zip(gu.par_chunks_mut(block))
+            .enumerate()
+            .for_each(|(bi, (ggb, gub))| {
+                let lo = bi * block;
+                for (i, (dg, du)) in ggb.iter_mut().zip(gub).enumerate() {
+                    let (gv, uv, go) = (gh[lo + i], uh[lo + i], gy[lo + i]);
+                    let s = 1.0 / (1.0 + (-gv).exp());
+                    *du += go * (s * gv);
+                    // d(s·g)/dg = s + g·s·(1 − s)
+                    *dg += go * uv * (s + gv * s * (1.0 - s));
+                }
+            });
         Ok(())
     });
     y.put_tape(tape)
@@ -198,7 +166,7 @@ pub fn swiglu<T: Tape<f32, Cpu>>(gate: M<T>, up: M<T>) -> M<T> {
 
 /// Rotate-half RoPE over rows of one head each, `x·cos + rotate_half(x)·sin`,
 /// with `cos` and `sin` of `x`'s shape `(rows, head_dim)`.
-pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
+pub(super) fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     let shape = *x.shape();
     let (n, hd) = shape;
     assert!(
@@ -208,9 +176,9 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     let half = hd / 2;
     let x = x.reshape_like(&shape);
     let (x, mut tape) = x.split_tape();
-    let xh = host2(&x);
-    let ch = host2(&cos.clone().reshape_like(&shape));
-    let sh = host2(&sin.clone().reshape_like(&shape));
+    let xh = host(&x);
+    let ch = host(&cos.clone().reshape_like(&shape));
+    let sh = host(&sin.clone().reshape_like(&shape));
     let mut y = vec![0f32; n * hd];
     y.par_chunks_mut(ROWS * 8 * hd)
         .enumerate()
@@ -234,17 +202,12 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
     let (x_ghost, y_ghost) = (x.ghost(), y.ghost());
     drop(x);
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&x_ghost)?;
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), n * hd);
-        let gy = gy.as_ptr() as usize;
-        let gx = grads.get_or_alloc_mut(&x_ghost)?;
-        assert_eq!(gx.len(), n * hd);
-        // SAFETY: gx is n×hd and distinct from gy (x is not this op's output).
-        let gx = unsafe { std::slice::from_raw_parts_mut(gx.as_mut_ptr(), n * hd) };
-        // SAFETY: gy is n×hd, read only.
-        let gy = unsafe { std::slice::from_raw_parts(gy as *const f32, n * hd) };
+        let (gy, [gx]) = backward_buffers(
+            grads,
+            "rope",
+            (&|g| g.get_or_alloc_mut(&y_ghost), n * hd),
+            [(&|g| g.get_or_alloc_mut(&x_ghost), n * hd)],
+        )?;
         // dx = gy·cos + rotate_halfᵀ(gy·sin), rotate_halfᵀ(z)_k = z_{k+half} (k < half), −z_{k−half} otherwise.
         gx.par_chunks_mut(ROWS * 8 * hd)
             .enumerate()
@@ -266,17 +229,6 @@ pub fn rope<T: Tape<f32, Cpu>>(x: M<T>, cos: &M, sin: &M) -> M<T> {
         Ok(())
     });
     y.put_tape(tape)
-}
-
-/// Shapes of one attention call: `batch × seq` tokens, `heads` query heads
-/// sharing `kv_heads` key/value heads, `head_dim` wide.
-#[derive(Clone, Copy, Debug)]
-pub struct AttnDims {
-    pub batch: usize,
-    pub seq: usize,
-    pub heads: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
 }
 
 /// `dst (m×n) [+]= a (m×k) · b (k×n)` on this thread, all operands strided.
@@ -326,7 +278,13 @@ unsafe fn gemm1(
 /// `v: (batch*seq, kv_heads*head_dim)` → `(batch*seq, heads*head_dim)`.
 /// `mask` is the additive mask `(batch, seq, seq)` (0 or −1e9), added to the
 /// scaled scores before the softmax, as the dfdx composition does.
-pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask: &[f32]) -> M<T> {
+pub(super) fn attention<T: Tape<f32, Cpu>>(
+    q: M<T>,
+    k: M<T>,
+    v: M<T>,
+    a: AttnDims,
+    mask: &[f32],
+) -> M<T> {
     let AttnDims {
         batch: bs,
         seq: t,
@@ -354,7 +312,7 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
     let (k, tk) = k.split_tape();
     let (v, tv) = v.split_tape();
     let mut tape = tq.merge(tk).merge(tv);
-    let (qh, kh, vh) = (host2(&q), host2(&k), host2(&v));
+    let (qh, kh, vh) = (host(&q), host(&k), host(&v));
     // Probabilities (batch, heads, seq, seq), kept for the backward.
     let mut p = vec![0f32; bs * nh * t * t];
     let mut out = vec![0f32; n * nh * hd];
@@ -405,6 +363,7 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
                         *x *= inv;
                     }
                 }
+                // SAFETY: as above.
                 unsafe {
                     gemm1(
                         t,
@@ -427,30 +386,25 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
     let (q_ghost, k_ghost, v_ghost, y_ghost) = (q.ghost(), k.ghost(), v.ghost(), y.ghost());
     drop((q, k, v));
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&q_ghost)?;
-        grads.try_alloc_for(&k_ghost)?;
-        grads.try_alloc_for(&v_ghost)?;
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), n * nh * hd);
-        let gy = gy.as_ptr() as usize;
-        let gq = grads.get_or_alloc_mut(&q_ghost)?;
-        assert_eq!(gq.len(), n * nh * hd);
-        let gq = SendPtr(gq.as_mut_ptr());
-        let gk = grads.get_or_alloc_mut(&k_ghost)?;
-        assert_eq!(gk.len(), n * nkv * hd);
-        let gk = SendPtr(gk.as_mut_ptr());
-        let gv = grads.get_or_alloc_mut(&v_ghost)?;
-        assert_eq!(gv.len(), n * nkv * hd);
-        let gv = SendPtr(gv.as_mut_ptr());
-        assert!(
-            gq.0 != gk.0 && gk.0 != gv.0 && gq.0 != gv.0,
-            "attention: inputs share a gradient buffer"
+        let (gy, [gq, gk, gv]) = backward_buffers(
+            grads,
+            "attention",
+            (&|g| g.get_or_alloc_mut(&y_ghost), n * nh * hd),
+            [
+                (&|g| g.get_or_alloc_mut(&q_ghost), n * nh * hd),
+                (&|g| g.get_or_alloc_mut(&k_ghost), n * nkv * hd),
+                (&|g| g.get_or_alloc_mut(&v_ghost), n * nkv * hd),
+            ],
+        )?;
+        let (gq, gk, gv) = (
+            SendPtr(gq.as_mut_ptr()),
+            SendPtr(gk.as_mut_ptr()),
+            SendPtr(gv.as_mut_ptr()),
         );
         (0..bs * nkv).into_par_iter().for_each_init(
             || vec![0f32; t * t],
             |ds, task| {
-                let gy = gy as *const f32;
+                let gy = gy.as_ptr();
                 let (b, j) = (task / nkv, task % nkv);
                 for gi in 0..g {
                     let h = j * g + gi;
@@ -534,7 +488,11 @@ pub fn attention<T: Tape<f32, Cpu>>(q: M<T>, k: M<T>, v: M<T>, a: AttnDims, mask
 }
 
 /// `log_softmax(logits·scale)[i, targets[i]]` for each row `i`.
-pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale: f32) -> V<T> {
+pub(super) fn target_logprobs<T: Tape<f32, Cpu>>(
+    logits: M<T>,
+    targets: &[usize],
+    scale: f32,
+) -> V<T> {
     let (n, vocab) = *logits.shape();
     assert_eq!(
         targets.len(),
@@ -548,7 +506,7 @@ pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale
     );
     let logits = logits.reshape_like(&(n, vocab));
     let (l, mut tape) = logits.split_tape();
-    let lh = host2(&l);
+    let lh = host(&l);
     let targets = targets.to_vec();
     // Per row: log-sum-exp of the scaled logits, and the target's log-prob.
     let scaled = move |v: f32| if scale == 1.0 { v } else { v * scale };
@@ -574,13 +532,12 @@ pub fn target_logprobs<T: Tape<f32, Cpu>>(logits: M<T>, targets: &[usize], scale
     let (l_ghost, y_ghost) = (l.ghost(), y.ghost());
     drop(l);
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&l_ghost)?;
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), n);
-        let gy: Vec<f32> = gy.to_vec();
-        let gl = grads.get_or_alloc_mut(&l_ghost)?;
-        assert_eq!(gl.len(), n * vocab);
+        let (gy, [gl]) = backward_buffers(
+            grads,
+            "target_logprobs",
+            (&|g| g.get_or_alloc_mut(&y_ghost), n),
+            [(&|g| g.get_or_alloc_mut(&l_ghost), n * vocab)],
+        )?;
         // d/dx_j (x_t − lse) = δ_jt − softmax_j, then through the scale.
         gl.par_chunks_mut(vocab)
             .enumerate()
@@ -604,18 +561,11 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
-        dev.tensor_from_vec(
-            (0..r * c).map(|_| rng.gen_range(-2.0f32..2.0)).collect(),
-            (r, c),
-        )
+        crate::test_support::rand_mat(dev, rng, r, c, 2.0)
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let tol = 1e-5 * (1.0 + x.abs().max(y.abs()));
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
-        }
+        crate::test_support::assert_close(a, b, 1e-5, what)
     }
 
     type Tp = OwnedTape<f32, Cpu>;

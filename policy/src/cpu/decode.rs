@@ -1,29 +1,16 @@
 //! Batched KV-cache decoding on the CPU outside dfdx: a snapshot of the
 //! weights in host buffers, a preallocated KV cache written in place, and
-//! the Llama forward as plain loops around `gemm` (see [`crate::cpu_linear`]).
+//! the Llama forward as plain loops around `gemm` (see [`xwt`]).
 //!
 //! It computes what [`Llama::hidden`] + [`Llama::logits`] compute with a
 //! [`crate::model::KvCache`] (same formulas, same order of the elementwise
 //! operations), for inference only; `generate` uses it on the CPU, where
 //! dfdx's per-op overhead, transposed weight packing and growing the cache by
 //! concatenation dominated small decoding steps.
-use crate::cpu_linear::xwt;
-use crate::model::{Dev, Llama, T1, T2};
+use super::{host, mean_square, xwt};
+use crate::model::{Dev, Llama, T2};
 use dfdx::prelude::*;
 use rayon::prelude::*;
-
-fn host1<D: Dev>(t: &T1<D>) -> Vec<f32> {
-    let mut v = vec![0f32; t.shape().0];
-    t.copy_into(&mut v);
-    v
-}
-
-fn host2<D: Dev>(t: &T2<D>) -> Vec<f32> {
-    let (r, c) = *t.shape();
-    let mut v = vec![0f32; r * c];
-    t.copy_into(&mut v);
-    v
-}
 
 struct HostLayer {
     ln1: Vec<f32>,
@@ -57,7 +44,7 @@ impl HostModel {
     pub(crate) fn new<D: Dev>(m: &Llama<D>) -> Self {
         let cfg = &m.cfg;
         // Contiguous copies (the model's tensors are contiguous; reshaping is free then).
-        let mat = |t: &T2<D>| host2(&t.clone().reshape_like(t.shape()));
+        let mat = |t: &T2<D>| host(&t.clone().reshape_like(t.shape()));
         HostModel {
             d: cfg.hidden_size,
             f: cfg.intermediate_size,
@@ -72,15 +59,15 @@ impl HostModel {
                 .layers
                 .iter()
                 .map(|l| HostLayer {
-                    ln1: host1(&l.input_layernorm),
+                    ln1: host(&l.input_layernorm),
                     wqkv: [mat(&l.q_proj), mat(&l.k_proj), mat(&l.v_proj)].concat(),
                     wo: mat(&l.o_proj),
-                    ln2: host1(&l.post_attention_layernorm),
+                    ln2: host(&l.post_attention_layernorm),
                     wgu: [mat(&l.gate_proj), mat(&l.up_proj)].concat(),
                     wd: mat(&l.down_proj),
                 })
                 .collect(),
-            norm: host1(&m.norm),
+            norm: host(&m.norm),
             head: m.lm_head.as_ref().map(mat),
         }
     }
@@ -136,7 +123,7 @@ impl HostKv {
 fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
     let d = w.len();
     for (xr, or) in x.chunks_exact(d).zip(out.chunks_exact_mut(d)) {
-        let inv = (crate::cpu_ops::mean_square(xr) + eps).sqrt().recip();
+        let inv = (mean_square(xr) + eps).sqrt().recip();
         for ((o, &xv), &wv) in or.iter_mut().zip(xr).zip(w) {
             *o = xv * inv * wv;
         }
@@ -375,17 +362,19 @@ impl HostModel {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::LlamaConfig;
+    use crate::test_support::tiny_llama;
 
     #[test]
     fn a_cache_that_grows_gives_the_same_logits() {
-        let cfg = LlamaConfig::from_json(&serde_json::json!({
-            "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
-            "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
-            "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true
-        }))
-        .unwrap();
-        let model = Llama::random(cfg, &Cpu::default(), 1, 0.3).unwrap();
+        let model = tiny_llama(
+            serde_json::json!({
+                "hidden_size": 32, "intermediate_size": 48, "num_hidden_layers": 2,
+                "num_attention_heads": 4, "num_key_value_heads": 2, "vocab_size": 50,
+                "rms_norm_eps": 1e-5, "rope_theta": 10000.0, "tie_word_embeddings": true
+            }),
+            1,
+            0.3,
+        );
         let m = HostModel::new(&model);
         let run = |cap: usize| {
             let mut kv = HostKv::new(&m, 2, cap);

@@ -2,14 +2,13 @@
 //! forward and backward on the `gemm` crate's AVX-512 kernels (dfdx 0.13's
 //! own CPU matmul pins `gemm` 0.15, whose AVX-512 kernels need nightly Rust).
 //!
-//! The op records its backward closure on dfdx's tape like dfdx's own ops do.
-//! dfdx 0.13 exposes no borrow of a tensor's buffer, so the inputs are copied
-//! out once (a memcpy, small next to the product); gradients are read and
-//! accumulated in place through `Gradients::get_or_alloc_mut`.
+//! The inputs are copied out once (a memcpy, small next to the product).
+use super::{backward_buffers, host};
+use crate::model::T2;
 use dfdx::prelude::*;
 use rayon::prelude::*;
 
-type M<T = NoneTape> = Tensor<(usize, usize), f32, Cpu, T>;
+type M<T = NoneTape> = T2<Cpu, T>;
 
 /// A row-major or strided matrix operand: pointer, row stride, column stride.
 #[derive(Clone, Copy)]
@@ -93,8 +92,6 @@ pub(crate) fn xwt(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize, y: 
     } else {
         out
     };
-    let wp = wo.ptr as usize;
-    let xp = xo.ptr as usize;
     yt.par_chunks_mut(cols * rows)
         .enumerate()
         .for_each(|(i, block)| {
@@ -111,10 +108,10 @@ pub(crate) fn xwt(x: &[f32], rows: usize, inp: usize, w: &[f32], out: usize, y: 
                     rows as isize,
                     1,
                     false,
-                    xp as *const f32,
+                    x.as_ptr(),
                     xo.cs,
                     xo.rs,
-                    (wp as *const f32).add(c0 * inp),
+                    w.as_ptr().add(c0 * inp),
                     wo.cs,
                     wo.rs,
                     1.0,
@@ -142,16 +139,8 @@ fn parallelism() -> gemm::Parallelism {
     }
 }
 
-/// The physical data of a contiguous tensor, copied out.
-fn host<T>(t: &M<T>) -> Vec<f32> {
-    let (r, c) = *t.shape();
-    let mut v = vec![0f32; r * c];
-    t.copy_into(&mut v);
-    v
-}
-
 /// `x·Wᵀ` for `x: (rows, in)` and `w: (out, in)`, with a backward on `x`'s tape.
-pub fn linear<T: Tape<f32, Cpu>>(x: M<T>, w: &M) -> M<T> {
+pub(super) fn linear<T: Tape<f32, Cpu>>(x: M<T>, w: &M) -> M<T> {
     let (rows, inp) = *x.shape();
     let (out, w_in) = *w.shape();
     assert_eq!(
@@ -191,24 +180,20 @@ pub fn linear<T: Tape<f32, Cpu>>(x: M<T>, w: &M) -> M<T> {
     let (x_ghost, w_ghost, y_ghost) = (x.ghost(), w.ghost(), y.ghost());
     drop(x);
     tape.add_backward_op(move |grads| {
-        grads.try_alloc_for(&y_ghost)?;
-        grads.try_alloc_for(&x_ghost)?;
-        grads.try_alloc_for(&w_ghost)?;
-        // All three buffers exist now, so the lookups below do not change the
-        // map, and each pointer stays valid: they are three distinct heap
-        // buffers (y is this op's fresh output; x and w are distinct tensors).
-        let gy = grads.get_or_alloc_mut(&y_ghost)?;
-        assert_eq!(gy.len(), rows * out);
-        let gy = gy.as_ptr();
-        let gx = grads.get_or_alloc_mut(&x_ghost)?;
-        assert_eq!(gx.len(), rows * inp);
-        let gx = gx.as_mut_ptr();
-        let gw = grads.get_or_alloc_mut(&w_ghost)?;
-        assert_eq!(gw.len(), out * inp);
-        let gw = gw.as_mut_ptr();
-        assert!(gx != gw, "linear: input and weight share a gradient buffer");
+        let (gy, [gx, gw]) = backward_buffers(
+            grads,
+            "linear",
+            (&|g| g.get_or_alloc_mut(&y_ghost), rows * out),
+            [
+                (&|g| g.get_or_alloc_mut(&x_ghost), rows * inp),
+                (&|g| g.get_or_alloc_mut(&w_ghost), out * inp),
+            ],
+        )?;
         let wh = host(&w);
-        // SAFETY: extents as asserted above; gx and gw are distinct from gy, xh, wh.
+        let (gy, gx, gw) = (gy.as_ptr(), gx.as_mut_ptr(), gw.as_mut_ptr());
+        // SAFETY: the buffers have the extents given (checked by
+        // backward_buffers, and xh, wh are copies of x, w); gx and gw are
+        // distinct from each other and from gy, xh, wh.
         unsafe {
             // dx (rows×in) += dy (rows×out) · W (out×in)
             gemm_raw(
@@ -260,18 +245,11 @@ mod tests {
     use rand::{rngs::StdRng, Rng, SeedableRng};
 
     fn rand_mat(dev: &Cpu, rng: &mut StdRng, r: usize, c: usize) -> M {
-        dev.tensor_from_vec(
-            (0..r * c).map(|_| rng.gen_range(-1.0f32..1.0)).collect(),
-            (r, c),
-        )
+        crate::test_support::rand_mat(dev, rng, r, c, 1.0)
     }
 
     fn assert_close(a: &[f32], b: &[f32], what: &str) {
-        assert_eq!(a.len(), b.len(), "{what}: lengths");
-        for (i, (x, y)) in a.iter().zip(b).enumerate() {
-            let tol = 1e-4 * (1.0 + x.abs().max(y.abs()));
-            assert!((x - y).abs() <= tol, "{what}[{i}]: {x} vs {y}");
-        }
+        crate::test_support::assert_close(a, b, 1e-4, what)
     }
 
     #[test]
