@@ -5,8 +5,8 @@ use crate::checkpoint::{save_model, Checkpoint};
 use crate::config::{DType, LlamaConfig};
 use crate::generate::{generate, SamplingConfig};
 // Callers outside the crate reach these through `policy::cli`.
-pub use crate::device::{DeviceKind, OnDevice};
-pub use crate::generate::stop_tokens;
+use crate::device::{DeviceKind, OnDevice};
+use crate::generate::stop_tokens;
 use crate::model::{Dev, Llama};
 use crate::tokenizer::Tokenizer;
 use anyhow::{bail, Context, Result};

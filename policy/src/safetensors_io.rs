@@ -3,7 +3,7 @@
 //! memory.
 use crate::config::DType;
 // Callers outside the crate reach these through `policy::safetensors_io`.
-pub use crate::fs_atomic::{write_dir_atomic, write_file_synced};
+use crate::fs_atomic::write_file_synced;
 use anyhow::{bail, Context, Result};
 use safetensors::{tensor::TensorView, Dtype as StDtype, SafeTensors};
 use serde_json::{json, Value};

@@ -6,7 +6,7 @@ use crate::model::RewardModel;
 use crate::train::{evaluate, load_checkpoint, metrics_path, split_held_out, train, TrainConfig};
 use anyhow::{bail, Context, Result};
 use clap::{Args, Subcommand};
-use policy::cli::{DeviceKind, OnDevice};
+use policy::device::{DeviceKind, OnDevice};
 use policy::model::Dev;
 use policy::train_loop::LoopArgs;
 use serde_json::{json, Value};

@@ -6,10 +6,9 @@ use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use policy::checkpoint::read_tokenizer_files;
 use policy::config::{DType, LlamaConfig};
+use policy::fs_atomic::{write_dir_atomic, write_file_synced};
 use policy::model::{Batch, Dev, Llama, ParamMut, ParamRef, T1, T2};
-use policy::safetensors_io::{
-    read_dir_tensors, write_dir_atomic, write_file_synced, write_tensors, HostTensor,
-};
+use policy::safetensors_io::{read_dir_tensors, write_tensors, HostTensor};
 use policy::train::HasParams;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};

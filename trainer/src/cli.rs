@@ -13,7 +13,7 @@ use crate::ppo::PpoConfig;
 use crate::ppo_math::{KlController, KlEstimator};
 use anyhow::{bail, Result};
 use clap::Args;
-use policy::cli::{DeviceKind, OnDevice};
+use policy::device::{DeviceKind, OnDevice};
 use policy::model::Dev;
 use policy::train_loop::LoopConfig;
 use reward_model::data::Aggregation;

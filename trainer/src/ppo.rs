@@ -26,9 +26,9 @@ use crate::reward::{Reward, Scored};
 use anyhow::{bail, Context, Result};
 use dfdx::prelude::*;
 use policy::config::DType;
+use policy::fs_atomic::write_dir_atomic;
 use policy::generate::{generate, FinishReason, SamplingConfig};
 use policy::model::{Batch, Dev, Llama, T1, T2};
-use policy::safetensors_io::write_dir_atomic;
 use policy::tokenizer::Tokenizer;
 use policy::train::{AdamW, ParamTensors};
 use policy::train_loop::{

@@ -5,7 +5,7 @@ use crate::data::read_prompts;
 use crate::policy_io::{load_policy, PolicyFiles};
 use crate::ppo::{self, PpoConfig, PpoModels};
 use anyhow::Result;
-use policy::cli::stop_tokens;
+use policy::generate::stop_tokens;
 use policy::model::Dev;
 use policy::tokenizer::Tokenizer;
 use policy::train_loop::{self, install_interrupt_handler};

@@ -7,7 +7,7 @@ use crate::policy_io::PolicyFiles;
 use crate::rs::{self, RsConfig};
 use crate::sft::SftStage;
 use anyhow::{bail, Result};
-use policy::cli::stop_tokens;
+use policy::generate::stop_tokens;
 use policy::generate::SamplingConfig;
 use policy::model::Dev;
 use policy::train_loop::LoopConfig;
@@ -127,7 +127,7 @@ pub fn run<D: Dev>(job: &RsJob, dev: &D) -> Result<Outcome> {
         let report = rs::report(&samples, &kept, prompts.len(), &cfg);
         rs::write_samples(&samples_path, &samples)?;
         rs::write_samples(&best_path, &kept)?;
-        policy::safetensors_io::write_file_synced(
+        policy::fs_atomic::write_file_synced(
             &report_path,
             serde_json::to_string_pretty(&report)?.as_bytes(),
         )?;

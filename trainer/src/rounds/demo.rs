@@ -19,8 +19,9 @@ use annotation_server::api::NewRound;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
-use policy::cli::{init, stop_tokens, InitArgs, Preset};
+use policy::cli::{init, InitArgs, Preset};
 use policy::config::DType;
+use policy::generate::stop_tokens;
 use policy::train_loop::{self, LoopConfig, ScheduleKind};
 use serde_json::{json, Value};
 use std::io::Write;
@@ -438,7 +439,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             Ok(())
     })?;
     let report: Value = json!({"task": t.name(), "recipe": a.recipe.as_str(), "server": url, "seconds": t_all.elapsed().as_secs_f64(), "rounds": rows});
-    policy::safetensors_io::write_file_synced(
+    policy::fs_atomic::write_file_synced(
         &out.join("report.json"),
         serde_json::to_string_pretty(&report)?.as_bytes(),
     )?;

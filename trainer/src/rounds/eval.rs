@@ -15,7 +15,8 @@ use crate::reward::{Reward, Scored};
 use anyhow::{bail, Result};
 use clap::Args;
 use policy::checkpoint::Checkpoint;
-use policy::cli::{stop_tokens, DeviceKind, OnDevice};
+use policy::device::{DeviceKind, OnDevice};
+use policy::generate::stop_tokens;
 use policy::generate::{generate, Generation, SamplingConfig};
 use policy::model::{Dev, Llama};
 use policy::tokenizer::Tokenizer;
@@ -292,7 +293,7 @@ fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
     let r = evaluate(&ck.model, &prompts, &setup)?;
     let text = serde_json::to_string_pretty(&r)?;
     if let Some(p) = &a.output {
-        policy::safetensors_io::write_file_synced(p, text.as_bytes())?;
+        policy::fs_atomic::write_file_synced(p, text.as_bytes())?;
     }
     println!("{text}");
     Ok(())

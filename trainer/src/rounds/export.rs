@@ -119,9 +119,9 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     let ck =
         Checkpoint::load(&dir, &dev).with_context(|| format!("cannot load {}", dir.display()))?;
     let files = PolicyFiles::of(&ck);
-    policy::safetensors_io::write_dir_atomic(&a.out, |tmp| {
+    policy::fs_atomic::write_dir_atomic(&a.out, |tmp| {
         files.write_into(&ck.model, tmp, a.dtype)?;
-        policy::safetensors_io::write_file_synced(&tmp.join("README.md"), card.as_bytes())
+        policy::fs_atomic::write_file_synced(&tmp.join("README.md"), card.as_bytes())
     })
     .with_context(|| format!("cannot write {}", a.out.display()))?;
     eprintln!(

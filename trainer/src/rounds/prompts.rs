@@ -114,7 +114,7 @@ pub fn write_pairs(path: &Path, pairs: &[Pair]) -> Result<()> {
         .iter()
         .map(|p| format!("{}\n", json!({"prompt": content_json(&p.prompt), "chosen": content_json(&p.chosen), "rejected": content_json(&p.rejected)})))
         .collect();
-    policy::safetensors_io::write_file_synced(path, text.as_bytes())
+    policy::fs_atomic::write_file_synced(path, text.as_bytes())
 }
 
 /// Writes the round's prompts as the stages read them (JSONL).
@@ -132,7 +132,7 @@ pub fn write_prompts(
             )
         })
         .collect();
-    policy::safetensors_io::write_file_synced(path, text.as_bytes())
+    policy::fs_atomic::write_file_synced(path, text.as_bytes())
 }
 
 /// The held-out prompts of a task (disjoint from the training pool by seed).

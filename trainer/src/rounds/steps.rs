@@ -23,7 +23,7 @@ use annotation_server::api::client::Client;
 use annotation_server::api::{CreateComparisons, ExportQuery, NewComparison, NewResponse, Round};
 use anyhow::{bail, Context, Result};
 use policy::checkpoint::Checkpoint;
-use policy::cli::stop_tokens;
+use policy::generate::stop_tokens;
 use policy::generate::{generate, SamplingConfig};
 use policy::model::Dev;
 use policy::tokenizer::Tokenizer;
@@ -444,10 +444,7 @@ fn write_plots(client: &Client, cfg: &RoundConfig) -> Result<()> {
     let dir = cfg.workdir.join("plots");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for (stem, svg) in annotation_server::plots::all_plots(&rounds) {
-        policy::safetensors_io::write_file_synced(
-            &dir.join(format!("{stem}.svg")),
-            svg.as_bytes(),
-        )?;
+        policy::fs_atomic::write_file_synced(&dir.join(format!("{stem}.svg")), svg.as_bytes())?;
     }
     Ok(())
 }

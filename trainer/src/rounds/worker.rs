@@ -8,7 +8,7 @@ use super::series::absolute;
 use annotation_server::api::{Round, RoundClaim};
 use anyhow::{Context, Result};
 use clap::Args;
-use policy::cli::{DeviceKind, OnDevice};
+use policy::device::{DeviceKind, OnDevice};
 use policy::model::Dev;
 use std::path::PathBuf;
 use std::time::Duration;
