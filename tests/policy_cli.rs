@@ -1,56 +1,16 @@
 //! `rlhf policy …` end to end through the real binary.
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Command, Output};
 
-fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
-        .output()
-        .expect("run rlhf")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = rlhf(args);
-    assert!(
-        o.status.success(),
-        "rlhf {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8(o.stdout).unwrap()
-}
-
-fn err(args: &[&str]) -> String {
-    let o = rlhf(args);
-    assert!(!o.status.success(), "rlhf {args:?} should fail");
-    let e = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!e.contains("panicked"), "rlhf {args:?} panicked:\n{e}");
-    e
-}
+mod common;
+use common::{err, ok};
 
 fn init(dir: &Path) -> String {
     let out = dir.join("tiny");
     let s = out.to_str().unwrap().to_string();
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &s,
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--vocab-size",
-        "300",
-        "--seed",
-        "5",
-    ]);
+    let mut extra = common::GQA_2_LAYERS.to_vec();
+    extra.extend(["--vocab-size", "300", "--seed", "5"]);
+    ok(&common::tiny_init(&s, &extra));
     s
 }
 

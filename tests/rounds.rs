@@ -5,26 +5,11 @@
 //! labels; the exported model loads and generates.
 use serde_json::Value;
 use std::path::Path;
-use std::process::{Child, Command, Output};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
-fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
-        .output()
-        .expect("run rlhf")
-}
-
-fn ok(args: &[&str]) -> String {
-    let o = rlhf(args);
-    assert!(
-        o.status.success(),
-        "rlhf {args:?} failed:\n{}\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).to_string()
-}
+mod common;
+use common::{ok, spawn, wait_until, KillOnDrop};
 
 fn demo(out: &Path, recipe: &str) -> Value {
     let o = out.to_str().unwrap();
@@ -114,25 +99,6 @@ fn demo_round_with_rs_then_dpo_raises_the_gold_reward() {
     check_recipe("rs+dpo");
 }
 
-/// A child process that is killed when this goes out of scope.
-struct KillOnDrop(Child);
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn spawn(args: &[&str], env: &[(&str, &str)], log: &Path) -> Child {
-    let f = std::fs::File::create(log).unwrap();
-    let mut c = Command::new(env!("CARGO_BIN_EXE_rlhf"));
-    c.args(args).stdout(f.try_clone().unwrap()).stderr(f);
-    for (k, v) in env {
-        c.env(k, v);
-    }
-    c.spawn().unwrap()
-}
-
 /// Two simulated labelers of the review task that label whatever appears.
 fn spawn_bots(url: &str, token: &str, dir: &Path) -> KillOnDrop {
     KillOnDrop(spawn(
@@ -143,17 +109,6 @@ fn spawn_bots(url: &str, token: &str, dir: &Path) -> KillOnDrop {
         &[],
         &dir.join("bots.log"),
     ))
-}
-
-fn wait_until(what: &str, secs: u64, mut f: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !f() {
-        assert!(
-            t0.elapsed() < Duration::from_secs(secs),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
 }
 
 /// A server with an admin token, stopped when dropped.
@@ -222,24 +177,9 @@ fn curl(s: &TestServer, args: &[&str]) -> Value {
 
 /// A tiny random policy (GQA, 2 layers) at `out`.
 fn tiny_policy(out: &str) {
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        out,
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--vocab-size",
-        "300",
-    ]);
+    let mut extra = common::GQA_2_LAYERS.to_vec();
+    extra.extend(["--vocab-size", "300"]);
+    ok(&common::tiny_init(out, &extra));
 }
 
 #[test]

@@ -3,54 +3,14 @@
 //! gives clear errors.
 use serde_json::{json, Value};
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Command;
 
-fn rlhf(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_rlhf"))
-        .args(args)
-        .output()
-        .expect("run rlhf")
-}
+mod common;
+use common::{err, rlhf, tiny_init};
 
-fn ok(args: &[&str]) -> String {
-    let o = rlhf(args);
-    assert!(
-        o.status.success(),
-        "rlhf {args:?} failed:\n{}",
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stderr).to_string()
-}
-
-fn err(args: &[&str]) -> String {
-    let o = rlhf(args);
-    assert!(!o.status.success(), "rlhf {args:?} should fail");
-    let e = String::from_utf8_lossy(&o.stderr).to_string();
-    assert!(!e.contains("panicked"), "rlhf {args:?} panicked:\n{e}");
-    e
-}
-
-/// `rlhf policy init` of a 1-layer model with hidden size 16 at `out`.
-fn tiny_init<'a>(out: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let base = [
-        "policy",
-        "init",
-        "--out",
-        out,
-        "--hidden-size",
-        "16",
-        "--intermediate-size",
-        "32",
-        "--layers",
-        "1",
-        "--heads",
-        "2",
-        "--kv-heads",
-        "1",
-        "--vocab-size",
-        "280",
-    ];
-    [&base[..], extra].concat()
+/// Runs `rlhf ARGS`, which must succeed; its stderr (where the stages report).
+fn ok<S: AsRef<str> + std::fmt::Debug>(args: &[S]) -> String {
+    String::from_utf8_lossy(&common::run_ok(args).stderr).to_string()
 }
 
 fn write_jsonl(path: &Path, lines: &[Value]) -> String {
@@ -453,8 +413,9 @@ fn out_never_destroys_what_is_there() {
     let mine = d("mine");
     std::fs::create_dir(&mine).unwrap();
     std::fs::write(format!("{mine}/thesis.tex"), "years of work").unwrap();
+    let init = tiny_init(&mine, &[]);
     for args in [
-        tiny_init(&mine, &[]),
+        init.iter().map(String::as_str).collect(),
         vec!["policy", "convert", "--model", &model, "--out", &mine],
         vec![
             "sft", "--policy", &model, "--data", &data, "--out", &mine, "--quiet",
