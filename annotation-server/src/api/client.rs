@@ -300,4 +300,46 @@ impl Client {
     pub fn prompts(&self, after_id: i64, limit: u32) -> anyhow::Result<Vec<Prompt>> {
         self.get(&format!("/api/prompts?after_id={after_id}&limit={limit}"))
     }
+
+    /// Whether the server answers its health check.
+    pub fn healthy(&self) -> bool {
+        self.http
+            .get(self.url("/healthz"))
+            .timeout(std::time::Duration::from_secs(5))
+            .send()
+            .is_ok_and(|r| r.status().is_success())
+    }
+
+    /// Every account (admin only).
+    pub fn users(&self) -> anyhow::Result<Vec<UserInfo>> {
+        self.get("/api/users")
+    }
+
+    /// Creates an account (admin only); `false` when the name is taken.
+    pub fn create_user(&self, req: &NewUser) -> anyhow::Result<bool> {
+        let resp = self
+            .http
+            .post(self.url("/api/users"))
+            .bearer_auth(&self.token)
+            .json(req)
+            .send()
+            .context("POST /api/users")?;
+        if resp.status() == reqwest::StatusCode::CONFLICT {
+            return Ok(false);
+        }
+        Self::check(resp)?;
+        Ok(true)
+    }
+
+    /// A new API token for `username` (admin only; the secret is shown once).
+    pub fn create_token(&self, username: &str, req: &NewToken) -> anyhow::Result<TokenCreated> {
+        self.post(&format!("/api/users/{username}/tokens"), req)
+    }
+}
+
+/// Whether an error of this client came from the transport (no connection,
+/// a timeout, a cut body) rather than from the server's answer.
+pub fn is_transport(e: &anyhow::Error) -> bool {
+    e.chain()
+        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
 }

@@ -111,15 +111,9 @@ fn start_server(out: &Path, bind: &str, password: &str) -> Result<(ServerProcess
     let t0 = Instant::now();
     // ready when it answers: `serve` binds its port before it sets up the
     // database and the admin account
-    let http = reqwest::blocking::Client::builder()
-        .timeout(Duration::from_secs(5))
-        .build()?;
+    let probe = Client::new(&url, "")?;
     loop {
-        if http
-            .get(format!("{url}/healthz"))
-            .send()
-            .is_ok_and(|r| r.status().is_success())
-        {
+        if probe.healthy() {
             break;
         }
         if t0.elapsed() > Duration::from_secs(30) {

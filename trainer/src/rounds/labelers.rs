@@ -20,10 +20,8 @@
 //! comparison id)`, so runs are reproducible whatever order the server hands
 //! tasks out in.
 use super::tasks::Task;
-use annotation_server::api::client::Client;
-use annotation_server::api::{
-    ErrorBody, NewToken, NewUser, Role, Strength, SubmitLabel, TokenCreated, UserInfo,
-};
+use annotation_server::api::client::{is_transport, Client};
+use annotation_server::api::{NewToken, NewUser, Role, Strength, SubmitLabel};
 use anyhow::{bail, Context, Result};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -242,15 +240,6 @@ pub fn judgment_seed(seed: u64, bot: usize, comparison_id: i64) -> u64 {
 // ---------------------------------------------------------------------------
 // accounts
 
-fn http_error(resp: reqwest::blocking::Response) -> anyhow::Error {
-    let status = resp.status();
-    let text = resp.text().unwrap_or_default();
-    match serde_json::from_str::<ErrorBody>(&text) {
-        Ok(e) => anyhow::anyhow!("{} {}: {}", status.as_u16(), e.error, e.message),
-        Err(_) => anyhow::anyhow!("{status}: {text}"),
-    }
-}
-
 /// The bots' user names: `sim-bot-0`, `sim-bot-1`, ...
 pub fn bot_name(i: usize) -> String {
     format!("sim-bot-{i}")
@@ -261,22 +250,22 @@ pub fn bot_name(i: usize) -> String {
 /// creates new tokens (the old ones stay valid); a disabled bot account is an
 /// error.
 pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(String, String)>> {
+    let client = Client::new(server, admin_token)?;
     let base = server.trim_end_matches('/');
-    let http = reqwest::blocking::Client::builder()
-        .connect_timeout(Duration::from_secs(10))
-        .timeout(Duration::from_secs(60))
-        .build()?;
-    let unreachable = || format!("cannot reach the annotation server at {base}");
-    let resp = http
-        .get(format!("{base}/api/users"))
-        .bearer_auth(admin_token)
-        .send()
-        .with_context(unreachable)?;
-    if !resp.status().is_success() {
-        return Err(http_error(resp))
-            .context("listing users to create bot accounts (this needs an admin token)");
-    }
-    let users: Vec<UserInfo> = resp.json().context("reading the user list")?;
+    // an unreachable server and a refused call each get their own explanation
+    let explain = |e: anyhow::Error, what: &str| {
+        if is_transport(&e) {
+            e.context(format!("cannot reach the annotation server at {base}"))
+        } else {
+            e.context(what.to_string())
+        }
+    };
+    let users = client.users().map_err(|e| {
+        explain(
+            e,
+            "listing users to create bot accounts (this needs an admin token)",
+        )
+    })?;
     let mut out = Vec::with_capacity(n);
     for i in 0..n {
         let username = bot_name(i);
@@ -291,33 +280,21 @@ pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(Str
                     password: format!("{:032x}", rand::random::<u128>()),
                     role: Role::Labeler,
                 };
-                let resp = http
-                    .post(format!("{base}/api/users"))
-                    .bearer_auth(admin_token)
-                    .json(&body)
-                    .send()
-                    .with_context(unreachable)?;
-                // 409: created concurrently by another run; reuse it
-                if !resp.status().is_success() && resp.status() != reqwest::StatusCode::CONFLICT {
-                    return Err(http_error(resp))
-                        .with_context(|| format!("creating the bot account {username}"));
-                }
+                // taken meanwhile: created concurrently by another run; reuse it
+                client
+                    .create_user(&body)
+                    .map_err(|e| explain(e, &format!("creating the bot account {username}")))?;
             }
         }
-        let resp = http
-            .post(format!("{base}/api/users/{username}/tokens"))
-            .bearer_auth(admin_token)
-            .json(&NewToken {
-                name: Some("rlhf label simulate".into()),
-                ..Default::default()
-            })
-            .send()
-            .with_context(unreachable)?;
-        if !resp.status().is_success() {
-            return Err(http_error(resp))
-                .with_context(|| format!("creating a token for {username}"));
-        }
-        let created: TokenCreated = resp.json().context("reading the new token")?;
+        let created = client
+            .create_token(
+                &username,
+                &NewToken {
+                    name: Some("rlhf label simulate".into()),
+                    ..Default::default()
+                },
+            )
+            .map_err(|e| explain(e, &format!("creating a token for {username}")))?;
         out.push((username, created.token));
     }
     Ok(out)
@@ -325,12 +302,6 @@ pub fn ensure_bots(server: &str, admin_token: &str, n: usize) -> Result<Vec<(Str
 
 // ---------------------------------------------------------------------------
 // labeling
-
-/// Whether an error came from the transport (connection, timeout, body) rather than an HTTP status.
-fn is_transport(e: &anyhow::Error) -> bool {
-    e.chain()
-        .any(|c| c.downcast_ref::<reqwest::Error>().is_some())
-}
 
 /// The text the gold reward judges: the last user message (else the last message).
 fn prompt_text(task: &annotation_server::api::Task) -> String {
