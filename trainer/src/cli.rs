@@ -243,16 +243,16 @@ pub struct PpoArgs {
     /// Peak learning rate of the value model [the policy's --lr].
     #[arg(long)]
     pub vf_lr: Option<f32>,
-    /// Passes over each iteration's episodes [preset].
+    /// Passes over each iteration's episodes (default: the preset's).
     #[arg(long)]
     pub ppo_epochs: Option<usize>,
-    /// Minibatches per pass (one optimizer step each) [preset].
+    /// Minibatches per pass (one optimizer step each) (default: the preset's).
     #[arg(long)]
     pub mini_batches: Option<usize>,
     /// Sampling temperature; log-probs use it too [preset: trl 0.7, llama2 1.0].
     #[arg(long)]
     pub temperature: Option<f32>,
-    /// Response length limit [preset].
+    /// Response length limit (default: the preset's).
     #[arg(long)]
     pub max_new_tokens: Option<usize>,
     #[command(flatten)]
