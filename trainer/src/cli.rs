@@ -395,3 +395,71 @@ pub fn run_dpo(a: DpoArgs) -> Result<()> {
 pub fn run_ppo(a: PpoArgs) -> Result<()> {
     a.run.device.dispatch(a)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    enum Cmd {
+        Sft(SftArgs),
+        Rs(RsArgs),
+        Dpo(DpoArgs),
+    }
+
+    fn parse(args: &[&str]) -> Cmd {
+        Cmd::try_parse_from([&["rlhf"], args].concat()).unwrap()
+    }
+
+    fn same<T: serde::Serialize>(a: &T, b: &T) {
+        assert_eq!(
+            serde_json::to_value(a).unwrap(),
+            serde_json::to_value(b).unwrap()
+        );
+    }
+
+    /// The flags' defaults are the jobs' (one place for each default).
+    #[test]
+    fn flags_left_out_give_the_jobs_defaults() {
+        let run = RunSpec {
+            policy: "P".into(),
+            out: "O".into(),
+            resume: false,
+            overwrite: false,
+        };
+        let base = ["--policy", "P", "--out", "O"];
+        let Cmd::Sft(a) = parse(&[&["sft"], &base[..], &["--data", "d.jsonl"]].concat()) else {
+            unreachable!()
+        };
+        same(
+            &a.job().unwrap(),
+            &SftJob::new(run.clone(), vec!["d.jsonl".into()]),
+        );
+        let Cmd::Dpo(a) = parse(&[&["dpo"], &base[..], &["--data", "d.jsonl"]].concat()) else {
+            unreachable!()
+        };
+        same(
+            &a.job().unwrap(),
+            &DpoJob::new(run.clone(), vec!["d.jsonl".into()]),
+        );
+        let Cmd::Rs(a) = parse(
+            &[
+                &["rs"],
+                &base[..],
+                &["--prompts", "p.jsonl", "--reward-model", "RM"],
+            ]
+            .concat(),
+        ) else {
+            unreachable!()
+        };
+        let reward = RewardSpec {
+            source: RewardSource::Model("RM".into()),
+            score_batch: RewardSpec::SCORE_BATCH,
+        };
+        same(
+            &a.job().unwrap(),
+            &RsJob::new(run, "p.jsonl".into(), reward),
+        );
+    }
+}
