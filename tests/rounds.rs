@@ -255,6 +255,25 @@ fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
     // the task's prompts were imported once
     let prompts = curl(&s, &[&format!("{}/api/prompts?limit=500", s.url)]);
     assert!(prompts.as_array().unwrap().len() >= 12, "{prompts}");
+    // the export of the second round knows its series from what the worker completed
+    let exported = dir.join("export");
+    let e = Command::new(env!("CARGO_BIN_EXE_rlhf"))
+        .args([
+            "export",
+            "--round",
+            &ids[1]["id"].to_string(),
+            "--out",
+            exported.to_str().unwrap(),
+        ])
+        .envs(env)
+        .output()
+        .unwrap();
+    assert!(e.status.success(), "{}", String::from_utf8_lossy(&e.stderr));
+    let card = std::fs::read_to_string(exported.join("README.md")).unwrap();
+    assert!(
+        card.contains(&format!("Base model: `{policy}`")) && card.contains("Rounds: 2"),
+        "{card}"
+    );
 }
 
 #[test]

@@ -1,5 +1,6 @@
 //! `rlhf export`: a round's aligned policy as a Hugging Face directory with a
 //! model card.
+use super::series::{initial_policy_of, source_of, state_of};
 use crate::policy_io::PolicyFiles;
 use annotation_server::api::client::Client;
 use annotation_server::api::Round;
@@ -35,19 +36,13 @@ pub struct ExportArgs {
     pub dtype: DType,
 }
 
-/// The rounds of `round`'s series up to it, in order.
+/// The finished rounds of `round`'s series up to it, in order.
 fn lineage(client: &Client, round: &Round) -> Result<Vec<Round>> {
-    let source = round
-        .config
-        .get("prompt_source")
-        .cloned()
-        .unwrap_or(Value::Null);
+    let source = source_of(round);
     let mut all: Vec<Round> = client
         .rounds()?
         .into_iter()
-        .filter(|r| {
-            r.config.get("prompt_source") == Some(&source) && r.id <= round.id && r.status == "done"
-        })
+        .filter(|r| source_of(r) == source && r.id <= round.id && r.status == "done")
         .collect();
     all.sort_by_key(|r| r.id);
     Ok(all)
@@ -71,11 +66,8 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
                     round.status
                 );
             }
-            let out = round
-                .state
-                .get("output")
-                .and_then(Value::as_str)
-                .map(PathBuf::from)
+            let out = state_of(&round)
+                .output
                 .with_context(|| format!("round {id} has no output checkpoint"))?;
             let rounds = lineage(&client, &round)?;
             let batches = client.batches()?;
@@ -140,11 +132,9 @@ fn model_card(
     labels: i64,
     labelers: usize,
 ) -> String {
-    let base = round
-        .config
-        .get("initial_policy")
-        .and_then(Value::as_str)
-        .unwrap_or("?");
+    let base = initial_policy_of(round)
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|| "?".into());
     let mut s = format!(
         "---\nlibrary_name: transformers\ntags: [rlhf, llama]\n---\n\n# {}\n\nAn aligned chat model exported by `rlhf export` from round {} (`{}`).\n\n\
          - Base model: `{base}`\n- Rounds: {}\n- Data: {comparisons} comparisons, {labels} labels from {labelers} labelers\n\n\

@@ -1,6 +1,6 @@
 //! A series of rounds (those of one prompt source): where it stands, and the
 //! configuration a worker completes for a round queued without some settings.
-use super::config::{RoundConfig, WorkerDefaults};
+use super::config::{RoundConfig, RoundState, WorkerDefaults};
 use annotation_server::api::client::Client;
 use annotation_server::api::Round;
 use anyhow::{bail, Context, Result};
@@ -11,20 +11,39 @@ pub(super) fn absolute(p: &Path) -> Result<PathBuf> {
     std::path::absolute(p).with_context(|| format!("cannot resolve {}", p.display()))
 }
 
-/// A round's prompt source: from the configuration its worker completed, else as queued.
-pub fn source_of(r: &Round) -> Option<String> {
-    let completed = r.state.pointer("/config/prompt_source");
-    completed
-        .or_else(|| r.config.get("prompt_source"))
-        .and_then(|v| v.as_str())
-        .map(str::to_string)
+/// A round's state as its worker left it (empty for a round not started).
+pub fn state_of(r: &Round) -> RoundState {
+    serde_json::from_value(r.state.clone()).unwrap_or_default()
 }
 
-fn path_at(v: &serde_json::Value, pointer: &str) -> Option<PathBuf> {
-    v.pointer(pointer)
-        .and_then(|v| v.as_str())
+/// A setting of a round: from the configuration its worker completed, else as
+/// queued (a round queued from the dashboard lacks paths until a worker runs it).
+fn setting(r: &Round, completed: impl FnOnce(RoundConfig) -> String, key: &str) -> Option<String> {
+    state_of(r)
+        .config
+        .map(completed)
+        .or_else(|| {
+            r.config
+                .get(key)
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        })
         .filter(|s| !s.is_empty())
-        .map(PathBuf::from)
+}
+
+/// A round's prompt source (which series it belongs to).
+pub fn source_of(r: &Round) -> Option<String> {
+    setting(r, |c| c.prompt_source, "prompt_source")
+}
+
+/// The policy a round's series started from.
+pub fn initial_policy_of(r: &Round) -> Option<PathBuf> {
+    setting(
+        r,
+        |c| c.initial_policy.display().to_string(),
+        "initial_policy",
+    )
+    .map(PathBuf::from)
 }
 
 /// Where a series of rounds (those of one prompt source, before round `before`) stands.
@@ -50,15 +69,16 @@ pub(super) fn series(client: &Client, source: &str, before: Option<i64>) -> Resu
         .max_by_key(|r| r.id);
     let last_output = match last_done {
         Some(r) => Some(
-            path_at(&r.state, "/output")
+            state_of(r)
+                .output
                 .with_context(|| format!("round {} is done but has no output", r.id))?,
         ),
         None => None,
     };
-    let initial = rounds.iter().min_by_key(|r| r.id).and_then(|r| {
-        path_at(&r.state, "/config/initial_policy")
-            .or_else(|| path_at(&r.config, "/initial_policy"))
-    });
+    let initial = rounds
+        .iter()
+        .min_by_key(|r| r.id)
+        .and_then(initial_policy_of);
     Ok(Series {
         last_output,
         initial,
