@@ -35,6 +35,8 @@ pub mod error;
 #[cfg(feature = "server")]
 pub mod export;
 #[cfg(feature = "server")]
+pub mod identity;
+#[cfg(feature = "server")]
 pub mod metrics;
 #[cfg(feature = "server")]
 pub mod openapi;

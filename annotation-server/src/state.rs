@@ -1,6 +1,6 @@
 //! Shared state of the running server: database, configuration, metrics,
 //! rate limiter and a short-lived token cache.
-use crate::auth::CurrentUser;
+use crate::identity::CurrentUser;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::writer::Writer;

@@ -255,7 +255,7 @@ pub async fn export(
 /// dashboard's links answer the same.
 pub async fn export_response(
     s: &AppState,
-    u: &crate::auth::CurrentUser,
+    u: &crate::identity::CurrentUser,
     q: &ExportQuery,
 ) -> AppResult<Response> {
     u.require_researcher()?;
