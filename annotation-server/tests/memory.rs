@@ -4,10 +4,9 @@
 //! The tests take turns, so one's memory does not show in another's peak.
 mod common;
 
-use annotation_server::accounts;
 use annotation_server::api::Role;
 use annotation_server::state::Config;
-use common::{TestDb, TestServer};
+use common::{login_csrf, TestDb, TestServer};
 use serde_json::json;
 
 on_both_databases!(login_bursts_use_bounded_memory, export_memory_is_flat);
@@ -46,17 +45,9 @@ async fn login_bursts_use_bounded_memory(db: TestDb) {
         ..Config::default()
     };
     let s = TestServer::start_with(db, config).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let http = reqwest::Client::new();
-    let r = http.get(format!("{}/login", s.url)).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    let csrf = cookie
-        .strip_prefix("rlhf_login_csrf=")
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_string();
+    let csrf = login_csrf(&http, &s.url).await;
     let login = |http: reqwest::Client| {
         let (url, csrf) = (s.url.clone(), csrf.clone());
         async move {
