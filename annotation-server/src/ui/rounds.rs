@@ -3,18 +3,17 @@
 //! with its configuration, state and per-round plots. Plots are SVG served by
 //! the routes below and shown with `<img>`.
 use super::html::{esc, page};
-use super::{to_login, user_nav, UiError, UiResult};
+use super::session::{FormSession, PageSession, ResearcherOnly};
+use super::{user_nav, UiError, UiResult};
 use crate::api::{NewRound, Round};
-use crate::auth::{session_from_headers, Session};
 use crate::error::AppError;
 use crate::plots;
 use crate::rounds;
 use crate::state::AppState;
-use axum::extract::rejection::{FormRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect};
-use axum::Form;
 use std::collections::{BTreeSet, HashMap};
 
 /// Recipes offered by the queue form.
@@ -274,15 +273,12 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
 /// the dashboard with the message and the typed values (422).
 pub async fn queue_round(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession {
+        session: sess,
+        form,
+        ..
+    }: FormSession<ResearcherOnly>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
-    sess.user.require_researcher()?;
     let typed = QueueForm::from_map(&form);
     let req = match typed.to_round() {
         Ok(r) => r,
@@ -313,14 +309,6 @@ pub async fn queue_round(
     }
 }
 
-async fn researcher(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, UiError> {
-    let Some(sess) = session_from_headers(s, headers).await? else {
-        return Ok(None);
-    };
-    sess.user.require_researcher()?;
-    Ok(Some(sess))
-}
-
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, UiError> {
     p.map(|Path(v)| v)
         .map_err(|r| UiError(AppError::BadRequest(r.body_text())))
@@ -333,12 +321,9 @@ fn pretty(v: &serde_json::Value) -> String {
 /// `GET /dashboard/rounds/{id}`: one round with its plots.
 pub async fn round_page(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    PageSession { session: sess, .. }: PageSession<ResearcherOnly>,
     id: Result<Path<i64>, PathRejection>,
 ) -> UiResult {
-    let Some(sess) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let id = path(id)?;
     let r = rounds::get(&s.db, id).await?;
     let (step, detail) = progress(&r);
@@ -409,16 +394,14 @@ pub async fn round_page(
 /// gets 409 and it stops.
 pub async fn cancel_round(
     State(s): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<i64>, PathRejection>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession {
+        session: sess,
+        form,
+        ..
+    }: FormSession<ResearcherOnly>,
 ) -> UiResult {
-    let Some(sess) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let id = path(id)?;
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     let reason = form.get("reason").map(|r| r.trim()).unwrap_or("");
     if reason.is_empty() {
         return Err(AppError::Unprocessable("give a reason for the cancel".into()).into());
@@ -443,12 +426,9 @@ fn svg(doc: String) -> axum::response::Response {
 /// `GET /dashboard/plots/{metric}`: one summary metric over all rounds (SVG).
 pub async fn summary_plot(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _: PageSession<ResearcherOnly>,
     metric: Result<Path<String>, PathRejection>,
 ) -> UiResult {
-    let Some(_) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let metric = path(metric)?;
     let all = rounds::list(&s.db).await?;
     let points = plots::summary_over_rounds(&all)
@@ -461,12 +441,9 @@ pub async fn summary_plot(
 /// `metrics.series` (SVG).
 pub async fn series_plot(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _: PageSession<ResearcherOnly>,
     p: Result<Path<(i64, String)>, PathRejection>,
 ) -> UiResult {
-    let Some(_) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let (id, name) = path(p)?;
     let r = rounds::get(&s.db, id).await?;
     let points = plots::metric_series(&r.metrics)
