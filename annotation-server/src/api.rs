@@ -58,7 +58,7 @@ impl std::fmt::Display for Role {
 pub struct ChatMessage {
     /// Who speaks: `system`, `user` or `assistant`.
     pub role: String,
-    /// The text.
+    /// The message text.
     pub content: String,
 }
 
@@ -96,15 +96,15 @@ pub struct ImportResult {
 /// A stored prompt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Prompt {
-    /// Server id.
+    /// The server's id for the prompt.
     pub id: i64,
     /// The importer's id, if any.
     pub external_id: Option<String>,
     /// The chat history (a plain prompt is one user message).
     pub messages: Vec<ChatMessage>,
-    /// Tags.
+    /// Tags given at import (e.g. `safety`).
     pub tags: Vec<String>,
-    /// Source.
+    /// Where the prompt comes from, as given at import.
     pub source: Option<String>,
     /// When it was imported.
     pub created_at: String,
@@ -153,7 +153,7 @@ pub struct CreateComparisons {
     /// Round the batch belongs to (new batches only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub round_id: Option<i64>,
-    /// The comparisons.
+    /// The comparisons to create, in order.
     pub comparisons: Vec<NewComparison>,
 }
 
@@ -169,11 +169,11 @@ pub struct CreatedComparisons {
 /// Progress of one batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchProgress {
-    /// Batch id.
+    /// The batch's id.
     pub batch_id: i64,
-    /// Batch name.
+    /// The batch's (unique) name.
     pub name: String,
-    /// Round, if any.
+    /// The round the batch belongs to, if any.
     pub round_id: Option<i64>,
     /// Labels wanted per comparison.
     pub labels_wanted: i32,
@@ -181,7 +181,7 @@ pub struct BatchProgress {
     pub comparisons: i64,
     /// Comparisons with all their labels.
     pub complete: i64,
-    /// Labels submitted.
+    /// Labels submitted so far.
     pub labels: i64,
     /// Labels still wanted.
     pub remaining_labels: i64,
@@ -194,9 +194,9 @@ pub struct BatchProgress {
 /// What one labeler has done (in a batch, or overall).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LabelerProgress {
-    /// User id.
+    /// The labeler's user id.
     pub labeler_id: i64,
-    /// User name.
+    /// The labeler's user name.
     pub username: String,
     /// Labels submitted.
     pub labels: i64,
@@ -209,7 +209,7 @@ pub struct LabelerProgress {
 pub struct Task {
     /// The comparison to label.
     pub comparison_id: i64,
-    /// Its batch.
+    /// The batch of the comparison.
     pub batch_id: i64,
     /// The prompt's chat history.
     pub prompt: Vec<ChatMessage>,
@@ -234,13 +234,13 @@ pub struct TaskResponse {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Strength {
-    /// Significantly better.
+    /// Clearly better (margin 3).
     SignificantlyBetter,
-    /// Better.
+    /// Better (margin 2).
     Better,
-    /// Slightly better.
+    /// A little better (margin 1).
     SlightlyBetter,
-    /// Negligibly better, or unsure.
+    /// Negligibly better, or unsure (margin 0).
     NegligiblyBetter,
 }
 
@@ -302,7 +302,7 @@ pub enum Safety {
 }
 
 impl Safety {
-    /// All classes.
+    /// All classes, in the order the labeling page offers them.
     pub const ALL: [Safety; 3] = [
         Safety::PreferredSafeOnly,
         Safety::BothSafe,
@@ -361,7 +361,7 @@ pub struct SubmitLabel {
 pub struct LabelReceipt {
     /// The stored label.
     pub label_id: i64,
-    /// The comparison.
+    /// The labeled comparison.
     pub comparison_id: i64,
     /// Whether the comparison now has all the labels it wants.
     pub comparison_complete: bool,
@@ -370,23 +370,23 @@ pub struct LabelReceipt {
 /// A stored label, as researchers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LabelView {
-    /// Label id.
+    /// The label's id.
     pub id: i64,
-    /// Who labeled.
+    /// The labeler's user id.
     pub labeler_id: i64,
-    /// Their user name.
+    /// The labeler's user name.
     pub username: String,
-    /// Ranks by position.
+    /// Rank of each response by display position (1 = best; ties share a rank).
     pub ranking: Vec<u32>,
-    /// Strength.
+    /// How much better the best response is than the next.
     pub strength: Strength,
-    /// Safety class.
+    /// The safety class, if the labeler gave one.
     pub safety: Option<Safety>,
-    /// Edited better response.
+    /// The labeler's improved version of the best response, if any.
     pub edited_response: Option<String>,
-    /// Note.
+    /// The labeler's free-form note, if any.
     pub note: Option<String>,
-    /// Time spent.
+    /// Milliseconds the labeler spent, as measured by their client.
     pub time_spent_ms: Option<i64>,
     /// When it was submitted.
     pub created_at: String,
@@ -395,17 +395,17 @@ pub struct LabelView {
 /// A response as researchers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ResponseView {
-    /// Response id.
+    /// The response's id.
     pub id: i64,
-    /// Display position.
+    /// 0-based display position; rankings refer to it.
     pub position: usize,
-    /// Text.
+    /// The model output.
     pub text: String,
-    /// Generating checkpoint.
+    /// The checkpoint that generated it, if given.
     pub model: Option<String>,
-    /// Round.
+    /// The round it was generated in, if given.
     pub round_id: Option<i64>,
-    /// Sampling settings.
+    /// Sampling settings as given at creation (free-form).
     pub sampling: Option<serde_json::Value>,
 }
 
@@ -421,7 +421,7 @@ pub struct Consensus {
     pub ranking: Vec<u32>,
     /// Mean rank per position.
     pub mean_ranks: Vec<f64>,
-    /// Labels aggregated.
+    /// How many labels were aggregated.
     pub labels: usize,
     /// Mean strength margin (3/2/1/0) over the labels.
     pub mean_margin: f64,
@@ -432,23 +432,23 @@ pub struct Consensus {
 /// A comparison with its responses, labels and consensus.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ComparisonDetail {
-    /// Comparison id.
+    /// The comparison's id.
     pub id: i64,
-    /// Batch.
+    /// The batch it belongs to.
     pub batch_id: i64,
     /// `open` or `complete`.
     pub state: String,
-    /// Labels wanted.
+    /// Distinct labelers wanted.
     pub labels_wanted: i32,
-    /// Labels submitted.
+    /// Labels submitted so far.
     pub labels_done: i32,
-    /// Prompt id.
+    /// The prompt's id.
     pub prompt_id: i64,
-    /// Prompt history.
+    /// The prompt's chat history.
     pub prompt: Vec<ChatMessage>,
-    /// Responses by position.
+    /// The responses, by display position.
     pub responses: Vec<ResponseView>,
-    /// All labels.
+    /// Every label submitted for it.
     pub labels: Vec<LabelView>,
     /// Consensus, when there is at least one label.
     pub consensus: Option<Consensus>,
@@ -460,7 +460,7 @@ pub struct ComparisonDetail {
 /// labeler's value on a unit is nominal: first better, tie, second better.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct BatchAgreement {
-    /// Batch id.
+    /// The batch's id.
     pub batch_id: i64,
     /// Krippendorff's α (nominal) over pairwise choices; `None` when undefined
     /// (fewer than two labels on every unit, or no variation at all).
@@ -474,9 +474,9 @@ pub struct BatchAgreement {
 /// One labeler's agreement with the consensus on multiply-labeled comparisons.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct LabelerAgreement {
-    /// User id.
+    /// The labeler's user id.
     pub labeler_id: i64,
-    /// User name.
+    /// The labeler's user name.
     pub username: String,
     /// Pairwise choices compared with the consensus.
     pub pairs: usize,
@@ -554,37 +554,37 @@ pub struct HhRow {
 /// One raw judgment: a label with everything needed to interpret it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct RawRow {
-    /// Label id.
+    /// The label's id.
     pub label_id: i64,
-    /// Comparison id.
+    /// The labeled comparison's id.
     pub comparison_id: i64,
-    /// Batch id.
+    /// The comparison's batch.
     pub batch_id: i64,
-    /// Round id of the batch.
+    /// The round of the batch, if any.
     pub round_id: Option<i64>,
-    /// Prompt id.
+    /// The prompt's id.
     pub prompt_id: i64,
-    /// Prompt history.
+    /// The prompt's chat history.
     pub prompt: Vec<ChatMessage>,
-    /// Prompt tags.
+    /// The prompt's tags.
     pub tags: Vec<String>,
-    /// Responses by position.
+    /// The responses, by display position.
     pub responses: Vec<ResponseView>,
-    /// Labeler id.
+    /// The labeler's user id.
     pub labeler_id: i64,
-    /// Labeler name.
+    /// The labeler's user name.
     pub labeler: String,
-    /// Ranks by position.
+    /// Rank of each response by display position (1 = best; ties share a rank).
     pub ranking: Vec<u32>,
-    /// Strength.
+    /// How much better the best response is than the next.
     pub strength: Strength,
-    /// Safety class.
+    /// The safety class, if the labeler gave one.
     pub safety: Option<Safety>,
-    /// Edited better response.
+    /// The labeler's improved version of the best response, if any.
     pub edited_response: Option<String>,
-    /// Note.
+    /// The labeler's free-form note, if any.
     pub note: Option<String>,
-    /// Time spent.
+    /// Milliseconds the labeler spent, as measured by their client.
     pub time_spent_ms: Option<i64>,
     /// When it was submitted.
     pub created_at: String,
@@ -593,11 +593,11 @@ pub struct RawRow {
 /// An account as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct UserInfo {
-    /// User id.
+    /// The user's id.
     pub id: i64,
-    /// Name.
+    /// The login name.
     pub username: String,
-    /// Role.
+    /// What the account may do.
     pub role: Role,
     /// Disabled accounts cannot log in or use tokens.
     pub disabled: bool,
@@ -613,7 +613,7 @@ pub struct NewUser {
     pub username: String,
     /// At least 8 characters.
     pub password: String,
-    /// Role.
+    /// What the account may do.
     pub role: Role,
 }
 
@@ -652,7 +652,7 @@ pub struct TokenInfo {
     pub id: i64,
     /// Whose token it is.
     pub username: String,
-    /// Its label.
+    /// The label given when it was created.
     pub name: String,
     /// When it was created.
     pub created_at: String,
@@ -665,15 +665,15 @@ pub struct TokenInfo {
 /// One audit-log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct AuditEntry {
-    /// Entry id.
+    /// The entry's id (increasing).
     pub id: i64,
     /// Acting user, if known.
     pub user_id: Option<i64>,
     /// What was done, e.g. `user.create`.
     pub action: String,
-    /// Details.
+    /// What the action concerned (ids, names, reasons), as a JSON object.
     pub detail: serde_json::Value,
-    /// When.
+    /// When it was done.
     pub created_at: String,
 }
 
@@ -722,11 +722,11 @@ pub struct RoundUpdate {
 /// An alignment round: configuration, status and metrics (filled by the trainer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Round {
-    /// Round id.
+    /// The round's id.
     pub id: i64,
-    /// Name.
+    /// Its name, e.g. `round-3`.
     pub name: String,
-    /// Configuration.
+    /// Its configuration (JSON object; the worker's recipe, task, sizes ...).
     pub config: serde_json::Value,
     /// Status: `created`, `queued`, `running`, `done`, `failed` (or another
     /// `[a-z_]` word set through `PATCH`).
@@ -738,9 +738,9 @@ pub struct Round {
     /// `progress` = {`step`: `sample|label|reward_model|policy|eval|done`,
     /// `detail`: text}.
     pub metrics: serde_json::Value,
-    /// Created.
+    /// When it was created.
     pub created_at: String,
-    /// Last changed.
+    /// When it last changed (status, metrics, state or lease).
     pub updated_at: String,
     /// The worker holding the round's lease (while `running`).
     #[serde(default)]

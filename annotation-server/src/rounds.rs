@@ -192,7 +192,7 @@ pub async fn list(db: &DatabaseConnection) -> AppResult<Vec<Round>> {
         .collect())
 }
 
-/// One round.
+/// The round `id` (404 if there is none).
 pub async fn get(db: &DatabaseConnection, id: i64) -> AppResult<Round> {
     find(db, id).await.map(view)
 }

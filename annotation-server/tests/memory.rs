@@ -32,7 +32,7 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Issue item 7: 100 concurrent logins took the server from 19 MiB to
+/// Regression: 100 concurrent logins took the server from 19 MiB to
 /// 1,165 MiB (one 19 MiB argon2 block each), and it stayed there.
 async fn login_bursts_use_bounded_memory(db: TestDb) {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -106,7 +106,7 @@ async fn login_bursts_use_bounded_memory(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 10: a TRL export of 1,000 comparisons x 16 responses peaked at
+/// Regression: a TRL export of 1,000 comparisons x 16 responses peaked at
 /// 381 MiB with a fast reader, and 1,174 MiB (all of it) with a stalled one.
 async fn export_memory_is_flat(db: TestDb) {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -70,7 +70,7 @@ async fn login_from(source: [u8; 4], url: &str, user: &str, password: &str) -> u
     try_login(&http, url, &csrf, user, password).await
 }
 
-/// Issue item 6: 50 wrong passwords at once used to be checked all 50 times
+/// Regression: 50 wrong passwords at once used to be checked all 50 times
 /// (the limit was read before the hash and written after it).
 async fn concurrent_failures_are_counted_before_hashing(db: TestDb) {
     let config = Config {
@@ -111,7 +111,7 @@ async fn concurrent_failures_are_counted_before_hashing(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 8: failures from one address used to lock the account for
+/// Regression: failures from one address used to lock the account for
 /// every address.
 async fn one_address_cannot_lock_out_an_account(db: TestDb) {
     let config = Config {
@@ -152,7 +152,7 @@ async fn one_address_cannot_lock_out_an_account(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 9: failed logins stored the attempted name unbounded.
+/// Regression: failed logins stored the attempted name unbounded.
 async fn audit_log_fields_are_capped(db: TestDb) {
     let s = TestServer::start(db).await;
     let http = client_from([127, 0, 0, 21]);
@@ -186,7 +186,7 @@ async fn audit_log_fields_are_capped(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 14: `GET /api/tasks/next` took a lease with only a cookie.
+/// Regression: `GET /api/tasks/next` took a lease with only a cookie.
 async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
@@ -253,7 +253,7 @@ async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 12 (one server): tokens can expire, are listed without their
+/// Regression (one server): tokens can expire, are listed without their
 /// secrets, record their last use, and can be revoked one by one.
 async fn tokens_expire_are_listed_and_revoked(db: TestDb) {
     let s = TestServer::start(db).await;
@@ -425,7 +425,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Issue item 12 (several processes): a disable or revoke through one server
+/// Regression (several processes): a disable or revoke through one server
 /// process reaches another on the same database at once (it used to keep
 /// accepting the token from its cache for up to 5 s).
 async fn revocation_reaches_every_server_process(db: TestDb) {
@@ -492,7 +492,7 @@ async fn revocation_reaches_every_server_process(db: TestDb) {
     conn.close().await.ok();
 }
 
-/// Issue item 15: `/metrics` answered anyone.
+/// Regression: `/metrics` answered anyone.
 async fn metrics_need_a_token_unless_opened(db: TestDb) {
     let config = Config {
         metrics_public: true,
@@ -505,7 +505,7 @@ async fn metrics_need_a_token_unless_opened(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 15: the login form adopted any 64-hex CSRF cookie it was sent.
+/// Regression: the login form adopted any 64-hex CSRF cookie it was sent.
 async fn login_csrf_comes_from_the_server(db: TestDb) {
     let s = TestServer::start(db).await;
     s.user("lab", Role::Labeler).await;
@@ -566,7 +566,7 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 15: `[]` was read as an object with every field left out.
+/// Regression: `[]` was read as an object with every field left out.
 async fn bodies_must_be_json_objects(db: TestDb) {
     let s = TestServer::start(db).await;
     let admin = s.api(&s.token("adm", Role::Admin).await);
@@ -609,7 +609,7 @@ async fn bodies_must_be_json_objects(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 5: identical or empty responses made TRL rows with chosen == rejected.
+/// Regression: identical or empty responses made TRL rows with chosen == rejected.
 async fn comparisons_need_distinct_responses(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
@@ -639,7 +639,7 @@ async fn comparisons_need_distinct_responses(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 16: a right-to-left override in a response reordered what the
+/// Regression: a right-to-left override in a response reordered what the
 /// labeler read.
 async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     let s = TestServer::start(db).await;
@@ -683,7 +683,7 @@ async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 4: account commands elsewhere quietly created an empty
+/// Regression: account commands elsewhere quietly created an empty
 /// `rlhf.sqlite`; bad URLs gave misleading errors or printed the password.
 async fn cli_refuses_databases_without_schema(db: TestDb) {
     let token_create = |url: &str| Commands::Token {
@@ -786,7 +786,7 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
         .contains("username"));
 }
 
-/// Issue item 13 (in part): PATCH could set a queued round to `running`
+/// Regression (in part): PATCH could set a queued round to `running`
 /// without a lease (claims then answered 204 forever), and `banana` was
 /// accepted as a status.
 async fn round_statuses_are_checked(db: TestDb) {

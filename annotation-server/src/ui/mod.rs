@@ -30,9 +30,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// The stylesheet.
+/// The UI's stylesheet, served at `/static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
-/// The keyboard script.
+/// The labeling page's keyboard shortcuts, served at `/static/app.js`.
 pub const APP_JS: &str = include_str!("../../static/app.js");
 
 /// An error shown as an HTML page.
