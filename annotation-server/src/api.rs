@@ -4,6 +4,7 @@
 //! These are plain serde structs: using them needs neither the database nor the
 //! HTTP server. Timestamps are RFC 3339 strings in UTC.
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 
 #[cfg(feature = "client")]
 pub mod client;
@@ -728,15 +729,15 @@ pub struct Round {
     pub name: String,
     /// Its configuration (JSON object; the worker's recipe, task, sizes ...).
     pub config: serde_json::Value,
-    /// Status: `created`, `queued`, `running`, `done`, `failed` (or another
-    /// `[a-z_]` word set through `PATCH`).
+    /// Status: one of [`RoundStatus`] (`created`, `queued`, `running`,
+    /// `done`, `failed`, `cancelled`); read it typed with [`Round::status`].
     pub status: String,
     /// Metrics (JSON object). Conventions of the trainer worker, shown by the
     /// dashboard: `summary` = {name: number} (e.g. `gold_reward`,
     /// `rm_accuracy`, `kl`, `win_rate`, `label_agreement`), `series` =
     /// {name: [[x, y], ...]} (e.g. `rm_loss`, `policy_loss`, `reward`, `kl`),
     /// `progress` = {`step`: `sample|label|reward_model|policy|eval|done`,
-    /// `detail`: text}.
+    /// `detail`: text}. Read it typed with [`Round::metrics_typed`].
     pub metrics: serde_json::Value,
     /// When it was created.
     pub created_at: String,
@@ -795,4 +796,295 @@ pub struct RoundHeartbeat {
     /// New metrics (JSON object; replaces the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics: Option<serde_json::Value>,
+}
+
+impl Round {
+    /// The status, typed; `None` for a word that is not a [`RoundStatus`].
+    pub fn status(&self) -> Option<RoundStatus> {
+        self.status.parse().ok()
+    }
+
+    /// The metrics, typed (see [`RoundMetrics`]: entries that do not follow
+    /// the conventions are left out, never an error).
+    pub fn metrics_typed(&self) -> RoundMetrics {
+        RoundMetrics::from_value(&self.metrics)
+    }
+}
+
+/// Where a round is in its life. A researcher creates it (`created`) and
+/// queues it (`queued`); a worker's claim makes it `running` under a lease,
+/// and the worker's heartbeat ends it as `done` or `failed` (or hands it back
+/// as `queued`). A researcher may cancel it (`cancelled`) unless it is `done`.
+/// Sent and stored as the lowercase word.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RoundStatus {
+    /// New, not yet offered to workers.
+    Created,
+    /// Waiting for a worker's claim.
+    Queued,
+    /// Claimed by a worker, which holds its lease.
+    Running,
+    /// Finished by its worker (final).
+    Done,
+    /// Given up, by its worker or by hand.
+    Failed,
+    /// Stopped by a researcher.
+    Cancelled,
+}
+
+impl RoundStatus {
+    /// Every status, in life-cycle order.
+    pub const ALL: [RoundStatus; 6] = [
+        RoundStatus::Created,
+        RoundStatus::Queued,
+        RoundStatus::Running,
+        RoundStatus::Done,
+        RoundStatus::Failed,
+        RoundStatus::Cancelled,
+    ];
+
+    /// The word sent and stored.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            RoundStatus::Created => "created",
+            RoundStatus::Queued => "queued",
+            RoundStatus::Running => "running",
+            RoundStatus::Done => "done",
+            RoundStatus::Failed => "failed",
+            RoundStatus::Cancelled => "cancelled",
+        }
+    }
+}
+
+impl std::fmt::Display for RoundStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A word that is not a [`RoundStatus`].
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("unknown round status `{0}`")]
+pub struct UnknownRoundStatus(pub String);
+
+impl std::str::FromStr for RoundStatus {
+    type Err = UnknownRoundStatus;
+
+    fn from_str(s: &str) -> Result<RoundStatus, UnknownRoundStatus> {
+        RoundStatus::ALL
+            .into_iter()
+            .find(|x| x.as_str() == s)
+            .ok_or_else(|| UnknownRoundStatus(s.to_string()))
+    }
+}
+
+impl From<RoundStatus> for String {
+    fn from(s: RoundStatus) -> String {
+        s.as_str().to_string()
+    }
+}
+
+/// A round's `metrics`, typed: the conventions the trainer worker writes and
+/// the dashboard reads. Reading is lenient, as metrics come from workers of
+/// any version: keys other than these three are kept in `extra`, and values
+/// that do not follow the conventions (a summary entry that is not a number,
+/// a point that is not two numbers, a `progress` that is not an object) are
+/// left out instead of failing.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct RoundMetrics {
+    /// What the worker is doing now.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::progress"
+    )]
+    pub progress: Option<RoundProgress>,
+    /// Name → number, one value per round (e.g. `gold_reward`,
+    /// `rm_accuracy`, `kl`, `win_rate`, `label_agreement`); the dashboard
+    /// plots each over rounds.
+    #[serde(default, deserialize_with = "lenient::summary")]
+    pub summary: BTreeMap<String, f64>,
+    /// Name → `[[x, y], ...]` within the round (e.g. `rm_loss`,
+    /// `policy_loss`, `reward`, `kl` by step); one chart per entry.
+    #[serde(default, deserialize_with = "lenient::series")]
+    pub series: BTreeMap<String, Vec<(f64, f64)>>,
+    /// Any other keys, kept as they are.
+    #[serde(flatten)]
+    pub extra: BTreeMap<String, serde_json::Value>,
+}
+
+/// `metrics.progress`: the worker's current step and a line about it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RoundProgress {
+    /// `sample`, `label`, `reward_model`, `policy`, `eval` or `done`.
+    #[serde(default)]
+    pub step: String,
+    /// Free text, e.g. how many labels are still wanted.
+    #[serde(default)]
+    pub detail: String,
+}
+
+impl RoundMetrics {
+    /// Reads a round's `metrics` leniently (anything but a JSON object gives
+    /// empty metrics).
+    pub fn from_value(v: &serde_json::Value) -> RoundMetrics {
+        serde_json::from_value(v.clone()).unwrap_or_default()
+    }
+
+    /// The JSON object to send as a round's `metrics`.
+    pub fn to_value(&self) -> serde_json::Value {
+        serde_json::to_value(self).unwrap_or_else(|_| empty_object())
+    }
+}
+
+/// The lenient readers of [`RoundMetrics`]' fields: any JSON is accepted,
+/// what does not fit is left out.
+mod lenient {
+    use super::RoundProgress;
+    use serde::{Deserialize, Deserializer};
+    use serde_json::Value;
+    use std::collections::BTreeMap;
+
+    pub fn progress<'de, D: Deserializer<'de>>(d: D) -> Result<Option<RoundProgress>, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(v.as_object().map(|o| {
+            let text = |k: &str| o.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+            RoundProgress {
+                step: text("step"),
+                detail: text("detail"),
+            }
+        }))
+    }
+
+    pub fn summary<'de, D: Deserializer<'de>>(d: D) -> Result<BTreeMap<String, f64>, D::Error> {
+        let v = Value::deserialize(d)?;
+        Ok(v.as_object()
+            .map(|o| {
+                o.iter()
+                    .filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+
+    /// An entry that is not an array is an empty series (its chart says "no
+    /// data"); points that are not two numbers are left out.
+    #[allow(clippy::type_complexity)]
+    pub fn series<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, Vec<(f64, f64)>>, D::Error> {
+        let v = Value::deserialize(d)?;
+        let Some(o) = v.as_object() else {
+            return Ok(BTreeMap::new());
+        };
+        Ok(o.iter()
+            .map(|(k, v)| {
+                let points = v
+                    .as_array()
+                    .map(|a| a.iter().filter_map(point).collect())
+                    .unwrap_or_default();
+                (k.clone(), points)
+            })
+            .collect())
+    }
+
+    fn point(p: &Value) -> Option<(f64, f64)> {
+        match p.as_array()?.as_slice() {
+            [x, y] => Some((x.as_f64()?, y.as_f64()?)),
+            _ => None,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn round_status_words() {
+        for s in RoundStatus::ALL {
+            assert_eq!(s.as_str().parse::<RoundStatus>(), Ok(s));
+            assert_eq!(s.to_string(), s.as_str());
+            assert_eq!(serde_json::to_value(s).unwrap(), json!(s.as_str()));
+            assert_eq!(
+                serde_json::from_value::<RoundStatus>(json!(s.as_str())).unwrap(),
+                s
+            );
+        }
+        assert_eq!(
+            "Queued".parse::<RoundStatus>(),
+            Err(UnknownRoundStatus("Queued".into()))
+        );
+        assert!(serde_json::from_value::<RoundStatus>(json!("banana")).is_err());
+        assert_eq!(String::from(RoundStatus::Cancelled), "cancelled");
+    }
+
+    #[test]
+    fn round_metrics_read_leniently() {
+        let v = json!({
+            "summary": {"gold_reward": 0.5, "kl": 1, "note": "x"},
+            "series": {"rm_loss": [[0, 0.7], [1, 0.6], ["bad"], [2], [1, 2, 3]], "empty": [], "odd": 3},
+            "progress": {"step": "eval", "extra": true},
+            "worker_version": "1.2"
+        });
+        let m = RoundMetrics::from_value(&v);
+        assert_eq!(m.summary.len(), 2);
+        assert_eq!(m.summary["gold_reward"], 0.5);
+        assert_eq!(m.summary["kl"], 1.0);
+        assert_eq!(m.series["rm_loss"], vec![(0.0, 0.7), (1.0, 0.6)]);
+        assert!(m.series["empty"].is_empty() && m.series["odd"].is_empty());
+        let p = m.progress.as_ref().unwrap();
+        assert_eq!((p.step.as_str(), p.detail.as_str()), ("eval", ""));
+        assert_eq!(m.extra["worker_version"], "1.2");
+        // nothing that is not an object, nor any odd field, is an error
+        assert_eq!(
+            RoundMetrics::from_value(&json!([1, 2])),
+            RoundMetrics::default()
+        );
+        assert_eq!(
+            RoundMetrics::from_value(&json!(null)),
+            RoundMetrics::default()
+        );
+        let odd = RoundMetrics::from_value(&json!({"summary": 3, "series": "x", "progress": "y"}));
+        assert!(odd.summary.is_empty() && odd.series.is_empty() && odd.progress.is_none());
+    }
+
+    #[test]
+    fn round_metrics_round_trip() {
+        let v = json!({
+            "progress": {"step": "policy", "detail": "iteration 3/10"},
+            "summary": {"win_rate": 0.6},
+            "series": {"kl": [[0.0, 0.0], [1.0, 0.02]]},
+            "note": {"any": ["thing"]}
+        });
+        let m = RoundMetrics::from_value(&v);
+        assert_eq!(m.to_value(), v);
+        assert_eq!(RoundMetrics::from_value(&m.to_value()), m);
+    }
+
+    #[test]
+    fn round_typed_views() {
+        let r = Round {
+            id: 1,
+            name: "r".into(),
+            config: json!({}),
+            status: "running".into(),
+            metrics: json!({"summary": {"kl": 0.1}}),
+            created_at: String::new(),
+            updated_at: String::new(),
+            lease_owner: None,
+            lease_expires_at: None,
+            lease_token: None,
+            state: json!({}),
+        };
+        assert_eq!(r.status(), Some(RoundStatus::Running));
+        assert_eq!(r.metrics_typed().summary["kl"], 0.1);
+        let legacy = Round {
+            status: "paused".into(),
+            ..r
+        };
+        assert_eq!(legacy.status(), None);
+    }
 }

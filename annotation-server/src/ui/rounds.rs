@@ -5,7 +5,7 @@
 use super::html::{esc, page};
 use super::session::{FormSession, PageSession, ResearcherOnly};
 use super::{user_nav, UiError, UiResult};
-use crate::api::{NewRound, Round};
+use crate::api::{NewRound, Round, RoundMetrics, RoundStatus};
 use crate::error::AppError;
 use crate::plots;
 use crate::rounds;
@@ -115,7 +115,7 @@ impl QueueForm {
         Ok(NewRound {
             name: self.name.clone(),
             config: Some(config),
-            status: Some(rounds::QUEUED.into()),
+            status: Some(RoundStatus::Queued.into()),
         })
     }
 }
@@ -144,17 +144,6 @@ fn num(v: f64) -> String {
     }
 }
 
-fn progress(r: &Round) -> (String, String) {
-    let text = |k: &str| {
-        r.metrics
-            .pointer(&format!("/progress/{k}"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    (text("step"), text("detail"))
-}
-
 fn select(name: &str, options: &[&str], chosen: &str) -> String {
     let opts: String = options
         .iter()
@@ -171,10 +160,8 @@ fn select(name: &str, options: &[&str], chosen: &str) -> String {
 
 /// The dashboard's rounds section: table, queue form, plots over rounds.
 pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>) -> String {
-    let metrics: BTreeSet<String> = all
-        .iter()
-        .flat_map(|r| plots::summary_numbers(&r.metrics).into_keys())
-        .collect();
+    let typed: Vec<RoundMetrics> = all.iter().map(Round::metrics_typed).collect();
+    let metrics: BTreeSet<&String> = typed.iter().flat_map(|m| m.summary.keys()).collect();
     let mut head = String::from(
         "<th>id</th><th>name</th><th>status</th><th>step</th><th>lease owner</th><th>updated</th>",
     );
@@ -182,15 +169,14 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
         head.push_str(&format!("<th>{}</th>", esc(m)));
     }
     let mut rows = String::new();
-    for r in all.iter().rev() {
-        let (step, detail) = progress(r);
-        let summary = plots::summary_numbers(&r.metrics);
+    for (r, typed) in all.iter().zip(&typed).rev() {
+        let progress = typed.progress.clone().unwrap_or_default();
         let cells: String = metrics
             .iter()
             .map(|m| {
                 format!(
                     "<td>{}</td>",
-                    summary.get(m).map(|v| num(*v)).unwrap_or_default()
+                    typed.summary.get(*m).map(|v| num(*v)).unwrap_or_default()
                 )
             })
             .collect();
@@ -200,8 +186,8 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
             esc(&r.name),
             esc(&r.status),
             esc(&r.status),
-            esc(&detail),
-            esc(&step),
+            esc(&progress.detail),
+            esc(&progress.step),
             esc(r.lease_owner.as_deref().unwrap_or("")),
             esc(&r.updated_at),
             id = r.id,
@@ -326,8 +312,10 @@ pub async fn round_page(
 ) -> UiResult {
     let id = path(id)?;
     let r = rounds::get(&s.db, id).await?;
-    let (step, detail) = progress(&r);
-    let summary: String = plots::summary_numbers(&r.metrics)
+    let metrics = r.metrics_typed();
+    let progress = metrics.progress.clone().unwrap_or_default();
+    let summary: String = metrics
+        .summary
         .iter()
         .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), num(*v)))
         .collect();
@@ -336,8 +324,8 @@ pub async fn round_page(
     } else {
         format!("<table id=\"summary\">{summary}</table>")
     };
-    let series = plots::metric_series(&r.metrics);
-    let figures: String = series
+    let figures: String = metrics
+        .series
         .keys()
         .map(|name| {
             format!(
@@ -354,7 +342,10 @@ pub async fn round_page(
     } else {
         format!("<div class=\"plots\" id=\"series-plots\">{figures}</div>")
     };
-    let cancel = if rounds::may_set_by_hand(&r.status, rounds::CANCELLED) {
+    let cancellable = r
+        .status()
+        .is_some_and(|from| rounds::may_set_by_hand(from, RoundStatus::Cancelled));
+    let cancel = if cancellable {
         format!(
             "<form id=\"cancel-round\" class=\"queue\" method=\"post\" action=\"/dashboard/rounds/{id}/cancel\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -377,8 +368,8 @@ pub async fn round_page(
          <p>API (bearer token): <code>GET /api/rounds/{id}</code></p>",
         esc(&r.name),
         esc(&r.status),
-        esc(&step),
-        esc(&detail),
+        esc(&progress.step),
+        esc(&progress.detail),
         esc(r.lease_owner.as_deref().unwrap_or("")),
         esc(r.lease_expires_at.as_deref().unwrap_or("")),
         esc(&r.created_at),
@@ -407,7 +398,7 @@ pub async fn cancel_round(
         return Err(AppError::Unprocessable("give a reason for the cancel".into()).into());
     }
     let req = crate::api::RoundUpdate {
-        status: Some(rounds::CANCELLED.into()),
+        status: Some(RoundStatus::Cancelled.into()),
         reason: Some(reason.to_string()),
         metrics: None,
     };
@@ -446,9 +437,7 @@ pub async fn series_plot(
 ) -> UiResult {
     let (id, name) = path(p)?;
     let r = rounds::get(&s.db, id).await?;
-    let points = plots::metric_series(&r.metrics)
-        .remove(&name)
-        .unwrap_or_default();
+    let points = r.metrics_typed().series.remove(&name).unwrap_or_default();
     Ok(svg(plots::series_chart_svg(&r, &name, &points)))
 }
 
