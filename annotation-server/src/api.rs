@@ -11,6 +11,7 @@ pub mod client;
 
 /// What an account may do.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     /// Labels comparisons (UI and task API); nothing else.
@@ -55,6 +56,7 @@ impl std::fmt::Display for Role {
 
 /// One chat message (`role` is e.g. `system`, `user`, `assistant`).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ChatMessage {
     /// Who speaks: `system`, `user` or `assistant`.
@@ -66,6 +68,7 @@ pub struct ChatMessage {
 /// One line of a prompt import (JSONL). Give either `prompt` (plain text,
 /// stored as one user message) or `messages` (a whole chat history).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct PromptImport {
     /// The importer's own id for the prompt; unique when given.
@@ -87,6 +90,7 @@ pub struct PromptImport {
 
 /// Result of `POST /api/prompts/import`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ImportResult {
     /// Number of prompts created.
     pub imported: usize,
@@ -96,6 +100,7 @@ pub struct ImportResult {
 
 /// A stored prompt.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Prompt {
     /// The server's id for the prompt.
     pub id: i64,
@@ -108,11 +113,13 @@ pub struct Prompt {
     /// Where the prompt comes from, as given at import.
     pub source: Option<String>,
     /// When it was imported.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// A generated response to be compared.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewResponse {
     /// The model output.
@@ -125,11 +132,13 @@ pub struct NewResponse {
     pub round_id: Option<i64>,
     /// Sampling settings (temperature, top_p, ...), free-form.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub sampling: Option<serde_json::Value>,
 }
 
 /// One comparison to create: a prompt (by server id or external id) and 2..=16 responses.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewComparison {
     /// Server id of the prompt.
@@ -144,12 +153,14 @@ pub struct NewComparison {
 
 /// Body of `POST /api/comparisons`: comparisons created in bulk into a batch.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CreateComparisons {
     /// Batch name; created if it does not exist.
     pub batch: String,
     /// Distinct labelers wanted per comparison (new batches only; default 1).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 100))]
     pub labels_wanted: Option<u32>,
     /// Round the batch belongs to (new batches only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -160,6 +171,7 @@ pub struct CreateComparisons {
 
 /// Result of `POST /api/comparisons`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct CreatedComparisons {
     /// The batch they were added to.
     pub batch_id: i64,
@@ -169,6 +181,7 @@ pub struct CreatedComparisons {
 
 /// Progress of one batch.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct BatchProgress {
     /// The batch's id.
     pub batch_id: i64,
@@ -189,11 +202,13 @@ pub struct BatchProgress {
     /// Per-labeler counts.
     pub labelers: Vec<LabelerProgress>,
     /// When the batch was created.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// What one labeler has done (in a batch, or overall).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LabelerProgress {
     /// The labeler's user id.
     pub labeler_id: i64,
@@ -207,6 +222,7 @@ pub struct LabelerProgress {
 
 /// A comparison handed to a labeler under a lease.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Task {
     /// The comparison to label.
     pub comparison_id: i64,
@@ -219,11 +235,13 @@ pub struct Task {
     /// The responses, in display order.
     pub responses: Vec<TaskResponse>,
     /// When the lease ends and the task may go to someone else.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub lease_expires_at: String,
 }
 
 /// A response as shown to a labeler (no model name: labeling is blind).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TaskResponse {
     /// 0-based display position; `ranking` refers to it.
     pub position: usize,
@@ -231,8 +249,10 @@ pub struct TaskResponse {
     pub text: String,
 }
 
-/// How much better the top response is than the next (Llama-2's 4 levels).
+/// How much better the top response is than the next (Llama-2's 4 levels;
+/// the export's margin is 3/2/1/0).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Strength {
     /// Clearly better (margin 3).
@@ -292,6 +312,7 @@ impl Strength {
 
 /// Llama-2's three safety classes for a compared pair.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "snake_case")]
 pub enum Safety {
     /// The preferred response is safe and the other is not.
@@ -336,6 +357,7 @@ impl Safety {
 
 /// Body of `POST /api/tasks/{comparison_id}/label`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct SubmitLabel {
     /// Rank of each response by display position: 1 = best; ties share a rank.
@@ -359,6 +381,7 @@ pub struct SubmitLabel {
 
 /// Result of submitting a label.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LabelReceipt {
     /// The stored label.
     pub label_id: i64,
@@ -370,6 +393,7 @@ pub struct LabelReceipt {
 
 /// A stored label, as researchers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LabelView {
     /// The label's id.
     pub id: i64,
@@ -390,11 +414,13 @@ pub struct LabelView {
     /// Milliseconds the labeler spent, as measured by their client.
     pub time_spent_ms: Option<i64>,
     /// When it was submitted.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// A response as researchers see it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ResponseView {
     /// The response's id.
     pub id: i64,
@@ -407,6 +433,7 @@ pub struct ResponseView {
     /// The round it was generated in, if given.
     pub round_id: Option<i64>,
     /// Sampling settings as given at creation (free-form).
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub sampling: Option<serde_json::Value>,
 }
 
@@ -417,6 +444,7 @@ pub struct ResponseView {
 /// ranking: 1, 1, 3). `agreement` is the fraction of (labeler, pair) choices
 /// that match the consensus's choice on that pair (better/tie/worse).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Consensus {
     /// Consensus rank per position.
     pub ranking: Vec<u32>,
@@ -432,6 +460,7 @@ pub struct Consensus {
 
 /// A comparison with its responses, labels and consensus.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ComparisonDetail {
     /// The comparison's id.
     pub id: i64,
@@ -460,6 +489,7 @@ pub struct ComparisonDetail {
 /// Units are (comparison, response pair) with at least two labels; each
 /// labeler's value on a unit is nominal: first better, tie, second better.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct BatchAgreement {
     /// The batch's id.
     pub batch_id: i64,
@@ -474,6 +504,7 @@ pub struct BatchAgreement {
 
 /// One labeler's agreement with the consensus on multiply-labeled comparisons.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct LabelerAgreement {
     /// The labeler's user id.
     pub labeler_id: i64,
@@ -489,6 +520,7 @@ pub struct LabelerAgreement {
 
 /// Export format of `GET /api/export`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ExportFormat {
     /// TRL preference rows: conversational `prompt`, `chosen`, `rejected`, `margin`.
@@ -512,6 +544,11 @@ impl ExportFormat {
 
 /// Filters of `GET /api/export` (query string).
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(
+    feature = "server",
+    derive(utoipa::IntoParams),
+    into_params(parameter_in = Query)
+)]
 pub struct ExportQuery {
     /// Output format (default `trl`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -532,6 +569,7 @@ pub struct ExportQuery {
 
 /// One TRL preference row (conversational form).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TrlRow {
     /// The prompt's chat history.
     pub prompt: Vec<ChatMessage>,
@@ -545,6 +583,7 @@ pub struct TrlRow {
 
 /// One HH-RLHF row: whole transcripts `\n\nHuman: ...\n\nAssistant: ...`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct HhRow {
     /// Transcript ending in the preferred response.
     pub chosen: String,
@@ -554,6 +593,7 @@ pub struct HhRow {
 
 /// One raw judgment: a label with everything needed to interpret it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RawRow {
     /// The label's id.
     pub label_id: i64,
@@ -588,11 +628,13 @@ pub struct RawRow {
     /// Milliseconds the labeler spent, as measured by their client.
     pub time_spent_ms: Option<i64>,
     /// When it was submitted.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// An account as the API shows it.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct UserInfo {
     /// The user's id.
     pub id: i64,
@@ -603,16 +645,32 @@ pub struct UserInfo {
     /// Disabled accounts cannot log in or use tokens.
     pub disabled: bool,
     /// When it was created.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
+}
+
+/// The caller of `GET /api/me`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
+pub struct Me {
+    /// The caller's user id.
+    pub id: i64,
+    /// The caller's login name.
+    pub username: String,
+    /// What the caller may do.
+    pub role: Role,
 }
 
 /// Body of `POST /api/users` (admin).
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewUser {
     /// 1–64 characters of `[A-Za-z0-9_.-]`.
+    #[cfg_attr(feature = "server", schema(pattern = "^[A-Za-z0-9_.-]{1,64}$"))]
     pub username: String,
     /// At least 8 characters.
+    #[cfg_attr(feature = "server", schema(min_length = 8))]
     pub password: String,
     /// What the account may do.
     pub role: Role,
@@ -620,6 +678,7 @@ pub struct NewUser {
 
 /// Body of `POST /api/users/{username}/tokens` (admin) and `POST /api/me/tokens`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
     /// A label for the token.
@@ -628,11 +687,13 @@ pub struct NewToken {
     /// The token stops working this many days after it is created (1–3650;
     /// default: never).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 3650))]
     pub expires_in_days: Option<u32>,
 }
 
 /// A newly created API token: shown once, stored only hashed.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     /// Whose token it is.
     pub username: String,
@@ -643,11 +704,13 @@ pub struct TokenCreated {
     pub id: i64,
     /// When it stops working, if ever.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub expires_at: Option<String>,
 }
 
 /// An API token as listed (never the secret itself).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct TokenInfo {
     /// Token id (`DELETE /api/tokens/{id}` revokes it).
     pub id: i64,
@@ -656,15 +719,19 @@ pub struct TokenInfo {
     /// The label given when it was created.
     pub name: String,
     /// When it was created.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
     /// When it stops working, if ever.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub expires_at: Option<String>,
     /// When it was last used (updated at most once a minute), if ever.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub last_used_at: Option<String>,
 }
 
 /// One audit-log entry.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct AuditEntry {
     /// The entry's id (increasing).
     pub id: i64,
@@ -673,13 +740,16 @@ pub struct AuditEntry {
     /// What was done, e.g. `user.create`.
     pub action: String,
     /// What the action concerned (ids, names, reasons), as a JSON object.
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub detail: serde_json::Value,
     /// When it was done.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
 }
 
 /// Every error the API returns has this body, with a 4xx or 5xx status.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct ErrorBody {
     /// Machine-readable code, e.g. `bad_request`, `forbidden`.
     pub error: String,
@@ -689,21 +759,25 @@ pub struct ErrorBody {
 
 /// Body of `POST /api/rounds`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewRound {
     /// A name, e.g. `round-3`.
     pub name: String,
     /// The round's configuration (free-form JSON object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub config: Option<serde_json::Value>,
     /// Initial status: `created` (default) or `queued` (ready for a worker's claim).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<RoundStatus>))]
     pub status: Option<String>,
 }
 
 /// Body of `PATCH /api/rounds/{id}`: fields to change. A status other than
 /// `running` also releases the round's lease.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoundUpdate {
     /// New status, by hand: `created` ↔ `queued`; `queued` from `running`
@@ -711,43 +785,54 @@ pub struct RoundUpdate {
     /// `cancelled` from anything but `done`. `running` is set only by a claim
     /// and `done` only by the worker's heartbeat (409 otherwise).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<RoundStatus>))]
     pub status: Option<String>,
     /// Why (up to 500 characters), kept in the audit log; e.g. for a cancel.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(max_length = 500))]
     pub reason: Option<String>,
     /// New metrics (replaces the old object).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<RoundMetrics>))]
     pub metrics: Option<serde_json::Value>,
 }
 
 /// An alignment round: configuration, status and metrics (filled by the trainer).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct Round {
     /// The round's id.
     pub id: i64,
     /// Its name, e.g. `round-3`.
     pub name: String,
     /// Its configuration (JSON object; the worker's recipe, task, sizes ...).
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub config: serde_json::Value,
-    /// Status: one of [`RoundStatus`] (`created`, `queued`, `running`,
-    /// `done`, `failed`, `cancelled`); read it typed with [`Round::status`].
+    /// Status: one of `RoundStatus` (`created`, `queued`, `running`,
+    /// `done`, `failed`, `cancelled`); read it typed with `Round::status`.
+    #[cfg_attr(feature = "server", schema(value_type = RoundStatus))]
     pub status: String,
     /// Metrics (JSON object). Conventions of the trainer worker, shown by the
     /// dashboard: `summary` = {name: number} (e.g. `gold_reward`,
     /// `rm_accuracy`, `kl`, `win_rate`, `label_agreement`), `series` =
     /// {name: [[x, y], ...]} (e.g. `rm_loss`, `policy_loss`, `reward`, `kl`),
     /// `progress` = {`step`: `sample|label|reward_model|policy|eval|done`,
-    /// `detail`: text}. Read it typed with [`Round::metrics_typed`].
+    /// `detail`: text}. Read it typed with
+    /// `Round::metrics_typed`.
+    #[cfg_attr(feature = "server", schema(value_type = RoundMetrics))]
     pub metrics: serde_json::Value,
     /// When it was created.
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub created_at: String,
     /// When it last changed (status, metrics, state or lease).
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub updated_at: String,
     /// The worker holding the round's lease (while `running`).
     #[serde(default)]
     pub lease_owner: Option<String>,
     /// When that lease ends (RFC 3339); after it, another worker may claim the round.
     #[serde(default)]
+    #[cfg_attr(feature = "server", schema(format = DateTime))]
     pub lease_expires_at: Option<String>,
     /// The lease's secret, only in the response to the claim that took it:
     /// every heartbeat must send it back. The server keeps only its hash.
@@ -755,6 +840,7 @@ pub struct Round {
     pub lease_token: Option<String>,
     /// The worker's resumable state (JSON object, `{}` when new).
     #[serde(default = "empty_object")]
+    #[cfg_attr(feature = "server", schema(value_type = Object))]
     pub state: serde_json::Value,
 }
 
@@ -764,37 +850,46 @@ fn empty_object() -> serde_json::Value {
 
 /// Body of `POST /api/rounds/claim`: a worker asks for the next round to run.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoundClaim {
     /// The worker's name (1-100 characters); it becomes the round's `lease_owner`.
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 100))]
     pub worker: String,
     /// Lease length in seconds (1-86400, default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 86400))]
     pub lease_seconds: Option<u64>,
 }
 
 /// Body of `POST /api/rounds/{id}/heartbeat`: the lease holder extends its lease
 /// and reports progress. Fields left out are kept.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct RoundHeartbeat {
     /// The worker's name (for messages and the audit log).
+    #[cfg_attr(feature = "server", schema(min_length = 1, max_length = 100))]
     pub worker: String,
     /// The `lease_token` the claim returned; must be the round's current
     /// lease (else 409: the lease was lost or never held).
     pub lease_token: String,
     /// New lease length in seconds from now (1-86400, default 300).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(minimum = 1, maximum = 86400))]
     pub lease_seconds: Option<u64>,
     /// New status; anything but `running` (e.g. `done`, `failed`, or `queued`
     /// to hand the round back) releases the lease.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<RoundStatus>))]
     pub status: Option<String>,
     /// New resumable state (JSON object; replaces the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<Object>))]
     pub state: Option<serde_json::Value>,
     /// New metrics (JSON object; replaces the old one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "server", schema(value_type = Option<RoundMetrics>))]
     pub metrics: Option<serde_json::Value>,
 }
 
@@ -817,6 +912,7 @@ impl Round {
 /// as `queued`). A researcher may cancel it (`cancelled`) unless it is `done`.
 /// Sent and stored as the lowercase word.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum RoundStatus {
     /// New, not yet offered to workers.
@@ -892,6 +988,7 @@ impl From<RoundStatus> for String {
 /// a point that is not two numbers, a `progress` that is not an object) are
 /// left out instead of failing.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RoundMetrics {
     /// What the worker is doing now.
     #[serde(
@@ -911,11 +1008,13 @@ pub struct RoundMetrics {
     pub series: BTreeMap<String, Vec<(f64, f64)>>,
     /// Any other keys, kept as they are.
     #[serde(flatten)]
+    #[cfg_attr(feature = "server", schema(ignore))]
     pub extra: BTreeMap<String, serde_json::Value>,
 }
 
 /// `metrics.progress`: the worker's current step and a line about it.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "server", derive(utoipa::ToSchema))]
 pub struct RoundProgress {
     /// `sample`, `label`, `reward_model`, `policy`, `eval` or `done`.
     #[serde(default)]

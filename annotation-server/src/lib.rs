@@ -57,8 +57,6 @@
 //! - [`ui`]: the server-rendered labeling page and researcher dashboard.
 //! - [`writer`]: the labeling hot path's (batched) writes.
 #![warn(missing_docs)]
-// the hand-written OpenAPI document is one large `json!` literal
-#![recursion_limit = "512"]
 
 pub mod api;
 #[cfg(feature = "plots")]
