@@ -21,7 +21,7 @@ use sea_orm::{
 };
 use std::sync::atomic::{AtomicI64, Ordering};
 
-/// Comparison states.
+/// A comparison that still wants labels.
 pub const OPEN: &str = "open";
 /// All wanted labels collected.
 pub const COMPLETE: &str = "complete";

@@ -1,8 +1,8 @@
 //! Credentials: argon2 password hashes, hashed API tokens and browser
 //! sessions, and the extractors that authenticate requests.
-use crate::api::Role;
 use crate::entities::{api_tokens, sessions, users};
 use crate::error::{AppError, AppResult};
+use crate::identity::CurrentUser;
 use crate::state::{AppState, CachedToken};
 use crate::time::now_ms;
 use argon2::password_hash::{rand_core::OsRng, PasswordHash, SaltString};
@@ -102,54 +102,6 @@ pub fn constant_time_eq(a: &str, b: &str) -> bool {
             .zip(b.bytes())
             .fold(0u8, |acc, (x, y)| acc | (x ^ y))
             == 0
-}
-
-/// The user behind a request.
-#[derive(Clone, Debug)]
-pub struct CurrentUser {
-    /// User id.
-    pub id: i64,
-    /// Name.
-    pub username: String,
-    /// Role.
-    pub role: Role,
-}
-
-impl CurrentUser {
-    fn from_model(u: users::Model) -> AppResult<CurrentUser> {
-        let role = Role::parse(&u.role)
-            .ok_or_else(|| AppError::Internal(format!("user {} has unknown role", u.id)))?;
-        Ok(CurrentUser {
-            id: u.id,
-            username: u.username,
-            role,
-        })
-    }
-
-    /// Fails with 403 unless the user is a researcher or admin.
-    pub fn require_researcher(&self) -> AppResult<()> {
-        if self.role.is_researcher() {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden(
-                "this needs the researcher or admin role".into(),
-            ))
-        }
-    }
-
-    /// Fails with 403 unless the user is an admin.
-    pub fn require_admin(&self) -> AppResult<()> {
-        if self.role == Role::Admin {
-            Ok(())
-        } else {
-            Err(AppError::Forbidden("this needs the admin role".into()))
-        }
-    }
-
-    /// Fails with 403 unless the user may label (labelers; researchers and admins may too).
-    pub fn require_labeler(&self) -> AppResult<()> {
-        Ok(())
-    }
 }
 
 /// A request authenticated with `Authorization: Bearer <token>`.

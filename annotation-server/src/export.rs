@@ -97,7 +97,7 @@ impl Filter {
 /// Streams the export as a response body.
 ///
 /// A task reads a page of comparisons at a time and writes its rows into
-/// chunks of about [`CHUNK`] bytes, each sent through a channel of two: when the
+/// chunks of about 64 KiB, each sent through a channel of two: when the
 /// client reads slowly (or not at all) the task waits at the channel, so the
 /// memory held is one page of database rows plus a few chunks, whatever the
 /// size of the export or the speed of the reader.

@@ -2,7 +2,7 @@
 //! SVG backend. The dashboard serves them, and the trainer writes the same
 //! charts as files next to a round's outputs, so both show identical plots.
 //!
-//! Metric conventions (see [`crate::api::Round::metrics`]): `summary` is an
+//! Metric conventions (see [`crate::api::RoundMetrics`]): `summary` is an
 //! object of name → number (plotted over rounds: x = round id), `series` is an
 //! object of name → `[[x, y], ...]` (plotted per round, one chart per entry).
 //!
@@ -217,54 +217,13 @@ where
     Ok(())
 }
 
-/// The numbers in `metrics.summary` (name → number), by name; other values
-/// are left out.
-pub fn summary_numbers(metrics: &serde_json::Value) -> BTreeMap<String, f64> {
-    metrics
-        .get("summary")
-        .and_then(|v| v.as_object())
-        .map(|o| {
-            o.iter()
-                .filter_map(|(k, v)| v.as_f64().map(|n| (k.clone(), n)))
-                .collect()
-        })
-        .unwrap_or_default()
-}
-
-/// The entries of `metrics.series` (name → `[[x, y], ...]`), by name. Points
-/// that are not two numbers are left out.
-pub fn metric_series(metrics: &serde_json::Value) -> BTreeMap<String, Vec<(f64, f64)>> {
-    let Some(o) = metrics.get("series").and_then(|v| v.as_object()) else {
-        return BTreeMap::new();
-    };
-    o.iter()
-        .map(|(k, v)| {
-            let pts = v
-                .as_array()
-                .map(|a| {
-                    a.iter()
-                        .filter_map(|p| {
-                            let p = p.as_array()?;
-                            match p.as_slice() {
-                                [x, y] => Some((x.as_f64()?, y.as_f64()?)),
-                                _ => None,
-                            }
-                        })
-                        .collect()
-                })
-                .unwrap_or_default();
-            (k.clone(), pts)
-        })
-        .collect()
-}
-
 /// Every summary metric over `rounds`: name → (round id, value), by round id.
 pub fn summary_over_rounds(rounds: &[Round]) -> BTreeMap<String, Vec<(f64, f64)>> {
     let mut by_name: BTreeMap<String, Vec<(f64, f64)>> = BTreeMap::new();
     let mut sorted: Vec<&Round> = rounds.iter().collect();
     sorted.sort_by_key(|r| r.id);
     for r in sorted {
-        for (k, v) in summary_numbers(&r.metrics) {
+        for (k, v) in r.metrics_typed().summary {
             by_name.entry(k).or_default().push((r.id as f64, v));
         }
     }
@@ -301,7 +260,7 @@ pub fn all_plots(rounds: &[Round]) -> Vec<(String, String)> {
         ));
     }
     for r in rounds {
-        for (name, pts) in metric_series(&r.metrics) {
+        for (name, pts) in r.metrics_typed().series {
             out.push((
                 format!("round-{}-{}", r.id, file_stem(&name)),
                 series_chart_svg(r, &name, &pts),
@@ -393,15 +352,15 @@ mod tests {
 
     #[test]
     fn metrics_conventions() {
-        let m = serde_json::json!({
+        let m = crate::api::RoundMetrics::from_value(&serde_json::json!({
             "summary": {"gold_reward": 0.5, "kl": 0.1, "note": "x"},
             "series": {"rm_loss": [[0, 0.7], [1, 0.6], ["bad"], [2]], "empty": []},
             "progress": {"step": "eval", "detail": ""}
-        });
-        let s = summary_numbers(&m);
+        }));
+        let s = m.summary;
         assert_eq!(s.len(), 2);
         assert_eq!(s["gold_reward"], 0.5);
-        let ser = metric_series(&m);
+        let ser = m.series;
         assert_eq!(ser["rm_loss"], vec![(0.0, 0.7), (1.0, 0.6)]);
         assert!(ser["empty"].is_empty());
         assert_eq!(file_stem("a/b c.svg"), "a_b_c_svg");

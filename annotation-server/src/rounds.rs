@@ -10,7 +10,7 @@
 //! caller won. That is atomic on SQLite and PostgreSQL alike, so two
 //! concurrent claimers never get the same round and a worker that lost its
 //! lease cannot overwrite the new owner's progress.
-use crate::api::{NewRound, Round, RoundClaim, RoundHeartbeat, RoundUpdate};
+use crate::api::{NewRound, Round, RoundClaim, RoundHeartbeat, RoundStatus, RoundUpdate};
 use crate::db::begin_write;
 use crate::entities::rounds;
 use crate::error::{reject_nul, AppError, AppResult};
@@ -22,33 +22,19 @@ use sea_orm::{
     QueryFilter, QueryOrder, QuerySelect, Set,
 };
 
-/// A new round, not yet offered to workers.
-pub const CREATED: &str = "created";
-/// Waiting for a worker's claim.
-pub const QUEUED: &str = "queued";
-/// Claimed by a worker (under a lease).
-pub const RUNNING: &str = "running";
-/// Finished.
-pub const DONE: &str = "done";
-/// Given up.
-pub const FAILED: &str = "failed";
-/// Stopped by a researcher.
-pub const CANCELLED: &str = "cancelled";
-
-/// Every status a round can have.
-pub const STATUSES: [&str; 6] = [CREATED, QUEUED, RUNNING, DONE, FAILED, CANCELLED];
+use RoundStatus::{Cancelled, Created, Done, Failed, Queued, Running};
 
 /// Whether a researcher may move a round from `from` to `to` by hand. A round
 /// becomes `running` only through a claim (which gives it a lease) and `done`
 /// only through its worker's heartbeat; `done` is final.
-pub fn may_set_by_hand(from: &str, to: &str) -> bool {
+pub fn may_set_by_hand(from: RoundStatus, to: RoundStatus) -> bool {
     matches!(
         (from, to),
-        (CREATED, QUEUED)
-            | (QUEUED, CREATED)
-            | (RUNNING | FAILED | CANCELLED, QUEUED)
-            | (RUNNING, FAILED)
-            | (CREATED | QUEUED | RUNNING | FAILED, CANCELLED)
+        (Created, Queued)
+            | (Queued, Created)
+            | (Running | Failed | Cancelled, Queued)
+            | (Running, Failed)
+            | (Created | Queued | Running | Failed, Cancelled)
     )
 }
 
@@ -96,16 +82,14 @@ fn object(v: Option<serde_json::Value>, what: &str) -> AppResult<String> {
     }
 }
 
-/// Checks a status: one of [`STATUSES`].
-pub fn validate_status(s: &str) -> AppResult<()> {
-    if STATUSES.contains(&s) {
-        Ok(())
-    } else {
-        Err(AppError::Unprocessable(format!(
+/// Reads a status: one of [`RoundStatus`] (422 otherwise).
+pub fn validate_status(s: &str) -> AppResult<RoundStatus> {
+    s.parse().map_err(|_| {
+        AppError::Unprocessable(format!(
             "status must be one of {}",
-            STATUSES.join(", ")
-        )))
-    }
+            RoundStatus::ALL.map(RoundStatus::as_str).join(", ")
+        ))
+    })
 }
 
 /// Checks a round name: 1-200 characters, not blank, no NUL.
@@ -145,9 +129,9 @@ fn lease_ms(lease_seconds: Option<u64>) -> AppResult<i64> {
 /// Creates a round with status `created` (default) or `queued`.
 pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppResult<Round> {
     validate_name(&req.name)?;
-    let status = match req.status.as_deref() {
-        None | Some(CREATED) => CREATED,
-        Some(QUEUED) => QUEUED,
+    let status = match req.status.as_deref().map(str::parse) {
+        None | Some(Ok(Created)) => Created,
+        Some(Ok(Queued)) => Queued,
         Some(_) => {
             return Err(AppError::Unprocessable(
                 "a new round's status must be `created` or `queued`".into(),
@@ -175,7 +159,7 @@ pub async fn create(db: &DatabaseConnection, req: NewRound, actor: i64) -> AppRe
         db,
         Some(actor),
         "round.create",
-        serde_json::json!({"round_id": r.id, "status": status}),
+        serde_json::json!({"round_id": r.id, "status": status.as_str()}),
     )
     .await?;
     Ok(view(r))
@@ -192,7 +176,7 @@ pub async fn list(db: &DatabaseConnection) -> AppResult<Vec<Round>> {
         .collect())
 }
 
-/// One round.
+/// The round `id` (404 if there is none).
 pub async fn get(db: &DatabaseConnection, id: i64) -> AppResult<Round> {
     find(db, id).await.map(view)
 }
@@ -230,19 +214,21 @@ pub async fn update(
     let r = find(db, id).await?;
     let change = match &req.status {
         Some(to) if *to != r.status => {
-            validate_status(to)?;
-            if !may_set_by_hand(&r.status, to) {
+            let to = validate_status(to)?;
+            // a stored word that is no status (none is written) can only be left by hand
+            let allowed = r.status.parse().is_ok_and(|from| may_set_by_hand(from, to));
+            if !allowed {
                 return Err(AppError::Conflict(format!(
                     "round {id} cannot go from `{}` to `{to}` by hand{}",
                     r.status,
-                    match to.as_str() {
-                        RUNNING => " (a worker's claim makes a round running)",
-                        DONE => " (its worker finishes it)",
+                    match to {
+                        Running => " (a worker's claim makes a round running)",
+                        Done => " (its worker finishes it)",
                         _ => "",
                     }
                 )));
             }
-            Some(to.clone())
+            Some(to)
         }
         _ => None,
     };
@@ -251,7 +237,7 @@ pub async fn update(
         rounds::Entity::update_many().col_expr(rounds::Column::UpdatedAt, Expr::value(now_ms()));
     if let Some(to) = &change {
         q = q
-            .col_expr(rounds::Column::Status, Expr::value(to.clone()))
+            .col_expr(rounds::Column::Status, Expr::value(to.as_str()))
             .col_expr(
                 rounds::Column::LeaseOwner,
                 Expr::value(Option::<String>::None),
@@ -294,11 +280,13 @@ pub async fn update(
 
 /// Rounds a worker may claim at `now`: queued, or running with an expired lease.
 fn claimable(now: i64) -> Condition {
-    Condition::any().add(rounds::Column::Status.eq(QUEUED)).add(
-        Condition::all()
-            .add(rounds::Column::Status.eq(RUNNING))
-            .add(rounds::Column::LeaseExpiresAt.lt(now)),
-    )
+    Condition::any()
+        .add(rounds::Column::Status.eq(Queued.as_str()))
+        .add(
+            Condition::all()
+                .add(rounds::Column::Status.eq(Running.as_str()))
+                .add(rounds::Column::LeaseExpiresAt.lt(now)),
+        )
 }
 
 /// Claims the oldest claimable round for `req.worker`: it becomes `running`
@@ -334,7 +322,7 @@ pub async fn claim(
             let (_w, txn) = begin_write(db).await?;
             let now = now_ms();
             let won = rounds::Entity::update_many()
-                .col_expr(rounds::Column::Status, Expr::value(RUNNING))
+                .col_expr(rounds::Column::Status, Expr::value(Running.as_str()))
                 .col_expr(rounds::Column::LeaseOwner, Expr::value(req.worker.clone()))
                 .col_expr(
                     rounds::Column::LeaseTokenHash,
@@ -359,7 +347,7 @@ pub async fn claim(
                 "round.claim",
                 serde_json::json!({
                     "round_id": id, "worker": req.worker, "lease_seconds": lease / 1000,
-                    "was": was, "previous_owner": if was == RUNNING { previous_owner } else { None },
+                    "was": was, "previous_owner": if was == Running.as_str() { previous_owner } else { None },
                 }),
             )
             .await?;
@@ -387,19 +375,21 @@ pub async fn heartbeat(
     validate_worker(&req.worker)?;
     let lease = lease_ms(req.lease_seconds)?;
     // the worker keeps it running, finishes it, gives up or hands it back
-    if let Some(s) = &req.status {
-        if ![RUNNING, DONE, FAILED, QUEUED].contains(&s.as_str()) {
+    let status = match req.status.as_deref().map(str::parse) {
+        None => None,
+        Some(Ok(s @ (Running | Done | Failed | Queued))) => Some(s),
+        Some(_) => {
             return Err(AppError::Unprocessable(format!(
-                "a heartbeat's status must be one of {RUNNING}, {DONE}, {FAILED}, {QUEUED}"
-            )));
+                "a heartbeat's status must be one of {Running}, {Done}, {Failed}, {Queued}"
+            )))
         }
-    }
+    };
     let state = req.state.map(|v| object(Some(v), "state")).transpose()?;
     let metrics = req
         .metrics
         .map(|v| object(Some(v), "metrics"))
         .transpose()?;
-    let releases = req.status.as_deref().is_some_and(|s| s != RUNNING);
+    let releases = status.is_some_and(|s| s != Running);
 
     let (_w, txn) = begin_write(db).await?;
     let now = now_ms();
@@ -421,8 +411,8 @@ pub async fn heartbeat(
     } else {
         q = q.col_expr(rounds::Column::LeaseExpiresAt, Expr::value(now + lease));
     }
-    if let Some(s) = &req.status {
-        q = q.col_expr(rounds::Column::Status, Expr::value(s.clone()));
+    if let Some(s) = status {
+        q = q.col_expr(rounds::Column::Status, Expr::value(s.as_str()));
     }
     if let Some(s) = state {
         q = q.col_expr(rounds::Column::State, Expr::value(s));
@@ -434,7 +424,7 @@ pub async fn heartbeat(
     // claim that would take it over replaces the token hash in one statement
     let updated = q
         .filter(rounds::Column::Id.eq(id))
-        .filter(rounds::Column::Status.eq(RUNNING))
+        .filter(rounds::Column::Status.eq(Running.as_str()))
         .filter(rounds::Column::LeaseOwner.eq(req.worker.as_str()))
         .filter(rounds::Column::LeaseTokenHash.eq(auth::sha256_hex(&req.lease_token)))
         .exec(&txn)
@@ -443,17 +433,17 @@ pub async fn heartbeat(
     let r = find(&txn, id).await?;
     if updated == 0 {
         txn.rollback().await?;
-        let why = match (&r.lease_owner, r.status.as_str()) {
-            (Some(owner), RUNNING) if *owner != req.worker => format!(
+        let why = match (&r.lease_owner, r.status.parse::<RoundStatus>()) {
+            (Some(owner), Ok(Running)) if *owner != req.worker => format!(
                 "lease lost: round {id} is now held by worker `{owner}`, not `{}` (the lease expired and another worker claimed the round)",
                 req.worker
             ),
-            (Some(_), RUNNING) => format!(
+            (Some(_), Ok(Running)) => format!(
                 "lease lost: round {id}: the lease token does not match the round's current lease (send the token of the claim; a newer claim replaces it)"
             ),
-            (_, status) => format!(
-                "lease lost: round {id} is not running under worker `{}` (its status is `{status}`)",
-                req.worker
+            _ => format!(
+                "lease lost: round {id} is not running under worker `{}` (its status is `{}`)",
+                req.worker, r.status
             ),
         };
         return Err(AppError::Conflict(why));
@@ -469,4 +459,31 @@ pub async fn heartbeat(
     }
     txn.commit().await?;
     Ok(view(r))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hand_transitions() {
+        let by_hand = |from, to| may_set_by_hand(from, to);
+        assert!(by_hand(Created, Queued) && by_hand(Queued, Created));
+        assert!(by_hand(Running, Queued) && by_hand(Failed, Queued) && by_hand(Cancelled, Queued));
+        assert!(by_hand(Running, Failed));
+        for from in [Created, Queued, Running, Failed] {
+            assert!(by_hand(from, Cancelled), "{from}");
+        }
+        // running only by a claim, done only by the worker, and done is final
+        for from in RoundStatus::ALL {
+            assert!(!by_hand(from, Running) && !by_hand(from, Done), "{from}");
+            assert!(!by_hand(Done, from), "{from}");
+        }
+        assert_eq!(validate_status("queued").unwrap(), Queued);
+        let err = validate_status("banana").unwrap_err().to_string();
+        assert_eq!(
+            err,
+            "status must be one of created, queued, running, done, failed, cancelled"
+        );
+    }
 }

@@ -1,6 +1,6 @@
 //! Shared state of the running server: database, configuration, metrics,
 //! rate limiter and a short-lived token cache.
-use crate::auth::CurrentUser;
+use crate::identity::CurrentUser;
 use crate::metrics::Metrics;
 use crate::ratelimit::RateLimiter;
 use crate::writer::Writer;
@@ -59,9 +59,9 @@ impl Default for Config {
 pub struct AppState {
     /// The database pool.
     pub db: DatabaseConnection,
-    /// Tunables.
+    /// The configuration the server was started with.
     pub config: Arc<Config>,
-    /// Prometheus metrics.
+    /// The counters behind `/metrics`.
     pub metrics: Arc<Metrics>,
     /// Failed-login limiter.
     pub login_limiter: Arc<RateLimiter>,
@@ -121,7 +121,7 @@ pub struct TokenCache {
 /// A cached token: its owner, id, expiry and when its use was last written.
 #[derive(Clone, Debug)]
 pub struct CachedToken {
-    /// The owner.
+    /// The token's owner.
     pub user: CurrentUser,
     /// The token's row id.
     pub token_id: i64,

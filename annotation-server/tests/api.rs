@@ -583,16 +583,7 @@ async fn rounds_and_round_filter(db: TestDb) {
     assert_error(r.get("/api/rounds/777").await, 404).await;
 
     // a batch in the round, and one outside it
-    let p = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     let pair =
         json!([{"prompt_id": pid, "responses": [{"text": "a", "round_id": rid}, {"text": "b"}]}]);
     assert_eq!(

@@ -6,9 +6,8 @@
 //! `CHROMEDRIVER`; `CHROMIUM` may name the browser binary. Skipped otherwise.
 mod common;
 
-use annotation_server::accounts;
 use annotation_server::api::Role;
-use common::{TestDb, TestServer};
+use common::{TestDb, TestServer, PASSWORD};
 use serde_json::{json, Value};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
@@ -264,19 +263,10 @@ async fn label_with_the_keyboard_in_chromium() {
     };
     let s = TestServer::start(TestDb::sqlite()).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
-    let p = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"Which is better? <b>not bold</b>\"}",
-        )
+    s.user("lab", Role::Labeler).await;
+    let pid = r
+        .import_prompt("{\"prompt\": \"Which is better? <b>not bold</b>\"}")
         .await;
-    let pid = p.json::<Value>().await.unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
     let c = r
         .post(
             "/api/comparisons",
@@ -297,7 +287,7 @@ async fn label_with_the_keyboard_in_chromium() {
     let d = Driver::start(&chromedriver).await;
     d.goto(&format!("{}/login", s.url)).await;
     d.type_into("#username", "lab").await;
-    d.type_into("#password", "password123").await;
+    d.type_into("#password", PASSWORD).await;
     d.click("button[type=submit]").await;
     if !poll(|| async { d.url().await.ends_with("/label") }).await {
         let source = d.cmd(reqwest::Method::GET, "/source", None).await;

@@ -3,8 +3,7 @@
 mod common;
 
 use annotation_server::api::Role;
-use common::{TestDb, TestServer};
-use sea_orm::{ConnectionTrait, Statement};
+use common::{scalar, TestDb, TestServer};
 use serde_json::json;
 
 on_both_databases!(
@@ -16,24 +15,10 @@ const LABELERS: usize = 24;
 const COMPARISONS: usize = 60;
 const WANTED: u32 = 3;
 
-async fn scalar(s: &TestServer, sql: &str) -> i64 {
-    scalar_on(&s.db, sql).await
-}
-
-async fn scalar_on(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
-    let backend = db.get_database_backend();
-    let row = db
-        .query_one_raw(Statement::from_string(backend, sql.to_string()))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
-}
-
 /// Open comparisons this labeler could still get once others' leases end
 /// (another labeler may skip a slot after this one was told "nothing now").
 async fn still_possible(db: &sea_orm::DatabaseConnection, labeler: &str) -> i64 {
-    scalar_on(db, &format!(
+    scalar(db, &format!(
         "SELECT COUNT(*) FROM comparisons c WHERE c.state <> 'complete' \
          AND NOT EXISTS (SELECT 1 FROM labels l JOIN users u ON u.id = l.labeler_id WHERE l.comparison_id = c.id AND u.username = '{labeler}') \
          AND NOT EXISTS (SELECT 1 FROM skips k JOIN users u ON u.id = k.labeler_id WHERE k.comparison_id = c.id AND u.username = '{labeler}')"
@@ -44,16 +29,7 @@ async fn still_possible(db: &sea_orm::DatabaseConnection, labeler: &str) -> i64 
 async fn parallel_labelers_never_over_collect(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let p = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     let comps: Vec<_> = (0..COMPARISONS).map(|i| json!({"prompt_id": pid, "responses": [{"text": format!("a{i}")}, {"text": format!("b{i}")}]})).collect();
     let c = r
         .post(
@@ -115,26 +91,26 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
     // there are far more labelers than needed, so every slot got filled
     assert_eq!(total, COMPARISONS * WANTED as usize);
     assert_eq!(
-        scalar(&s, "SELECT COUNT(*) FROM labels").await,
+        scalar(&s.db, "SELECT COUNT(*) FROM labels").await,
         (COMPARISONS * WANTED as usize) as i64
     );
     // no comparison over- or under-collected, and counters match the rows
     assert_eq!(
-        scalar(&s, "SELECT COUNT(*) FROM comparisons c WHERE (SELECT COUNT(*) FROM labels l WHERE l.comparison_id = c.id) <> 3").await,
+        scalar(&s.db, "SELECT COUNT(*) FROM comparisons c WHERE (SELECT COUNT(*) FROM labels l WHERE l.comparison_id = c.id) <> 3").await,
         0
     );
-    assert_eq!(scalar(&s, "SELECT COUNT(*) FROM comparisons WHERE labels_done <> 3 OR leased <> 0 OR state <> 'complete'").await, 0);
+    assert_eq!(scalar(&s.db, "SELECT COUNT(*) FROM comparisons WHERE labels_done <> 3 OR leased <> 0 OR state <> 'complete'").await, 0);
     // no labeler labeled a comparison twice (the unique index would refuse, check anyway)
     assert_eq!(
-        scalar(&s, "SELECT COUNT(*) FROM (SELECT comparison_id, labeler_id FROM labels GROUP BY comparison_id, labeler_id HAVING COUNT(*) > 1) d").await,
+        scalar(&s.db, "SELECT COUNT(*) FROM (SELECT comparison_id, labeler_id FROM labels GROUP BY comparison_id, labeler_id HAVING COUNT(*) > 1) d").await,
         0
     );
     // nobody labeled what they skipped
     assert_eq!(
-        scalar(&s, "SELECT COUNT(*) FROM labels l JOIN skips k ON k.comparison_id = l.comparison_id AND k.labeler_id = l.labeler_id").await,
+        scalar(&s.db, "SELECT COUNT(*) FROM labels l JOIN skips k ON k.comparison_id = l.comparison_id AND k.labeler_id = l.labeler_id").await,
         0
     );
-    assert_eq!(scalar(&s, "SELECT COUNT(*) FROM leases").await, 0);
+    assert_eq!(scalar(&s.db, "SELECT COUNT(*) FROM leases").await, 0);
     let m = r.get("/metrics").await.text().await.unwrap();
     assert!(
         m.contains(&format!(
@@ -150,16 +126,7 @@ async fn parallel_labelers_never_over_collect(db: TestDb) {
 async fn racing_submissions_store_one_label(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    let p = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"p\"}",
-        )
-        .await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    let pid = r.import_prompt("{\"prompt\": \"p\"}").await;
     let c = r.post("/api/comparisons", json!({"batch": "race", "labels_wanted": 2, "comparisons": [{"prompt_id": pid, "responses": [{"text": "a"}, {"text": "b"}]}]})).await;
     let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0]
         .as_i64()
@@ -211,7 +178,7 @@ async fn racing_submissions_store_one_label(db: TestDb) {
         statuses.iter().all(|s| *s == 201 || *s == 409),
         "{statuses:?}"
     );
-    assert_eq!(scalar(&s, "SELECT COUNT(*) FROM labels").await, 2);
-    assert_eq!(scalar(&s, "SELECT COUNT(*) FROM comparisons WHERE labels_done = 2 AND leased = 0 AND state = 'complete'").await, 1);
+    assert_eq!(scalar(&s.db, "SELECT COUNT(*) FROM labels").await, 2);
+    assert_eq!(scalar(&s.db, "SELECT COUNT(*) FROM comparisons WHERE labels_done = 2 AND leased = 0 AND state = 'complete'").await, 1);
     s.stop().await;
 }

@@ -4,7 +4,7 @@ mod common;
 
 use annotation_server::api::Role;
 use annotation_server::state::Config;
-use common::{assert_error, TestDb, TestServer};
+use common::{assert_error, browser, get_text, login, TestDb, TestServer, PASSWORD};
 use serde_json::json;
 
 on_both_databases!(
@@ -264,34 +264,8 @@ async fn hostile_strings_are_stored_verbatim_and_escaped(db: TestDb) {
     assert_eq!(b[0]["name"], SQLI);
 
     // the labeler page escapes everything
-    annotation_server::accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = http
-        .get(format!("{}/login", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden(&login, "csrf");
-    let resp = http
-        .post(format!("{}/login", s.url))
-        .form(&[
-            ("username", "lab"),
-            ("password", "password123"),
-            ("csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 303);
+    s.user("lab", Role::Labeler).await;
+    let http = s.browser("lab").await;
     let page = http.get(format!("{}/label", s.url)).send().await.unwrap();
     let csp = page.headers()["content-security-policy"]
         .to_str()
@@ -306,52 +280,14 @@ async fn hostile_strings_are_stored_verbatim_and_escaped(db: TestDb) {
     assert!(html.contains("&lt;/pre&gt;&lt;b&gt;bold&lt;/b&gt;"));
 
     // the researcher dashboard escapes batch names too
-    annotation_server::accounts::create_user(&s.db, "res2", "password123", Role::Researcher, None)
-        .await
-        .unwrap();
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let login = http
-        .get(format!("{}/login", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden(&login, "csrf");
-    let resp = http
-        .post(format!("{}/login", s.url))
-        .form(&[
-            ("username", "res2"),
-            ("password", "password123"),
-            ("csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
+    s.user("res2", Role::Researcher).await;
+    let http = browser();
+    let resp = login(&http, &s.url, "res2", PASSWORD).await;
     assert_eq!(resp.headers()["location"], "/dashboard");
-    let html = http
-        .get(format!("{}/dashboard", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{}/dashboard", s.url)).await;
     assert!(
         html.contains("&#39;; DROP TABLE labels; -- &quot; OR 1=1"),
         "{html}"
     );
     s.stop().await;
-}
-
-/// Value of a hidden input in a page.
-pub fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html.find(&marker).expect("hidden input") + marker.len();
-    html[start..].split('"').next().unwrap().to_string()
 }

@@ -4,10 +4,9 @@
 //! The tests take turns, so one's memory does not show in another's peak.
 mod common;
 
-use annotation_server::accounts;
 use annotation_server::api::Role;
 use annotation_server::state::Config;
-use common::{TestDb, TestServer};
+use common::{login_csrf, TestDb, TestServer};
 use serde_json::json;
 
 on_both_databases!(login_bursts_use_bounded_memory, export_memory_is_flat);
@@ -33,7 +32,7 @@ fn reset_peak() -> bool {
     std::fs::write("/proc/self/clear_refs", "5").is_ok()
 }
 
-/// Issue item 7: 100 concurrent logins took the server from 19 MiB to
+/// Regression: 100 concurrent logins took the server from 19 MiB to
 /// 1,165 MiB (one 19 MiB argon2 block each), and it stayed there.
 async fn login_bursts_use_bounded_memory(db: TestDb) {
     let _turn = ONE_AT_A_TIME.lock().await;
@@ -46,17 +45,9 @@ async fn login_bursts_use_bounded_memory(db: TestDb) {
         ..Config::default()
     };
     let s = TestServer::start_with(db, config).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let http = reqwest::Client::new();
-    let r = http.get(format!("{}/login", s.url)).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    let csrf = cookie
-        .strip_prefix("rlhf_login_csrf=")
-        .and_then(|v| v.split(';').next())
-        .unwrap()
-        .to_string();
+    let csrf = login_csrf(&http, &s.url).await;
     let login = |http: reqwest::Client| {
         let (url, csrf) = (s.url.clone(), csrf.clone());
         async move {
@@ -115,7 +106,7 @@ async fn login_bursts_use_bounded_memory(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 10: a TRL export of 1,000 comparisons x 16 responses peaked at
+/// Regression: a TRL export of 1,000 comparisons x 16 responses peaked at
 /// 381 MiB with a fast reader, and 1,174 MiB (all of it) with a stalled one.
 async fn export_memory_is_flat(db: TestDb) {
     let _turn = ONE_AT_A_TIME.lock().await;

@@ -3,8 +3,8 @@
 mod common;
 
 use annotation_server::api::Role;
-use annotation_server::cli::{run_with_io, Commands, DbArgs, DbCommand, TokenCommand, UserCommand};
-use common::{TestDb, TestServer};
+use annotation_server::cli::{Commands, DbArgs, DbCommand, TokenCommand, UserCommand};
+use common::{run_cli, TestDb, TestServer};
 
 on_both_databases!(health_metrics_and_openapi, cli_manages_accounts);
 
@@ -89,18 +89,11 @@ async fn health_metrics_and_openapi(db: TestDb) {
     s.stop().await;
 }
 
-async fn run(cmd: Commands, stdin: &str) -> anyhow::Result<String> {
-    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
-    let mut out = Vec::new();
-    run_with_io(cmd, &mut input, &mut out).await?;
-    Ok(String::from_utf8(out).unwrap())
-}
-
 async fn cli_manages_accounts(db: TestDb) {
     let dbargs = || DbArgs {
         database_url: db.url.clone(),
     };
-    let out = run(
+    let out = run_cli(
         Commands::Db {
             cmd: DbCommand::Migrate { db: dbargs() },
         },
@@ -110,7 +103,7 @@ async fn cli_manages_accounts(db: TestDb) {
     .unwrap();
     assert!(out.contains("up to date"));
     // migrating twice is a no-op
-    run(
+    run_cli(
         Commands::Db {
             cmd: DbCommand::Migrate { db: dbargs() },
         },
@@ -126,21 +119,21 @@ async fn cli_manages_accounts(db: TestDb) {
             db: dbargs(),
         },
     };
-    let out = run(add("alice", Role::Researcher, true), "s3cret-password\n")
+    let out = run_cli(add("alice", Role::Researcher, true), "s3cret-password\n")
         .await
         .unwrap();
     assert!(out.contains("Created researcher \"alice\""), "{out}");
-    let out = run(add("bob", Role::Labeler, false), "").await.unwrap();
+    let out = run_cli(add("bob", Role::Labeler, false), "").await.unwrap();
     assert!(out.contains("Password: "), "{out}");
-    let err = run(add("alice", Role::Labeler, true), "another-password\n")
+    let err = run_cli(add("alice", Role::Labeler, true), "another-password\n")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("already exists"), "{err}");
-    let err = run(add("carol", Role::Labeler, true), "short\n")
+    let err = run_cli(add("carol", Role::Labeler, true), "short\n")
         .await
         .unwrap_err();
     assert!(err.to_string().contains("at least 8"), "{err}");
-    let out = run(
+    let out = run_cli(
         Commands::User {
             cmd: UserCommand::List { db: dbargs() },
         },
@@ -152,7 +145,7 @@ async fn cli_manages_accounts(db: TestDb) {
         out.contains("alice") && out.contains("researcher") && out.contains("bob"),
         "{out}"
     );
-    let token = run(
+    let token = run_cli(
         Commands::Token {
             cmd: TokenCommand::Create {
                 username: "alice".into(),
@@ -168,7 +161,7 @@ async fn cli_manages_accounts(db: TestDb) {
     .trim()
     .to_string();
     assert!(token.starts_with("rlhf_"));
-    assert!(run(
+    assert!(run_cli(
         Commands::Token {
             cmd: TokenCommand::Create {
                 username: "nobody".into(),
@@ -186,7 +179,7 @@ async fn cli_manages_accounts(db: TestDb) {
     let s = TestServer::start(db).await;
     let alice = s.api(&token);
     assert_eq!(alice.json("/api/me").await["role"], "researcher");
-    let out = run(
+    let out = run_cli(
         Commands::User {
             cmd: UserCommand::Disable {
                 username: "alice".into(),
@@ -235,20 +228,10 @@ async fn first_start_creates_an_admin() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn graceful_shutdown_finishes_in_flight_requests() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let testdb = TestDb::sqlite();
-    let db = annotation_server::db::connect_and_migrate(&testdb.url)
-        .await
-        .unwrap();
-    let state = annotation_server::state::AppState::new(db.clone(), Default::default());
-    let server = annotation_server::server::RunningServer::start(state, "127.0.0.1:0")
-        .await
-        .unwrap();
-    annotation_server::accounts::create_user(&db, "res", "password123", Role::Researcher, None)
-        .await
-        .unwrap();
-    let token = annotation_server::accounts::create_token(&db, "res", None, None)
-        .await
-        .unwrap();
+    let mut s = TestServer::start(TestDb::sqlite()).await;
+    let token = s.token("res", Role::Researcher).await;
+    let db = s.db.clone();
+    let server = s.take_server();
     let addr = server.addr.to_string();
     let body = "{\"prompt\": \"first\"}\n{\"prompt\": \"second\"}\n";
     let mut conn = tokio::net::TcpStream::connect(&addr).await.unwrap();

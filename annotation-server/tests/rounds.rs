@@ -3,11 +3,10 @@
 //! blocking client, the dashboard's rounds section and queue form, and plots.
 mod common;
 
-use annotation_server::accounts;
 use annotation_server::api::client::{Client, LeaseLost};
 use annotation_server::api::{NewRound, Role, RoundClaim, RoundHeartbeat};
 use annotation_server::plots::line_chart_svg;
-use common::{assert_error, TestDb, TestServer};
+use common::{assert_error, body, browser, get_text, hidden, TestDb, TestServer};
 use serde_json::{json, Value};
 
 on_both_databases!(
@@ -17,11 +16,6 @@ on_both_databases!(
     dashboard_rounds,
     migration_down_and_up
 );
-
-async fn body(r: reqwest::Response, status: u16) -> Value {
-    assert_eq!(r.status().as_u16(), status, "unexpected status");
-    r.json().await.unwrap()
-}
 
 async fn claim_and_heartbeat(db: TestDb) {
     let s = TestServer::start(db).await;
@@ -481,54 +475,11 @@ async fn blocking_client(db: TestDb) {
     s.stop().await;
 }
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_string()
-}
-
-async fn login(http: &reqwest::Client, url: &str, user: &str) {
-    let page = http
-        .get(format!("{url}/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden(&page, "csrf");
-    let r = http
-        .post(format!("{url}/login"))
-        .form(&[
-            ("username", user),
-            ("password", "password123"),
-            ("csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 303);
-}
-
 async fn dashboard_rounds(db: TestDb) {
     let s = TestServer::start(db).await;
     let api = s.api(&s.token("res", Role::Researcher).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
-    let http = browser();
-    login(&http, &s.url, "res").await;
+    s.user("lab", Role::Labeler).await;
+    let http = s.browser("res").await;
     let get = |path: &str| {
         let http = http.clone();
         let url = format!("{}{path}", s.url);
@@ -742,8 +693,7 @@ async fn dashboard_rounds(db: TestDb) {
     assert_eq!(get("/dashboard/rounds/999/plots/x").await.status(), 404);
 
     // labelers and anonymous users get none of it
-    let lab = browser();
-    login(&lab, &s.url, "lab").await;
+    let lab = s.browser("lab").await;
     for path in [
         "/dashboard/plots/gold_reward".to_string(),
         format!("/dashboard/rounds/{id}"),
@@ -763,14 +713,7 @@ async fn dashboard_rounds(db: TestDb) {
             .unwrap();
         assert_eq!(anon.status(), 303);
     }
-    let lab_page = lab
-        .get(format!("{}/label", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let lab_page = get_text(&lab, &format!("{}/label", s.url)).await;
     let lab_csrf = hidden(&lab_page, "csrf");
     let mut f = form("z", "4");
     f[0].1 = lab_csrf;

@@ -9,9 +9,12 @@ mod common;
 
 use annotation_server::accounts;
 use annotation_server::api::Role;
-use annotation_server::cli::{run_with_io, Commands, DbArgs, DbCommand, TokenCommand, UserCommand};
+use annotation_server::cli::{Commands, DbArgs, DbCommand, TokenCommand, UserCommand};
 use annotation_server::state::Config;
-use common::{assert_error, wait_for_status, TestDb, TestServer};
+use common::{
+    assert_error, browser_login, create_user, get_text, hidden, login_csrf, run_cli, scalar,
+    wait_for_status, TestDb, TestServer, PASSWORD,
+};
 use sea_orm::ConnectionTrait;
 use serde_json::json;
 use std::net::IpAddr;
@@ -42,20 +45,6 @@ fn client_from(source: [u8; 4]) -> reqwest::Client {
         .unwrap()
 }
 
-/// A fresh login form: the CSRF token (also the cookie's value).
-async fn login_csrf(http: &reqwest::Client, url: &str) -> String {
-    let r = http.get(format!("{url}/login")).send().await.unwrap();
-    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
-    let value = cookie
-        .strip_prefix("rlhf_login_csrf=")
-        .and_then(|v| v.split(';').next())
-        .expect("login CSRF cookie")
-        .to_string();
-    let html = r.text().await.unwrap();
-    assert!(html.contains(&format!("name=\"csrf\" value=\"{value}\"")));
-    value
-}
-
 /// One login POST with the given CSRF pair; the status.
 async fn try_login(
     http: &reqwest::Client,
@@ -81,54 +70,7 @@ async fn login_from(source: [u8; 4], url: &str, user: &str, password: &str) -> u
     try_login(&http, url, &csrf, user, password).await
 }
 
-/// A browser (cookie jar) logged in as `user` (password `password123`).
-async fn browser_login(url: &str, user: &str) -> reqwest::Client {
-    let http = reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
-    let page = http
-        .get(format!("{url}/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let marker = "name=\"csrf\" value=\"";
-    let csrf = page[page.find(marker).unwrap() + marker.len()..]
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
-    let login = http
-        .post(format!("{url}/login"))
-        .form(&[
-            ("username", user),
-            ("password", "password123"),
-            ("csrf", &csrf),
-        ])
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(login.status(), 303);
-    http
-}
-
-async fn scalar(db: &sea_orm::DatabaseConnection, sql: &str) -> i64 {
-    let row = db
-        .query_one_raw(sea_orm::Statement::from_string(
-            db.get_database_backend(),
-            sql.to_string(),
-        ))
-        .await
-        .unwrap()
-        .unwrap();
-    row.try_get_by_index::<i64>(0).unwrap()
-}
-
-/// Issue item 6: 50 wrong passwords at once used to be checked all 50 times
+/// Regression: 50 wrong passwords at once used to be checked all 50 times
 /// (the limit was read before the hash and written after it).
 async fn concurrent_failures_are_counted_before_hashing(db: TestDb) {
     let config = Config {
@@ -137,9 +79,7 @@ async fn concurrent_failures_are_counted_before_hashing(db: TestDb) {
         ..Config::default()
     };
     let s = TestServer::start_with(db, config).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let http = client_from([127, 0, 0, 1]);
     let csrf = login_csrf(&http, &s.url).await;
     let mut clients = vec![];
@@ -171,7 +111,7 @@ async fn concurrent_failures_are_counted_before_hashing(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 8: failures from one address used to lock the account for
+/// Regression: failures from one address used to lock the account for
 /// every address.
 async fn one_address_cannot_lock_out_an_account(db: TestDb) {
     let config = Config {
@@ -180,19 +120,17 @@ async fn one_address_cannot_lock_out_an_account(db: TestDb) {
         ..Config::default()
     };
     let s = TestServer::start_with(db, config).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let url = s.url.clone();
     let attacker = [127, 0, 0, 11];
     for _ in 0..10 {
         assert_eq!(login_from(attacker, &url, "lab", "wrong").await, 401);
     }
     // the attacking address is blocked, even with the right password ...
-    assert_eq!(login_from(attacker, &url, "lab", "password123").await, 429);
+    assert_eq!(login_from(attacker, &url, "lab", PASSWORD).await, 429);
     // ... the owner, elsewhere, is not
     assert_eq!(
-        login_from([127, 0, 0, 12], &url, "lab", "password123").await,
+        login_from([127, 0, 0, 12], &url, "lab", PASSWORD).await,
         303
     );
     // a second address brings the account to its ceiling (15 failures)
@@ -201,10 +139,10 @@ async fn one_address_cannot_lock_out_an_account(db: TestDb) {
         assert_eq!(login_from(second, &url, "lab", "wrong").await, 401);
     }
     // past it, addresses that failed for the account are refused at once ...
-    assert_eq!(login_from(second, &url, "lab", "password123").await, 429);
+    assert_eq!(login_from(second, &url, "lab", PASSWORD).await, 429);
     // ... a clean address gets one attempt: the right password passes
     assert_eq!(
-        login_from([127, 0, 0, 14], &url, "lab", "password123").await,
+        login_from([127, 0, 0, 14], &url, "lab", PASSWORD).await,
         303
     );
     // a clean address that guesses wrong is refused from then on
@@ -214,7 +152,7 @@ async fn one_address_cannot_lock_out_an_account(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 9: failed logins stored the attempted name unbounded.
+/// Regression: failed logins stored the attempted name unbounded.
 async fn audit_log_fields_are_capped(db: TestDb) {
     let s = TestServer::start(db).await;
     let http = client_from([127, 0, 0, 21]);
@@ -248,7 +186,7 @@ async fn audit_log_fields_are_capped(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 14: `GET /api/tasks/next` took a lease with only a cookie.
+/// Regression: `GET /api/tasks/next` took a lease with only a cookie.
 async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
@@ -289,14 +227,7 @@ async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     assert_error(r.get("/api/tasks/next").await, 405).await;
     assert_eq!(scalar(&s.db, "SELECT COUNT(*) FROM leases").await, 0);
     // the dashboard links to read-only pages that take the cookie
-    let dash = http
-        .get(format!("{}/dashboard", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let dash = get_text(&http, &format!("{}/dashboard", s.url)).await;
     assert!(dash.contains(&format!(
         "/dashboard/export?format=trl&amp;batch_id={batch}"
     )));
@@ -322,14 +253,12 @@ async fn api_is_bearer_only_and_gets_change_nothing(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 12 (one server): tokens can expire, are listed without their
+/// Regression (one server): tokens can expire, are listed without their
 /// secrets, record their last use, and can be revoked one by one.
 async fn tokens_expire_are_listed_and_revoked(db: TestDb) {
     let s = TestServer::start(db).await;
     let admin = s.api(&s.token("adm", Role::Admin).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     for bad in [
         json!({"expires_in_days": 0}),
         json!({"expires_in_days": 99_999}),
@@ -408,47 +337,49 @@ async fn tokens_expire_are_listed_and_revoked(db: TestDb) {
     let dbargs = || DbArgs {
         database_url: s.testdb.url.clone(),
     };
-    let out = run(Commands::Token {
-        cmd: TokenCommand::List {
-            username: Some("lab".into()),
-            db: dbargs(),
+    let out = run_cli(
+        Commands::Token {
+            cmd: TokenCommand::List {
+                username: Some("lab".into()),
+                db: dbargs(),
+            },
         },
-    })
+        "",
+    )
     .await
     .unwrap();
     assert!(
         out.contains(" a ") && out.contains(" c ") && !out.contains(" b "),
         "{out}"
     );
-    let out = run(Commands::Token {
-        cmd: TokenCommand::Revoke {
-            id: a["id"].as_i64().unwrap(),
-            db: dbargs(),
+    let out = run_cli(
+        Commands::Token {
+            cmd: TokenCommand::Revoke {
+                id: a["id"].as_i64().unwrap(),
+                db: dbargs(),
+            },
         },
-    })
+        "",
+    )
     .await
     .unwrap();
     assert!(out.contains("Revoked"), "{out}");
     wait_for_status(&ta, "/api/me", 401).await;
-    let out = run(Commands::Token {
-        cmd: TokenCommand::Create {
-            username: "lab".into(),
-            name: None,
-            expires_in_days: Some(7),
-            db: dbargs(),
+    let out = run_cli(
+        Commands::Token {
+            cmd: TokenCommand::Create {
+                username: "lab".into(),
+                name: None,
+                expires_in_days: Some(7),
+                db: dbargs(),
+            },
         },
-    })
+        "",
+    )
     .await
     .unwrap();
     assert_eq!(s.api(out.trim()).get("/api/me").await.status(), 200);
     s.stop().await;
-}
-
-async fn run(cmd: Commands) -> anyhow::Result<String> {
-    let mut input = std::io::Cursor::new(Vec::new());
-    let mut out = Vec::new();
-    run_with_io(cmd, &mut input, &mut out).await?;
-    Ok(String::from_utf8(out).unwrap())
 }
 
 /// A server process (`annotation-server serve`), killed when dropped.
@@ -494,7 +425,7 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Issue item 12 (several processes): a disable or revoke through one server
+/// Regression (several processes): a disable or revoke through one server
 /// process reaches another on the same database at once (it used to keep
 /// accepting the token from its cache for up to 5 s).
 async fn revocation_reaches_every_server_process(db: TestDb) {
@@ -502,9 +433,12 @@ async fn revocation_reaches_every_server_process(db: TestDb) {
     let dbargs = || DbArgs {
         database_url: url.clone(),
     };
-    run(Commands::Db {
-        cmd: DbCommand::Migrate { db: dbargs() },
-    })
+    run_cli(
+        Commands::Db {
+            cmd: DbCommand::Migrate { db: dbargs() },
+        },
+        "",
+    )
     .await
     .unwrap();
     let conn = annotation_server::db::connect(&url).await.unwrap();
@@ -513,9 +447,7 @@ async fn revocation_reaches_every_server_process(db: TestDb) {
         ("lab", Role::Labeler),
         ("bot", Role::Labeler),
     ] {
-        accounts::create_user(&conn, name, "password123", role, None)
-            .await
-            .unwrap();
+        create_user(&conn, name, role).await;
     }
     let token = |name: &'static str| {
         let conn = conn.clone();
@@ -560,7 +492,7 @@ async fn revocation_reaches_every_server_process(db: TestDb) {
     conn.close().await.ok();
 }
 
-/// Issue item 15: `/metrics` answered anyone.
+/// Regression: `/metrics` answered anyone.
 async fn metrics_need_a_token_unless_opened(db: TestDb) {
     let config = Config {
         metrics_public: true,
@@ -573,12 +505,10 @@ async fn metrics_need_a_token_unless_opened(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 15: the login form adopted any 64-hex CSRF cookie it was sent.
+/// Regression: the login form adopted any 64-hex CSRF cookie it was sent.
 async fn login_csrf_comes_from_the_server(db: TestDb) {
     let s = TestServer::start(db).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let planted = "a".repeat(64);
     let r = reqwest::Client::new()
         .get(format!("{}/login", s.url))
@@ -601,11 +531,7 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
             .post(format!("{}/login", s.url))
             .header("cookie", format!("rlhf_login_csrf={csrf}"))
             .header(header, value)
-            .form(&[
-                ("username", "lab"),
-                ("password", "password123"),
-                ("csrf", &csrf),
-            ])
+            .form(&[("username", "lab"), ("password", PASSWORD), ("csrf", &csrf)])
             .send()
             .await
             .unwrap();
@@ -622,11 +548,7 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
             .header("cookie", format!("rlhf_login_csrf={csrf}"))
             .header("origin", "https://annotate.example")
             .header(header, value)
-            .form(&[
-                ("username", "lab"),
-                ("password", "password123"),
-                ("csrf", &csrf),
-            ])
+            .form(&[("username", "lab"), ("password", PASSWORD), ("csrf", &csrf)])
             .send()
             .await
             .unwrap();
@@ -636,11 +558,7 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
         .post(format!("{}/login", s.url))
         .header("cookie", format!("rlhf_login_csrf={csrf}"))
         .header("origin", s.url.clone())
-        .form(&[
-            ("username", "lab"),
-            ("password", "password123"),
-            ("csrf", &csrf),
-        ])
+        .form(&[("username", "lab"), ("password", PASSWORD), ("csrf", &csrf)])
         .send()
         .await
         .unwrap();
@@ -648,7 +566,7 @@ async fn login_csrf_comes_from_the_server(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 15: `[]` was read as an object with every field left out.
+/// Regression: `[]` was read as an object with every field left out.
 async fn bodies_must_be_json_objects(db: TestDb) {
     let s = TestServer::start(db).await;
     let admin = s.api(&s.token("adm", Role::Admin).await);
@@ -691,7 +609,7 @@ async fn bodies_must_be_json_objects(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 5: identical or empty responses made TRL rows with chosen == rejected.
+/// Regression: identical or empty responses made TRL rows with chosen == rejected.
 async fn comparisons_need_distinct_responses(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
@@ -721,7 +639,7 @@ async fn comparisons_need_distinct_responses(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 16: a right-to-left override in a response reordered what the
+/// Regression: a right-to-left override in a response reordered what the
 /// labeler read.
 async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     let s = TestServer::start(db).await;
@@ -740,18 +658,9 @@ async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     let id = c.json::<serde_json::Value>().await.unwrap()["comparison_ids"][0]
         .as_i64()
         .unwrap();
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
     let http = browser_login(&s.url, "lab").await;
-    let html = http
-        .get(format!("{}/label", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{}/label", s.url)).await;
     assert!(html.contains("report.pdf"), "{html}");
     // no invisible direction control reaches the page; each is a visible marker
     for c in ['\u{202E}', '\u{2067}', '\u{2069}'] {
@@ -774,7 +683,7 @@ async fn bidi_controls_cannot_disguise_text(db: TestDb) {
     s.stop().await;
 }
 
-/// Issue item 4: account commands elsewhere quietly created an empty
+/// Regression: account commands elsewhere quietly created an empty
 /// `rlhf.sqlite`; bad URLs gave misleading errors or printed the password.
 async fn cli_refuses_databases_without_schema(db: TestDb) {
     let token_create = |url: &str| Commands::Token {
@@ -799,12 +708,12 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("rlhf.sqlite");
         let url = format!("sqlite://{}", path.display());
-        let err = format!("{:#}", run(token_create(&url)).await.unwrap_err());
+        let err = format!("{:#}", run_cli(token_create(&url), "").await.unwrap_err());
         assert!(err.contains("no database at"), "{err}");
         assert!(!path.exists(), "an empty database was created");
         // a file without our schema: refused
         std::fs::write(&path, b"").unwrap();
-        let err = format!("{:#}", run(user_list(&url)).await.unwrap_err());
+        let err = format!("{:#}", run_cli(user_list(&url), "").await.unwrap_err());
         assert!(err.contains("no rlhf schema"), "{err}");
         // bad URLs say what is wrong
         for (url, want) in [
@@ -815,14 +724,14 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
             ("sqlite:", "names no file"),
             ("sqlite::memory:", "in-memory"),
         ] {
-            let err = format!("{:#}", run(user_list(url)).await.unwrap_err());
+            let err = format!("{:#}", run_cli(user_list(url), "").await.unwrap_err());
             assert!(err.contains(want), "{url}: {err}");
             assert!(!err.contains("hunter2"), "{err}");
         }
         // an unreachable PostgreSQL fails at once, naming the host, not the password
         let err = format!(
             "{:#}",
-            run(user_list("postgres://rlhf:hunter2@127.0.0.1:1/rlhf"))
+            run_cli(user_list("postgres://rlhf:hunter2@127.0.0.1:1/rlhf"), "")
                 .await
                 .unwrap_err()
         );
@@ -839,12 +748,15 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
             secure_cookies: false,
             metrics_public: false,
         };
-        let err = format!("{:#}", run(serve).await.unwrap_err());
+        let err = format!("{:#}", run_cli(serve, "").await.unwrap_err());
         assert!(err.contains("binding"), "{err}");
         assert!(!dir.path().join("new.sqlite").exists());
     } else {
         // an empty PostgreSQL database: refused, and left empty
-        let err = format!("{:#}", run(token_create(&db.url)).await.unwrap_err());
+        let err = format!(
+            "{:#}",
+            run_cli(token_create(&db.url), "").await.unwrap_err()
+        );
         assert!(err.contains("no rlhf schema"), "{err}");
         let conn = annotation_server::db::connect(&db.url).await.unwrap();
         let tables = scalar(
@@ -856,19 +768,25 @@ async fn cli_refuses_databases_without_schema(db: TestDb) {
         conn.close().await.ok();
     }
     // once migrated, the same commands work
-    run(Commands::Db {
-        cmd: DbCommand::Migrate {
-            db: DbArgs {
-                database_url: db.url.clone(),
+    run_cli(
+        Commands::Db {
+            cmd: DbCommand::Migrate {
+                db: DbArgs {
+                    database_url: db.url.clone(),
+                },
             },
         },
-    })
+        "",
+    )
     .await
     .unwrap();
-    assert!(run(user_list(&db.url)).await.unwrap().contains("username"));
+    assert!(run_cli(user_list(&db.url), "")
+        .await
+        .unwrap()
+        .contains("username"));
 }
 
-/// Issue item 13 (in part): PATCH could set a queued round to `running`
+/// Regression (in part): PATCH could set a queued round to `running`
 /// without a lease (claims then answered 204 forever), and `banana` was
 /// accepted as a status.
 async fn round_statuses_are_checked(db: TestDb) {
@@ -947,21 +865,9 @@ async fn round_statuses_are_checked(db: TestDb) {
         .as_i64()
         .unwrap();
     let http = browser_login(&s.url, "res").await;
-    let page = http
-        .get(format!("{}/dashboard/rounds/{id2}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, &format!("{}/dashboard/rounds/{id2}", s.url)).await;
     assert!(page.contains("id=\"cancel-round\""), "{page}");
-    let marker = "name=\"csrf\" value=\"";
-    let csrf = page[page.find(marker).unwrap() + marker.len()..]
-        .split('"')
-        .next()
-        .unwrap()
-        .to_string();
+    let csrf = hidden(&page, "csrf");
     let cancel_url = format!("{}/dashboard/rounds/{id2}/cancel", s.url);
     let cancel = |reason: &'static str| {
         let (http, url, csrf) = (http.clone(), cancel_url.clone(), csrf.clone());
@@ -981,14 +887,7 @@ async fn round_statuses_are_checked(db: TestDb) {
         r.json(&format!("/api/rounds/{id2}")).await["status"],
         "cancelled"
     );
-    let page = http
-        .get(format!("{}/dashboard/rounds/{id2}", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let page = get_text(&http, &format!("{}/dashboard/rounds/{id2}", s.url)).await;
     assert!(!page.contains("id=\"cancel-round\""), "{page}");
     let audit = s
         .api(&s.token("adm", Role::Admin).await)

@@ -4,7 +4,7 @@ mod common;
 
 use annotation_server::accounts;
 use annotation_server::api::Role;
-use common::{TestDb, TestServer};
+use common::{browser, get_text, hidden, login, TestDb, TestServer, PASSWORD};
 use serde_json::json;
 
 on_both_databases!(
@@ -12,56 +12,11 @@ on_both_databases!(
     login_is_rate_limited_and_csrf_protected
 );
 
-fn browser() -> reqwest::Client {
-    reqwest::Client::builder()
-        .cookie_store(true)
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-}
-
-fn hidden(html: &str, name: &str) -> String {
-    let marker = format!("name=\"{name}\" value=\"");
-    let start = html
-        .find(&marker)
-        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
-        + marker.len();
-    html[start..].split('"').next().unwrap().to_string()
-}
-
-async fn login(http: &reqwest::Client, url: &str, user: &str, password: &str) -> reqwest::Response {
-    let page = http
-        .get(format!("{url}/login"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let csrf = hidden(&page, "csrf");
-    http.post(format!("{url}/login"))
-        .form(&[("username", user), ("password", password), ("csrf", &csrf)])
-        .send()
-        .await
-        .unwrap()
-}
-
 async fn labeling_through_forms(db: TestDb) {
     let s = TestServer::start(db).await;
     let r = s.api(&s.token("res", Role::Researcher).await);
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
-    let p = r
-        .post_raw(
-            "/api/prompts/import",
-            "application/x-ndjson",
-            "{\"prompt\": \"Pick one\"}",
-        )
-        .await;
-    let pid = p.json::<serde_json::Value>().await.unwrap()["prompt_ids"][0]
-        .as_i64()
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
+    let pid = r.import_prompt("{\"prompt\": \"Pick one\"}").await;
     let c = r
         .post(
             "/api/comparisons",
@@ -83,7 +38,7 @@ async fn labeling_through_forms(db: TestDb) {
     let resp = http.get(format!("{}/label", s.url)).send().await.unwrap();
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/login");
-    let resp = login(&http, &s.url, "lab", "password123").await;
+    let resp = login(&http, &s.url, "lab", PASSWORD).await;
     assert_eq!(resp.status(), 303);
     assert_eq!(resp.headers()["location"], "/label");
     let cookie = resp
@@ -109,14 +64,7 @@ async fn labeling_through_forms(db: TestDb) {
 
     let mut labeled = vec![];
     for _ in 0..2 {
-        let html = http
-            .get(format!("{}/label", s.url))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let html = get_text(&http, &format!("{}/label", s.url)).await;
         assert!(
             html.contains("Done today: <strong id=\"done-today\">"),
             "{html}"
@@ -177,14 +125,7 @@ async fn labeling_through_forms(db: TestDb) {
     }
     labeled.sort();
     assert_eq!(labeled, ids);
-    let html = http
-        .get(format!("{}/label", s.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let html = get_text(&http, &format!("{}/label", s.url)).await;
     assert!(html.contains("id=\"no-task\""));
     assert!(html.contains("Done today: <strong id=\"done-today\">2</strong>"));
 
@@ -228,31 +169,20 @@ async fn labeling_through_forms(db: TestDb) {
 
 async fn login_is_rate_limited_and_csrf_protected(db: TestDb) {
     let s = TestServer::start(db).await;
-    accounts::create_user(&s.db, "lab", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
-    accounts::create_user(&s.db, "gone", "password123", Role::Labeler, None)
-        .await
-        .unwrap();
+    s.user("lab", Role::Labeler).await;
+    s.user("gone", Role::Labeler).await;
     accounts::disable_user(&s.db, "gone", None).await.unwrap();
     let http = browser();
     // a login POST without the login-CSRF cookie/token pair is refused
     let resp = http
         .post(format!("{}/login", s.url))
-        .form(&[
-            ("username", "lab"),
-            ("password", "password123"),
-            ("csrf", "x"),
-        ])
+        .form(&[("username", "lab"), ("password", PASSWORD), ("csrf", "x")])
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 403);
     // disabled users cannot log in
-    assert_eq!(
-        login(&http, &s.url, "gone", "password123").await.status(),
-        401
-    );
+    assert_eq!(login(&http, &s.url, "gone", PASSWORD).await.status(), 401);
     // wrong passwords, until the limiter steps in
     let limit = s.state.config.login_max_failures as usize;
     for _ in 1..limit {
@@ -270,9 +200,6 @@ async fn login_is_rate_limited_and_csrf_protected(db: TestDb) {
     }
     assert_eq!(last, 429);
     // even the right password is refused while blocked
-    assert_eq!(
-        login(&http, &s.url, "lab", "password123").await.status(),
-        429
-    );
+    assert_eq!(login(&http, &s.url, "lab", PASSWORD).await.status(), 429);
     s.stop().await;
 }

@@ -17,7 +17,7 @@ use std::io::{BufRead, BufReader};
 /// `err.downcast_ref::<LeaseLost>()`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct LeaseLost {
-    /// The round.
+    /// The round whose lease was lost.
     pub round_id: i64,
     /// The server's explanation.
     pub message: String,
@@ -233,7 +233,7 @@ impl Client {
         Ok(Self::check(resp)?.json()?)
     }
 
-    /// One round.
+    /// `GET /api/rounds/{id}`: the round `id`.
     pub fn round(&self, id: i64) -> anyhow::Result<Round> {
         self.get(&format!("/api/rounds/{id}"))
     }

@@ -3,9 +3,9 @@ use super::extract::{ApiJson, ApiPath, ApiQuery, RawBody};
 use crate::accounts;
 use crate::api::{
     AuditEntry, BatchAgreement, BatchProgress, ComparisonDetail, CreateComparisons,
-    CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress,
-    NewRound, NewToken, NewUser, Prompt, Round, RoundClaim, RoundHeartbeat, RoundUpdate,
-    SubmitLabel, Task, TokenCreated, TokenInfo, UserInfo,
+    CreatedComparisons, ExportFormat, ExportQuery, ImportResult, LabelReceipt, LabelerProgress, Me,
+    NewRound, NewToken, NewUser, Prompt, PromptImport, Round, RoundClaim, RoundHeartbeat,
+    RoundUpdate, SubmitLabel, Task, TokenCreated, TokenInfo, UserInfo,
 };
 use crate::assign;
 use crate::audit;
@@ -14,6 +14,7 @@ use crate::comparisons;
 use crate::entities::audit_log;
 use crate::error::{AppError, AppResult};
 use crate::export;
+use crate::openapi::ExportRow;
 use crate::progress;
 use crate::prompts;
 use crate::rounds;
@@ -27,11 +28,35 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter, QueryOrder, QuerySelect};
 use serde::Deserialize;
 
 /// `GET /api/me`
-pub async fn me(ApiUser(u): ApiUser) -> Json<serde_json::Value> {
-    Json(serde_json::json!({"id": u.id, "username": u.username, "role": u.role}))
+#[utoipa::path(
+    get,
+    path = "/api/me",
+    tag = "accounts",
+    summary = "The caller's account",
+    description = "Role: any.",
+    responses(
+        (status = 200, description = "the caller", body = Me),
+    ),
+)]
+pub async fn me(ApiUser(u): ApiUser) -> Json<Me> {
+    Json(Me {
+        id: u.id,
+        username: u.username,
+        role: u.role,
+    })
 }
 
 /// `GET /api/users` (admin)
+#[utoipa::path(
+    get,
+    path = "/api/users",
+    tag = "accounts",
+    summary = "List users",
+    description = "Role: admin.",
+    responses(
+        (status = 200, description = "users", body = Vec<UserInfo>),
+    ),
+)]
 pub async fn list_users(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -41,6 +66,17 @@ pub async fn list_users(
 }
 
 /// `POST /api/users` (admin)
+#[utoipa::path(
+    post,
+    path = "/api/users",
+    tag = "accounts",
+    summary = "Create a user",
+    description = "Role: admin.",
+    request_body = NewUser,
+    responses(
+        (status = 201, description = "created", body = UserInfo),
+    ),
+)]
 pub async fn create_user(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -53,6 +89,17 @@ pub async fn create_user(
 }
 
 /// `POST /api/users/{username}/disable` (admin)
+#[utoipa::path(
+    post,
+    path = "/api/users/{username}/disable",
+    tag = "accounts",
+    summary = "Disable a user",
+    description = "Role: admin.",
+    params(("username" = String, Path, description = "the user's login name")),
+    responses(
+        (status = 200, description = "disabled", body = UserInfo),
+    ),
+)]
 pub async fn disable_user(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -65,6 +112,18 @@ pub async fn disable_user(
 }
 
 /// `POST /api/users/{username}/tokens` (admin)
+#[utoipa::path(
+    post,
+    path = "/api/users/{username}/tokens",
+    tag = "accounts",
+    summary = "Create an API token for a user",
+    description = "Role: admin.",
+    params(("username" = String, Path, description = "the user's login name")),
+    request_body = NewToken,
+    responses(
+        (status = 201, description = "the token (shown once)", body = TokenCreated),
+    ),
+)]
 pub async fn create_token(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -84,6 +143,17 @@ pub async fn create_token(
 }
 
 /// `GET /api/users/{username}/tokens` (admin): the user's tokens (never the secrets).
+#[utoipa::path(
+    get,
+    path = "/api/users/{username}/tokens",
+    tag = "accounts",
+    summary = "List a user's API tokens (never the secrets)",
+    description = "Role: admin.",
+    params(("username" = String, Path, description = "the user's login name")),
+    responses(
+        (status = 200, description = "tokens", body = Vec<TokenInfo>),
+    ),
+)]
 pub async fn list_tokens(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -95,6 +165,17 @@ pub async fn list_tokens(
 
 /// `DELETE /api/tokens/{id}` (admin): revokes a token at once, on every
 /// server sharing the database.
+#[utoipa::path(
+    delete,
+    path = "/api/tokens/{id}",
+    tag = "accounts",
+    summary = "Revoke an API token (at once, on every server sharing the database)",
+    description = "Role: admin.",
+    params(("id" = i64, Path, description = "the token's id")),
+    responses(
+        (status = 204, description = "revoked"),
+    ),
+)]
 pub async fn revoke_token(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -107,14 +188,16 @@ pub async fn revoke_token(
 }
 
 /// Paging of list endpoints.
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct Page {
-    /// Only items with id greater than this.
+    /// Only items with an id greater than this.
     #[serde(default)]
     after_id: i64,
-    /// At most this many (1-1000, default 100).
+    /// At most this many (default 100).
     #[serde(default)]
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<u64>,
 }
 
@@ -131,6 +214,17 @@ impl Page {
 }
 
 /// `GET /api/audit` (admin)
+#[utoipa::path(
+    get,
+    path = "/api/audit",
+    tag = "accounts",
+    summary = "Audit log",
+    description = "Role: admin.",
+    params(Page),
+    responses(
+        (status = 200, description = "entries", body = Vec<AuditEntry>),
+    ),
+)]
 pub async fn audit_log(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -157,6 +251,21 @@ pub async fn audit_log(
 }
 
 /// `POST /api/prompts/import` (researcher): JSONL body.
+#[utoipa::path(
+    post,
+    path = "/api/prompts/import",
+    tag = "data",
+    summary = "Import prompts (JSONL, all or nothing)",
+    description = "Role: researcher.",
+    request_body(
+        content = PromptImport,
+        content_type = "application/x-ndjson",
+        description = "one PromptImport object per line"
+    ),
+    responses(
+        (status = 201, description = "imported", body = ImportResult),
+    ),
+)]
 pub async fn import_prompts(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -170,6 +279,17 @@ pub async fn import_prompts(
 }
 
 /// `GET /api/prompts` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/prompts",
+    tag = "data",
+    summary = "List prompts",
+    description = "Role: researcher.",
+    params(Page),
+    responses(
+        (status = 200, description = "prompts", body = Vec<Prompt>),
+    ),
+)]
 pub async fn list_prompts(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -182,6 +302,17 @@ pub async fn list_prompts(
 }
 
 /// `POST /api/comparisons` (researcher)
+#[utoipa::path(
+    post,
+    path = "/api/comparisons",
+    tag = "data",
+    summary = "Create comparisons from generated responses (bulk, into a batch)",
+    description = "Role: researcher.",
+    request_body = CreateComparisons,
+    responses(
+        (status = 201, description = "created", body = CreatedComparisons),
+    ),
+)]
 pub async fn create_comparisons(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -195,6 +326,17 @@ pub async fn create_comparisons(
 }
 
 /// `GET /api/comparisons/{id}` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/comparisons/{id}",
+    tag = "data",
+    summary = "A comparison with labels and consensus",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the comparison's id")),
+    responses(
+        (status = 200, description = "comparison", body = ComparisonDetail),
+    ),
+)]
 pub async fn comparison(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -205,6 +347,16 @@ pub async fn comparison(
 }
 
 /// `GET /api/batches` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/batches",
+    tag = "data",
+    summary = "Progress of every batch",
+    description = "Role: researcher.",
+    responses(
+        (status = 200, description = "batches", body = Vec<BatchProgress>),
+    ),
+)]
 pub async fn batches(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -214,6 +366,17 @@ pub async fn batches(
 }
 
 /// `GET /api/batches/{id}` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/batches/{id}",
+    tag = "data",
+    summary = "Progress of a batch",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the batch's id")),
+    responses(
+        (status = 200, description = "batch", body = BatchProgress),
+    ),
+)]
 pub async fn batch(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -224,6 +387,17 @@ pub async fn batch(
 }
 
 /// `GET /api/batches/{id}/agreement` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/batches/{id}/agreement",
+    tag = "data",
+    summary = "Inter-annotator agreement (Krippendorff's alpha on pairwise choices) and agreement with consensus",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the batch's id")),
+    responses(
+        (status = 200, description = "agreement", body = BatchAgreement),
+    ),
+)]
 pub async fn agreement(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -234,6 +408,16 @@ pub async fn agreement(
 }
 
 /// `GET /api/labelers` (researcher): per-labeler totals.
+#[utoipa::path(
+    get,
+    path = "/api/labelers",
+    tag = "data",
+    summary = "Labels and skips per labeler",
+    description = "Role: researcher.",
+    responses(
+        (status = 200, description = "labelers", body = Vec<LabelerProgress>),
+    ),
+)]
 pub async fn labelers(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -243,6 +427,22 @@ pub async fn labelers(
 }
 
 /// `GET /api/export` (researcher): streamed JSONL.
+#[utoipa::path(
+    get,
+    path = "/api/export",
+    tag = "data",
+    summary = "Export preference data as streamed JSONL",
+    description = "Role: researcher.",
+    params(ExportQuery),
+    responses(
+        (
+            status = 200,
+            description = "JSONL rows (TrlRow, HhRow or RawRow, by `format`)",
+            content_type = "application/x-ndjson",
+            body = ExportRow
+        ),
+    ),
+)]
 pub async fn export(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -255,7 +455,7 @@ pub async fn export(
 /// dashboard's links answer the same.
 pub async fn export_response(
     s: &AppState,
-    u: &crate::auth::CurrentUser,
+    u: &crate::identity::CurrentUser,
     q: &ExportQuery,
 ) -> AppResult<Response> {
     u.require_researcher()?;
@@ -287,6 +487,17 @@ pub async fn export_response(
 }
 
 /// `POST /api/tasks/next`: the caller's next task (200) or nothing to do (204).
+#[utoipa::path(
+    post,
+    path = "/api/tasks/next",
+    tag = "labeling",
+    summary = "Lease the caller's next task (POST: it changes state)",
+    description = "Role: any (labeler).",
+    responses(
+        (status = 200, description = "a task", body = Task),
+        (status = 204, description = "nothing to label now"),
+    ),
+)]
 pub async fn next_task(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppResult<Response> {
     u.require_labeler()?;
     Ok(match assign::next_task(&s, u.id).await? {
@@ -296,6 +507,18 @@ pub async fn next_task(State(s): State<AppState>, ApiUser(u): ApiUser) -> AppRes
 }
 
 /// `POST /api/tasks/{id}/label`
+#[utoipa::path(
+    post,
+    path = "/api/tasks/{id}/label",
+    tag = "labeling",
+    summary = "Submit a label for a comparison the caller holds a lease on (409 without one)",
+    description = "Role: any (labeler).",
+    params(("id" = i64, Path, description = "the comparison's id")),
+    request_body = SubmitLabel,
+    responses(
+        (status = 201, description = "stored", body = LabelReceipt),
+    ),
+)]
 pub async fn submit_label(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -310,6 +533,17 @@ pub async fn submit_label(
 }
 
 /// `POST /api/tasks/{id}/skip`
+#[utoipa::path(
+    post,
+    path = "/api/tasks/{id}/skip",
+    tag = "labeling",
+    summary = "Skip a comparison (never offered again)",
+    description = "Role: any (labeler).",
+    params(("id" = i64, Path, description = "the comparison's id")),
+    responses(
+        (status = 204, description = "skipped"),
+    ),
+)]
 pub async fn skip(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -321,6 +555,16 @@ pub async fn skip(
 }
 
 /// `GET /api/rounds` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/rounds",
+    tag = "rounds",
+    summary = "List rounds",
+    description = "Role: researcher.",
+    responses(
+        (status = 200, description = "rounds", body = Vec<Round>),
+    ),
+)]
 pub async fn list_rounds(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -330,6 +574,17 @@ pub async fn list_rounds(
 }
 
 /// `POST /api/rounds` (researcher)
+#[utoipa::path(
+    post,
+    path = "/api/rounds",
+    tag = "rounds",
+    summary = "Create a round",
+    description = "Role: researcher.",
+    request_body = NewRound,
+    responses(
+        (status = 201, description = "created", body = Round),
+    ),
+)]
 pub async fn create_round(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -343,6 +598,17 @@ pub async fn create_round(
 }
 
 /// `GET /api/rounds/{id}` (researcher)
+#[utoipa::path(
+    get,
+    path = "/api/rounds/{id}",
+    tag = "rounds",
+    summary = "A round",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the round's id")),
+    responses(
+        (status = 200, description = "round", body = Round),
+    ),
+)]
 pub async fn round(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -353,6 +619,18 @@ pub async fn round(
 }
 
 /// `PATCH /api/rounds/{id}` (researcher)
+#[utoipa::path(
+    patch,
+    path = "/api/rounds/{id}",
+    tag = "rounds",
+    summary = "Update a round's status and metrics",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the round's id")),
+    request_body = RoundUpdate,
+    responses(
+        (status = 200, description = "updated", body = Round),
+    ),
+)]
 pub async fn update_round(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -365,6 +643,18 @@ pub async fn update_round(
 
 /// `POST /api/rounds/claim` (researcher): a worker claims the oldest queued
 /// round (or a running one whose lease expired): 200 with it, 204 when none.
+#[utoipa::path(
+    post,
+    path = "/api/rounds/claim",
+    tag = "rounds",
+    summary = "Claim the oldest queued round (or a running one whose lease expired) for a worker: it becomes running under a lease whose secret lease_token only this response carries. Race-free: concurrent claimers never get the same round.",
+    description = "Role: researcher.",
+    request_body = RoundClaim,
+    responses(
+        (status = 200, description = "the claimed round", body = Round),
+        (status = 204, description = "nothing to claim"),
+    ),
+)]
 pub async fn claim_round(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,
@@ -379,6 +669,18 @@ pub async fn claim_round(
 
 /// `POST /api/rounds/{id}/heartbeat` (researcher): the lease owner extends its
 /// lease and reports status, state and metrics; 409 when the lease was lost.
+#[utoipa::path(
+    post,
+    path = "/api/rounds/{id}/heartbeat",
+    tag = "rounds",
+    summary = "Extend the worker's lease and report status, state and metrics; 409 when the lease token is not the round's current lease (lost or never held)",
+    description = "Role: researcher.",
+    params(("id" = i64, Path, description = "the round's id")),
+    request_body = RoundHeartbeat,
+    responses(
+        (status = 200, description = "updated", body = Round),
+    ),
+)]
 pub async fn heartbeat_round(
     State(s): State<AppState>,
     ApiUser(u): ApiUser,

@@ -9,11 +9,11 @@ use axum::http::StatusCode;
 use axum::Json;
 use serde::de::DeserializeOwned;
 
-/// A JSON body.
+/// A JSON object body (415 without a JSON content type, 422 if not an object).
 pub struct ApiJson<T>(pub T);
-/// A query string.
+/// A query string (400 when it does not parse).
 pub struct ApiQuery<T>(pub T);
-/// Path parameters.
+/// Path parameters (400 when they do not parse).
 pub struct ApiPath<T>(pub T);
 /// A raw body, within the route's size limit.
 pub struct RawBody(pub Bytes);

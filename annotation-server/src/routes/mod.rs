@@ -104,7 +104,16 @@ pub fn router(state: AppState) -> Router {
         .with_state(state)
 }
 
-async fn openapi_json() -> Json<serde_json::Value> {
+/// `GET /api/openapi.json`: the OpenAPI document (see [`openapi`]).
+#[utoipa::path(
+    get,
+    path = "/api/openapi.json",
+    tag = "operations",
+    summary = "This document",
+    security(),
+    responses((status = 200, description = "OpenAPI 3.1", body = Object)),
+)]
+pub async fn openapi_json() -> Json<serde_json::Value> {
     Json(openapi::document())
 }
 
@@ -123,7 +132,18 @@ async fn page_not_found() -> Response {
 }
 
 /// `GET /healthz`: 200 when the database answers.
-async fn healthz(State(s): State<AppState>) -> Response {
+#[utoipa::path(
+    get,
+    path = "/healthz",
+    tag = "operations",
+    summary = "Health check (database ping)",
+    security(),
+    responses(
+        (status = 200, description = "ok"),
+        (status = 503, description = "database unavailable"),
+    ),
+)]
+pub async fn healthz(State(s): State<AppState>) -> Response {
     match s.db.ping().await {
         Ok(()) => Json(serde_json::json!({"status": "ok"})).into_response(),
         Err(e) => {
@@ -140,7 +160,17 @@ async fn healthz(State(s): State<AppState>) -> Response {
 /// `GET /metrics`: Prometheus text format. Needs a researcher's (or admin's)
 /// bearer token unless `Config::metrics_public`: route counts and queue depth
 /// are not for everyone.
-async fn metrics(
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    summary = "Prometheus metrics (researcher or admin token, unless the server runs with --metrics-public)",
+    responses(
+        (status = 200, description = "text exposition format", content_type = "text/plain", body = String),
+        (status = 401, description = "no token"),
+    ),
+)]
+pub async fn metrics(
     State(s): State<AppState>,
     headers: axum::http::HeaderMap,
 ) -> Result<Response, AppError> {

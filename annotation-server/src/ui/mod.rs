@@ -2,10 +2,13 @@
 //! dashboard. Forms carry the session's CSRF token; no front-end build step.
 mod html;
 mod rounds;
+mod session;
 
 pub use html::{esc, esc_text};
 use html::{nav, page};
 pub use rounds::{cancel_round, queue_round, round_page, series_plot, summary_plot, QueueForm};
+use session::to_login;
+pub use session::{Access, Anyone, FormSession, PageSession, ResearcherOnly};
 
 use crate::api::{ExportQuery, Role, Safety, Strength, SubmitLabel, Task};
 use crate::assign;
@@ -27,9 +30,9 @@ use sea_orm::{ColumnTrait, EntityTrait, QueryFilter};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// The stylesheet.
+/// The UI's stylesheet, served at `/static/app.css`.
 pub const APP_CSS: &str = include_str!("../../static/app.css");
-/// The keyboard script.
+/// The labeling page's keyboard shortcuts, served at `/static/app.js`.
 pub const APP_JS: &str = include_str!("../../static/app.js");
 
 /// An error shown as an HTML page.
@@ -78,10 +81,6 @@ impl IntoResponse for UiError {
 }
 
 type UiResult = Result<Response, UiError>;
-
-fn to_login() -> Response {
-    Redirect::to("/login").into_response()
-}
 
 /// `GET /`: where a user starts.
 pub async fn index(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
@@ -263,15 +262,9 @@ pub async fn login(
 const DUMMY_HASH: &str = "$argon2id$v=19$m=19456,t=2,p=1$c29tZXNhbHRzb21lc2FsdA$J9nqDg5Xr3fU4b9zZ6uQ0o8hJmS0w2bOGM8mPX1oGvI";
 
 /// `POST /logout`
-pub async fn logout(
-    State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
-) -> UiResult {
-    let Form(form) = form?;
-    if let Some(sess) = session_from_headers(&s, &headers).await? {
-        sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
-        delete_session(&s, &sess.token_hash).await?;
+pub async fn logout(State(s): State<AppState>, posted: Option<FormSession>) -> UiResult {
+    if let Some(FormSession { session, .. }) = posted {
+        delete_session(&s, &session.token_hash).await?;
     }
     Ok((
         [(
@@ -298,10 +291,10 @@ fn user_nav(sess: &Session) -> String {
 }
 
 /// `GET /label`: the caller's current or next task.
-pub async fn label_page(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
+pub async fn label_page(
+    State(s): State<AppState>,
+    PageSession { session: sess, .. }: PageSession,
+) -> UiResult {
     render_task(&s, &sess, None, StatusCode::OK).await
 }
 
@@ -472,15 +465,13 @@ fn label_from_form(form: &HashMap<String, String>, k: usize) -> Result<SubmitLab
 /// `POST /label/{id}`: stores the label and shows the next task at once.
 pub async fn submit(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession {
+        session: sess,
+        form,
+        ..
+    }: FormSession,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     let k = assign::response_count(&s, id).await?;
     let label = match label_from_form(&form, k) {
         Ok(l) => l,
@@ -500,25 +491,18 @@ pub async fn submit(
 /// `POST /label/{id}/skip`
 pub async fn skip(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession { session: sess, .. }: FormSession,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     assign::skip(&s, sess.user.id, id).await?;
     Ok(Redirect::to("/label").into_response())
 }
 
 /// `GET /dashboard`: progress per batch and the rounds (researchers and admins).
-pub async fn dashboard(State(s): State<AppState>, headers: HeaderMap) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    sess.user.require_researcher()?;
+pub async fn dashboard(
+    State(s): State<AppState>,
+    PageSession { session: sess, .. }: PageSession<ResearcherOnly>,
+) -> UiResult {
     render_dashboard(&s, &sess, &QueueForm::default(), None, StatusCode::OK).await
 }
 
@@ -572,12 +556,9 @@ async fn render_dashboard(
 /// page is how the dashboard's links download with the session cookie.
 pub async fn export(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    PageSession { session: sess, .. }: PageSession,
     query: Result<Query<ExportQuery>, QueryRejection>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let Query(q) = query.map_err(|r| AppError::BadRequest(r.body_text()))?;
     Ok(crate::routes::api::export_response(&s, &sess.user, &q).await?)
 }
@@ -586,12 +567,8 @@ pub async fn export(
 /// logged-in researcher (see [`export`] for why not the API route).
 pub async fn agreement(
     State(s): State<AppState>,
-    headers: HeaderMap,
     Path(id): Path<i64>,
+    _: PageSession<ResearcherOnly>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    sess.user.require_researcher()?;
     Ok(axum::Json(progress::batch_agreement(&s.db, id).await?).into_response())
 }

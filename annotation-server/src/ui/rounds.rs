@@ -3,18 +3,17 @@
 //! with its configuration, state and per-round plots. Plots are SVG served by
 //! the routes below and shown with `<img>`.
 use super::html::{esc, page};
-use super::{to_login, user_nav, UiError, UiResult};
-use crate::api::{NewRound, Round};
-use crate::auth::{session_from_headers, Session};
+use super::session::{FormSession, PageSession, ResearcherOnly};
+use super::{user_nav, UiError, UiResult};
+use crate::api::{NewRound, Round, RoundMetrics, RoundStatus};
 use crate::error::AppError;
 use crate::plots;
 use crate::rounds;
 use crate::state::AppState;
-use axum::extract::rejection::{FormRejection, PathRejection};
+use axum::extract::rejection::PathRejection;
 use axum::extract::{Path, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Redirect};
-use axum::Form;
 use std::collections::{BTreeSet, HashMap};
 
 /// Recipes offered by the queue form.
@@ -116,7 +115,7 @@ impl QueueForm {
         Ok(NewRound {
             name: self.name.clone(),
             config: Some(config),
-            status: Some(rounds::QUEUED.into()),
+            status: Some(RoundStatus::Queued.into()),
         })
     }
 }
@@ -145,17 +144,6 @@ fn num(v: f64) -> String {
     }
 }
 
-fn progress(r: &Round) -> (String, String) {
-    let text = |k: &str| {
-        r.metrics
-            .pointer(&format!("/progress/{k}"))
-            .and_then(|v| v.as_str())
-            .unwrap_or("")
-            .to_string()
-    };
-    (text("step"), text("detail"))
-}
-
 fn select(name: &str, options: &[&str], chosen: &str) -> String {
     let opts: String = options
         .iter()
@@ -172,10 +160,8 @@ fn select(name: &str, options: &[&str], chosen: &str) -> String {
 
 /// The dashboard's rounds section: table, queue form, plots over rounds.
 pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>) -> String {
-    let metrics: BTreeSet<String> = all
-        .iter()
-        .flat_map(|r| plots::summary_numbers(&r.metrics).into_keys())
-        .collect();
+    let typed: Vec<RoundMetrics> = all.iter().map(Round::metrics_typed).collect();
+    let metrics: BTreeSet<&String> = typed.iter().flat_map(|m| m.summary.keys()).collect();
     let mut head = String::from(
         "<th>id</th><th>name</th><th>status</th><th>step</th><th>lease owner</th><th>updated</th>",
     );
@@ -183,15 +169,14 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
         head.push_str(&format!("<th>{}</th>", esc(m)));
     }
     let mut rows = String::new();
-    for r in all.iter().rev() {
-        let (step, detail) = progress(r);
-        let summary = plots::summary_numbers(&r.metrics);
+    for (r, typed) in all.iter().zip(&typed).rev() {
+        let progress = typed.progress.clone().unwrap_or_default();
         let cells: String = metrics
             .iter()
             .map(|m| {
                 format!(
                     "<td>{}</td>",
-                    summary.get(m).map(|v| num(*v)).unwrap_or_default()
+                    typed.summary.get(*m).map(|v| num(*v)).unwrap_or_default()
                 )
             })
             .collect();
@@ -201,8 +186,8 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
             esc(&r.name),
             esc(&r.status),
             esc(&r.status),
-            esc(&detail),
-            esc(&step),
+            esc(&progress.detail),
+            esc(&progress.step),
             esc(r.lease_owner.as_deref().unwrap_or("")),
             esc(&r.updated_at),
             id = r.id,
@@ -274,15 +259,12 @@ pub fn section(all: &[Round], csrf: &str, form: &QueueForm, error: Option<&str>)
 /// the dashboard with the message and the typed values (422).
 pub async fn queue_round(
     State(s): State<AppState>,
-    headers: HeaderMap,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession {
+        session: sess,
+        form,
+        ..
+    }: FormSession<ResearcherOnly>,
 ) -> UiResult {
-    let Some(sess) = session_from_headers(&s, &headers).await? else {
-        return Ok(to_login());
-    };
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
-    sess.user.require_researcher()?;
     let typed = QueueForm::from_map(&form);
     let req = match typed.to_round() {
         Ok(r) => r,
@@ -313,14 +295,6 @@ pub async fn queue_round(
     }
 }
 
-async fn researcher(s: &AppState, headers: &HeaderMap) -> Result<Option<Session>, UiError> {
-    let Some(sess) = session_from_headers(s, headers).await? else {
-        return Ok(None);
-    };
-    sess.user.require_researcher()?;
-    Ok(Some(sess))
-}
-
 fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, UiError> {
     p.map(|Path(v)| v)
         .map_err(|r| UiError(AppError::BadRequest(r.body_text())))
@@ -333,16 +307,15 @@ fn pretty(v: &serde_json::Value) -> String {
 /// `GET /dashboard/rounds/{id}`: one round with its plots.
 pub async fn round_page(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    PageSession { session: sess, .. }: PageSession<ResearcherOnly>,
     id: Result<Path<i64>, PathRejection>,
 ) -> UiResult {
-    let Some(sess) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let id = path(id)?;
     let r = rounds::get(&s.db, id).await?;
-    let (step, detail) = progress(&r);
-    let summary: String = plots::summary_numbers(&r.metrics)
+    let metrics = r.metrics_typed();
+    let progress = metrics.progress.clone().unwrap_or_default();
+    let summary: String = metrics
+        .summary
         .iter()
         .map(|(k, v)| format!("<tr><th>{}</th><td>{}</td></tr>", esc(k), num(*v)))
         .collect();
@@ -351,8 +324,8 @@ pub async fn round_page(
     } else {
         format!("<table id=\"summary\">{summary}</table>")
     };
-    let series = plots::metric_series(&r.metrics);
-    let figures: String = series
+    let figures: String = metrics
+        .series
         .keys()
         .map(|name| {
             format!(
@@ -369,7 +342,10 @@ pub async fn round_page(
     } else {
         format!("<div class=\"plots\" id=\"series-plots\">{figures}</div>")
     };
-    let cancel = if rounds::may_set_by_hand(&r.status, rounds::CANCELLED) {
+    let cancellable = r
+        .status()
+        .is_some_and(|from| rounds::may_set_by_hand(from, RoundStatus::Cancelled));
+    let cancel = if cancellable {
         format!(
             "<form id=\"cancel-round\" class=\"queue\" method=\"post\" action=\"/dashboard/rounds/{id}/cancel\">\
              <input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -392,8 +368,8 @@ pub async fn round_page(
          <p>API (bearer token): <code>GET /api/rounds/{id}</code></p>",
         esc(&r.name),
         esc(&r.status),
-        esc(&step),
-        esc(&detail),
+        esc(&progress.step),
+        esc(&progress.detail),
         esc(r.lease_owner.as_deref().unwrap_or("")),
         esc(r.lease_expires_at.as_deref().unwrap_or("")),
         esc(&r.created_at),
@@ -409,22 +385,20 @@ pub async fn round_page(
 /// gets 409 and it stops.
 pub async fn cancel_round(
     State(s): State<AppState>,
-    headers: HeaderMap,
     id: Result<Path<i64>, PathRejection>,
-    form: Result<Form<HashMap<String, String>>, FormRejection>,
+    FormSession {
+        session: sess,
+        form,
+        ..
+    }: FormSession<ResearcherOnly>,
 ) -> UiResult {
-    let Some(sess) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let id = path(id)?;
-    let Form(form) = form?;
-    sess.check_csrf(form.get("csrf").map(String::as_str).unwrap_or(""))?;
     let reason = form.get("reason").map(|r| r.trim()).unwrap_or("");
     if reason.is_empty() {
         return Err(AppError::Unprocessable("give a reason for the cancel".into()).into());
     }
     let req = crate::api::RoundUpdate {
-        status: Some(rounds::CANCELLED.into()),
+        status: Some(RoundStatus::Cancelled.into()),
         reason: Some(reason.to_string()),
         metrics: None,
     };
@@ -443,12 +417,9 @@ fn svg(doc: String) -> axum::response::Response {
 /// `GET /dashboard/plots/{metric}`: one summary metric over all rounds (SVG).
 pub async fn summary_plot(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _: PageSession<ResearcherOnly>,
     metric: Result<Path<String>, PathRejection>,
 ) -> UiResult {
-    let Some(_) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let metric = path(metric)?;
     let all = rounds::list(&s.db).await?;
     let points = plots::summary_over_rounds(&all)
@@ -461,17 +432,12 @@ pub async fn summary_plot(
 /// `metrics.series` (SVG).
 pub async fn series_plot(
     State(s): State<AppState>,
-    headers: HeaderMap,
+    _: PageSession<ResearcherOnly>,
     p: Result<Path<(i64, String)>, PathRejection>,
 ) -> UiResult {
-    let Some(_) = researcher(&s, &headers).await? else {
-        return Ok(to_login());
-    };
     let (id, name) = path(p)?;
     let r = rounds::get(&s.db, id).await?;
-    let points = plots::metric_series(&r.metrics)
-        .remove(&name)
-        .unwrap_or_default();
+    let points = r.metrics_typed().series.remove(&name).unwrap_or_default();
     Ok(svg(plots::series_chart_svg(&r, &name, &points)))
 }
 

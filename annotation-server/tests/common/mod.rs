@@ -1,13 +1,19 @@
 //! Test fixtures: a fresh database (SQLite file or a new PostgreSQL database),
-//! a real server on 127.0.0.1:0, accounts with tokens, and HTTP helpers.
+//! a real server on 127.0.0.1:0, accounts with tokens, HTTP helpers for the
+//! API and for the web UI (a cookie-jar "browser", login, hidden form fields),
+//! the CLI and raw SQL. Every test file shares these; none keeps a copy.
 #![allow(dead_code)]
 use annotation_server::accounts;
 use annotation_server::api::Role;
+use annotation_server::cli::{run_with_io, Commands};
 use annotation_server::db::connect_and_migrate;
 use annotation_server::server::RunningServer;
 use annotation_server::state::{AppState, Config};
-use sea_orm::{ConnectionTrait, Database, DatabaseConnection};
+use sea_orm::{ConnectionTrait, Database, DatabaseConnection, Statement};
 use std::sync::atomic::{AtomicU32, Ordering};
+
+/// The password of every account the fixtures create.
+pub const PASSWORD: &str = "password123";
 
 static COUNTER: AtomicU32 = AtomicU32::new(0);
 
@@ -138,14 +144,27 @@ impl TestServer {
         }
     }
 
+    /// Creates a user (password [`PASSWORD`]).
+    pub async fn user(&self, username: &str, role: Role) {
+        create_user(&self.db, username, role).await;
+    }
+
     /// Creates a user and returns an API token for it.
     pub async fn token(&self, username: &str, role: Role) -> String {
-        accounts::create_user(&self.db, username, "password123", role, None)
-            .await
-            .expect("create user");
+        self.user(username, role).await;
         accounts::create_token(&self.db, username, None, None)
             .await
             .expect("create token")
+    }
+
+    /// A cookie-jar browser logged in as `username` (see [`browser_login`]).
+    pub async fn browser(&self, username: &str) -> reqwest::Client {
+        browser_login(&self.url, username).await
+    }
+
+    /// Takes the running server out, to stop it by hand (the database stays).
+    pub fn take_server(&mut self) -> RunningServer {
+        self.server.take().expect("the server is running")
     }
 
     pub fn api(&self, token: &str) -> Api {
@@ -162,6 +181,13 @@ impl TestServer {
         }
         self.db.clone().close().await.ok();
     }
+}
+
+/// Creates a user (password [`PASSWORD`]) on any connection.
+pub async fn create_user(db: &DatabaseConnection, username: &str, role: Role) {
+    accounts::create_user(db, username, PASSWORD, role, None)
+        .await
+        .expect("create user");
 }
 
 /// An API client with a bearer token (raw responses, so tests see statuses).
@@ -300,4 +326,93 @@ pub async fn wait_for_status(api: &Api, path: &str, status: u16) {
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
     panic!("GET {path} still answers {last}, not {status}");
+}
+
+/// Asserts the status of a JSON response and returns its body.
+pub async fn body(r: reqwest::Response, status: u16) -> serde_json::Value {
+    assert_eq!(r.status().as_u16(), status, "unexpected status");
+    r.json().await.unwrap()
+}
+
+/// The first column of the first row of `sql`, as an integer.
+pub async fn scalar(db: &DatabaseConnection, sql: &str) -> i64 {
+    let row = db
+        .query_one_raw(Statement::from_string(
+            db.get_database_backend(),
+            sql.to_string(),
+        ))
+        .await
+        .unwrap()
+        .unwrap();
+    row.try_get_by_index::<i64>(0).unwrap()
+}
+
+/// Runs a CLI command with `stdin` as its input; what it printed.
+pub async fn run_cli(cmd: Commands, stdin: &str) -> anyhow::Result<String> {
+    let mut input = std::io::Cursor::new(stdin.as_bytes().to_vec());
+    let mut out = Vec::new();
+    run_with_io(cmd, &mut input, &mut out).await?;
+    Ok(String::from_utf8(out).unwrap())
+}
+
+/// A browser-like client: a cookie jar, and redirects left to the test.
+pub fn browser() -> reqwest::Client {
+    reqwest::Client::builder()
+        .cookie_store(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The value of the hidden input `name` in a page.
+pub fn hidden(html: &str, name: &str) -> String {
+    let marker = format!("name=\"{name}\" value=\"");
+    let start = html
+        .find(&marker)
+        .unwrap_or_else(|| panic!("no hidden {name} in {html}"))
+        + marker.len();
+    html[start..].split('"').next().unwrap().to_string()
+}
+
+/// `GET url` with `http`: the body as text, whatever the status.
+pub async fn get_text(http: &reqwest::Client, url: &str) -> String {
+    http.get(url).send().await.unwrap().text().await.unwrap()
+}
+
+/// Fetches the login form and posts it (the form's CSRF token, the cookie
+/// in `http`'s jar); the response.
+pub async fn login(
+    http: &reqwest::Client,
+    url: &str,
+    user: &str,
+    password: &str,
+) -> reqwest::Response {
+    let csrf = hidden(&get_text(http, &format!("{url}/login")).await, "csrf");
+    http.post(format!("{url}/login"))
+        .form(&[("username", user), ("password", password), ("csrf", &csrf)])
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A [`browser`] logged in as `user` (password [`PASSWORD`]).
+pub async fn browser_login(url: &str, user: &str) -> reqwest::Client {
+    let http = browser();
+    assert_eq!(login(&http, url, user, PASSWORD).await.status(), 303);
+    http
+}
+
+/// A fresh login form's CSRF token, read from its cookie (and checked to be
+/// the form's hidden field too).
+pub async fn login_csrf(http: &reqwest::Client, url: &str) -> String {
+    let r = http.get(format!("{url}/login")).send().await.unwrap();
+    let cookie = r.headers()["set-cookie"].to_str().unwrap().to_string();
+    let value = cookie
+        .strip_prefix("rlhf_login_csrf=")
+        .and_then(|v| v.split(';').next())
+        .expect("login CSRF cookie")
+        .to_string();
+    let html = r.text().await.unwrap();
+    assert!(html.contains(&format!("name=\"csrf\" value=\"{value}\"")));
+    value
 }
