@@ -2,7 +2,7 @@
 use super::config::{defaults, Recipe, RoundConfig, StageSettings};
 use super::series::{absolute, check_policy, series};
 use annotation_server::api::client::Client;
-use annotation_server::api::{NewRound, Round, RoundUpdate};
+use annotation_server::api::{NewRound, Round, RoundStatus, RoundUpdate};
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
 use std::path::PathBuf;
@@ -110,7 +110,7 @@ pub fn run_round(a: RoundArgs) -> Result<()> {
             let r = client.update_round(
                 id,
                 &RoundUpdate {
-                    status: Some("cancelled".into()),
+                    status: Some(RoundStatus::Cancelled.into()),
                     reason: Some(reason),
                     metrics: None,
                 },
@@ -119,21 +119,14 @@ pub fn run_round(a: RoundArgs) -> Result<()> {
         }
         RoundCommand::List => {
             for r in client.rounds()? {
-                let step = r
-                    .metrics
-                    .pointer("/progress/step")
-                    .and_then(|v| v.as_str())
-                    .unwrap_or("");
+                let m = r.metrics_typed();
                 println!(
                     "{}\t{}\t{}\t{}\t{}",
                     r.id,
                     r.name,
                     r.status,
-                    step,
-                    r.metrics
-                        .get("summary")
-                        .map(|v| v.to_string())
-                        .unwrap_or_default()
+                    m.progress.map(|p| p.step).unwrap_or_default(),
+                    serde_json::to_string(&m.summary)?
                 );
             }
         }
@@ -152,7 +145,7 @@ pub fn queue(client: &Client, name: &str, cfg: &RoundConfig) -> Result<Round> {
     client.create_round(&NewRound {
         name: name.to_string(),
         config: Some(serde_json::to_value(cfg)?),
-        status: Some("queued".into()),
+        status: Some(RoundStatus::Queued.into()),
     })
 }
 

@@ -15,7 +15,7 @@ use crate::data::sft_example;
 use crate::policy_io::{load_policy, PolicyFiles};
 use crate::sft::SftStage;
 use annotation_server::api::client::Client;
-use annotation_server::api::NewRound;
+use annotation_server::api::{NewRound, RoundStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use dfdx::prelude::Cpu;
@@ -411,7 +411,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
             for i in 1..=a.rounds {
                 let t0 = Instant::now();
                 let config = json!({"recipe": a.recipe.as_str(), "task": t.name(), "prompt_source": source, "prompts_per_round": a.prompts_per_round, "k": a.k, "labels_wanted": a.labels_wanted});
-                let queued = client.create_round(&NewRound { name: format!("{source}-{i}"), config: Some(config), status: Some("queued".into()) })?;
+                let queued = client.create_round(&NewRound { name: format!("{source}-{i}"), config: Some(config), status: Some(RoundStatus::Queued.into()) })?;
                 let r = claim(&ctx)?.context("the queued round was not claimable")?;
                 if r.id != queued.id {
                     bail!("claimed round {} instead of {}", r.id, queued.id);

@@ -3,7 +3,7 @@
 use super::series::{initial_policy_of, source_of, state_of};
 use crate::policy_io::PolicyFiles;
 use annotation_server::api::client::Client;
-use annotation_server::api::Round;
+use annotation_server::api::{Round, RoundStatus};
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use policy::checkpoint::Checkpoint;
@@ -42,7 +42,9 @@ fn lineage(client: &Client, round: &Round) -> Result<Vec<Round>> {
     let mut all: Vec<Round> = client
         .rounds()?
         .into_iter()
-        .filter(|r| source_of(r) == source && r.id <= round.id && r.status == "done")
+        .filter(|r| {
+            source_of(r) == source && r.id <= round.id && r.status() == Some(RoundStatus::Done)
+        })
         .collect();
     all.sort_by_key(|r| r.id);
     Ok(all)
@@ -60,7 +62,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
                 .context("--round needs a researcher token (--token or RLHF_TOKEN)")?;
             let client = Client::new(&a.server, token)?;
             let round = client.round(id)?;
-            if round.status != "done" {
+            if round.status() != Some(RoundStatus::Done) {
                 bail!(
                     "round {id} is `{}`, not done; export a finished round",
                     round.status
@@ -145,10 +147,10 @@ fn model_card(
         rounds.len()
     );
     for r in rounds {
+        let summary = r.metrics_typed().summary;
         let m = |k: &str| {
-            r.metrics
-                .pointer(&format!("/summary/{k}"))
-                .and_then(Value::as_f64)
+            summary
+                .get(k)
                 .map(|x| format!("{x:.3}"))
                 .unwrap_or_else(|| "-".into())
         };

@@ -5,11 +5,9 @@
 use super::config::{RoundState, WorkerDefaults};
 use super::steps::run_steps;
 use annotation_server::api::client::{Client, LeaseLost};
-use annotation_server::api::{Round, RoundHeartbeat};
+use annotation_server::api::{Round, RoundHeartbeat, RoundMetrics, RoundStatus};
 use anyhow::{bail, Context, Result};
 use policy::model::Dev;
-use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -56,9 +54,9 @@ impl Ctx {
     pub(super) fn beat(
         &self,
         round: i64,
-        status: Option<&str>,
+        status: Option<RoundStatus>,
         state: &RoundState,
-        metrics: &Value,
+        metrics: &RoundMetrics,
     ) -> Result<()> {
         let lease_token = match &*self.lease.lock().unwrap_or_else(|e| e.into_inner()) {
             Some((id, token)) if *id == round => token.clone(),
@@ -68,9 +66,9 @@ impl Ctx {
             worker: self.worker.clone(),
             lease_token,
             lease_seconds: Some(self.lease_seconds),
-            status: status.map(str::to_string),
+            status: status.map(String::from),
             state: Some(serde_json::to_value(state)?),
-            metrics: Some(metrics.clone()),
+            metrics: Some(metrics.to_value()),
         };
         self.client
             .heartbeat_round(round, &hb)
@@ -141,14 +139,4 @@ pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
 /// to its new holder (or to the researcher who cancelled it).
 pub fn lease_lost(e: &anyhow::Error) -> bool {
     e.chain().any(|c| c.downcast_ref::<LeaseLost>().is_some())
-}
-
-/// The round's metrics as the dashboard reads them.
-pub(super) fn metrics_json(
-    step: &str,
-    detail: &str,
-    summary: &BTreeMap<String, f64>,
-    series: &BTreeMap<String, Vec<(f64, f64)>>,
-) -> Value {
-    json!({"progress": {"step": step, "detail": detail}, "summary": summary, "series": series})
 }

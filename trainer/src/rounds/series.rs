@@ -2,7 +2,7 @@
 //! configuration a worker completes for a round queued without some settings.
 use super::config::{RoundConfig, RoundState, WorkerDefaults};
 use annotation_server::api::client::Client;
-use annotation_server::api::Round;
+use annotation_server::api::{Round, RoundStatus};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -65,7 +65,7 @@ pub(super) fn series(client: &Client, source: &str, before: Option<i64>) -> Resu
         .collect();
     let last_done = rounds
         .iter()
-        .filter(|r| r.status == "done")
+        .filter(|r| r.status() == Some(RoundStatus::Done))
         .max_by_key(|r| r.id);
     let last_output = match last_done {
         Some(r) => Some(

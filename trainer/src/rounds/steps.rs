@@ -13,14 +13,17 @@
 //! duplicates them; training stages resume from their checkpoints.
 use super::config::{RoundConfig, RoundState, Stage};
 use super::eval::{evaluate, EvalReport, EvalSetup};
-use super::heartbeat::{metrics_json, Ctx};
+use super::heartbeat::Ctx;
 use super::prompts::{
     as_text_pairs, content_of, eval_prompts, pick_prompts, write_pairs, write_prompts, PROMPTS_FILE,
 };
 use crate::job::{self, RewardSource, RewardSpec, RunSpec};
 use crate::reward::Reward;
 use annotation_server::api::client::Client;
-use annotation_server::api::{CreateComparisons, ExportQuery, NewComparison, NewResponse, Round};
+use annotation_server::api::{
+    CreateComparisons, ExportQuery, NewComparison, NewResponse, Round, RoundMetrics, RoundProgress,
+    RoundStatus,
+};
 use anyhow::{bail, Context, Result};
 use policy::checkpoint::Checkpoint;
 use policy::generate::stop_tokens;
@@ -30,7 +33,6 @@ use policy::tokenizer::Tokenizer;
 use reward_model::data::{DataOptions, Pair};
 use reward_model::model::RewardModel;
 use serde_json::{json, Value};
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -39,23 +41,23 @@ struct Progress<'a> {
     ctx: &'a Ctx,
     round: &'a Round,
     state: RoundState,
-    summary: BTreeMap<String, f64>,
-    series: BTreeMap<String, Vec<(f64, f64)>>,
+    /// The dashboard's view; `progress` is set by each report.
+    metrics: RoundMetrics,
 }
 
 impl Progress<'_> {
     /// Reports the step (the dashboard's progress) and the state so far.
-    fn beat(&self, step: &str, detail: &str) -> Result<()> {
+    fn beat(&mut self, step: &str, detail: &str) -> Result<()> {
         self.beat_status(None, step, detail)
     }
 
-    fn beat_status(&self, status: Option<&str>, step: &str, detail: &str) -> Result<()> {
-        self.ctx.beat(
-            self.round.id,
-            status,
-            &self.state,
-            &metrics_json(step, detail, &self.summary, &self.series),
-        )
+    fn beat_status(&mut self, status: Option<RoundStatus>, step: &str, detail: &str) -> Result<()> {
+        self.metrics.progress = Some(RoundProgress {
+            step: step.into(),
+            detail: detail.into(),
+        });
+        self.ctx
+            .beat(self.round.id, status, &self.state, &self.metrics)
     }
 
     fn say(&self, s: &str) {
@@ -71,8 +73,7 @@ pub(super) fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<Rou
         ctx,
         round,
         state: serde_json::from_value(round.state.clone()).unwrap_or_default(),
-        summary: BTreeMap::new(),
-        series: BTreeMap::new(),
+        metrics: RoundMetrics::default(),
     };
     let cfg = match &p.state.config {
         Some(c) => c.clone(),
@@ -96,7 +97,7 @@ pub(super) fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<Rou
     evaluate_policy(&mut p, &cfg, &output, &rm_dir, dev)?;
     p.state.output = Some(output);
     // (g) done
-    p.beat_status(Some("done"), "done", "")?;
+    p.beat_status(Some(RoundStatus::Done), "done", "")?;
     write_plots(&ctx.client, &cfg)?;
     Ok(p.state)
 }
@@ -225,7 +226,7 @@ fn wait_for_labels(p: &mut Progress) -> Result<()> {
         .ok()
         .and_then(|a| a.krippendorff_alpha)
     {
-        p.summary.insert("label_agreement".into(), alpha);
+        p.metrics.summary.insert("label_agreement".into(), alpha);
     }
     Ok(())
 }
@@ -265,10 +266,10 @@ fn train_reward_model<D: Dev>(p: &mut Progress, cfg: &RoundConfig, dev: &D) -> R
             .and_then(|v| v["accuracy"].as_f64())
         {
             p.state.rm_accuracy = Some(a);
-            p.summary.insert("rm_accuracy".into(), a);
+            p.metrics.summary.insert("rm_accuracy".into(), a);
         }
     }
-    p.series.insert(
+    p.metrics.series.insert(
         "rm_loss".into(),
         metric_series(&reward_model::train::metrics_path(&rm_dir), "loss"),
     );
@@ -333,14 +334,16 @@ fn improve_policy<D: Dev>(
         }
         let metrics = policy::train_loop::metrics_path(&out);
         if stage == Stage::Ppo {
-            p.series.insert(
+            p.metrics.series.insert(
                 "ppo_reward".into(),
                 metric_series(&metrics, "objective/scores"),
             );
-            p.series
+            p.metrics
+                .series
                 .insert("kl".into(), metric_series(&metrics, "objective/kl"));
         } else {
-            p.series
+            p.metrics
+                .series
                 .insert(format!("{name}_loss"), metric_series(&metrics, "loss"));
         }
         current = out;
@@ -426,7 +429,7 @@ fn evaluate_policy<D: Dev>(
         ("win_rate", report.win_rate),
     ] {
         if let Some(v) = v {
-            p.summary.insert(k.into(), v);
+            p.metrics.summary.insert(k.into(), v);
         }
     }
     p.state.eval = Some(report);

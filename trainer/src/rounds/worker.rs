@@ -5,7 +5,7 @@ use super::config::WorkerDefaults;
 use super::heartbeat::{self, Ctx};
 use super::lease;
 use super::series::absolute;
-use annotation_server::api::{Round, RoundClaim};
+use annotation_server::api::{Round, RoundClaim, RoundStatus};
 use anyhow::{Context, Result};
 use clap::Args;
 use policy::device::{DeviceKind, OnDevice};
@@ -72,11 +72,10 @@ fn default_name() -> String {
 /// then a queued or abandoned one. The returned round carries its lease token.
 pub fn claim(ctx: &Ctx) -> Result<Option<Round>> {
     let workdir = &ctx.defaults.workdir;
-    for r in
-        ctx.client.rounds()?.into_iter().filter(|r| {
-            r.status == "running" && r.lease_owner.as_deref() == Some(ctx.worker.as_str())
-        })
-    {
+    for r in ctx.client.rounds()?.into_iter().filter(|r| {
+        r.status() == Some(RoundStatus::Running)
+            && r.lease_owner.as_deref() == Some(ctx.worker.as_str())
+    }) {
         match lease::load(workdir, &ctx.server, &ctx.worker, r.id) {
             Some(token) => {
                 return Ok(Some(Round {
