@@ -36,6 +36,7 @@
 //! - [`device`]: which device to run on ([`device::DeviceKind`]) and running a command on it.
 //! - [`fs_atomic`]: crash-safe file and directory writes.
 //! - [`generate`]: batched sampling and greedy decoding, and the stop tokens of a checkpoint.
+//! - [`gguf_tokenizer`]: a GGUF file's tokenizer metadata as `tokenizer.json` + `tokenizer_config.json`.
 //! - [`model`]: the Llama forward pass, its parameters and the device kernels interface.
 //! - [`out_dir`]: which output directories a command may write.
 //! - [`safetensors_io`]: safetensors files in Hugging Face's layout, sharded or not.
@@ -52,6 +53,7 @@ mod cpu;
 pub mod device;
 pub mod fs_atomic;
 pub mod generate;
+pub mod gguf_tokenizer;
 pub mod model;
 pub mod out_dir;
 pub mod safetensors_io;
