@@ -143,7 +143,7 @@ pub struct RoundConfig {
     /// A built-in task with a gold reward (`review`, `arithmetic`), for evaluation.
     #[serde(default)]
     pub task: Option<String>,
-    /// The round's starting policy (left out: the worker fills it, see [`super::series::complete_config`]).
+    /// The round's starting policy (left out: the worker fills it, see `series::complete_config`).
     #[serde(default)]
     pub policy: PathBuf,
     /// The series' first policy: reference for KL and the reward model's initialization.

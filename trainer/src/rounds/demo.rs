@@ -8,7 +8,8 @@ use super::config::{Recipe, WorkerDefaults};
 use super::eval::{evaluate, EvalSetup};
 use super::heartbeat::{self, Ctx};
 use super::labelers::{ensure_bots, label_until_done, SimConfig};
-use super::prompts::eval_prompts;
+use super::steps;
+use super::tasks::eval_prompts;
 use super::tasks::{task, Task};
 use super::worker::claim;
 use crate::data::sft_example;
@@ -276,7 +277,7 @@ fn serve_queued(ctx: &Ctx, bots: &Bots, dev: &Cpu) -> Result<()> {
                         "running round {} ({}) queued on the dashboard",
                         r.id, r.name
                     );
-                    let state = match heartbeat::run(ctx, &r, dev) {
+                    let state = match steps::run(ctx, &r, dev) {
                         Err(e) if heartbeat::lease_lost(&e) => {
                             // cancelled on the dashboard
                             eprintln!("round {} left: {e:#}", r.id);
@@ -416,7 +417,7 @@ pub fn run(a: DemoArgs) -> Result<()> {
                 if r.id != queued.id {
                     bail!("claimed round {} instead of {}", r.id, queued.id);
                 }
-                let state = heartbeat::run(&ctx, &r, &dev)?;
+                let state = steps::run(&ctx, &r, &dev)?;
                 let e = state.eval.clone().unwrap_or_default();
                 println!(
                     "| {i} | {} | {} | {} | {} | {} | {:.0} |",

@@ -256,7 +256,7 @@ fn eval_cmd<D: Dev>(a: &EvalArgs, dev: &D) -> Result<()> {
     let task = a.task.as_deref().map(super::tasks::task).transpose()?;
     let prompts: Vec<Prompt> = match (&a.prompts, &task) {
         (Some(p), _) => read_prompts(p, &tok)?,
-        (None, Some(t)) => super::prompts::eval_prompts(t.as_ref(), a.n, &tok)?,
+        (None, Some(t)) => super::tasks::eval_prompts(t.as_ref(), a.n, &tok)?,
         (None, None) => {
             bail!("give --task (its held-out prompts and gold reward) or --prompts FILE")
         }

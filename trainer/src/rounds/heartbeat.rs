@@ -3,11 +3,9 @@
 //! lease token of the claim), and a background thread that keeps the lease
 //! alive while a long step runs.
 use super::config::{RoundState, WorkerDefaults};
-use super::steps::run_steps;
 use annotation_server::api::client::{Client, LeaseLost};
 use annotation_server::api::{Round, RoundHeartbeat, RoundMetrics, RoundStatus};
 use anyhow::{bail, Context, Result};
-use policy::model::Dev;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -84,8 +82,10 @@ impl Ctx {
     }
 }
 
-/// Runs (or continues) `round` on `dev`, keeping its lease alive in the background.
-pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
+/// Runs `work` on `round` while a background thread keeps the round's lease
+/// alive; a lease lost meanwhile stops the training step in progress and is
+/// the result.
+pub fn keep_alive<T>(ctx: &Ctx, round: &Round, work: impl FnOnce() -> Result<T>) -> Result<T> {
     let token = round
         .lease_token
         .clone()
@@ -118,7 +118,7 @@ pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
                 }
             }
         });
-        let r = run_steps(ctx, round, dev);
+        let r = work();
         stop.store(true, Ordering::SeqCst);
         *ctx.last.lock().unwrap_or_else(|e| e.into_inner()) = None;
         *ctx.lease.lock().unwrap_or_else(|e| e.into_inner()) = None;

@@ -1,12 +1,10 @@
 //! A round's prompts: the server's prompt pool of a source, the window each
-//! round takes, the files the stages read, and a task's held-out prompts.
+//! round takes, and the files the stages read.
 use super::config::RoundConfig;
 use super::tasks::Task;
-use crate::data::Prompt;
 use annotation_server::api::client::Client;
 use annotation_server::api::ChatMessage;
 use anyhow::{bail, Result};
-use policy::tokenizer::Tokenizer;
 use reward_model::data::{Content, Pair};
 use serde_json::{json, Value};
 use std::path::Path;
@@ -133,19 +131,4 @@ pub fn write_prompts(
         })
         .collect();
     policy::fs_atomic::write_file_synced(path, text.as_bytes())
-}
-
-/// The held-out prompts of a task (disjoint from the training pool by seed).
-pub fn eval_prompts(task: &dyn Task, n: usize, tok: &Tokenizer) -> Result<Vec<Prompt>> {
-    task.prompts(n, 0xE7A1)
-        .into_iter()
-        .map(|t| {
-            let ids = tok.encode(&t, true)?;
-            Ok(Prompt {
-                content: Content::Text(t),
-                ids,
-                unsafe_prompt: false,
-            })
-        })
-        .collect()
 }

@@ -15,8 +15,9 @@ use super::config::{RoundConfig, RoundState, Stage};
 use super::eval::{evaluate, EvalReport, EvalSetup};
 use super::heartbeat::Ctx;
 use super::prompts::{
-    as_text_pairs, content_of, eval_prompts, pick_prompts, write_pairs, write_prompts, PROMPTS_FILE,
+    as_text_pairs, content_of, pick_prompts, write_pairs, write_prompts, PROMPTS_FILE,
 };
+use super::tasks::eval_prompts;
 use crate::job::{self, RewardSource, RewardSpec, RunSpec};
 use crate::reward::Reward;
 use annotation_server::api::client::Client;
@@ -67,8 +68,13 @@ impl Progress<'_> {
     }
 }
 
+/// Runs (or continues) `round` on `dev`, keeping its lease alive.
+pub fn run<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
+    super::heartbeat::keep_alive(ctx, round, || run_steps(ctx, round, dev))
+}
+
 /// Runs the round's steps from where its state says it is.
-pub(super) fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
+fn run_steps<D: Dev>(ctx: &Ctx, round: &Round, dev: &D) -> Result<RoundState> {
     let mut p = Progress {
         ctx,
         round,

@@ -14,9 +14,13 @@
 //! with a byte-level BPE of a few hundred tokens can learn them in a minute on a
 //! CPU. A completion starts with a space: prompt + completion is the training
 //! text, and the policy continues the prompt.
+use crate::data::Prompt;
+use anyhow::Result;
+use policy::tokenizer::Tokenizer;
 use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
+use reward_model::data::Content;
 
 /// A demo task: prompts, a gold reward, and a corpus to pretrain/SFT a tiny policy so it starts mediocre.
 pub trait Task: Send + Sync {
@@ -355,4 +359,19 @@ impl Task for Arithmetic {
             })
             .collect()
     }
+}
+
+/// The held-out prompts of a task (disjoint from the training pool by seed).
+pub fn eval_prompts(task: &dyn Task, n: usize, tok: &Tokenizer) -> Result<Vec<Prompt>> {
+    task.prompts(n, 0xE7A1)
+        .into_iter()
+        .map(|t| {
+            let ids = tok.encode(&t, true)?;
+            Ok(Prompt {
+                content: Content::Text(t),
+                ids,
+                unsafe_prompt: false,
+            })
+        })
+        .collect()
 }

@@ -5,6 +5,7 @@ use super::config::WorkerDefaults;
 use super::heartbeat::{self, Ctx};
 use super::lease;
 use super::series::absolute;
+use super::steps;
 use annotation_server::api::{Round, RoundClaim, RoundStatus};
 use anyhow::{Context, Result};
 use clap::Args;
@@ -129,7 +130,7 @@ fn worker<D: Dev>(a: &WorkerArgs, dev: &D) -> Result<()> {
         match claim(&ctx)? {
             Some(r) => {
                 eprintln!("running round {} ({})", r.id, r.name);
-                match heartbeat::run(&ctx, &r, dev) {
+                match steps::run(&ctx, &r, dev) {
                     Ok(state) => eprintln!(
                         "round {} done: {}",
                         r.id,
