@@ -35,6 +35,7 @@
 //!   attention, log-softmax) and host-buffer decoding.
 //! - [`device`]: which device to run on ([`device::DeviceKind`]) and running a command on it.
 //! - [`fs_atomic`]: crash-safe file and directory writes.
+//! - [`gguf`]: llama.cpp's GGUF files: header, metadata, tensor table and dequantization to f32.
 //! - [`generate`]: batched sampling and greedy decoding, and the stop tokens of a checkpoint.
 //! - [`gguf_tokenizer`]: a GGUF file's tokenizer metadata as `tokenizer.json` + `tokenizer_config.json`.
 //! - [`model`]: the Llama forward pass, its parameters and the device kernels interface.
@@ -53,6 +54,7 @@ mod cpu;
 pub mod device;
 pub mod fs_atomic;
 pub mod generate;
+pub mod gguf;
 pub mod gguf_tokenizer;
 pub mod model;
 pub mod out_dir;
