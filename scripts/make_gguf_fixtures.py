@@ -26,6 +26,12 @@ It writes, into policy/tests/fixtures/gguf/:
     arrays of every element type, a nested array, and `general.alignment` = 64,
     with two small F32 tensors; the JSON lists each key's type and value
     (floats as the exact f64 of the stored value).
+  * llama.gguf + llama.json + llama/*.f32: a tiny `llama` model's metadata as
+    convert_hf_to_gguf.py writes it (through GGUFWriter's add_* helpers, so
+    the key names are gguf-py's), q/k weights permuted by the converter's
+    `permute` (the HF originals in llama/*.f32), a `rope_freqs.weight` made
+    by the converter's Llama-3 formula, and no `output.weight` (tied
+    embeddings); llama.json holds the HF config values they come from.
 
 `cargo test -p policy --test gguf` reads these with the Rust reader and checks
 it agrees exactly.
@@ -214,11 +220,96 @@ def write_metadata(rng):
     (OUT / "metadata.json").write_text(json.dumps(meta, indent=1, ensure_ascii=False) + "\n")
 
 
+def permute(weights, n_head, n_head_kv):
+    """convert_hf_to_gguf.py's LlamaModel.permute (HF -> GGUF q/k row order)."""
+    if n_head_kv is not None and n_head != n_head_kv:
+        n_head = n_head_kv
+    return (weights.reshape(n_head, 2, weights.shape[0] // n_head // 2, *weights.shape[1:])
+            .swapaxes(1, 2)
+            .reshape(weights.shape))
+
+
+def llama3_rope_factors(hparams):
+    """convert_hf_to_gguf.py's Llama-3 rope_freqs (per-frequency divisors)."""
+    import math
+    rope_scaling = hparams["rope_scaling"]
+    base = hparams["rope_theta"]
+    dim = hparams["head_dim"]
+    # torch.arange(0, dim, 2, dtype=torch.float32) / dim, base ** that, in float32
+    freqs = 1.0 / (np.float32(base) ** (np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)))
+    factor = rope_scaling.get("factor", 8.0)
+    low_freq_factor = rope_scaling.get("low_freq_factor", 1.0)
+    high_freq_factor = rope_scaling.get("high_freq_factor", 4.0)
+    old_context_len = hparams.get("original_max_position_embeddings", 8192)
+    low_freq_wavelen = old_context_len / low_freq_factor
+    high_freq_wavelen = old_context_len / high_freq_factor
+    rope_factors = []
+    for freq in freqs:
+        wavelen = 2 * math.pi / float(freq)
+        if wavelen < high_freq_wavelen:
+            rope_factors.append(1)
+        elif wavelen > low_freq_wavelen:
+            rope_factors.append(factor)
+        else:
+            smooth = (old_context_len / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor)
+            rope_factors.append(1 / ((1 - smooth) / factor + smooth))
+    return np.array(rope_factors, dtype=np.float32)
+
+
+def write_llama(rng):
+    hp = {
+        "hidden_size": 64, "intermediate_size": 96, "num_hidden_layers": 1,
+        "num_attention_heads": 4, "num_key_value_heads": 2, "head_dim": 16,
+        "rms_norm_eps": 1e-5, "rope_theta": 500000.0, "vocab_size": 40,
+        "max_position_embeddings": 131072, "bos_token_id": 1, "eos_token_id": 2,
+        "pad_token_id": 3, "tie_word_embeddings": True,
+        "rope_scaling": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                         "high_freq_factor": 4.0, "original_max_position_embeddings": 8192},
+    }
+    w = gguf.GGUFWriter(str(OUT / "llama.gguf"), arch="llama")
+    w.add_context_length(hp["max_position_embeddings"])
+    w.add_embedding_length(hp["hidden_size"])
+    w.add_block_count(hp["num_hidden_layers"])
+    w.add_feed_forward_length(hp["intermediate_size"])
+    w.add_head_count(hp["num_attention_heads"])
+    w.add_head_count_kv(hp["num_key_value_heads"])
+    w.add_rope_freq_base(hp["rope_theta"])
+    w.add_layer_norm_rms_eps(hp["rms_norm_eps"])
+    w.add_key_length(hp["head_dim"])
+    w.add_value_length(hp["head_dim"])
+    w.add_vocab_size(hp["vocab_size"])
+    w.add_rope_dimension_count(hp["head_dim"])
+    w.add_bos_token_id(hp["bos_token_id"])
+    w.add_eos_token_id(hp["eos_token_id"])
+    w.add_pad_token_id(hp["pad_token_id"])
+    w.add_token_list([f"t{i}" for i in range(hp["vocab_size"])])
+
+    (OUT / "llama").mkdir(exist_ok=True)
+    n_head, n_kv = hp["num_attention_heads"], hp["num_key_value_heads"]
+    q = rng.normal(0, 1, size=(n_head * hp["head_dim"], hp["hidden_size"])).astype(np.float32)
+    k = rng.normal(0, 1, size=(n_kv * hp["head_dim"], hp["hidden_size"])).astype(np.float32)
+    embd = rng.normal(0, 1, size=(hp["vocab_size"], hp["hidden_size"])).astype(np.float32)
+    factors = llama3_rope_factors(hp)
+    assert len(set(factors.tolist())) > 2, "the fixture should cover all three bands"
+    w.add_tensor("token_embd.weight", embd)
+    w.add_tensor("rope_freqs.weight", factors)
+    w.add_tensor("blk.0.attn_q.weight", permute(q, n_head, n_head))
+    w.add_tensor("blk.0.attn_k.weight", permute(k, n_head, n_kv))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    q.astype("<f4").tofile(OUT / "llama" / "q_proj.f32")
+    k.astype("<f4").tofile(OUT / "llama" / "k_proj.f32")
+    (OUT / "llama.json").write_text(json.dumps({"config": hp, "rope_freqs": factors.tolist()}, indent=1) + "\n")
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20240601)
     write_quants(rng)
     write_metadata(rng)
+    write_llama(rng)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"gguf {importlib.metadata.version('gguf')}, numpy {np.__version__}: wrote {OUT} ({total} bytes)", file=sys.stderr)
     assert total < 1_000_000

@@ -162,7 +162,7 @@ fn metadata_of_every_type_round_trips() {
 /// (with an error, not a panic); longer ones open.
 #[test]
 fn truncated_fixture_files_are_errors() {
-    for name in ["metadata.gguf", "quants.gguf"] {
+    for name in ["metadata.gguf", "quants.gguf", "llama.gguf"] {
         let bytes = std::fs::read(fixtures().join(name)).unwrap();
         let open = |n: usize| GgufFile::from_reader(Cursor::new(bytes[..n].to_vec()), name);
         let end = open(bytes.len()).unwrap().header().data_end() as usize;
@@ -192,4 +192,36 @@ fn type_ids_match_ggml() {
         assert_eq!(GgmlType::from_id(id).unwrap().name(), name);
     }
     assert!(GgmlType::from_id(4).is_err(), "Q4_2 was removed");
+}
+
+/// A tiny `llama` GGUF written the way convert_hf_to_gguf.py writes one:
+/// its metadata gives back the HF config it came from (Llama-3 RoPE scaling
+/// recovered from `rope_freqs.weight`), and unpermuting q/k gives back the
+/// HF weights exactly.
+#[test]
+fn llama_metadata_and_qk_rows_give_back_the_hf_model() {
+    use policy::config::LlamaConfig;
+    use policy::gguf::llama::{hf_tensor_name, llama_config_of, unpermute_qk};
+    let want = json("llama.json");
+    let mut f = GgufFile::open(&fixtures().join("llama.gguf")).unwrap();
+    let cfg = llama_config_of(&mut f).unwrap();
+    let mut hf = LlamaConfig::from_json(&want["config"]).unwrap();
+    hf.extra.clear();
+    assert_eq!(cfg, hf);
+
+    let heads = [
+        ("blk.0.attn_q.weight", "q_proj", cfg.num_attention_heads),
+        ("blk.0.attn_k.weight", "k_proj", cfg.num_key_value_heads),
+    ];
+    for (name, file, n_head) in heads {
+        let gguf = f.tensor_f32(name).unwrap();
+        let got = unpermute_qk(&gguf, n_head).unwrap();
+        let want = read_f32(fixtures().join("llama").join(format!("{file}.f32")));
+        assert_eq!(got.shape, vec![n_head * cfg.head_dim, cfg.hidden_size]);
+        assert_eq!(got.data, want, "{name}");
+        assert_ne!(gguf.data, want, "{name}: the file's rows are permuted");
+        assert!(hf_tensor_name(name)
+            .unwrap()
+            .ends_with(&format!("{file}.weight")));
+    }
 }

@@ -27,7 +27,10 @@
 //!
 //! [`HostTensor`]: crate::safetensors_io::HostTensor
 pub mod dequant;
+pub mod llama;
 pub mod reader;
+#[cfg(test)]
+mod test_builder;
 
 pub use dequant::{dequantize, dequantize_to_vec};
 pub use reader::{GgufFile, GgufHeader, GgufTensorInfo};

@@ -659,70 +659,8 @@ fn read_tensor_info<R: Read>(src: &mut Src<'_, R>) -> Result<GgufTensorInfo> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gguf::test_builder::{array, s, str_value, Builder};
     use std::io::Cursor;
-
-    /// Builds GGUF bytes by hand.
-    #[derive(Default)]
-    struct Builder {
-        version: u32,
-        kvs: Vec<u8>,
-        n_kv: u64,
-        infos: Vec<u8>,
-        n_tensors: u64,
-        alignment: u64,
-        data: Vec<u8>,
-    }
-
-    fn s(out: &mut Vec<u8>, x: &str) {
-        out.extend((x.len() as u64).to_le_bytes());
-        out.extend(x.as_bytes());
-    }
-
-    impl Builder {
-        fn new() -> Self {
-            Builder {
-                version: 3,
-                alignment: 32,
-                ..Default::default()
-            }
-        }
-        /// A key with a value type id and its encoded value.
-        fn kv(mut self, key: &str, ty: u32, value: &[u8]) -> Self {
-            s(&mut self.kvs, key);
-            self.kvs.extend(ty.to_le_bytes());
-            self.kvs.extend(value);
-            self.n_kv += 1;
-            self
-        }
-        fn tensor(mut self, name: &str, dims: &[u64], ty: u32, offset: u64) -> Self {
-            s(&mut self.infos, name);
-            self.infos.extend((dims.len() as u32).to_le_bytes());
-            for d in dims {
-                self.infos.extend(d.to_le_bytes());
-            }
-            self.infos.extend(ty.to_le_bytes());
-            self.infos.extend(offset.to_le_bytes());
-            self.n_tensors += 1;
-            self
-        }
-        fn data(mut self, data: &[u8]) -> Self {
-            self.data = data.to_vec();
-            self
-        }
-        fn build(&self) -> Vec<u8> {
-            let mut out = b"GGUF".to_vec();
-            out.extend(self.version.to_le_bytes());
-            out.extend(self.n_tensors.to_le_bytes());
-            out.extend(self.n_kv.to_le_bytes());
-            out.extend(&self.kvs);
-            out.extend(&self.infos);
-            while !(out.len() as u64).is_multiple_of(self.alignment) {
-                out.push(0);
-            }
-            out.extend(&self.data);
-            out
-        }
-    }
 
     fn open(bytes: Vec<u8>) -> Result<GgufFile<Cursor<Vec<u8>>>> {
         GgufFile::from_reader(Cursor::new(bytes), "test.gguf")
@@ -733,19 +671,6 @@ mod tests {
             Ok(_) => panic!("expected an error"),
             Err(e) => format!("{e:#}"),
         }
-    }
-
-    fn str_value(x: &str) -> Vec<u8> {
-        let mut v = Vec::new();
-        s(&mut v, x);
-        v
-    }
-
-    fn array(elem_ty: u32, count: u64, elems: &[u8]) -> Vec<u8> {
-        let mut v = elem_ty.to_le_bytes().to_vec();
-        v.extend(count.to_le_bytes());
-        v.extend(elems);
-        v
     }
 
     /// A small valid file: a value of every type, an F32 and a Q8_0 tensor.
