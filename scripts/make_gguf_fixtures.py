@@ -32,6 +32,8 @@ It writes, into policy/tests/fixtures/gguf/:
     `permute` (the HF originals in llama/*.f32), a `rope_freqs.weight` made
     by the converter's Llama-3 formula, and no `output.weight` (tied
     embeddings); llama.json holds the HF config values they come from.
+  * model.gguf + model/*.f32: a whole tiny llama with a gpt2 tokenizer and a
+    chat template, for `rlhf policy import` (tests/policy_cli.rs).
 
 `cargo test -p policy --test gguf` reads these with the Rust reader and checks
 it agrees exactly.
@@ -304,12 +306,81 @@ def write_llama(rng):
     (OUT / "llama.json").write_text(json.dumps({"config": hp, "rope_freqs": factors.tolist()}, indent=1) + "\n")
 
 
+def write_model(rng):
+    """model.gguf: a whole tiny llama (Q8_0 MLP, F16 embeddings, F32 rest) with
+    a gpt2 tokenizer (the 256 byte tokens, two merges, two control tokens) and
+    a chat template, as `rlhf policy import` reads it; model/*.f32 are the HF
+    q/k originals (before the converter's permute)."""
+    hp = {"hidden_size": 64, "intermediate_size": 96, "n_head": 4, "n_kv": 2, "head_dim": 16}
+    alphabet = bytes_to_unicode()
+    tokens = [alphabet[b] for b in range(256)] + ["ab", "abc", "<|s|>", "<|e|>"]
+    types = [1] * 258 + [3, 3]
+    vocab = len(tokens)
+    w = gguf.GGUFWriter(str(OUT / "model.gguf"), arch="llama")
+    w.add_name("tiny test model")
+    w.add_context_length(256)
+    w.add_embedding_length(hp["hidden_size"])
+    w.add_block_count(1)
+    w.add_feed_forward_length(hp["intermediate_size"])
+    w.add_head_count(hp["n_head"])
+    w.add_head_count_kv(hp["n_kv"])
+    w.add_rope_freq_base(10000.0)
+    w.add_layer_norm_rms_eps(1e-5)
+    w.add_rope_dimension_count(hp["head_dim"])
+    w.add_vocab_size(vocab)
+    w.add_tokenizer_model("gpt2")
+    w.add_tokenizer_pre("llama-bpe")
+    w.add_token_list(tokens)
+    w.add_token_types(types)
+    w.add_token_merges(["a b", "ab c"])
+    w.add_bos_token_id(258)
+    w.add_eos_token_id(259)
+    w.add_add_bos_token(False)
+    w.add_chat_template("{% for m in messages %}<|s|>{{ m['role'] }}: {{ m['content'] }}<|e|>{% endfor %}{% if add_generation_prompt %}<|s|>assistant: {% endif %}")
+    (OUT / "model").mkdir(exist_ok=True)
+    h, f, d = hp["hidden_size"], hp["intermediate_size"], hp["head_dim"]
+    def normal(*shape):
+        return rng.normal(0, 0.1, size=shape).astype(np.float32)
+    q, k = normal(hp["n_head"] * d, h), normal(hp["n_kv"] * d, h)
+    w.add_tensor("token_embd.weight", normal(vocab, h).astype(np.float16))
+    w.add_tensor("output_norm.weight", 1 + normal(h))
+    w.add_tensor("output.weight", normal(vocab, h))
+    w.add_tensor("blk.0.attn_norm.weight", 1 + normal(h))
+    w.add_tensor("blk.0.ffn_norm.weight", 1 + normal(h))
+    w.add_tensor("blk.0.attn_q.weight", permute(q, hp["n_head"], hp["n_head"]))
+    w.add_tensor("blk.0.attn_k.weight", permute(k, hp["n_head"], hp["n_kv"]))
+    w.add_tensor("blk.0.attn_v.weight", normal(hp["n_kv"] * d, h))
+    w.add_tensor("blk.0.attn_output.weight", normal(h, hp["n_head"] * d))
+    for name, shape in [("ffn_gate", (f, h)), ("ffn_up", (f, h)), ("ffn_down", (h, f))]:
+        data = normal(*shape)
+        w.add_tensor(f"blk.0.{name}.weight", gguf.quants.quantize(data, T.Q8_0), raw_dtype=T.Q8_0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    q.astype("<f4").tofile(OUT / "model" / "q_proj.f32")
+    k.astype("<f4").tofile(OUT / "model" / "k_proj.f32")
+
+
+def bytes_to_unicode():
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("\xa1"), ord("\xac") + 1)) + list(range(ord("\xae"), ord("\xff") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return {b: chr(c) for b, c in zip(bs, cs)}
+
+
 def main():
     OUT.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(20240601)
     write_quants(rng)
     write_metadata(rng)
     write_llama(rng)
+    write_model(rng)
     total = sum(p.stat().st_size for p in OUT.rglob("*") if p.is_file())
     print(f"gguf {importlib.metadata.version('gguf')}, numpy {np.__version__}: wrote {OUT} ({total} bytes)", file=sys.stderr)
     assert total < 1_000_000

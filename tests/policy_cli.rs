@@ -271,3 +271,93 @@ fn bad_input_gives_clear_errors() {
     ]);
     assert!(e.contains("cuda") || e.contains("CUDA"), "{e}");
 }
+
+/// `rlhf policy import` of a small GGUF that the gguf package wrote
+/// (`scripts/make_gguf_fixtures.py`: Q8_0 MLP, F16 embeddings, a gpt2
+/// tokenizer and a chat template): the output is a checkpoint that
+/// generates and renders chats, q/k are the Hugging Face originals (the
+/// converter's permutation undone), and a broken file writes nothing.
+#[test]
+fn import_a_gguf_file() {
+    let tmp = tempfile::tempdir().unwrap();
+    let fixtures = Path::new(env!("CARGO_MANIFEST_DIR")).join("policy/tests/fixtures/gguf");
+    let gguf = fixtures.join("model.gguf");
+    let out = tmp.path().join("imported");
+    let o = out.to_str().unwrap();
+    ok(&[
+        "policy",
+        "import",
+        "--gguf",
+        gguf.to_str().unwrap(),
+        "--out",
+        o,
+    ]);
+    let tensors = policy::safetensors_io::read_dir_tensors(&out).unwrap();
+    for (name, file) in [
+        ("model.layers.0.self_attn.q_proj.weight", "q_proj.f32"),
+        ("model.layers.0.self_attn.k_proj.weight", "k_proj.f32"),
+    ] {
+        let want: Vec<f32> = std::fs::read(fixtures.join("model").join(file))
+            .unwrap()
+            .chunks(4)
+            .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
+            .collect();
+        assert_eq!(tensors[name].data, want, "{name}");
+    }
+    let info = ok(&["policy", "info", "--model", o]);
+    assert!(info.contains("260"), "{info}");
+    ok(&[
+        "policy",
+        "generate",
+        "--model",
+        o,
+        "--prompt",
+        "abc",
+        "--max-new-tokens",
+        "4",
+        "--temperature",
+        "0",
+    ]);
+    let chat = tmp.path().join("chat.json");
+    std::fs::write(&chat, r#"[{"role": "user", "content": "abc"}]"#).unwrap();
+    let r: Value = serde_json::from_str(&ok(&[
+        "policy",
+        "render",
+        "--model",
+        o,
+        "--chat",
+        chat.to_str().unwrap(),
+    ]))
+    .unwrap();
+    assert_eq!(r["text"], "<|s|>user: abc<|e|><|s|>assistant: ");
+    // "abc" is one token (both merges), the control tokens stay whole
+    assert_eq!(r["ids"][0], 258);
+    assert!(r["ids"].as_array().unwrap().contains(&Value::from(257)));
+
+    // a truncated file: a clear error, and no output directory
+    let bytes = std::fs::read(&gguf).unwrap();
+    let cut = tmp.path().join("cut.gguf");
+    std::fs::write(&cut, &bytes[..bytes.len() / 2]).unwrap();
+    let none = tmp.path().join("none");
+    let e = err(&[
+        "policy",
+        "import",
+        "--gguf",
+        cut.to_str().unwrap(),
+        "--out",
+        none.to_str().unwrap(),
+    ]);
+    assert!(e.contains("cut.gguf"), "{e}");
+    assert!(!none.exists());
+    // not a GGUF at all
+    let e = err(&[
+        "policy",
+        "import",
+        "--gguf",
+        chat.to_str().unwrap(),
+        "--out",
+        none.to_str().unwrap(),
+    ]);
+    assert!(e.to_lowercase().contains("gguf"), "{e}");
+    assert!(!none.exists());
+}

@@ -43,6 +43,22 @@ pub enum PolicyCommand {
         #[arg(long)]
         overwrite: bool,
     },
+    /// Import a llama.cpp GGUF file (llama family; F32/F16/BF16, Q4_0-Q8_0 and
+    /// Q2_K-Q6_K tensors) as a Hugging Face directory with its tokenizer and chat template.
+    Import {
+        /// The GGUF file.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// Output directory (a new or empty directory; see --overwrite).
+        #[arg(long)]
+        out: PathBuf,
+        /// Storage dtype of the output weights (the GGUF's are dequantized to float32).
+        #[arg(long, default_value = "float32")]
+        dtype: DType,
+        /// Replace what is at --out (built beside it, then swapped in).
+        #[arg(long)]
+        overwrite: bool,
+    },
     /// Generate text from a prompt or a chat.
     Generate(GenerateArgs),
     /// Per-token log-probs log p(t_i | t_<i) of token sequences or texts (JSONL in, JSONL out).
@@ -195,6 +211,23 @@ fn run_on<D: Dev>(cmd: PolicyCommand, dev: &D) -> Result<()> {
             let ck = Checkpoint::load(&model, &dev)?;
             ck.save(&out, dtype.unwrap_or(ck.model.cfg.dtype))?;
             eprintln!("wrote {}", out.display());
+            Ok(())
+        }
+        PolicyCommand::Import {
+            gguf,
+            out,
+            dtype,
+            overwrite,
+        } => {
+            crate::out_dir::check(&out, overwrite)?;
+            let cfg = crate::gguf::import::import(&gguf, &out, dtype)?;
+            eprintln!(
+                "wrote {} ({} layers, hidden {}, vocabulary {})",
+                out.display(),
+                cfg.num_hidden_layers,
+                cfg.hidden_size,
+                cfg.vocab_size
+            );
             Ok(())
         }
         PolicyCommand::Generate(a) => generate_cmd(&a, &dev),

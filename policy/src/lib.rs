@@ -37,7 +37,6 @@
 //! - [`fs_atomic`]: crash-safe file and directory writes.
 //! - [`gguf`]: llama.cpp's GGUF files: header, metadata, tensor table and dequantization to f32.
 //! - [`generate`]: batched sampling and greedy decoding, and the stop tokens of a checkpoint.
-//! - [`gguf_tokenizer`]: a GGUF file's tokenizer metadata as `tokenizer.json` + `tokenizer_config.json`.
 //! - [`model`]: the Llama forward pass, its parameters and the device kernels interface.
 //! - [`out_dir`]: which output directories a command may write.
 //! - [`safetensors_io`]: safetensors files in Hugging Face's layout, sharded or not.
@@ -55,7 +54,6 @@ pub mod device;
 pub mod fs_atomic;
 pub mod generate;
 pub mod gguf;
-pub mod gguf_tokenizer;
 pub mod model;
 pub mod out_dir;
 pub mod safetensors_io;

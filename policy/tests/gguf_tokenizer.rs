@@ -4,7 +4,7 @@
 //! its split regex and with GPT-2's, SentencePiece BPE with merges derived
 //! from scores), the expected ids come from
 //! `scripts/make_gguf_tokenizer_fixtures.py`.
-use policy::gguf_tokenizer::GgufTokenizer;
+use policy::gguf::tokenizer::GgufTokenizer;
 use serde_json::Value;
 use std::path::Path;
 

@@ -1,5 +1,7 @@
 //! GGUF files (llama.cpp's model format): the header, metadata and tensor
-//! table ([`reader`]), and dequantization of tensor data to f32 ([`dequant`]).
+//! table ([`reader`]), dequantization of tensor data to f32 ([`dequant`]),
+//! the llama mapping ([`llama`]), the tokenizer ([`tokenizer`]) and the
+//! import as a Hugging Face directory ([`import`]).
 //!
 //! # Layout of a GGUF file (versions 2 and 3, little-endian)
 //!
@@ -27,10 +29,12 @@
 //!
 //! [`HostTensor`]: crate::safetensors_io::HostTensor
 pub mod dequant;
+pub mod import;
 pub mod llama;
 pub mod reader;
 #[cfg(test)]
 mod test_builder;
+pub mod tokenizer;
 
 pub use dequant::{dequantize, dequantize_to_vec};
 pub use reader::{GgufFile, GgufHeader, GgufTensorInfo};

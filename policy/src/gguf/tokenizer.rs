@@ -20,8 +20,8 @@
 //! plain added ones; BOS / EOS are added by the post-processor when
 //! `tokenizer.ggml.add_bos_token` / `add_eos_token` say so (a `llama`
 //! vocabulary that does not say adds BOS, as llama.cpp does).
-use crate::gguf::reader::GgufHeader;
-use crate::gguf::GgufArray;
+use super::reader::GgufHeader;
+use super::GgufArray;
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
 use std::collections::{HashMap, HashSet};
