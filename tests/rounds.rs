@@ -175,6 +175,22 @@ fn curl(s: &TestServer, args: &[&str]) -> Value {
     serde_json::from_slice(&o.stdout).unwrap_or(Value::Null)
 }
 
+impl TestServer {
+    /// The environment that points `rlhf` commands at this server.
+    fn client_env(&self) -> [(&str, &str); 2] {
+        [("RLHF_SERVER", &self.url), ("RLHF_TOKEN", &self.token)]
+    }
+}
+
+/// A server, a tiny policy at `DIR/policy` and two bots labeling what appears.
+fn server_policy_and_bots(dir: &Path) -> (TestServer, String, KillOnDrop) {
+    let s = start_server(dir);
+    let policy = dir.join("policy").to_str().unwrap().to_string();
+    tiny_policy(&policy);
+    let bots = spawn_bots(&s.url, &s.token, dir);
+    (s, policy, bots)
+}
+
 /// A tiny random policy (GQA, 2 layers) at `out`.
 fn tiny_policy(out: &str) {
     let mut extra = common::GQA_2_LAYERS.to_vec();
@@ -186,14 +202,8 @@ fn tiny_policy(out: &str) {
 fn rounds_queued_without_paths_get_the_workers_defaults_and_chain() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let s = start_server(dir);
-    let policy = dir.join("policy").to_str().unwrap().to_string();
-    tiny_policy(&policy);
-    let bots = spawn_bots(&s.url, &s.token, dir);
-    let env = [
-        ("RLHF_SERVER", s.url.as_str()),
-        ("RLHF_TOKEN", s.token.as_str()),
-    ];
+    let (s, policy, bots) = server_policy_and_bots(dir);
+    let env = s.client_env();
     let workdir = dir.join("rounds");
     let mut ids = vec![];
     for i in 1..=2 {
@@ -445,14 +455,8 @@ fn a_killed_worker_restarts_and_finishes_the_round_without_duplicates() {
 fn cancelling_a_round_stops_its_worker_in_the_middle_of_training() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path();
-    let s = start_server(dir);
-    let policy = dir.join("policy").to_str().unwrap().to_string();
-    tiny_policy(&policy);
-    let _bots = spawn_bots(&s.url, &s.token, dir);
-    let env = [
-        ("RLHF_SERVER", s.url.as_str()),
-        ("RLHF_TOKEN", s.token.as_str()),
-    ];
+    let (s, policy, _bots) = server_policy_and_bots(dir);
+    let env = s.client_env();
     // a DPO stage far longer than this test may run
     let body = r#"{"name": "long", "status": "queued", "config": {"recipe": "dpo", "task": "review", "prompts_per_round": 6, "k": 2, "labels_wanted": 1, "max_new_tokens": 8, "eval_prompts": 8, "dpo": {"steps": 1000000}}}"#;
     let r = curl(

@@ -35,26 +35,9 @@ fn every_stage_runs_resumes_and_writes_a_checkpoint() {
     let tmp = tempfile::tempdir().unwrap();
     let d = |n: &str| tmp.path().join(n).to_str().unwrap().to_string();
     let model = d("tiny");
-    ok(&[
-        "policy",
-        "init",
-        "--out",
-        &model,
-        "--hidden-size",
-        "32",
-        "--intermediate-size",
-        "64",
-        "--layers",
-        "2",
-        "--heads",
-        "4",
-        "--kv-heads",
-        "2",
-        "--vocab-size",
-        "300",
-        "--seed",
-        "5",
-    ]);
+    let mut shape = common::GQA_2_LAYERS.to_vec();
+    shape.extend(["--vocab-size", "300", "--seed", "5"]);
+    ok(&tiny_init(&model, &shape));
     let sft = write_jsonl(
         &tmp.path().join("sft.jsonl"),
         &[

@@ -242,14 +242,16 @@ impl GgufTokenizer {
             .into_iter()
             .map(|(l, r)| json!([l, r]))
             .collect();
+        let vocab = self.vocab()?;
+        let added_tokens = self.added_tokens(&vocab)?;
         let model = if byte_level {
             json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": "",
                    "end_of_word_suffix": "", "fuse_unk": false, "byte_fallback": false, "ignore_merges": false,
-                   "vocab": self.vocab()?, "merges": merges})
+                   "vocab": vocab, "merges": merges})
         } else {
             json!({"type": "BPE", "dropout": null, "unk_token": null, "continuing_subword_prefix": null,
                    "end_of_word_suffix": null, "fuse_unk": true, "byte_fallback": true, "ignore_merges": false,
-                   "vocab": self.vocab()?, "merges": merges})
+                   "vocab": vocab, "merges": merges})
         };
         let byte_level_step = |use_regex: bool| json!({"type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": use_regex});
         let (pre_tokenizer, decoder) = if byte_level {
@@ -271,7 +273,7 @@ impl GgufTokenizer {
         };
         Ok(json!({
             "version": "1.0", "truncation": null, "padding": null,
-            "added_tokens": self.added_tokens()?,
+            "added_tokens": added_tokens,
             "normalizer": null,
             "pre_tokenizer": pre_tokenizer,
             "post_processor": self.post_processor()?,
@@ -282,7 +284,7 @@ impl GgufTokenizer {
 
     /// Control tokens (and the named special ones) as special added tokens,
     /// user-defined ones as plain added tokens, by id.
-    fn added_tokens(&self) -> Result<Vec<Value>> {
+    fn added_tokens(&self, vocab: &Map<String, Value>) -> Result<Vec<Value>> {
         let byte_level = self.byte_level()?;
         let alphabet: HashSet<char> = bytes_to_unicode().iter().copied().collect();
         let spelled = |t: &str| !byte_level || t.chars().all(|c| alphabet.contains(&c));
@@ -308,7 +310,6 @@ impl GgufTokenizer {
                 special.push((i, true));
             }
         }
-        let vocab = self.vocab()?;
         for (i, &ty) in types.iter().enumerate() {
             if ty == USER_DEFINED
                 && vocab.contains_key(&self.tokens[i])
